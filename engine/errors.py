@@ -1,0 +1,46 @@
+"""Errors the engine raises. Every message is safe to show to the user who caused it."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: ``str(error)`` is a user-safe explanation with a hint where one helps."""
+
+
+class ValidationError(EngineError):
+    """The request itself is wrong (sizes, ranges, prompt, input images)."""
+
+
+class ModelNotFoundError(EngineError):
+    """The model name is not in the registry, or its weights cannot be found."""
+
+
+class UnsafeCheckpointError(EngineError):
+    """A pickled checkpoint (.ckpt, .pt, .bin) was configured; loading it could run code."""
+
+
+class ModelLoadError(EngineError):
+    """The model exists in the registry but could not be loaded (download, files, memory)."""
+
+
+class QueueFullError(EngineError):
+    """The global queue bound was reached."""
+
+
+class TooManyJobsError(EngineError):
+    """This user already has the maximum number of queued jobs."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory for this pipeline call."""
+
+    def __init__(self, message: str = "This request is too large for this GPU.") -> None:
+        super().__init__(message)
+
+
+class Interrupted(Exception):
+    """Every slot of a pipeline call was cancelled; the call stopped without decoding."""
+
+
+class EngineStopped(EngineError):
+    """The engine is shutting down and takes no new jobs."""
