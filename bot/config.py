@@ -1,0 +1,265 @@
+"""Settings from the environment and ``.env``, validated with messages that say how to fix them.
+
+Every setting is listed in ``.env.example``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+
+T = TypeVar("T")
+
+DISCORD_API = "https://discord.com/api/v10"
+DISCORD_GATEWAY = "wss://gateway.discord.gg/"
+# A bot token is three base64url parts separated by dots.
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
+
+
+class SettingsError(Exception):
+    """One or more settings are wrong; the message lists each with its fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str = field(repr=False)
+    discord_api_base_url: str = DISCORD_API
+    discord_gateway_url: str = DISCORD_GATEWAY
+    dev_guild_id: int | None = None
+    data_dir: Path = Path("data")
+    models_file: Path | None = None
+    default_model: str | None = None
+    # engine
+    max_queued: int = 200
+    max_queued_per_user: int = 5
+    max_batch_images: int = 0
+    affinity_max_wait_s: float = 30.0
+    cache_entries: int = 64
+    preview_every: int = 5
+    progress_edit_interval_s: float = 1.5
+    # loader
+    device: str = "auto"
+    dtype: str = "auto"
+    channels_last: bool = False
+    torch_compile: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = False
+    model_memory_budget_gb: float = 0.0  # 0: no bound beyond one model
+    # quotas
+    default_daily_images: int | None = 200
+    default_concurrent_jobs: int | None = 2
+    # operations
+    log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "diffusion-chat.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    *,
+    require_token: bool = True,
+) -> Settings:
+    """Read settings from ``environ`` (default: the process environment) over ``env_file``."""
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    problems: list[str] = []
+
+    def get(name: str, parse: Callable[[str], T], default: T, fix: str) -> T:
+        raw = values.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            problems.append(f"{name}={_shown(name, raw)!r} is not valid: {fix}")
+            return default
+
+    token = values.get("DISCORD_TOKEN", "").strip()
+    if require_token:
+        if not token:
+            problems.append(
+                "DISCORD_TOKEN is not set: copy your bot's token from the Discord developer "
+                "portal (Application > Bot > Reset Token) into .env as DISCORD_TOKEN=..."
+            )
+        elif not TOKEN_SHAPE.match(token):
+            problems.append(
+                "DISCORD_TOKEN does not look like a bot token (three dot-separated parts): "
+                "paste the token itself, without quotes or a 'Bot ' prefix"
+            )
+
+    settings = Settings(
+        discord_token=token,
+        discord_api_base_url=get(
+            "DISCORD_API_BASE_URL",
+            _url(("http", "https")),
+            DISCORD_API,
+            "use an http(s) URL such as https://discord.com/api/v10",
+        ).rstrip("/"),
+        discord_gateway_url=get(
+            "DISCORD_GATEWAY_URL",
+            _url(("ws", "wss")),
+            DISCORD_GATEWAY,
+            "use a ws(s) URL such as wss://gateway.discord.gg/",
+        ),
+        dev_guild_id=get("DEV_GUILD_ID", _snowflake, None, "use a server's numeric id"),
+        data_dir=Path(values.get("DATA_DIR", "").strip() or "data"),
+        models_file=get("MODELS_FILE", _existing_file, None, "point it to an existing TOML file"),
+        default_model=values.get("DEFAULT_MODEL", "").strip() or None,
+        max_queued=get("MAX_QUEUED", _positive_int, 200, "use a whole number above 0"),
+        max_queued_per_user=get(
+            "MAX_QUEUED_PER_USER", _positive_int, 5, "use a whole number above 0"
+        ),
+        max_batch_images=get(
+            "MAX_BATCH_IMAGES", _non_negative_int, 0, "use 0 (automatic) or a whole number"
+        ),
+        affinity_max_wait_s=get(
+            "AFFINITY_MAX_WAIT_S", _non_negative_float, 30.0, "use a number of seconds"
+        ),
+        cache_entries=get("RESULT_CACHE_ENTRIES", _non_negative_int, 64, "use a whole number"),
+        preview_every=get(
+            "PREVIEW_EVERY", _non_negative_int, 5, "use 0 (no previews) or a number of steps"
+        ),
+        progress_edit_interval_s=get(
+            "PROGRESS_EDIT_INTERVAL_S",
+            _non_negative_float,
+            1.5,
+            "use a number of seconds (Discord allows about one edit per 1.5 s per message)",
+        ),
+        device=get(
+            "DEVICE", _choice("auto", "cuda", "mps", "cpu"), "auto", "use auto, cuda, mps or cpu"
+        ),
+        dtype=get(
+            "DTYPE",
+            _choice("auto", "float16", "bfloat16", "float32"),
+            "auto",
+            "use auto, float16, bfloat16 or float32",
+        ),
+        channels_last=get("CHANNELS_LAST", _bool, False, "use true or false"),
+        torch_compile=get("TORCH_COMPILE", _bool, False, "use true or false"),
+        vae_tiling=get("VAE_TILING", _bool, False, "use true or false"),
+        vae_slicing=get("VAE_SLICING", _bool, False, "use true or false"),
+        cpu_offload=get("CPU_OFFLOAD", _bool, False, "use true or false"),
+        model_memory_budget_gb=get(
+            "MODEL_MEMORY_BUDGET_GB", _non_negative_float, 0.0, "use a number of GiB"
+        ),
+        default_daily_images=get(
+            "DEFAULT_DAILY_IMAGES", _limit, 200, "use a whole number, or 'unlimited'"
+        ),
+        default_concurrent_jobs=get(
+            "DEFAULT_CONCURRENT_JOBS", _limit, 2, "use a whole number, or 'unlimited'"
+        ),
+        log_level=get(
+            "LOG_LEVEL",
+            _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+            "INFO",
+            "use DEBUG, INFO, WARNING or ERROR",
+        ),
+        log_format=get("LOG_FORMAT", _choice("text", "json"), "text", "use text or json"),
+        metrics_port=get("METRICS_PORT", _port, 0, "use 0 (off) or a port number"),
+        metrics_host=values.get("METRICS_HOST", "").strip() or "127.0.0.1",
+    )
+    if problems:
+        raise SettingsError("Please fix these settings:\n" + "\n".join(f"- {p}" for p in problems))
+    return settings
+
+
+def _shown(name: str, raw: str) -> str:
+    return "<hidden>" if "TOKEN" in name else raw
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest:
+            raise ValueError(raw)
+        return raw
+
+    return parse
+
+
+def _snowflake(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _limit(raw: str) -> int | None:
+    if raw.lower() in {"unlimited", "none", "off"}:
+        return None
+    return _non_negative_int(raw)
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _existing_file(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError(raw)
+    return path
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    by_lower = {option.lower(): option for option in options}
+
+    def parse(raw: str) -> str:
+        try:
+            return by_lower[raw.lower()]
+        except KeyError:
+            raise ValueError(raw) from None
+
+    return parse

@@ -1,0 +1,79 @@
+"""Midjourney-style inline parameters: ``--no``, ``--ar W:H``, ``--seed``, ``--steps``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bot.errors import UserError
+
+ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 9}
+_FLAG = re.compile(r"(?:^|\s)--([A-Za-z][\w-]*)")
+
+
+@dataclass(frozen=True)
+class InlineParameters:
+    prompt: str
+    negative: str | None = None
+    aspect: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    notes: tuple[str, ...] = field(default=())  # told to the user, e.g. ignored flags
+
+
+def parse_inline(prompt: str) -> InlineParameters:
+    """Split ``prompt`` into the text and the parameters written after ``--flags``."""
+    matches = list(_FLAG.finditer(prompt))
+    if not matches:
+        return InlineParameters(prompt=prompt.strip())
+    text = prompt[: matches[0].start()].strip()
+    negative: list[str] = []
+    aspect = seed = steps = None
+    notes: list[str] = []
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(prompt)
+        name = match.group(1).lower()
+        value = prompt[match.end() : end].strip()
+        if name == "no":
+            if value:
+                negative.append(value)
+        elif name in {"ar", "aspect"}:
+            aspect, note = closest_aspect(value)
+            if note:
+                notes.append(note)
+        elif name == "seed":
+            seed = _whole_number("--seed", value, 0, 2**32 - 1)
+        elif name == "steps":
+            steps = _whole_number("--steps", value, 1, 150)
+        else:
+            notes.append(f"`--{name}` is not supported here and was ignored.")
+    return InlineParameters(
+        prompt=text,
+        negative=", ".join(negative) or None,
+        aspect=aspect,
+        seed=seed,
+        steps=steps,
+        notes=tuple(notes),
+    )
+
+
+def closest_aspect(value: str) -> tuple[str, str | None]:
+    """The supported aspect ratio nearest to ``W:H``, with a note when it is not exact."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[:x/]\s*(\d{1,5})\s*", value)
+    if not match or int(match.group(2)) == 0 or int(match.group(1)) == 0:
+        raise UserError(f"`--ar {value[:20]}` is not an aspect ratio. Write it like `--ar 16:9`.")
+    ratio = int(match.group(1)) / int(match.group(2))
+    best = min(ASPECTS, key=lambda name: abs(ASPECTS[name] - ratio))
+    exact = f"{match.group(1)}:{match.group(2)}"
+    note = None if exact == best else f"Aspect ratio {exact} was rounded to {best}."
+    return best, note
+
+
+def _whole_number(flag: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"`{flag}` needs a whole number, not `{value[:20]}`.") from None
+    if not low <= number <= high:
+        raise UserError(f"`{flag}` must be between {low} and {high}.")
+    return number

@@ -1,0 +1,148 @@
+"""Pure bot logic: settings validation, inline prompt parameters, edit pacing, rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import pytest
+
+from bot.config import DISCORD_API, SettingsError, load_settings
+from bot.errors import UserError
+from bot.prompts import closest_aspect, parse_inline
+from bot.render import clip, duration, progress_bar, progress_line, queued_line, seeds_text
+from bot.throttle import ThrottledEditor
+
+TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.abcdefghijklmnopqrstuvwxyz012345678"
+
+
+def test_settings_defaults_and_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DISCORD_TOKEN={TOKEN}\nMAX_QUEUED=7\n")
+    settings = load_settings({"DEV_GUILD_ID": "42"}, env_file)
+    assert settings.discord_token == TOKEN
+    assert settings.discord_api_base_url == DISCORD_API
+    assert settings.max_queued == 7
+    assert settings.dev_guild_id == 42
+    assert TOKEN not in repr(settings)
+
+
+def test_environment_wins_over_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DISCORD_TOKEN={TOKEN}\nMAX_QUEUED=7\n")
+    assert load_settings({"MAX_QUEUED": "9"}, env_file).max_queued == 9
+
+
+def test_every_bad_setting_is_named_with_its_fix() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {
+                "DISCORD_TOKEN": "Bot not-a-token",
+                "DISCORD_API_BASE_URL": "discord.com",
+                "MAX_QUEUED": "many",
+                "LOG_FORMAT": "xml",
+                "MODELS_FILE": "/nonexistent/models.toml",
+            },
+            env_file=None,
+        )
+    message = str(raised.value)
+    for name in ("DISCORD_TOKEN", "DISCORD_API_BASE_URL", "MAX_QUEUED", "LOG_FORMAT"):
+        assert name in message
+    assert "MODELS_FILE" in message
+    assert "not-a-token" not in message  # a token, even a wrong one, is never echoed
+
+
+def test_missing_token_says_where_to_get_one() -> None:
+    with pytest.raises(SettingsError, match="developer portal"):
+        load_settings({}, env_file=None)
+
+
+def test_inline_parameters_are_parsed() -> None:
+    parsed = parse_inline("a red fox in snow --ar 16:9 --no blur, text --seed 42 --steps 20")
+    assert parsed.prompt == "a red fox in snow"
+    assert parsed.aspect == "16:9"
+    assert parsed.negative == "blur, text"
+    assert parsed.seed == 42
+    assert parsed.steps == 20
+    assert parsed.notes == ()
+
+
+def test_inline_parameters_unknown_flags_and_rounding_are_reported() -> None:
+    parsed = parse_inline("castle --v 6 --ar 4:3")
+    assert parsed.prompt == "castle"
+    assert parsed.aspect == "3:2"
+    assert any("--v" in note for note in parsed.notes)
+    assert any("4:3" in note for note in parsed.notes)
+
+
+def test_prompt_without_flags_keeps_double_dashes_inside_words() -> None:
+    assert parse_inline("well--known place").prompt == "well--known place"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x --seed abc", "whole number"),
+        ("x --steps 0", "between 1 and 150"),
+        ("x --ar wide", "aspect ratio"),
+        ("x --ar 0:1", "aspect ratio"),
+    ],
+)
+def test_bad_inline_parameters_are_user_errors(text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_inline(text)
+
+
+def test_closest_aspect_exact() -> None:
+    assert closest_aspect("9:16") == ("9:16", None)
+
+
+def test_rendering() -> None:
+    assert progress_bar(5, 10, width=10) == "█████░░░░░"
+    assert "50%" in progress_line(10, 20, 3.2)
+    assert "step 10/20" in progress_line(10, 20, None)
+    assert "next in line" in queued_line(1, None)
+    assert "position 3" in queued_line(3, 65)
+    assert duration(65) == "1 min 5 s"
+    assert seeds_text((5, 6, 7, 8)) == "seeds 5–8"
+    assert seeds_text((9,)) == "seed 9"
+    assert len(clip("x" * 3000, 2000)) == 2000
+
+
+@pytest.mark.asyncio
+async def test_throttled_editor_paces_coalesces_and_never_drops_the_last() -> None:
+    sent: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(state: str) -> None:
+        sent.append((loop.time(), state))
+
+    editor: ThrottledEditor[str] = ThrottledEditor(send, interval=0.1)
+    for i in range(20):
+        editor.update(f"step {i}")
+        await asyncio.sleep(0.01)
+    editor.update("step 19")  # unchanged: no extra edit
+    await editor.finish("done")
+    states = [state for _, state in sent]
+    assert states[-1] == "done"
+    assert len(sent) <= 5  # 0.2 s of updates at one edit per 0.1 s, plus the final one
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(sent)]
+    assert all(gap >= 0.095 for gap in gaps)
+    assert len(states) == len(set(states))
+
+
+@pytest.mark.asyncio
+async def test_throttled_editor_survives_a_failed_progress_edit() -> None:
+    calls: list[str] = []
+
+    async def send(state: str) -> None:
+        calls.append(state)
+        if state == "bad":
+            raise RuntimeError("429")
+
+    editor: ThrottledEditor[str] = ThrottledEditor(send, interval=0.01)
+    editor.update("bad")
+    await asyncio.sleep(0.05)
+    await editor.finish("final")
+    assert calls == ["bad", "final"]
