@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import secrets
 
+from discord import app_commands
+
 
 class UserError(Exception):
     """A problem the user caused or can fix. ``str(error)`` is shown to them, ephemerally."""
 
 
-class PermissionDenied(UserError):
-    pass
+class PermissionDenied(UserError, app_commands.CheckFailure):
+    """Raised from interaction checks, so discord.py routes it to the tree's error handler."""
 
 
 def incident_id() -> str:

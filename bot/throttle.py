@@ -45,7 +45,16 @@ class ThrottledEditor(Generic[S]):
         if self._task is None:
             self._task = asyncio.create_task(self._pump(), name="throttled-editor")
 
+    @property
+    def pending(self) -> S | None:
+        return self._pending
+
     async def finish(self, state: S) -> None:
+        await self.finish_with(lambda: self._send(state))
+        self._sent = state
+
+    async def finish_with(self, send: Callable[[], Awaitable[None]]) -> None:
+        """Stop progress edits and make a last, different edit when the pacing allows."""
         if self._task is not None:
             self._task.cancel()
             # Wait for an edit in flight, so the final one cannot be overtaken by it.
@@ -53,8 +62,9 @@ class ThrottledEditor(Generic[S]):
                 pass
         await self._wait_for_slot()
         async with self._lock:
-            await self._send(state)
-            self._mark_sent(state)
+            await send()
+            self._last_sent_at = self._clock()
+            self.edits += 1
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,0 +1,314 @@
+"""What happens when someone starts a job or clicks a button. Thin: Discord in, service calls,
+views out. Every user-caused failure ends as an ephemeral explanation."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import render
+from bot.delivery import status_embed
+from bot.errors import PermissionDenied, UserError
+from bot.jobcodec import StoredRequest
+from bot.service import INTERACTION_TOKEN_LIFETIME, Requester
+from bot.storage.errors import JobNotFound
+from bot.storage.records import Job
+from bot.views import Action, Pager, pager_view, progress_view
+from engine.types import GenerationRequest, Operation
+
+if TYPE_CHECKING:
+    from bot.client import DiffusionBot
+
+log = logging.getLogger(__name__)
+Interaction = discord.Interaction["DiffusionBot"]
+
+INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
+PAGE_SIZE = 5
+
+
+def requester_from(interaction: Interaction) -> Requester:
+    member = interaction.user
+    roles = tuple(role.id for role in getattr(member, "roles", ()) if not role.is_default())
+    return Requester(
+        user_id=member.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        role_ids=roles,
+        is_moderator=is_moderator(interaction),
+        interaction_token=interaction.token,
+        token_expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
+    )
+
+
+def is_moderator(interaction: Interaction) -> bool:
+    permissions = interaction.permissions
+    return interaction.guild_id is not None and (
+        permissions.manage_guild or permissions.administrator
+    )
+
+
+async def launch(
+    interaction: Interaction,
+    request: GenerationRequest,
+    *,
+    private: bool = False,
+    parent: tuple[str, int] | None = None,
+    init_image_key: str | None = None,
+    notes: tuple[str, ...] = (),
+) -> None:
+    """Accept the job, then answer with the message that will follow it.
+
+    Accepting (checks, quota, durable record, queue) takes milliseconds, so it happens before
+    the answer: a refusal is then an ephemeral reply of its own. Deferring first would not
+    do, since Discord turns the first follow-up of a public deferral into a public message.
+    """
+    bot = interaction.client
+    try:
+        accepted = await bot.service.accept(
+            requester_from(interaction),
+            request,
+            private=private,
+            parent=parent,
+            init_image_key=init_image_key,
+        )
+    except UserError as error:
+        await interaction.response.send_message(str(error), ephemeral=True)
+        return
+    job = accepted.job
+    callback = await interaction.response.send_message(
+        embed=status_embed(job.prompt, accepted.request.model, render.queued_line(1, None)),
+        view=progress_view(job.id),
+        ephemeral=private,
+    )
+    message_id = callback.message_id
+    if message_id is None:
+        message_id = (await interaction.original_response()).id
+    job = await bot.service.db.jobs.set_message(
+        job.id, channel_id=interaction.channel_id, message_id=message_id
+    )
+    bot.track(job, accepted.handle)
+    if notes:
+        await interaction.followup.send("\n".join(notes), ephemeral=True)
+
+
+class ButtonActions:
+    def __init__(self, bot: DiffusionBot) -> None:
+        self._bot = bot
+
+    @property
+    def _db(self) -> Any:
+        return self._bot.service.db
+
+    async def on_job_button(
+        self, interaction: Interaction, action: Action, job_id: str, index: int | None
+    ) -> None:
+        try:
+            try:
+                job = await self._db.jobs.get(job_id)
+            except JobNotFound:
+                raise UserError("This job no longer exists.") from None
+            await self._dispatch(interaction, action, job, index or 0)
+        except UserError as error:
+            await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+    async def _dispatch(
+        self, interaction: Interaction, action: Action, job: Job, index: int
+    ) -> None:
+        match action:
+            case Action.CANCEL:
+                await self._cancel(interaction, job)
+            case Action.UPSCALE:
+                await self._derive(interaction, job, index, Operation.UPSCALE, None)
+            case Action.VARIATION | Action.VARY_STRONG:
+                await self._derive(interaction, job, index, Operation.VARIATION, "strong")
+            case Action.VARY_SUBTLE:
+                await self._derive(interaction, job, index, Operation.VARIATION, "subtle")
+            case Action.REROLL:
+                await self._reroll(interaction, job)
+            case Action.FAVOURITE:
+                await self._favourite(interaction, job)
+            case Action.DELETE:
+                await self._delete(interaction, job)
+            case Action.INFO:
+                await self._info(interaction, job)
+
+    def _require_owner_or_moderator(self, interaction: Interaction, job: Job, verb: str) -> None:
+        if interaction.user.id != job.user_id and not is_moderator(interaction):
+            raise PermissionDenied(
+                f"Only the person who made this image or a moderator can {verb} it."
+            )
+
+    async def _cancel(self, interaction: Interaction, job: Job) -> None:
+        self._require_owner_or_moderator(interaction, job, "cancel")
+        if job.finished:
+            raise UserError("This job has already finished.")
+        if not self._bot.service.engine.cancel(job.id):
+            # Not in this process's queue (e.g. between a restart and its resume).
+            await self._db.jobs.mark_cancelled(job.id, "cancelled by a user")
+        await interaction.response.send_message("Cancelled.", ephemeral=True)
+
+    async def _finished_images(self, job: Job) -> list[Any]:
+        if not job.finished or job.status.value != "done":
+            raise UserError("This job has not finished yet.")
+        images = list(await self._bot.service.job_images(job.id))
+        if not images:
+            raise UserError("The images of this job were deleted.")
+        return images
+
+    async def _derive(
+        self,
+        interaction: Interaction,
+        job: Job,
+        index: int,
+        operation: Operation,
+        strength: str | None,
+    ) -> None:
+        images = await self._finished_images(job)
+        if index >= len(images):
+            raise UserError("That image does not exist.")
+        image = images[index]
+        parent = StoredRequest.loads(job.request).request
+        if operation is Operation.UPSCALE and not self._bot.can_upscale_size(
+            parent.model, image.width * 2, image.height * 2
+        ):
+            raise UserError("This image is already as large as this model can make it.")
+        request = GenerationRequest(
+            prompt=parent.prompt,
+            model=parent.model,
+            operation=operation,
+            negative_prompt=parent.negative_prompt,
+            count=1,
+            steps=parent.steps,
+            guidance=parent.guidance,
+            width=image.width * 2 if operation is Operation.UPSCALE else image.width,
+            height=image.height * 2 if operation is Operation.UPSCALE else image.height,
+            scheduler=parent.scheduler,
+            variation=strength if operation is Operation.VARIATION else None,  # type: ignore[arg-type]
+            init_image=await self._bot.service.image_bytes(image),
+        )
+        await launch(
+            interaction,
+            request,
+            private=job.private,
+            parent=(job.id, index),
+            init_image_key=image.file_key,
+        )
+
+    async def _reroll(self, interaction: Interaction, job: Job) -> None:
+        stored = StoredRequest.loads(job.request)
+        request = dataclasses.replace(stored.request, seed=None)
+        if stored.init_image_key:
+            request = dataclasses.replace(
+                request, init_image=await self._bot.service.images.get(stored.init_image_key)
+            )
+        await launch(
+            interaction, request, private=job.private, init_image_key=stored.init_image_key
+        )
+
+    async def _favourite(self, interaction: Interaction, job: Job) -> None:
+        images = await self._finished_images(job)
+        added = await self._db.favourites.toggle(interaction.user.id, [i.id for i in images])
+        noun = "this image" if len(images) == 1 else f"these {len(images)} images"
+        text = (
+            f"⭐ Added {noun} to your favourites."
+            if added
+            else (f"Removed {noun} from your favourites.")
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def _delete(self, interaction: Interaction, job: Job) -> None:
+        self._require_owner_or_moderator(interaction, job, "delete")
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+
+    async def _info(self, interaction: Interaction, job: Job) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        stored = StoredRequest.loads(job.request).request
+        images = list(await self._bot.service.job_images(job.id))
+        timings = job.timings or {}
+        lines = [
+            f"**Prompt:** {render.clip(job.prompt, 1000)}",
+            f"**Negative prompt:** {render.clip(stored.negative_prompt, 300) or '—'}",
+            f"**Model:** `{stored.model or self._bot.registry.default_name}` · "
+            f"**Steps:** {stored.steps or 'model default'} · "
+            f"**Guidance:** {stored.guidance if stored.guidance is not None else 'default'}",
+            f"**Seeds:** {', '.join(str(i.seed) for i in images) or stored.seed}",
+            f"**Status:** {job.status.value}"
+            + (f" · **Time:** {render.duration(timings.get('total_s'))}" if timings else ""),
+        ]
+        files: list[discord.File] = []
+        budget = INFO_UPLOAD_BUDGET
+        for image in images:
+            data = await self._bot.service.image_bytes(image)
+            if len(data) > budget:
+                lines.append("Some full-size files are too large to attach here.")
+                break
+            budget -= len(data)
+            files.append(discord.File(io.BytesIO(data), f"{job.id}-{image.index + 1}.png"))
+        await interaction.followup.send("\n".join(lines)[:2000], files=files, ephemeral=True)
+
+    async def on_page(self, interaction: Interaction, kind: Pager, user_id: int, page: int) -> None:
+        try:
+            if interaction.user.id != user_id:
+                raise UserError("These pages belong to someone else. Use the command yourself.")
+            content, embeds, view = await self._bot.pages.render(kind, user_id, page)
+            await interaction.response.edit_message(content=content, embeds=embeds, view=view)
+        except UserError as error:
+            await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+
+class Pages:
+    """Paginated /favorites and /history."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self._bot = bot
+
+    async def render(
+        self, kind: Pager, user_id: int, page: int
+    ) -> tuple[str, list[discord.Embed], discord.ui.View]:
+        db = self._bot.service.db
+        offset = page * PAGE_SIZE
+        embeds: list[discord.Embed] = []
+        if kind is Pager.FAVOURITES:
+            favourites = await db.favourites.list(user_id, limit=PAGE_SIZE, offset=offset)
+            for favourite in favourites.items:
+                embed = discord.Embed(
+                    title=render.clip(render.quoted_prompt(favourite.job.prompt, 250), 256),
+                    description=f"seed {favourite.image.seed} · "
+                    f"{favourite.image.width}×{favourite.image.height} · "
+                    f"{render.discord_time(favourite.created_at)}",
+                )
+                embeds.append(embed)
+            total, page_count = favourites.total, favourites.page_count
+            title = f"⭐ Your favourites ({total})" if total else "You have no favourites yet."
+            view = pager_view(kind, user_id, page, page_count)
+        else:
+            history = await db.jobs.history(user_id, limit=PAGE_SIZE, offset=offset)
+            view = pager_view(kind, user_id, page, history.page_count)
+            from bot.views import JobButton
+
+            for number, entry in enumerate(history.items, start=1):
+                embeds.append(
+                    discord.Embed(
+                        title=f"{number}. "
+                        + render.clip(render.quoted_prompt(entry.job.prompt, 240), 250),
+                        description=f"{entry.job.status.value} · "
+                        f"{render.discord_time(entry.job.created_at)}",
+                    )
+                )
+                view.add_item(
+                    JobButton(
+                        Action.REROLL, entry.job.id, label=f"Run {number} again", emoji="🔄", row=1
+                    )
+                )
+            total = history.total
+            title = f"🕘 Your recent generations ({total})" if total else "No generations yet."
+        return f"{title} — page {page + 1}", embeds, view

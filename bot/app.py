@@ -1,0 +1,125 @@
+"""The composition root: settings, logging, storage, engine and client, wired in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+
+from bot.client import DiffusionBot
+from bot.config import Settings, SettingsError, load_settings
+from bot.logs import configure_logging, register_secret
+from bot.service import JobService
+from bot.storage.database import Database
+from bot.storage.files import LocalImageStore
+from bot.storage.records import QuotaPolicy
+from engine.backend import DiffusersBackend
+from engine.engine import Engine, EngineSettings
+from engine.errors import EngineError
+from engine.loader import LoaderOptions, ModelManager
+from engine.registry import ModelRegistry
+
+log = logging.getLogger("bot")
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Use the configured REST base and gateway (Discord's own by default, or a proxy)."""
+    discord.http.Route.BASE = settings.discord_api_base_url
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
+    budget = settings.model_memory_budget_gb
+    manager = ModelManager(
+        LoaderOptions(
+            device=None if settings.device == "auto" else settings.device,
+            dtype=None if settings.dtype == "auto" else settings.dtype,
+            channels_last=settings.channels_last,
+            torch_compile=settings.torch_compile,
+            vae_tiling=settings.vae_tiling,
+            vae_slicing=settings.vae_slicing,
+            cpu_offload=settings.cpu_offload,
+            memory_budget_bytes=int(budget * 2**30) if budget else None,
+        )
+    )
+    return Engine(
+        DiffusersBackend(registry, manager),
+        EngineSettings(
+            max_queued=settings.max_queued,
+            max_queued_per_user=settings.max_queued_per_user,
+            max_batch_images=settings.max_batch_images,
+            affinity_max_wait_s=settings.affinity_max_wait_s,
+            cache_entries=settings.cache_entries,
+        ),
+    )
+
+
+async def run(settings: Settings) -> None:
+    point_discord_at(settings)
+    registry = ModelRegistry.load(settings.models_file, default_name=settings.default_model)
+    images = LocalImageStore(settings.images_dir)
+    db = await Database.open(
+        settings.database_path,
+        images=images,
+        default_policy=QuotaPolicy(
+            daily_images=settings.default_daily_images,
+            concurrent_jobs=settings.default_concurrent_jobs,
+        ),
+    )
+    engine = build_engine(settings, registry)
+    service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
+    metrics = None
+    metrics_runner = None
+    bot = DiffusionBot(settings, service, registry)
+    if settings.metrics_port:
+        from bot.metrics import HealthReport, Metrics, start_metrics_server
+
+        metrics = Metrics(engine_status=engine.status)
+        bot.metrics = metrics
+        metrics_runner = await start_metrics_server(
+            metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            health=lambda: HealthReport(
+                gateway_connected=bot.gateway_connected,
+                worker_alive=engine.status().worker_alive,
+            ),
+        )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+    try:
+        async with bot:
+            await bot.start(settings.discord_token)
+    finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await db.close()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    register_secret(settings.discord_token)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(run(settings))
+    except discord.LoginFailure:
+        log.error("Discord refused the token: check DISCORD_TOKEN (Bot > Reset Token).")
+        return 1
+    except (EngineError, OSError) as error:
+        log.error("could not start: %s", error)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

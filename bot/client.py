@@ -1,0 +1,216 @@
+"""The discord.py client: extensions, persistent buttons, command sync, job tracking, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.actions import ButtonActions, Pages
+from bot.delivery import JobReporter, MessageTarget
+from bot.errors import UserError, incident_id
+from bot.views import JobButton, PageButton
+from engine.types import ResolvedRequest
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.service import JobService
+    from bot.storage.records import Job
+    from engine.engine import JobHandle
+    from engine.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
+
+
+class DiffusionBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        service: JobService,
+        registry: ModelRegistry,
+        *,
+        metrics: Any = None,
+    ) -> None:
+        # No privileged intents: slash commands and buttons need only the guilds intent.
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents(guilds=True),
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+        self.settings = settings
+        self.service = service
+        self.registry = registry
+        self.metrics = metrics
+        self.actions = ButtonActions(self)
+        self.pages = Pages(self)
+        self._reporters: set[asyncio.Task[None]] = set()
+        self.gateway_connected = False
+        self.synced_scopes: list[str] = []
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(JobButton, PageButton)
+        self.tree.on_error = self.on_app_command_error
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("extension %s failed to load; its commands are missing", extension)
+        await self.service.engine.start()
+        await self.sync_commands_if_changed()
+        await self.resume_unfinished()
+
+    async def sync_commands_if_changed(self) -> None:
+        """Sync only when the definitions differ from what was last synced (Discord rate-limits
+        command sync, and a restart loop must not burn through it)."""
+        guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        scope = f"guild:{guild.id}" if guild else "global"
+        definitions = [
+            command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)
+        ]
+        digest = hashlib.sha256(
+            json.dumps(
+                {"app": self.application_id, "commands": definitions}, sort_keys=True
+            ).encode()
+        ).hexdigest()
+        state_file = self.settings.data_dir / "command-sync.json"
+        state: dict[str, str] = {}
+        if state_file.is_file():
+            try:
+                state = json.loads(state_file.read_text())
+            except ValueError:
+                state = {}
+        if state.get(scope) == digest:
+            log.info("commands unchanged (%s); not syncing", scope)
+            return
+        await self.tree.sync(guild=guild)
+        self.synced_scopes.append(scope)
+        state[scope] = digest
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state))
+        log.info("synced %d commands (%s)", len(definitions), scope)
+
+    async def resume_unfinished(self) -> None:
+        outcome = await self.service.db.jobs.resume_unfinished()
+        for job in outcome.resumed:
+            try:
+                handle = await self.service.resubmit(job)
+            except Exception as error:
+                log.warning("job %s could not be resumed: %s", job.id, error)
+                await self.service.db.jobs.mark_failed(job.id, "Could not resume after a restart.")
+                continue
+            self.track(job, handle)
+        for job in outcome.abandoned:
+            target = MessageTarget(self, job)
+            try:
+                await target.edit(
+                    content="❌ This job failed after several restarts. Please try again.",
+                    embed=None,
+                    attachments=[],
+                    view=None,
+                )
+            except discord.HTTPException:
+                log.info("job %s: could not tell the user it was abandoned", job.id)
+        if outcome.resumed:
+            log.info("resumed %d unfinished jobs", len(outcome.resumed))
+
+    async def on_ready(self) -> None:
+        self.gateway_connected = True
+        log.info("connected as %s to %d servers", self.user, len(self.guilds))
+
+    async def on_resumed(self) -> None:
+        self.gateway_connected = True
+
+    async def on_disconnect(self) -> None:
+        self.gateway_connected = False
+
+    async def close(self) -> None:
+        await self.service.engine.stop()
+        for task in list(self._reporters):
+            task.cancel()
+        await super().close()
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def track(self, job: Job, handle: JobHandle) -> None:
+        reporter = JobReporter(
+            self,
+            job,
+            handle,
+            MessageTarget(self, job),
+            edit_interval=self.settings.progress_edit_interval_s,
+        )
+        task = asyncio.create_task(reporter.run(), name=f"job-{job.id}")
+        self._reporters.add(task)
+        task.add_done_callback(self._reporters.discard)
+
+    def can_upscale(self, request: ResolvedRequest) -> bool:
+        return self.can_upscale_size(request.model, request.width * 2, request.height * 2)
+
+    def can_upscale_size(self, model: str | None, width: int, height: int) -> bool:
+        try:
+            spec = self.registry.get(model or self.registry.default_name)
+        except Exception:
+            return False
+        return max(width, height) <= spec.presets.max_size
+
+    def metrics_job(self, status: str, job: Job, **details: Any) -> None:
+        log.info(
+            "job %s %s",
+            job.id,
+            status,
+            extra={
+                "job_id": job.id,
+                "user_id": job.user_id,
+                "guild_id": job.guild_id,
+                "event": status,
+            },
+        )
+        if self.metrics is not None:
+            self.metrics.job_finished(status, job, **details)
+
+    # --- errors --------------------------------------------------------------------------
+
+    async def reply_error(self, interaction: discord.Interaction[Any], error: UserError) -> None:
+        await self._reply(interaction, str(error))
+
+    async def reply_unexpected(
+        self, interaction: discord.Interaction[Any], error: BaseException
+    ) -> None:
+        ref = incident_id()
+        log.error("unexpected error (ref %s)", ref, exc_info=error)
+        await self._reply(
+            interaction, f"Something went wrong on our side. If it keeps happening, quote `{ref}`."
+        )
+
+    async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about an error", exc_info=True)
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, UserError):
+            await self.reply_error(interaction, original)
+        elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+            await self._reply(interaction, "You don't have permission to use this command.")
+        else:
+            await self.reply_unexpected(interaction, original)

@@ -1,0 +1,287 @@
+"""Following a job to its end: progress edits, then the result, on a message that may outlive
+its interaction token, be deleted, or sit behind a rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import render
+from bot.storage.records import Image, Job
+from bot.throttle import ThrottledEditor
+from bot.views import grid_view, progress_view, single_view
+from engine.errors import EngineStopped
+from engine.images import encode_preview, make_grid
+from engine.types import (
+    Cancelled,
+    Done,
+    Failed,
+    JobResult,
+    ModelLoading,
+    Operation,
+    Progress,
+    Queued,
+    Started,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+    from bot.client import DiffusionBot
+    from engine.engine import JobHandle
+
+log = logging.getLogger(__name__)
+
+UPLOAD_LIMIT = 10 * 2**20 - 64 * 1024  # Discord's default upload limit, less form overhead
+FINAL_EDIT_ATTEMPTS = 4
+COLOUR_WORKING = discord.Colour.blurple()
+COLOUR_DONE = discord.Colour.green()
+COLOUR_FAILED = discord.Colour.red()
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressState:
+    text: str
+    preview: bytes | None = None
+
+
+class MessageTarget:
+    """A job's message: edited through the interaction token while it is valid, then through
+    the channel; a new message (or a DM for private results) when the old one is gone."""
+
+    def __init__(self, bot: DiffusionBot, job: Job) -> None:
+        self._bot = bot
+        self.job = job
+        self.message_id = job.message_id
+        self._token_dead = False
+
+    def _token_usable(self) -> bool:
+        return not self._token_dead and self.job.token_usable(discord.utils.utcnow())
+
+    async def edit(self, **payload: Any) -> None:
+        if self._token_usable() and self.message_id is not None:
+            assert self.job.interaction_token is not None
+            webhook = discord.Webhook.partial(
+                self._bot.application_id or 0, self.job.interaction_token, client=self._bot
+            )
+            try:
+                await webhook.edit_message(self.message_id, **payload)
+                return
+            except discord.HTTPException as error:
+                if error.status != 401:
+                    raise
+                # The token expired early (or was revoked): carry on through the channel.
+                self._token_dead = True
+        await self._edit_without_token(payload)
+
+    async def _edit_without_token(self, payload: dict[str, Any]) -> None:
+        if not self.job.private and self.job.channel_id and self.message_id:
+            channel = self._bot.get_partial_messageable(self.job.channel_id)
+            try:
+                await channel.get_partial_message(self.message_id).edit(**payload)
+                return
+            except (discord.NotFound, discord.Forbidden):
+                log.info("job %s: message gone; sending a new one", self.job.id)
+        await self._send_new(payload)
+
+    async def _send_new(self, payload: dict[str, Any]) -> None:
+        files = payload.pop("attachments", [])
+        mention = f"<@{self.job.user_id}>"
+        if self.job.private or not self.job.channel_id:
+            user = await self._bot.fetch_user(self.job.user_id)
+            message = await user.send(files=files, **payload)
+        else:
+            channel = self._bot.get_partial_messageable(self.job.channel_id)
+            payload["content"] = f"{mention} {payload.get('content') or ''}".strip()
+            message = await channel.send(files=files, **payload)
+        self.message_id = message.id
+        self._token_dead = True  # the new message is not the interaction's
+        await self._bot.service.db.jobs.set_message(
+            self.job.id, channel_id=message.channel.id, message_id=message.id
+        )
+
+
+class JobReporter:
+    """Consumes a job's events and keeps its message up to date."""
+
+    def __init__(
+        self,
+        bot: DiffusionBot,
+        job: Job,
+        handle: JobHandle,
+        target: MessageTarget,
+        *,
+        edit_interval: float,
+    ) -> None:
+        self._bot = bot
+        self._db = bot.service.db
+        self.job = job
+        self._handle = handle
+        self._target = target
+        self._editor: ThrottledEditor[ProgressState] = ThrottledEditor(
+            self._send_progress, edit_interval
+        )
+        self._model = handle.request.model
+
+    async def run(self) -> None:
+        try:
+            async for event in self._handle:
+                await self._on_event(event)
+        except EngineStopped:
+            # Shutting down: the job stays queued in the database and resumes on next start.
+            await self._editor.close()
+        except Exception:
+            log.exception("job %s: delivery failed", self.job.id)
+            await self._editor.close()
+
+    async def _on_event(self, event: object) -> None:
+        match event:
+            case Queued(position=position, eta_s=eta):
+                self._editor.update(ProgressState(render.queued_line(position, eta)))
+            case ModelLoading(model=model, detail=detail):
+                self._editor.update(ProgressState(render.loading_line(model, detail)))
+            case Started():
+                await self._db.jobs.mark_running(self.job.id)
+                self._editor.update(ProgressState(render.progress_line(0, 1, None)))
+            case Progress(step=step, total=total, eta_s=eta, preview=preview):
+                previous = self._editor_pending_preview()
+                data = _encode_small(preview) if preview is not None else previous
+                self._editor.update(ProgressState(render.progress_line(step, total, eta), data))
+            case Done(result=result):
+                await self._deliver(result)
+            case Failed(reason=reason):
+                await self._db.jobs.mark_failed(self.job.id, reason)
+                await self._final(self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None)
+                self._bot.metrics_job("failed", self.job, reason=reason)
+            case Cancelled():
+                await self._db.jobs.mark_cancelled(self.job.id, "cancelled by a user")
+                await self._final(self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None)
+                self._bot.metrics_job("cancelled", self.job)
+
+    def _editor_pending_preview(self) -> bytes | None:
+        pending = self._editor.pending
+        return pending.preview if pending is not None else None
+
+    # --- rendering -----------------------------------------------------------------------
+
+    def _status_embed(self, line: str, colour: discord.Colour) -> discord.Embed:
+        return status_embed(self.job.prompt, self._model, line, colour)
+
+    async def _send_progress(self, state: ProgressState) -> None:
+        embed = self._status_embed(state.text, COLOUR_WORKING)
+        attachments = []
+        if state.preview is not None:
+            attachments.append(discord.File(io.BytesIO(state.preview), "preview.jpg"))
+            embed.set_image(url="attachment://preview.jpg")
+        await self._target.edit(
+            content=None, embed=embed, attachments=attachments, view=progress_view(self.job.id)
+        )
+
+    async def _final(
+        self, embed: discord.Embed, view: discord.ui.View | None, **extra: Any
+    ) -> None:
+        for attempt in range(FINAL_EDIT_ATTEMPTS):
+            try:
+                await self._editor.finish_with(
+                    lambda: self._target.edit(embed=embed, view=view, **_fresh(extra))
+                )
+                return
+            except discord.HTTPException as error:
+                if attempt + 1 == FINAL_EDIT_ATTEMPTS or error.status < 500:
+                    raise
+                await asyncio.sleep(1.0 * 2**attempt)
+
+    async def _deliver(self, result: JobResult) -> None:
+        images = await self._bot.service.store_result(self.job, result)
+        embed, files, view = await build_result_message(self._bot, self.job, result, images)
+        await self._final(embed, view, attachments=files)
+        await self._db.jobs.mark_done(
+            self.job.id, timings=_timings(result), generation_seconds=result.timings.generate_s
+        )
+        self._bot.metrics_job("done", self.job, result=result)
+
+
+def status_embed(
+    prompt: str, model: str, line: str, colour: discord.Colour = COLOUR_WORKING
+) -> discord.Embed:
+    embed = discord.Embed(
+        title=render.clip(render.quoted_prompt(prompt or "…", 250), 256),
+        description=line,
+        colour=colour,
+    )
+    embed.set_footer(text=model)
+    return embed
+
+
+def _fresh(extra: dict[str, Any]) -> dict[str, Any]:
+    """discord.File objects are consumed by an upload; a retry needs new ones."""
+    fresh = dict(extra)
+    if "attachments" in fresh:
+        fresh["attachments"] = [
+            discord.File(io.BytesIO(f.fp.getvalue()), f.filename)  # type: ignore[attr-defined]
+            for f in fresh["attachments"]
+        ]
+    return fresh
+
+
+def _timings(result: JobResult) -> dict[str, float]:
+    t = result.timings
+    return {
+        "queued_s": round(t.queued_s, 3),
+        "load_s": round(t.load_s, 3),
+        "generate_s": round(t.generate_s, 3),
+        "total_s": round(t.total_s, 3),
+    }
+
+
+def _encode_small(preview: PILImage.Image) -> bytes:
+    small = preview.convert("RGB")
+    small.thumbnail((256, 256))
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
+
+
+async def build_result_message(
+    bot: DiffusionBot, job: Job, result: JobResult, images: list[Image]
+) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
+    request = result.request
+    pictures = [generated.image for generated in result.images]
+    if len(pictures) == 1:
+        grid = pictures[0]
+    else:
+        grid = await asyncio.to_thread(make_grid, pictures)
+    data, ext = await asyncio.to_thread(encode_preview, grid, max_bytes=UPLOAD_LIMIT, prefer="jpeg")
+    filename = f"{job.id}.{ext}"
+    lines = [
+        f"<@{job.user_id}> · {render.seeds_text(result.seeds)} · {request.steps} steps · "
+        f"guidance {request.guidance:g} · {request.width}×{request.height} · "
+        f"{render.duration(result.timings.total_s)}"
+    ]
+    if request.prompt_truncated:
+        lines.append("⚠ The prompt was longer than the model reads; its end was ignored.")
+    if result.from_cache:
+        lines.append("♻ Same settings and seed as an earlier image: served from the cache.")
+    embed = discord.Embed(
+        title=render.clip(render.quoted_prompt(job.prompt or "…", 250), 256),
+        description="\n".join(lines),
+        colour=COLOUR_DONE,
+    )
+    embed.set_image(url=f"attachment://{filename}")
+    usage = None
+    if job.guild_id is not None:
+        usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id)
+    footer = f"{request.model}"
+    if usage is not None:
+        footer += " · " + render.quota_footer(usage.remaining, usage.resets_at)
+    embed.set_footer(text=footer)
+    if request.operation is Operation.TXT2IMG and len(images) > 1:
+        view = grid_view(job.id, len(images))
+    else:
+        view = single_view(job.id, can_upscale=bot.can_upscale(request))
+    return embed, [discord.File(io.BytesIO(data), filename)], view

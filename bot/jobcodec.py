@@ -1,0 +1,44 @@
+"""A generation request as the JSON text stored with its job. Input images are kept in the
+image store and referenced by key, so a job row stays small and a restart can rebuild it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from engine.types import GenerationRequest, Operation
+
+_IMAGE_FIELDS = ("init_image", "mask_image")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    request: GenerationRequest  # without image bytes
+    init_image_key: str | None = None
+    mask_image_key: str | None = None
+
+    def dumps(self) -> str:
+        fields = {
+            f.name: getattr(self.request, f.name)
+            for f in dataclasses.fields(GenerationRequest)
+            if f.name not in _IMAGE_FIELDS
+        }
+        fields["operation"] = self.request.operation.value
+        fields["outpaint_sides"] = list(self.request.outpaint_sides)
+        fields["init_image_key"] = self.init_image_key
+        fields["mask_image_key"] = self.mask_image_key
+        return json.dumps(fields, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> StoredRequest:
+        data: dict[str, Any] = json.loads(text)
+        init_key = data.pop("init_image_key", None)
+        mask_key = data.pop("mask_image_key", None)
+        known = {f.name for f in dataclasses.fields(GenerationRequest)}
+        # Fields written by a newer version are ignored rather than failing the resume.
+        kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
+        kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
+        kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
+        return cls(GenerationRequest(**kwargs), init_key, mask_key)

@@ -1,0 +1,174 @@
+"""The bot's domain service: accepting jobs (prompt rules, quotas, durable record, engine) and
+storing their results. It knows Discord ids, not Discord objects; cogs and buttons call it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.errors import UserError
+from bot.jobcodec import StoredRequest
+from bot.storage.database import Database
+from bot.storage.errors import QuotaExceeded
+from bot.storage.files import ImageStore
+from bot.storage.records import Image, Job, NewImage, NewJob, Usage
+from engine.engine import Engine, JobHandle
+from engine.errors import EngineError
+from engine.registry import ModelRegistry
+from engine.types import GenerationRequest, JobResult, Operation, ResolvedRequest
+
+log = logging.getLogger(__name__)
+
+INTERACTION_TOKEN_LIFETIME = dt.timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asks, and where: everything the service needs from an interaction."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    role_ids: tuple[int, ...] = ()
+    is_moderator: bool = False
+    interaction_token: str | None = None
+    token_expires_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job: Job
+    handle: JobHandle
+    request: ResolvedRequest
+
+
+class JobService:
+    def __init__(
+        self,
+        db: Database,
+        images: ImageStore,
+        engine: Engine,
+        registry: ModelRegistry,
+        *,
+        preview_every: int = 5,
+    ) -> None:
+        self.db = db
+        self.images = images
+        self.engine = engine
+        self.registry = registry
+        self.preview_every = preview_every
+
+    # --- accepting -----------------------------------------------------------------------
+
+    async def check_banned_words(self, guild_id: int | None, *texts: str | None) -> None:
+        banned = await self.db.guilds.banned_words(guild_id)
+        if not banned:
+            return
+        folded = [_fold(t) for t in texts if t]
+        for word in banned:
+            pattern = re.compile(rf"(?<!\w){re.escape(_fold(word))}(?!\w)")
+            if any(pattern.search(text) for text in folded):
+                raise UserError(
+                    f"Your prompt contains `{word}`, which this server does not allow. "
+                    "Please rephrase it."
+                )
+
+    async def accept(
+        self,
+        requester: Requester,
+        request: GenerationRequest,
+        *,
+        private: bool = False,
+        parent: tuple[str, int] | None = None,
+        init_image_key: str | None = None,
+    ) -> Accepted:
+        """Validate, spend quota and record the job, then queue it. Raises UserError."""
+        await self.check_banned_words(requester.guild_id, request.prompt, request.negative_prompt)
+        if request.preview_every == 0 and self.preview_every:
+            request = dataclasses.replace(request, preview_every=self.preview_every)
+        try:
+            resolved = await self.engine.resolve(request)
+        except EngineError as error:
+            raise UserError(str(error)) from None
+        # Store the drawn seed, so a resumed job makes the very same images.
+        stored = StoredRequest(
+            dataclasses.replace(request, seed=resolved.seed, init_image=None, mask_image=None),
+            init_image_key=init_image_key,
+        )
+        policy = await self.db.quotas.effective_policy(
+            requester.guild_id, requester.user_id, requester.role_ids
+        )
+        try:
+            job = await self.db.jobs.create(
+                NewJob(
+                    user_id=requester.user_id,
+                    kind=resolved.operation.value,
+                    request=stored.dumps(),
+                    prompt=request.prompt,
+                    image_count=resolved.count,
+                    guild_id=requester.guild_id,
+                    channel_id=requester.channel_id,
+                    private=private,
+                    parent_job_id=parent[0] if parent else None,
+                    parent_image_index=parent[1] if parent else None,
+                    interaction_token=requester.interaction_token,
+                    token_expires_at=requester.token_expires_at,
+                ),
+                policy=policy,
+                remember_prompt=request.operation is Operation.TXT2IMG,
+            )
+        except QuotaExceeded as error:
+            raise UserError(str(error)) from None
+        try:
+            handle = await self.engine.submit(
+                resolved, user_id=str(requester.user_id), job_id=job.id
+            )
+        except EngineError as error:
+            await self.db.jobs.mark_failed(job.id, str(error))
+            raise UserError(str(error)) from None
+        return Accepted(job, handle, resolved)
+
+    async def resubmit(self, job: Job) -> JobHandle:
+        """Queue an unfinished job again after a restart, with its stored seed."""
+        stored = StoredRequest.loads(job.request)
+        request = stored.request
+        if stored.init_image_key:
+            request = dataclasses.replace(
+                request, init_image=await self.images.get(stored.init_image_key)
+            )
+        return await self.engine.submit(request, user_id=str(job.user_id), job_id=job.id)
+
+    # --- results -------------------------------------------------------------------------
+
+    async def store_result(self, job: Job, result: JobResult) -> list[Image]:
+        """Write every image (file, thumbnail, record) before anyone is told it exists."""
+        existing = await self.db.images.for_job(job.id)
+        if existing:
+            return list(existing)
+        new_images: list[NewImage] = []
+        for index, generated in enumerate(result.images):
+            png = await asyncio.to_thread(generated.png_bytes)
+            new_images.append(await self.db.images.store(png, index=index, seed=generated.seed))
+        return list(await self.db.images.add(job.id, new_images))
+
+    async def image_bytes(self, image: Image) -> bytes:
+        return await self.images.get(image.file_key)
+
+    async def job_images(self, job_id: str) -> Sequence[Image]:
+        return await self.db.images.for_job(job_id)
+
+    async def usage(self, requester: Requester) -> Usage:
+        return await self.db.quotas.usage(
+            requester.guild_id, requester.user_id, role_ids=requester.role_ids
+        )
+
+
+def _fold(text: str) -> str:
+    # Compatibility-fold so look-alike characters and case tricks do not slip past the list.
+    return unicodedata.normalize("NFKC", text).casefold()

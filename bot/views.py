@@ -1,0 +1,178 @@
+"""Buttons that survive restarts: each custom_id carries the action and the job; the database
+holds the state. Clicks are routed to the bot's ``ButtonActions`` (see ``bot.actions``)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.client import DiffusionBot
+
+# Versioned and prefixed, so old messages keep working and other bots' ids never collide.
+PREFIX = "dc:1"
+MAX_CUSTOM_ID = 100
+
+
+class Action(enum.StrEnum):
+    UPSCALE = "up"
+    VARIATION = "var"
+    VARY_SUBTLE = "vsub"
+    VARY_STRONG = "vstr"
+    REROLL = "re"
+    FAVOURITE = "fav"
+    DELETE = "del"
+    INFO = "info"
+    CANCEL = "cancel"
+
+
+class Pager(enum.StrEnum):
+    FAVOURITES = "favs"
+    HISTORY = "hist"
+
+
+def job_custom_id(action: Action, job_id: str, index: int | None = None) -> str:
+    suffix = "" if index is None else f":{index}"
+    custom_id = f"{PREFIX}:{action.value}:{job_id}{suffix}"
+    assert len(custom_id) <= MAX_CUSTOM_ID
+    return custom_id
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.compile(
+        rf"{PREFIX}:(?P<action>[a-z]+):(?P<job>[A-Za-z0-9_-]{{1,40}})(?::(?P<index>\d))?"
+    ),
+):
+    def __init__(
+        self,
+        action: Action,
+        job_id: str,
+        index: int | None = None,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+        row: int | None = None,
+    ) -> None:
+        self.action = action
+        self.job_id = job_id
+        self.index = index
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                emoji=emoji,
+                style=style,
+                custom_id=job_custom_id(action, job_id, index),
+            ),
+            row=row,
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> JobButton:
+        try:
+            action = Action(match["action"])
+        except ValueError:
+            action = Action.INFO  # an id from a future version: show what we know
+        index = int(match["index"]) if match["index"] is not None else None
+        return cls(action, match["job"], index)
+
+    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:
+        await interaction.client.actions.on_job_button(
+            interaction, self.action, self.job_id, self.index
+        )
+
+
+class PageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.compile(rf"{PREFIX}:pg:(?P<kind>[a-z]+):(?P<user>\d{{1,20}}):(?P<page>\d{{1,5}})"),
+):
+    def __init__(
+        self, kind: Pager, user_id: int, page: int, *, label: str, disabled: bool = False
+    ) -> None:
+        self.kind = kind
+        self.user_id = user_id
+        self.page = page
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=discord.ButtonStyle.secondary,
+                disabled=disabled,
+                custom_id=f"{PREFIX}:pg:{kind.value}:{user_id}:{page}",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> PageButton:
+        return cls(Pager(match["kind"]), int(match["user"]), int(match["page"]), label="·")
+
+    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:
+        await interaction.client.actions.on_page(interaction, self.kind, self.user_id, self.page)
+
+
+def progress_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        JobButton(
+            Action.CANCEL, job_id, label="Cancel", emoji="✖", style=discord.ButtonStyle.danger
+        )
+    )
+    return view
+
+
+def grid_view(job_id: str, count: int) -> discord.ui.View:
+    """U1..Un and V1..Vn per image, then reroll, favourite, delete and info."""
+    view = discord.ui.View(timeout=None)
+    for i in range(count):
+        view.add_item(JobButton(Action.UPSCALE, job_id, i, label=f"U{i + 1}", row=0))
+    for i in range(count):
+        view.add_item(JobButton(Action.VARIATION, job_id, i, label=f"V{i + 1}", row=1))
+    _add_common(view, job_id, row=2, reroll=True)
+    return view
+
+
+def single_view(job_id: str, *, can_upscale: bool) -> discord.ui.View:
+    """For an upscale or a variation: favourite, vary, upscale again where the size allows."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        JobButton(Action.VARY_SUBTLE, job_id, 0, label="Vary (subtle)", emoji="🪄", row=0)
+    )
+    view.add_item(
+        JobButton(Action.VARY_STRONG, job_id, 0, label="Vary (strong)", emoji="🌀", row=0)
+    )
+    if can_upscale:
+        view.add_item(JobButton(Action.UPSCALE, job_id, 0, label="Upscale", emoji="⬆", row=0))
+    _add_common(view, job_id, row=1, reroll=False)
+    return view
+
+
+def _add_common(view: discord.ui.View, job_id: str, *, row: int, reroll: bool) -> None:
+    if reroll:
+        view.add_item(JobButton(Action.REROLL, job_id, emoji="🔄", row=row))
+    view.add_item(JobButton(Action.FAVOURITE, job_id, emoji="⭐", row=row))
+    view.add_item(JobButton(Action.DELETE, job_id, emoji="🗑", row=row))
+    view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=row))
+
+
+def pager_view(kind: Pager, user_id: int, page: int, page_count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        PageButton(kind, user_id, max(0, page - 1), label="◀ Previous", disabled=page <= 0)
+    )
+    view.add_item(
+        PageButton(kind, user_id, page + 1, label="Next ▶", disabled=page + 1 >= page_count)
+    )
+    return view

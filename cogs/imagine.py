@@ -1,0 +1,141 @@
+"""/imagine and /queue: the commands everyone uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import render
+from bot.actions import launch
+from bot.errors import UserError
+from bot.prompts import ASPECTS, parse_inline
+from engine.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from bot.client import DiffusionBot
+
+Interaction = discord.Interaction["DiffusionBot"]
+MAX_PROMPT_CHARS = 1500  # far beyond what a text encoder reads; longer is almost always a paste
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+
+    @app_commands.command()
+    @app_commands.describe(
+        prompt="What to draw. Midjourney-style --no, --ar 16:9, --seed and --steps work too.",
+        negative="What to keep out of the picture",
+        count="How many images (1 to 4)",
+        seed="A number that makes the result repeatable",
+        steps="Denoising steps (more is slower and often finer)",
+        guidance="How closely to follow the prompt",
+        aspect="The picture's shape",
+        model="Which model to draw with",
+        private="Only you will see the result",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    async def imagine(
+        self,
+        interaction: Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative: app_commands.Range[str, 0, 1000] | None = None,
+        count: app_commands.Range[int, 1, 4] = 4,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        aspect: str | None = None,
+        model: str | None = None,
+        private: bool = False,
+    ) -> None:
+        """Draw images from a text prompt."""
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(
+                f"That prompt is {len(prompt):,} characters long; please keep it under "
+                f"{MAX_PROMPT_CHARS:,}. Models only read the first few dozen words anyway."
+            )
+        inline = parse_inline(prompt)
+        if not inline.prompt.strip():
+            raise UserError("Please describe what to draw.")
+        if model is not None and model not in self.bot.registry.names():
+            raise UserError(
+                f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
+            )
+        negatives = [n for n in (negative, inline.negative) if n]
+        request = GenerationRequest(
+            prompt=inline.prompt,
+            model=model,
+            negative_prompt=", ".join(negatives),
+            count=count,
+            steps=steps if steps is not None else inline.steps,
+            guidance=guidance,
+            aspect=aspect or inline.aspect,
+            seed=seed if seed is not None else inline.seed,
+        )
+        await launch(interaction, request, private=private, notes=inline.notes)
+
+    @imagine.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = []
+        for spec in self.bot.registry.specs():
+            label = f"{spec.name} — {spec.description}"
+            if current.lower() in label.lower():
+                choices.append(app_commands.Choice(name=render.clip(label, 100), value=spec.name))
+        return choices[:25]
+
+    @imagine.autocomplete("prompt")
+    async def prompt_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        history = self.bot.service.db.history
+        mine = await history.recent(interaction.user.id, current, limit=15)
+        popular = (
+            await history.popular(interaction.guild_id, current, limit=10)
+            if interaction.guild_id
+            else []
+        )
+        seen: set[str] = set()
+        choices = []
+        for prompt in [*mine, *(use.prompt for use in popular)]:
+            if prompt in seen or not prompt.strip():
+                continue
+            seen.add(prompt)
+            # A choice's value is limited to 100 characters, like its name.
+            choices.append(app_commands.Choice(name=render.clip(prompt, 100), value=prompt[:100]))
+        return choices[:25]
+
+    @app_commands.command()
+    async def queue(self, interaction: Interaction) -> None:
+        """Show how busy the image queue is and where your jobs are."""
+        entries = self.bot.service.engine.queue_snapshot()
+        mine = [e for e in entries if e.user_id == str(interaction.user.id)]
+        waiting = sum(1 for e in entries if e.position > 0)
+        running = len(entries) - waiting
+        lines = [f"**{running}** generating now, **{waiting}** waiting."]
+        for entry in mine:
+            where = "generating now" if entry.position == 0 else f"position {entry.position}"
+            eta = "" if entry.eta_s is None else f", ready in about {render.duration(entry.eta_s)}"
+            lines.append(f"• `{entry.job_id}` ({entry.images} images): {where}{eta}")
+        if not mine:
+            lines.append("You have no jobs in the queue.")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @app_commands.command()
+    async def models(self, interaction: Interaction) -> None:
+        """List the models you can draw with."""
+        lines = [
+            f"• `{spec.name}` ({spec.family.value}) — {render.clip(spec.description, 150)}"
+            for spec in self.bot.registry.specs()
+        ]
+        await interaction.response.send_message(
+            render.clip("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
+        )
+
+
+async def setup(bot: DiffusionBot) -> None:
+    await bot.add_cog(Imagine(bot))

@@ -1,0 +1,155 @@
+"""/quota and /stats: moderators (Manage Server) manage limits and see how the bot is used."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import render
+from bot.actions import is_moderator
+from bot.errors import PermissionDenied, UserError
+from bot.storage.records import QuotaScope
+
+if TYPE_CHECKING:
+    from bot.client import DiffusionBot
+
+Interaction = discord.Interaction["DiffusionBot"]
+
+
+def _limit(value: str | None) -> int | None:
+    """'unlimited' or a whole number; None means unlimited."""
+    if value is None or value.strip().lower() in {"unlimited", "none", "∞"}:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"`{render.clip(value, 20)}` is not a number or `unlimited`.") from None
+    if number < 0:
+        raise UserError("A limit cannot be negative.")
+    return number
+
+
+def _shown(limit: int | None) -> str:
+    return "unlimited" if limit is None else str(limit)
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class Quota(commands.GroupCog, group_name="quota"):
+    """Daily image limits and concurrent jobs."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: Interaction) -> bool:
+        # default_permissions only hides the command; a server can change that, so check too.
+        if not is_moderator(interaction):
+            raise PermissionDenied("Only moderators with Manage Server can manage quotas.")
+        return True
+
+    @app_commands.command(name="show")
+    @app_commands.describe(user="Whose quota to show (default: yours)")
+    async def show(self, interaction: Interaction, user: discord.Member | None = None) -> None:
+        """Show a user's limits and today's usage."""
+        assert interaction.guild_id is not None
+        target = user or interaction.user
+        roles = tuple(r.id for r in getattr(target, "roles", ()) if not r.is_default())
+        usage = await self.bot.service.db.quotas.usage(
+            interaction.guild_id, target.id, role_ids=roles
+        )
+        text = (
+            f"**{target.display_name}** — limits from {usage.policy.source.value} settings\n"
+            f"Images today: {usage.used} of {_shown(usage.daily_limit)}"
+            f" (resets {render.discord_time(usage.resets_at)})\n"
+            f"Jobs at once: {usage.active_jobs} of {_shown(usage.concurrent_limit)}"
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="set")
+    @app_commands.describe(
+        role="Set the limits for everyone with this role",
+        user="Set the limits for this user",
+        daily_images="Images per day, or 'unlimited'",
+        concurrent_jobs="Jobs at the same time, or 'unlimited'",
+    )
+    async def set_(
+        self,
+        interaction: Interaction,
+        daily_images: str,
+        concurrent_jobs: str | None = None,
+        role: discord.Role | None = None,
+        user: discord.Member | None = None,
+    ) -> None:
+        """Set limits for a role, a user, or (with neither) the whole server."""
+        assert interaction.guild_id is not None
+        if role is not None and user is not None:
+            raise UserError("Pick a role or a user, not both.")
+        if role is not None:
+            scope, target, who = QuotaScope.ROLE, role.id, f"the role {role.name}"
+        elif user is not None:
+            scope, target, who = QuotaScope.USER, user.id, user.display_name
+        else:
+            scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
+        daily = _limit(daily_images)
+        concurrent = _limit(concurrent_jobs) if concurrent_jobs is not None else None
+        await self.bot.service.db.quotas.set_policy(
+            interaction.guild_id,
+            scope,
+            target,
+            daily_images=daily,
+            concurrent_jobs=concurrent,
+            updated_by=interaction.user.id,
+        )
+        await interaction.response.send_message(
+            f"Limits for {who}: {_shown(daily)} images a day, {_shown(concurrent)} jobs at once.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="reset")
+    @app_commands.describe(user="Whose usage today to forgive")
+    async def reset(self, interaction: Interaction, user: discord.Member) -> None:
+        """Give a user back today's images."""
+        assert interaction.guild_id is not None
+        forgiven = await self.bot.service.db.quotas.reset_usage(
+            interaction.guild_id, user.id, reset_by=interaction.user.id
+        )
+        await interaction.response.send_message(
+            f"Gave {user.display_name} back {forgiven} images for today.", ephemeral=True
+        )
+
+
+class Stats(commands.Cog):
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def stats(self, interaction: Interaction) -> None:
+        """Today's jobs, images, generation times and failures in this server."""
+        if not is_moderator(interaction):
+            raise PermissionDenied("Only moderators with Manage Server can see statistics.")
+        assert interaction.guild_id is not None
+        now = discord.utils.utcnow()
+        since = now.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=dt.UTC)
+        stats = await self.bot.service.db.jobs.stats(interaction.guild_id, since)
+        lines = [
+            f"**Today** (since 00:00 UTC): {stats.jobs} jobs, {stats.images} images",
+            f"Done {stats.done} · failed {stats.failed} · cancelled {stats.cancelled}"
+            f" · in progress {stats.active}",
+            f"Generation time: average {render.duration(stats.avg_seconds)},"
+            f" p95 {render.duration(stats.p95_seconds)}",
+        ]
+        for reason, count in stats.failures[:5]:
+            lines.append(f"• {count}× {render.clip(reason, 120)}")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+
+async def setup(bot: DiffusionBot) -> None:
+    await bot.add_cog(Quota(bot))
+    await bot.add_cog(Stats(bot))
