@@ -1,0 +1,486 @@
+"""``Database``: the one object the bot opens. It owns the connections and the repositories.
+
+Connections: one writer, one reader, both in WAL mode. Every write is a ``BEGIN IMMEDIATE``
+transaction on the writer, serialised in this process by an asyncio lock and across
+processes (the bot, ``diffusion-chat`` commands) by SQLite's own lock and the busy timeout.
+Readers never block the writer and always see the last commit.
+
+Durability: ``synchronous=FULL`` by default. In WAL mode ``NORMAL`` already survives a
+*process* crash (SIGKILL, segfault, OOM-kill) with every commit intact, because a commit is
+in the WAL file, in the kernel's page cache, before ``COMMIT`` returns; the crash test
+proves that. What ``NORMAL`` can lose is the last commits before a *power* failure or kernel
+panic, because it fsyncs only at checkpoints. Users were told "accepted" after the commit,
+so we pay one WAL fsync per commit (a few milliseconds; the bot commits a handful of times
+per job) and keep that promise through power loss too. Pass ``synchronous="NORMAL"`` where
+that trade is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import aiosqlite
+
+from ._base import Context
+from .clock import Clock, system_clock, to_db
+from .errors import InvalidTransition, NotOurDatabase, SchemaOutdated, StorageError
+from .favourites import FavouriteRepository
+from .files import ImageStore, LocalImageStore
+from .guilds import GuildRepository, UserRepository
+from .images import ImageRepository, store_file_and_thumbnail
+from .jobs import JobRepository
+from .migrations import (
+    LATEST_VERSION,
+    apply_migrations,
+    backup_before_migration,
+    check_sqlite_version,
+    read_version,
+)
+from .prompts import PromptHistoryRepository, fold
+from .quotas import QuotaRepository
+from .records import (
+    DEFAULT_POLICY,
+    CleanupReport,
+    CompletedJob,
+    GeneratedImage,
+    Job,
+    NewImage,
+    NewJob,
+    QuotaPolicy,
+)
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+DATABASE_FILE = "diffusion-chat.sqlite3"
+IMAGES_DIR = "images"
+_CLEANUP_BATCH = 500
+_FILE_BATCH = 50
+
+
+async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout: float) -> str:
+    """``PRAGMA journal_mode = WAL``, retried: while another connection is opening a new
+    database, the switch fails at once with "database is locked" (SQLite does not call the
+    busy handler for it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            return str(rows[0][0]).lower()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+async def _connect(
+    path: str, *, busy_timeout: float, synchronous: Synchronous
+) -> tuple[aiosqlite.Connection, int]:
+    """Open a configured connection; returns it and the schema version.
+
+    The file is checked (ours, not newer than this code) before anything is written to it,
+    not even the switch to WAL mode.
+    """
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
+        version = await read_version(conn, path)
+        mode = await _switch_to_wal(conn, busy_timeout)
+        if mode != "wal":
+            raise StorageError(
+                f"could not switch {path} to WAL mode (it is in {mode!r} mode); is "
+                f"it on a network file system, or open in another program?"
+            )
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA trusted_schema = OFF")
+    except sqlite3.DatabaseError as error:
+        await conn.close()
+        if "not a database" in str(error):
+            raise NotOurDatabase(path, "it is not an SQLite database") from error
+        raise
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, version
+
+
+async def migrate(
+    path: str | os.PathLike[str],
+    *,
+    target: int = LATEST_VERSION,
+    backup: bool = True,
+    busy_timeout: float = 30.0,
+) -> tuple[int, int]:
+    """Apply pending migrations to the database at ``path`` (created if missing).
+
+    Returns ``(from_version, to_version)``; equal when there was nothing to do. Before
+    changing an existing database it is copied to ``<path>.v<from_version>.bak``.
+    Raises ``SchemaTooNew`` for a database newer than this code (a downgrade is refused).
+    This is what ``diffusion-chat migrate`` runs.
+    """
+    check_sqlite_version()
+    name = os.fspath(path)
+    Path(name).parent.mkdir(parents=True, exist_ok=True)
+    conn, current = await _connect(name, busy_timeout=busy_timeout, synchronous="FULL")
+    try:
+        if backup and 0 < current < target:
+            await backup_before_migration(conn, name, current)
+        return await apply_migrations(conn, name, target=target)
+    finally:
+        await conn.close()
+
+
+class _Opening:
+    """What ``Database.open`` returns: ``await`` it, or use it with ``async with``."""
+
+    def __init__(self, factory: Callable[[], Awaitable[Database]]) -> None:
+        self._factory = factory
+        self._db: Database | None = None
+
+    def __await__(self) -> Generator[Any, None, Database]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> Database:
+        self._db = await self._factory()
+        return self._db
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            await self._db.close()
+
+
+class Database:
+    """The bot's storage. Open with ``await Database.open(path, images=...)``.
+
+    Repositories: ``jobs``, ``images``, ``favourites``, ``history`` (prompts), ``quotas``,
+    ``guilds``, ``users``. Cross-cutting operations (jobs with their files, retention) are
+    methods here.
+    """
+
+    def __init__(self, ctx: Context, schema_version: int) -> None:
+        self._ctx = ctx
+        self.path = ctx.path
+        self.schema_version = schema_version
+        self.jobs = JobRepository(ctx)
+        self.images = ImageRepository(ctx)
+        self.favourites = FavouriteRepository(ctx)
+        self.history = PromptHistoryRepository(ctx)
+        self.quotas = QuotaRepository(ctx)
+        self.guilds = GuildRepository(ctx)
+        self.users = UserRepository(ctx)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Database({self.path!r}, schema_version={self.schema_version})"
+
+    # -- opening and closing
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        images: ImageStore | None = None,
+        clock: Clock | None = None,
+        default_policy: QuotaPolicy = DEFAULT_POLICY,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = 10.0,
+        migrate: bool = True,
+        backup_before_migrate: bool = True,
+    ) -> _Opening:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        ``images``: the image store (needed by ``images.store``, ``complete_job`` and the
+        file half of ``cleanup``). ``clock``: injectable time (aware datetimes).
+        ``default_policy``: the built-in quota policy. ``migrate=False`` refuses an
+        outdated database with ``SchemaOutdated`` instead of upgrading it. A database newer
+        than this code raises ``SchemaTooNew``.
+        """
+
+        async def factory() -> Database:
+            return await cls._open(
+                os.fspath(path),
+                images=images,
+                clock=clock or system_clock,
+                default_policy=default_policy,
+                synchronous=synchronous,
+                busy_timeout=busy_timeout,
+                migrate=migrate,
+                backup_before_migrate=backup_before_migrate,
+            )
+
+        return _Opening(factory)
+
+    @classmethod
+    def open_data_dir(cls, data_dir: str | os.PathLike[str], **options: Any) -> _Opening:
+        """``DATA_DIR/diffusion-chat.sqlite3`` with a ``LocalImageStore`` on ``DATA_DIR/images``."""
+        root = Path(data_dir)
+        options.setdefault("images", LocalImageStore(root / IMAGES_DIR))
+        return cls.open(root / DATABASE_FILE, **options)
+
+    @classmethod
+    async def _open(
+        cls,
+        path: str,
+        *,
+        images: ImageStore | None,
+        clock: Clock,
+        default_policy: QuotaPolicy,
+        synchronous: Synchronous,
+        busy_timeout: float,
+        migrate: bool,
+        backup_before_migrate: bool,
+    ) -> Database:
+        check_sqlite_version()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer, version = await _connect(path, busy_timeout=busy_timeout, synchronous=synchronous)
+        reader: aiosqlite.Connection | None = None
+        try:
+            if version < LATEST_VERSION:
+                if not migrate:
+                    raise SchemaOutdated(path, version, LATEST_VERSION)
+                if backup_before_migrate and version > 0:
+                    await backup_before_migration(writer, path, version)
+                _, version = await apply_migrations(writer, path)
+            reader, _ = await _connect(path, busy_timeout=busy_timeout, synchronous=synchronous)
+            await reader.execute("PRAGMA query_only = ON")
+            await reader.create_function("dc_fold", 1, fold, deterministic=True)
+        except BaseException:
+            await writer.close()
+            if reader is not None:
+                await reader.close()
+            raise
+        ctx = Context(
+            path=path,
+            writer=writer,
+            reader=reader,
+            clock=clock,
+            files=images,
+            default_policy=default_policy,
+            write_lock=asyncio.Lock(),
+            read_lock=asyncio.Lock(),
+        )
+        return cls(ctx, version)
+
+    async def close(self) -> None:
+        """Close both connections (idempotent). Pending transactions finish first."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._ctx.write_lock:
+            with contextlib.suppress(sqlite3.Error):
+                await self._ctx.writer.execute("PRAGMA optimize")
+            await self._ctx.writer.close()
+        async with self._ctx.read_lock:
+            await self._ctx.reader.close()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def files(self) -> ImageStore | None:
+        """The image store this database was opened with."""
+        return self._ctx.files
+
+    def now(self) -> dt.datetime:
+        """The injected clock's time."""
+        return self._ctx.now()
+
+    # -- jobs with quotas and files
+
+    async def create_job(
+        self, job: NewJob, policy: QuotaPolicy, *, remember_prompt: bool = False
+    ) -> Job:
+        """``jobs.create``: record the job and spend its images atomically, or raise
+        ``QuotaExceeded``."""
+        return await self.jobs.create(job, policy, remember_prompt=remember_prompt)
+
+    async def complete_job(
+        self,
+        job_id: str,
+        outputs: Sequence[GeneratedImage],
+        *,
+        timings: dict[str, Any] | None = None,
+        generation_seconds: float | None = None,
+    ) -> CompletedJob:
+        """Store each image (file + WebP thumbnail) and mark the job done with their
+        records, in one transaction. Files are written (and fsynced) before the commit, so
+        a recorded image always has its file. Raises ``InvalidTransition`` if the job was
+        cancelled meanwhile (its files are then swept by ``cleanup`` later)."""
+        files = self.images.files
+        job = await self.jobs.get(job_id)
+        if job.finished:
+            raise InvalidTransition(job_id, job.status.value, "done")
+
+        async def store(output: GeneratedImage) -> tuple[NewImage, bytes, bytes]:
+            new, thumbnail = await store_file_and_thumbnail(
+                files, output.data, index=output.index, seed=output.seed
+            )
+            return new, output.data, thumbnail
+
+        stored = await asyncio.gather(*(store(output) for output in outputs))
+
+        async def ensure_files() -> None:
+            # Inside the write transaction: ``cleanup`` deletes files only inside one too,
+            # so a file it removed between our put and this commit is noticed and rewritten.
+            for new, data, thumbnail in stored:
+                if not await files.exists(new.file_key):
+                    await files.put(data)
+                if new.thumbnail_key and not await files.exists(new.thumbnail_key):
+                    await files.put(thumbnail, ext="webp")
+
+        return await self.jobs._mark_done(
+            job_id, [new for new, _, _ in stored], timings, generation_seconds, ensure_files
+        )
+
+    # -- retention
+
+    async def cleanup(
+        self,
+        older_than_days: float,
+        *,
+        file_grace: dt.timedelta = dt.timedelta(hours=1),
+        sweep_orphans: bool = True,
+    ) -> CleanupReport:
+        """Delete images older than ``older_than_days`` that nobody favourited, and their
+        files unless another image record still uses them (content-addressed files are
+        shared by identical images). Favourited images, their files and their thumbnails stay.
+
+        Also: forgets expired interaction tokens of finished jobs; with ``sweep_orphans``
+        deletes stored files that no record points at (a crash between storing a file and
+        recording it leaves those); removes temporary files a crash left mid-write. Files
+        modified within ``file_grace`` are never deleted: a job may be about to record them.
+        Job records stay (``/history`` still lists them, without images).
+        """
+        if older_than_days < 0:
+            raise ValueError("older_than_days must be 0 or more")
+        ctx = self._ctx
+        now = ctx.now()
+        cutoff = to_db(now - dt.timedelta(days=older_than_days))
+        images_deleted = 0
+        candidates: dict[str, None] = {}
+        while True:
+            async with ctx.write() as tx:
+                rows = await tx.all(
+                    """SELECT id, file_key, thumbnail_key FROM images
+                       WHERE created_at < ?
+                         AND NOT EXISTS (SELECT 1 FROM favourites WHERE image_id = images.id)
+                       ORDER BY created_at LIMIT ?""",
+                    (cutoff, _CLEANUP_BATCH),
+                )
+                if not rows:
+                    break
+                ids = [row[0] for row in rows]
+                await tx.run(f"DELETE FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids)
+            images_deleted += len(rows)
+            for row in rows:
+                candidates[row[1]] = None
+                if row[2]:
+                    candidates[row[2]] = None
+        async with ctx.write() as tx:
+            tokens_cleared = await tx.run(
+                """UPDATE jobs SET interaction_token = NULL
+                   WHERE interaction_token IS NOT NULL AND token_expires_at < ?
+                     AND status IN ('done', 'failed', 'cancelled')""",
+                (to_db(now),),
+            )
+        report = CleanupReport(images_deleted=images_deleted, tokens_cleared=tokens_cleared)
+        files = ctx.files
+        if files is None:
+            return report
+        fresh_after = now - file_grace
+        deleted, freed, kept = await self._delete_unreferenced(list(candidates), fresh_after)
+        orphans = orphan_bytes = 0
+        if sweep_orphans:
+            old_keys = [
+                item.key
+                async for item in files.scan()
+                if item.modified_at <= fresh_after and item.key not in candidates
+            ]
+            orphans, orphan_bytes, _ = await self._delete_unreferenced(old_keys, fresh_after)
+        temp = 0
+        if isinstance(files, LocalImageStore):
+            temp = await files.remove_stale_temp_files(file_grace)
+        return CleanupReport(
+            images_deleted=images_deleted,
+            files_deleted=deleted + orphans,
+            bytes_freed=freed + orphan_bytes,
+            files_kept_recent=kept,
+            orphan_files_deleted=orphans,
+            temp_files_deleted=temp,
+            tokens_cleared=tokens_cleared,
+        )
+
+    async def _delete_unreferenced(
+        self, keys: list[str], fresh_after: dt.datetime
+    ) -> tuple[int, int, int]:
+        """Delete the files among ``keys`` that no image record uses and that were not
+        modified after ``fresh_after``. Returns (files deleted, bytes freed, kept as fresh)."""
+        files = self._ctx.files
+        assert files is not None
+        deleted = freed = kept = 0
+        for start in range(0, len(keys), _FILE_BATCH):
+            async with self._ctx.write() as tx:
+                for key in keys[start : start + _FILE_BATCH]:
+                    if await tx.scalar(
+                        "SELECT 1 FROM images WHERE file_key = ?1 "
+                        "UNION ALL SELECT 1 FROM images WHERE thumbnail_key = ?1 LIMIT 1",
+                        (key,),
+                    ):
+                        continue
+                    info = await files.stat(key)
+                    if info is None:
+                        continue
+                    if info.modified_at > fresh_after:
+                        kept += 1
+                        continue
+                    if await files.delete(key):
+                        deleted += 1
+                        freed += info.size
+        return deleted, freed, kept
+
+    # -- maintenance
+
+    async def integrity_check(self) -> list[str]:
+        """Problems found by ``PRAGMA integrity_check`` and ``foreign_key_check``; ``[]``
+        when the database is sound."""
+        async with self._ctx.read() as tx:
+            rows = await tx.all("PRAGMA integrity_check")
+            problems = [row[0] for row in rows if row[0] != "ok"]
+            for row in await tx.all("PRAGMA foreign_key_check"):
+                problems.append(f"foreign key: {row[0]} row {row[1]} -> {row[2]}")
+        return problems
+
+    async def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """A consistent copy of the database (SQLite's online backup), e.g. before upgrades."""
+        dest = Path(destination)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        async with self._ctx.read_lock, aiosqlite.connect(dest) as target:
+            await self._ctx.reader.backup(target)
+        return dest

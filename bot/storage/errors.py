@@ -1,0 +1,167 @@
+"""Errors storage raises.
+
+``StorageUserError`` and its subclasses carry a message that is safe to show to the user who
+caused them (the bot turns them into ephemeral replies). Everything else is an operator's
+problem: log it with an incident id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+
+class StorageError(Exception):
+    """Base class of every error raised by ``bot.storage``."""
+
+
+class StorageUserError(StorageError):
+    """``str(error)`` is safe and useful to show to the user who triggered it."""
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+class SchemaError(StorageError):
+    """The database file's schema cannot be used by this version of the code."""
+
+
+class SchemaTooNew(SchemaError):
+    """The database was written by a newer Diffusion Chat; a downgrade is refused."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"The database {path} has schema version {found}, but this version of Diffusion "
+            f"Chat only knows versions up to {supported}. Refusing to downgrade it: run the "
+            f"newer Diffusion Chat that wrote it, or restore a backup made before the upgrade "
+            f"(migrations keep one next to the database as '<name>.v<version>.bak')."
+        )
+
+
+class SchemaOutdated(SchemaError):
+    """The database needs migrations and the caller asked not to apply them."""
+
+    def __init__(self, path: str, found: int, latest: int) -> None:
+        self.path = path
+        self.found = found
+        self.latest = latest
+        super().__init__(
+            f"The database {path} has schema version {found}; this code needs {latest}. "
+            f"Run 'diffusion-chat migrate' to upgrade it."
+        )
+
+
+class NotOurDatabase(SchemaError):
+    """The file is an SQLite database of some other application."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is not a Diffusion Chat database ({detail}). Point DATA_DIR at a "
+            f"directory of its own."
+        )
+
+
+class DatabaseBusy(StorageError):
+    """Another connection held the write lock for longer than the busy timeout."""
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+class NotFound(StorageError, LookupError):
+    """A record that the caller named does not exist."""
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"There is no job {job_id!r}.")
+
+
+class ImageNotFound(NotFound):
+    """No image record, or no stored file under that key."""
+
+
+class InvalidTransition(StorageError):
+    """A job status change that its life cycle does not allow (a done job cannot run)."""
+
+    def __init__(self, job_id: str, current: str, requested: str) -> None:
+        self.job_id = job_id
+        self.current = current
+        self.requested = requested
+        super().__init__(f"Job {job_id} is {current}; it cannot become {requested}.")
+
+
+class InvalidInput(StorageUserError, ValueError):
+    """A value storage refuses to keep (empty banned word, negative limit, ...)."""
+
+
+class InvalidText(InvalidInput):
+    """Text that cannot be stored as UTF-8 (for example an unpaired surrogate)."""
+
+
+class InvalidImage(InvalidInput):
+    """Bytes handed to the image store that are not a readable image."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key that the image store did not produce (and must not be turned into a path)."""
+
+
+# --- quotas -----------------------------------------------------------------------------
+
+
+class LimitKind(enum.StrEnum):
+    DAILY_IMAGES = "daily_images"
+    CONCURRENT_JOBS = "concurrent_jobs"
+
+
+class QuotaExceeded(StorageUserError):
+    """Creating the job would break the user's quota; nothing was written.
+
+    ``limit_kind``: which limit; ``limit``: its value; ``used``: images used today (daily) or
+    unfinished jobs (concurrent); ``requested``: images (daily) or 1 (concurrent);
+    ``resets_at``: next UTC midnight for the daily limit, ``None`` for the concurrent limit
+    (it frees up when a job ends).
+    """
+
+    def __init__(
+        self,
+        limit_kind: LimitKind,
+        *,
+        limit: int,
+        used: int,
+        requested: int,
+        resets_at: dt.datetime | None,
+    ) -> None:
+        self.limit_kind = limit_kind
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+        self.resets_at = resets_at
+        super().__init__(self._message())
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def _message(self) -> str:
+        if self.limit_kind is LimitKind.DAILY_IMAGES:
+            when = f" It resets at {self.resets_at:%H:%M} UTC." if self.resets_at else ""
+            if self.remaining == 0:
+                head = f"You have used all {self.limit} of your images for today."
+            else:
+                head = (
+                    f"You have {self.remaining} of your {self.limit} images left today, "
+                    f"and this needs {self.requested}."
+                )
+            return head + when
+        noun = "job" if self.limit == 1 else "jobs"
+        return (
+            f"You already have {self.used} unfinished {noun} (the limit is {self.limit}). "
+            f"Wait for one to finish, or cancel one."
+        )

@@ -1,0 +1,248 @@
+"""The schema, as numbered migrations.
+
+``PRAGMA user_version`` holds the number of migrations applied; ``PRAGMA application_id``
+marks the file as ours. Each migration runs in its own ``BEGIN IMMEDIATE`` transaction
+together with the version bump, so a crash mid-migration leaves the previous version intact,
+and two processes starting at once cannot both apply it.
+
+Rules for adding one: append to ``MIGRATIONS``, never edit a released one; one statement per
+string; no ``executescript`` (it commits behind our back).
+
+Conventions: STRICT tables; timestamps are UTC ISO 8601 text (see ``clock.py``); Discord ids
+are INTEGER; ``guild_key`` columns hold the guild id or 0 for direct messages (0 is never a
+snowflake) where a NULL would break uniqueness.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from .errors import NotOurDatabase, SchemaTooNew
+
+APPLICATION_ID = 0x44434854  # "DCHT"
+MIN_SQLITE = (3, 37, 0)  # STRICT tables
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+V1_CORE = Migration(
+    1,
+    "core tables: guilds, users, jobs, images, favourites, prompt history, quotas, ledger",
+    (
+        """CREATE TABLE guilds (
+            id            INTEGER PRIMARY KEY,
+            default_model TEXT,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE users (
+            id         INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE jobs (
+            id                 TEXT PRIMARY KEY,
+            user_id            INTEGER NOT NULL REFERENCES users(id),
+            guild_id           INTEGER REFERENCES guilds(id),
+            channel_id         INTEGER,
+            message_id         INTEGER,
+            interaction_token  TEXT,
+            token_expires_at   TEXT,
+            kind               TEXT NOT NULL,
+            request            TEXT NOT NULL,
+            prompt             TEXT NOT NULL,
+            image_count        INTEGER NOT NULL CHECK (image_count >= 1),
+            private            INTEGER NOT NULL DEFAULT 0 CHECK (private IN (0, 1)),
+            parent_job_id      TEXT REFERENCES jobs(id),
+            parent_image_index INTEGER,
+            status             TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            attempts           INTEGER NOT NULL DEFAULT 1,
+            error              TEXT,
+            timings            TEXT,
+            generation_seconds REAL,
+            created_at         TEXT NOT NULL,
+            started_at         TEXT,
+            finished_at        TEXT
+        ) STRICT""",
+        "CREATE INDEX jobs_active_user ON jobs(user_id) WHERE status IN ('queued', 'running')",
+        "CREATE INDEX jobs_user_created ON jobs(user_id, created_at)",
+        "CREATE INDEX jobs_parent ON jobs(parent_job_id) WHERE parent_job_id IS NOT NULL",
+        """CREATE TABLE images (
+            id            INTEGER PRIMARY KEY,
+            job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            idx           INTEGER NOT NULL CHECK (idx >= 0),
+            seed          INTEGER NOT NULL,
+            width         INTEGER NOT NULL,
+            height        INTEGER NOT NULL,
+            content_hash  TEXT NOT NULL,
+            file_key      TEXT NOT NULL,
+            thumbnail_key TEXT,
+            size_bytes    INTEGER NOT NULL,
+            created_at    TEXT NOT NULL,
+            UNIQUE (job_id, idx)
+        ) STRICT""",
+        "CREATE INDEX images_created ON images(created_at)",
+        "CREATE INDEX images_file_key ON images(file_key)",
+        "CREATE INDEX images_thumbnail_key ON images(thumbnail_key)",
+        """CREATE TABLE favourites (
+            user_id    INTEGER NOT NULL REFERENCES users(id),
+            image_id   INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, image_id)
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX favourites_image ON favourites(image_id)",
+        """CREATE TABLE prompt_history (
+            id         INTEGER PRIMARY KEY,
+            user_id    INTEGER NOT NULL REFERENCES users(id),
+            guild_key  INTEGER NOT NULL,
+            prompt     TEXT NOT NULL,
+            private    INTEGER NOT NULL DEFAULT 0 CHECK (private IN (0, 1)),
+            created_at TEXT NOT NULL
+        ) STRICT""",
+        "CREATE INDEX prompt_history_user ON prompt_history(user_id, created_at)",
+        """CREATE TABLE quota_policies (
+            guild_key       INTEGER NOT NULL,
+            scope           TEXT NOT NULL CHECK (scope IN ('guild', 'role', 'user')),
+            target_id       INTEGER NOT NULL,
+            daily_images    INTEGER CHECK (daily_images >= 0),
+            concurrent_jobs INTEGER CHECK (concurrent_jobs >= 0),
+            updated_at      TEXT NOT NULL,
+            updated_by      INTEGER,
+            PRIMARY KEY (guild_key, scope, target_id)
+        ) STRICT, WITHOUT ROWID""",
+        """CREATE TABLE usage_ledger (
+            id         INTEGER PRIMARY KEY,
+            guild_key  INTEGER NOT NULL,
+            user_id    INTEGER NOT NULL,
+            day        TEXT NOT NULL,
+            entry      TEXT NOT NULL CHECK (entry IN ('spend', 'refund', 'reset')),
+            images     INTEGER NOT NULL CHECK (images >= 0),
+            job_id     TEXT REFERENCES jobs(id),
+            created_at TEXT NOT NULL,
+            created_by INTEGER
+        ) STRICT""",
+        "CREATE INDEX usage_ledger_user_day ON usage_ledger(guild_key, user_id, day)",
+        # One spend and at most one refund per job: refunding twice gives back once.
+        "CREATE UNIQUE INDEX usage_ledger_spend ON usage_ledger(job_id) WHERE entry = 'spend'",
+        "CREATE UNIQUE INDEX usage_ledger_refund ON usage_ledger(job_id) WHERE entry = 'refund'",
+    ),
+)
+
+V2_MODERATION = Migration(
+    2,
+    "banned words, more guild settings, indexes for guild stats and popular prompts",
+    (
+        """CREATE TABLE banned_words (
+            guild_id   INTEGER NOT NULL REFERENCES guilds(id) ON DELETE CASCADE,
+            word       TEXT NOT NULL,
+            added_by   INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (guild_id, word)
+        ) STRICT, WITHOUT ROWID""",
+        "ALTER TABLE guilds ADD COLUMN preview_every INTEGER CHECK (preview_every >= 0)",
+        "ALTER TABLE guilds ADD COLUMN private_allowed INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE guilds ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'",
+        "CREATE INDEX jobs_guild_created ON jobs(guild_id, created_at)",
+        "CREATE INDEX prompt_history_guild ON prompt_history(guild_key, created_at)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION)
+LATEST_VERSION = len(MIGRATIONS)
+
+assert all(m.version == i + 1 for i, m in enumerate(MIGRATIONS)), "migrations out of order"
+
+
+def check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise RuntimeError(
+            f"SQLite {sqlite3.sqlite_version} is too old; Diffusion Chat needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer (use a newer Python build)."
+        )
+
+
+async def read_version(conn: aiosqlite.Connection, path: str) -> int:
+    """The schema version of an open database, after checking the file is ours."""
+    # One statement, so one consistent snapshot even while another process migrates.
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT (SELECT user_version FROM pragma_user_version()),"
+            " (SELECT application_id FROM pragma_application_id()),"
+            " (SELECT count(*) FROM sqlite_schema WHERE type = 'table')"
+        )
+    )
+    version, app_id, tables = (int(value) for value in rows[0])
+    if app_id not in (0, APPLICATION_ID):
+        raise NotOurDatabase(path, f"application_id is {app_id:#x}")
+    if app_id == 0 and (version != 0 or tables):
+        raise NotOurDatabase(path, "it already holds tables that Diffusion Chat did not make")
+    if version > LATEST_VERSION:
+        raise SchemaTooNew(path, version, LATEST_VERSION)
+    return version
+
+
+async def apply_migrations(
+    conn: aiosqlite.Connection, path: str, *, target: int = LATEST_VERSION
+) -> tuple[int, int]:
+    """Bring an open connection's schema up to ``target``. Returns (from, to).
+
+    The connection must be in autocommit mode (``isolation_level=None``).
+    """
+    if not 0 <= target <= LATEST_VERSION:
+        raise ValueError(f"target version {target} is not in 0..{LATEST_VERSION}")
+    start = await read_version(conn, path)
+    if start > target:
+        raise SchemaTooNew(path, start, target)
+    while True:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = await read_version(conn, path)
+            if current >= target:
+                await conn.execute("COMMIT")
+                return start, current
+            migration = MIGRATIONS[current]
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {migration.version:d}")
+            await conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await rollback_quietly(conn)
+            raise
+
+
+async def rollback_quietly(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever transaction is open, if any.
+
+    Always queued (never decided by ``conn.in_transaction``): after a cancellation the
+    ``BEGIN`` may still be waiting in the connection's thread, and the rollback must run
+    after it, or the write lock would stay held.
+    """
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        if "no transaction is active" not in str(error):
+            raise
+
+
+def backup_path(path: str | os.PathLike[str], version: int) -> Path:
+    return Path(f"{os.fspath(path)}.v{version}.bak")
+
+
+async def backup_before_migration(conn: aiosqlite.Connection, path: str, version: int) -> Path:
+    """Copy the database (consistently, through SQLite's backup API) before migrating it."""
+    dest = backup_path(path, version)
+    async with aiosqlite.connect(dest) as target:
+        await conn.backup(target)
+    return dest

@@ -1,0 +1,363 @@
+"""The typed records storage hands out. Frozen: callers never mutate storage by accident.
+
+A PostgreSQL backend returns the same records, so nothing here knows about SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .errors import InvalidInput
+
+T = TypeVar("T")
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: counts against the concurrent-job limit, resumed at start-up."""
+        return not self.finished
+
+
+# Which status may follow which. Finished jobs are final. ``running -> queued`` happens only
+# when ``JobRepository.resume_unfinished`` requeues a job interrupted by a restart.
+# ``queued -> done`` is allowed so that a result is never lost because a "started" event was.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.DONE: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class QuotaScope(enum.StrEnum):
+    GUILD = "guild"  # the guild's default for everyone
+    ROLE = "role"
+    USER = "user"
+
+
+class PolicySource(enum.StrEnum):
+    """Where an effective policy came from (for ``/quota show``)."""
+
+    USER = "user"
+    ROLE = "role"
+    GUILD = "guild"
+    DEFAULT = "default"  # the built-in default passed to ``Database.open``
+
+
+# --- guilds and users -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettings:
+    """Per-guild settings. ``None`` means "use the bot's configured default"."""
+
+    default_model: str | None = None
+    preview_every: int | None = None
+    private_allowed: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)  # JSON object, for settings to come
+
+
+@dataclass(frozen=True, slots=True)
+class Guild:
+    id: int
+    settings: GuildSettings
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BannedWord:
+    word: str  # stored trimmed and case-folded
+    added_by: int | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    created_at: dt.datetime
+
+
+# --- jobs and images --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What the bot knows when it accepts a request. ``request`` is the full request as JSON
+    text, serialised by the caller; storage keeps it verbatim and never looks inside."""
+
+    user_id: int
+    kind: str  # the operation: "txt2img", "upscale", "variation", ...
+    request: str
+    prompt: str = ""
+    image_count: int = 1  # images this job will make: what it spends from the daily quota
+    guild_id: int | None = None  # None: a direct message
+    channel_id: int | None = None
+    message_id: int | None = None
+    private: bool = False
+    parent_job_id: str | None = None  # upscales and variations: the job and image they came from
+    parent_image_index: int | None = None
+    interaction_token: str | None = field(default=None, repr=False)
+    token_expires_at: dt.datetime | None = None
+    id: str | None = None  # None: storage draws a fresh id
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str  # 12 URL-safe characters: fits in a Discord custom_id with room to spare
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    message_id: int | None
+    interaction_token: str | None = field(repr=False)
+    token_expires_at: dt.datetime | None
+    kind: str
+    request: str
+    prompt: str
+    image_count: int
+    private: bool
+    parent_job_id: str | None
+    parent_image_index: int | None
+    status: JobStatus
+    attempts: int  # 1 when created; +1 each time a restart resubmits it
+    error: str | None
+    timings: Mapping[str, Any] | None
+    generation_seconds: float | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def active(self) -> bool:
+        return self.status.active
+
+    def token_usable(self, now: dt.datetime, *, margin: dt.timedelta | None = None) -> bool:
+        """Whether the interaction token can still be used at ``now`` (minus a safety margin)."""
+        if self.interaction_token is None or self.token_expires_at is None:
+            return False
+        margin = dt.timedelta(seconds=30) if margin is None else margin
+        return now + margin < self.token_expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """An image the engine produced, before it is stored. ``data`` is the encoded PNG."""
+
+    index: int
+    seed: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NewImage:
+    """An image whose file (and thumbnail) are in the image store, ready to be recorded."""
+
+    index: int
+    seed: int
+    width: int
+    height: int
+    content_hash: str  # sha256 hex of the file's bytes
+    file_key: str
+    thumbnail_key: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    id: int
+    job_id: str
+    index: int
+    seed: int
+    width: int
+    height: int
+    content_hash: str
+    file_key: str
+    thumbnail_key: str | None
+    size_bytes: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedJob:
+    job: Job
+    images: tuple[Image, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One of the user's jobs for ``/history``, with the images it still has."""
+
+    job: Job
+    images: tuple[Image, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Favourite:
+    user_id: int
+    image: Image
+    job: Job
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def has_previous(self) -> bool:
+        return self.offset > 0
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+    @property
+    def page_number(self) -> int:
+        """1-based."""
+        return self.offset // self.limit + 1 if self.limit else 1
+
+    @property
+    def page_count(self) -> int:
+        return max(1, -(-self.total // self.limit)) if self.limit else 1
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeResult:
+    """Jobs found unfinished at start-up: requeued ones to submit again, and ones given up on
+    (failed, their images refunded) after too many attempts."""
+
+    resumed: tuple[Job, ...]
+    abandoned: tuple[Job, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCounts:
+    queued: int = 0
+    running: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running
+
+
+# --- prompts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUse:
+    prompt: str
+    uses: int
+    last_used: dt.datetime
+
+
+# --- quotas -----------------------------------------------------------------------------
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InvalidInput(f"{name} must be a whole number of 0 or more, or unlimited.")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPolicy:
+    """Limits for one user in one guild. ``None`` means unlimited."""
+
+    daily_images: int | None
+    concurrent_jobs: int | None
+    source: PolicySource = PolicySource.DEFAULT
+
+    def __post_init__(self) -> None:
+        _check_limit("The daily image limit", self.daily_images)
+        _check_limit("The concurrent job limit", self.concurrent_jobs)
+
+    @classmethod
+    def unlimited(cls) -> QuotaPolicy:
+        return cls(None, None)
+
+
+DEFAULT_POLICY = QuotaPolicy(daily_images=200, concurrent_jobs=2)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaOverride:
+    """A stored policy row: the guild default, a role's, or a user's."""
+
+    guild_id: int | None  # None: direct messages
+    scope: QuotaScope
+    target_id: int  # role or user id; the guild id (or 0 for DMs) for the guild default
+    daily_images: int | None
+    concurrent_jobs: int | None
+    updated_at: dt.datetime
+    updated_by: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A user's quota standing in one guild today (for the footer and ``/quota show``)."""
+
+    guild_id: int | None
+    user_id: int
+    day: dt.date  # the UTC day
+    used: int  # images spent today, net of refunds and resets
+    daily_limit: int | None
+    remaining: int | None  # None: unlimited
+    resets_at: dt.datetime  # next UTC midnight
+    active_jobs: int  # queued + running, in every guild
+    concurrent_limit: int | None
+    policy: QuotaPolicy
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuildStats:
+    guild_id: int | None
+    since: dt.datetime
+    jobs: int  # created since ``since``
+    done: int
+    failed: int
+    cancelled: int
+    active: int  # of those, still queued or running
+    images: int  # images made by the done jobs
+    avg_seconds: float | None  # generation time of done jobs
+    p95_seconds: float | None
+    failures: tuple[tuple[str, int], ...]  # (error text, count), most frequent first
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    images_deleted: int = 0  # image records
+    files_deleted: int = 0  # image and thumbnail files
+    bytes_freed: int = 0
+    files_kept_recent: int = 0  # unreferenced, but written too recently to delete safely
+    orphan_files_deleted: int = 0  # files no record pointed at (left by a crash); counted above
+    temp_files_deleted: int = 0  # temporary files left by a crash mid-write
+    tokens_cleared: int = 0  # expired interaction tokens of finished jobs, forgotten

@@ -1,0 +1,73 @@
+"""Transactions: cancellation and lock contention never leave half a write behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from storage_helpers import START, job_spec
+
+from bot.storage import Database, DatabaseBusy, ManualClock, QuotaPolicy
+
+FREE = QuotaPolicy.unlimited()
+
+
+def spends_and_jobs(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as conn:
+        jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        spends = conn.execute("SELECT count(*) FROM usage_ledger WHERE entry = 'spend'").fetchone()[
+            0
+        ]
+    return jobs, spends
+
+
+@pytest.mark.asyncio
+async def test_cancelled_writes_are_all_or_nothing(db: Database, db_path: Path) -> None:
+    # Cancel after more and more loop iterations: before the transaction, inside it, during
+    # the commit. Each job is committed together with its quota spend, or not at all.
+    for iterations in range(0, 120, 3):
+        task = asyncio.create_task(db.create_job(job_spec(image_count=2), FREE))
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    job = await db.create_job(job_spec(), FREE)  # the lock was released, no open transaction
+    assert not db._ctx.writer.in_transaction
+    jobs, spends = spends_and_jobs(db_path)
+    assert jobs == spends >= 1
+    assert (await db.quotas.usage(100, 1)).used == 2 * (jobs - 1) + 1
+    assert (await db.jobs.get(job.id)).status == "queued"
+
+
+@pytest.mark.asyncio
+async def test_a_held_write_lock_gives_database_busy(db_path: Path) -> None:
+    clock = ManualClock(START)
+    async with Database.open(db_path, clock=clock, busy_timeout=0.2) as db:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(DatabaseBusy):
+                await db.create_job(job_spec(), FREE)
+            # Reads are not blocked by a writer (WAL).
+            assert await db.jobs.unfinished() == []
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        job = await db.create_job(job_spec(), FREE)
+        assert await db.jobs.get(job.id) == job
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent_and_waits_for_writes(db_path: Path) -> None:
+    db = await Database.open(db_path, clock=ManualClock(START))
+    pending = asyncio.create_task(db.create_job(job_spec(), FREE))
+    await asyncio.sleep(0)
+    await db.close()
+    await db.close()
+    job = await pending
+    async with Database.open(db_path) as again:
+        assert await again.jobs.find(job.id) is not None
