@@ -60,7 +60,7 @@ class DiffusionBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(JobButton, PageButton)
-        self.tree.on_error = self.on_app_command_error
+        self.tree.error(self.on_app_command_error)
         for extension in EXTENSIONS:
             try:
                 await self.load_extension(extension)

@@ -22,6 +22,10 @@ DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
 
+_DEFAULT_DAILY: int | None = 200
+_DEFAULT_CONCURRENT: int | None = 2
+
+
 class SettingsError(Exception):
     """One or more settings are wrong; the message lists each with its fix."""
 
@@ -162,10 +166,13 @@ def load_settings(
             "MODEL_MEMORY_BUDGET_GB", _non_negative_float, 0.0, "use a number of GiB"
         ),
         default_daily_images=get(
-            "DEFAULT_DAILY_IMAGES", _limit, 200, "use a whole number, or 'unlimited'"
+            "DEFAULT_DAILY_IMAGES", _limit, _DEFAULT_DAILY, "use a whole number, or 'unlimited'"
         ),
         default_concurrent_jobs=get(
-            "DEFAULT_CONCURRENT_JOBS", _limit, 2, "use a whole number, or 'unlimited'"
+            "DEFAULT_CONCURRENT_JOBS",
+            _limit,
+            _DEFAULT_CONCURRENT,
+            "use a whole number, or 'unlimited'",
         ),
         log_level=get(
             "LOG_LEVEL",

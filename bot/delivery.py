@@ -223,8 +223,7 @@ def _fresh(extra: dict[str, Any]) -> dict[str, Any]:
     fresh = dict(extra)
     if "attachments" in fresh:
         fresh["attachments"] = [
-            discord.File(io.BytesIO(f.fp.getvalue()), f.filename)  # type: ignore[attr-defined]
-            for f in fresh["attachments"]
+            discord.File(io.BytesIO(f.fp.getvalue()), f.filename) for f in fresh["attachments"]
         ]
     return fresh
 

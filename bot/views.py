@@ -85,7 +85,7 @@ class JobButton(
         index = int(match["index"]) if match["index"] is not None else None
         return cls(action, match["job"], index)
 
-    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:
+    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:  # type: ignore[override]
         await interaction.client.actions.on_job_button(
             interaction, self.action, self.job_id, self.index
         )
@@ -119,7 +119,7 @@ class PageButton(
     ) -> PageButton:
         return cls(Pager(match["kind"]), int(match["user"]), int(match["page"]), label="·")
 
-    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:
+    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:  # type: ignore[override]
         await interaction.client.actions.on_page(interaction, self.kind, self.user_id, self.page)
 
 

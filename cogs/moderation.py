@@ -36,7 +36,7 @@ class Banned(commands.GroupCog, group_name="banned"):
         self.bot = bot
         super().__init__()
 
-    async def interaction_check(self, interaction: Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         if not is_moderator(interaction):
             raise PermissionDenied("Only moderators with Manage Server can manage banned words.")
         return True

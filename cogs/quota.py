@@ -46,7 +46,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         self.bot = bot
         super().__init__()
 
-    async def interaction_check(self, interaction: Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         # default_permissions only hides the command; a server can change that, so check too.
         if not is_moderator(interaction):
             raise PermissionDenied("Only moderators with Manage Server can manage quotas.")

@@ -448,12 +448,13 @@ class Engine:
                 for work in works:
                     work.emit(ModelLoading(request.model))
                 started = self._clock()
+
+                def loading(detail: str) -> None:
+                    for work in works:
+                        work.emit(ModelLoading(request.model, detail))
+
                 await asyncio.to_thread(
-                    self._backend.load,
-                    request.model,
-                    self._thread_callback(
-                        lambda detail: [w.emit(ModelLoading(request.model, detail)) for w in works]
-                    ),
+                    self._backend.load, request.model, self._thread_callback(loading)
                 )
                 load_s = self._clock() - started
             self._loaded_model = request.model

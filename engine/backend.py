@@ -1,0 +1,420 @@
+"""The diffusers implementation of the engine's ``Backend`` seam.
+
+``resolve`` validates a request and fills every default without touching model weights;
+``run`` performs one pipeline call for a batch of image slots. Every error a user can cause
+comes out as an ``engine.errors`` exception whose text can be shown to that user.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import (
+    EngineError,
+    ModelNotFoundError,
+    OutOfMemory,
+    ValidationError,
+)
+from engine.images import format_parameters, open_user_image, open_user_mask
+from engine.loader import LoadedModel, ModelManager
+from engine.ops import OPERATIONS, OpContext
+from engine.ops.img2img import DEFAULT_IMG2IMG_STRENGTH
+from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
+from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry
+from engine.ops.upscale import DEFAULT_UPSCALE_STRENGTH, UPSCALE_FACTOR
+from engine.ops.variation import DEFAULT_VARIATION, VARIATION_STRENGTHS
+from engine.registry import ASPECT_RATIOS, SCHEDULERS, ModelRegistry, ModelSpec, Presets
+from engine.types import (
+    MAX_IMAGES_PER_REQUEST,
+    MAX_SEED,
+    GeneratedImage,
+    GenerationRequest,
+    ImageSlot,
+    LoadCallback,
+    Operation,
+    ResolvedRequest,
+    StepCallback,
+)
+
+log = logging.getLogger(__name__)
+
+GUIDANCE_RANGE = (0.0, 30.0)
+# Decoded input images above this are refused before decoding (decompression bombs).
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+# CLIP's window is 77 tokens, two of which are the start and end markers.
+DEFAULT_TOKEN_LIMIT = 75
+MAX_PREVIEW_EVERY = 1000
+MAX_OUTPAINT_PIXELS = 512
+
+IMAGE_OPERATIONS = frozenset(set(Operation) - {Operation.TXT2IMG})
+DEFAULT_STRENGTHS: dict[Operation, float] = {
+    Operation.IMG2IMG: DEFAULT_IMG2IMG_STRENGTH,
+    Operation.VARIATION: VARIATION_STRENGTHS[DEFAULT_VARIATION],
+    Operation.UPSCALE: DEFAULT_UPSCALE_STRENGTH,
+    Operation.INPAINT: DEFAULT_INPAINT_STRENGTH,
+    Operation.OUTPAINT: DEFAULT_OUTPAINT_STRENGTH,
+}
+_OOM_MARKERS = ("out of memory", "cuda error: out of memory", "mps backend out of memory")
+# What a CLIP tokenizer splits words on, for estimating length when no tokenizer is at hand.
+_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendLimits:
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+
+
+class DiffusersBackend:
+    """Implements ``engine.types.Backend`` with diffusers pipelines."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        manager: ModelManager,
+        limits: BackendLimits | None = None,
+    ) -> None:
+        self.registry = registry
+        self.manager = manager
+        self.limits = limits or BackendLimits()
+
+    # --- the Backend protocol -------------------------------------------------------------
+
+    def resolve(self, request: GenerationRequest) -> ResolvedRequest:
+        spec = self.registry.get(request.model)
+        presets = spec.presets
+        try:
+            operation = Operation(request.operation)
+        except ValueError:
+            raise ValidationError(f"Unknown operation {request.operation!r}.") from None
+        if not 1 <= request.count <= MAX_IMAGES_PER_REQUEST:
+            raise ValidationError(f"Ask for 1 to {MAX_IMAGES_PER_REQUEST} images.")
+
+        prompt = clean_prompt(request.prompt)
+        if not prompt and operation is Operation.TXT2IMG:
+            raise ValidationError("The prompt is empty. Describe the image you want.")
+        negative = clean_prompt(request.negative_prompt)
+        prefix = clean_prompt(presets.negative_prefix)
+        negative = ", ".join(part for part in (prefix, negative) if part)
+        prompt, truncated = self._fit_prompt(spec, prompt)
+        negative, _ = self._fit_prompt(spec, negative)
+
+        steps = presets.steps if request.steps is None else request.steps
+        if not 1 <= steps <= presets.max_steps:
+            raise ValidationError(
+                f"Steps must be between 1 and {presets.max_steps} for {spec.name}."
+            )
+        guidance = presets.guidance if request.guidance is None else float(request.guidance)
+        if not (GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]) or math.isnan(guidance):
+            raise ValidationError(
+                f"Guidance must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}."
+            )
+        scheduler = request.scheduler or presets.scheduler
+        if scheduler not in SCHEDULERS:
+            raise ValidationError(
+                f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULERS)}."
+            )
+        if request.seed is None:
+            seed, seed_was_explicit = secrets.randbelow(MAX_SEED + 1), False
+        elif 0 <= request.seed <= MAX_SEED:
+            seed, seed_was_explicit = int(request.seed), True
+        else:
+            raise ValidationError(f"The seed must be between 0 and {MAX_SEED}.")
+        if not 0 <= request.preview_every <= MAX_PREVIEW_EVERY:
+            raise ValidationError("preview_every must be 0 (off) or a positive number of steps.")
+
+        strength = self._strength(operation, request)
+        width, height, outpaint_pixels = self._size(spec, operation, request)
+        if strength is not None and steps * strength < 1:
+            # Image operations run only steps x strength denoising steps; zero would be a
+            # no-op that diffusers refuses.
+            needed = math.ceil(1 / strength)
+            if request.steps is None and needed <= presets.max_steps:
+                steps = needed
+            else:
+                raise ValidationError(
+                    f"With strength {strength:g}, use at least {needed} steps "
+                    "(only steps × strength denoising steps run)."
+                )
+
+        return ResolvedRequest(
+            model=spec.name,
+            family=spec.family,
+            operation=operation,
+            prompt=prompt,
+            negative_prompt=negative,
+            count=request.count,
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            height=height,
+            scheduler=scheduler,
+            seed=seed,
+            seed_was_explicit=seed_was_explicit,
+            strength=strength,
+            init_image=request.init_image if operation in IMAGE_OPERATIONS else None,
+            mask_image=request.mask_image if operation is Operation.INPAINT else None,
+            preview_every=request.preview_every,
+            prompt_truncated=truncated,
+            outpaint_sides=tuple(request.outpaint_sides) if operation is Operation.OUTPAINT else (),
+            outpaint_pixels=outpaint_pixels,
+        )
+
+    def is_loaded(self, model: str) -> bool:
+        return self.manager.is_loaded(model)
+
+    def load(self, model: str, on_progress: LoadCallback | None = None) -> None:
+        self.manager.get(self.registry.get(model), on_progress)
+
+    def run(
+        self, request: ResolvedRequest, slots: list[ImageSlot], on_step: StepCallback
+    ) -> list[GeneratedImage | None]:
+        if not slots:
+            return []
+        model = self.manager.get(self.registry.get(request.model))
+        context = OpContext(
+            manager=self.manager,
+            model=model,
+            request=request,
+            slots=slots,
+            on_step=on_step,
+            max_input_pixels=self.limits.max_input_pixels,
+        )
+        operation = OPERATIONS[request.operation]
+        try:
+            images = operation(context)
+        except EngineError:
+            raise
+        except torch.OutOfMemoryError:
+            self._after_oom()
+            raise OutOfMemory() from None
+        except RuntimeError as error:
+            if any(marker in str(error).lower() for marker in _OOM_MARKERS):
+                self._after_oom()
+                raise OutOfMemory() from None
+            raise
+        return [
+            None if image is None else self._generated(model, request, slot, image)
+            for slot, image in zip(slots, images, strict=True)
+        ]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _generated(
+        self, model: LoadedModel, request: ResolvedRequest, slot: ImageSlot, image: object
+    ) -> GeneratedImage:
+        from PIL import Image
+
+        assert isinstance(image, Image.Image)
+        return GeneratedImage(
+            image=image,
+            seed=slot.seed,
+            parameters=parameters_text(request, slot, image.width, image.height),
+        )
+
+    def _after_oom(self) -> None:
+        if self.manager.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _strength(self, operation: Operation, request: GenerationRequest) -> float | None:
+        if operation not in IMAGE_OPERATIONS:
+            return None
+        if request.strength is not None:
+            strength = float(request.strength)
+            if not 0.0 < strength <= 1.0 or math.isnan(strength):
+                raise ValidationError("Strength must be greater than 0 and at most 1.")
+            return strength
+        if operation is Operation.VARIATION and request.variation is not None:
+            if request.variation not in VARIATION_STRENGTHS:
+                raise ValidationError("A variation is either 'subtle' or 'strong'.")
+            return VARIATION_STRENGTHS[request.variation]
+        return DEFAULT_STRENGTHS[operation]
+
+    def _size(
+        self, spec: ModelSpec, operation: Operation, request: GenerationRequest
+    ) -> tuple[int, int, int]:
+        """(width, height, outpaint pixels) of the output, validated."""
+        presets = spec.presets
+        if operation is Operation.TXT2IMG:
+            if request.width is None and request.height is None and request.aspect:
+                if request.aspect not in ASPECT_RATIOS:
+                    raise ValidationError(
+                        f"Unknown aspect ratio {request.aspect!r}. Choose one of: "
+                        f"{', '.join(ASPECT_RATIOS)}."
+                    )
+                width, height = spec.size_for_aspect(request.aspect)
+            else:
+                width = presets.width if request.width is None else request.width
+                height = presets.height if request.height is None else request.height
+            check_size(width, height, presets)
+            return width, height, 0
+
+        if request.init_image is None:
+            raise ValidationError(f"{operation.value} needs an input image.")
+        image = open_user_image(request.init_image, max_pixels=self.limits.max_input_pixels)
+        if operation is Operation.INPAINT:
+            if request.mask_image is None:
+                raise ValidationError("Inpainting needs a mask (white where to repaint).")
+            open_user_mask(
+                request.mask_image, size=image.size, max_pixels=self.limits.max_input_pixels
+            )
+        if operation is Operation.UPSCALE:
+            width, height = fit_size(image.size, presets)
+            return width * UPSCALE_FACTOR, height * UPSCALE_FACTOR, 0
+        if operation is Operation.OUTPAINT:
+            pixels = request.outpaint_pixels
+            if not 8 <= pixels <= MAX_OUTPAINT_PIXELS:
+                raise ValidationError(f"Extend by 8 to {MAX_OUTPAINT_PIXELS} pixels.")
+            # "Zoom out" means the same to every model; a fixed pixel count does not, so
+            # it is capped where the canvas would leave the image too little room.
+            pixels = min(round(pixels / 8) * 8, max(8, presets.max_size // 32 * 8))
+            for side in request.outpaint_sides:
+                if side not in ("left", "right", "top", "bottom"):
+                    raise ValidationError(f"Unknown side {side!r}: use left, right, top, bottom.")
+            _, canvas = outpaint_geometry(
+                image.size,
+                request.outpaint_sides,
+                pixels,
+                min_size=presets.min_size,
+                max_size=presets.max_size,
+            )
+            return canvas[0], canvas[1], pixels
+        if request.width is not None or request.height is not None:
+            width = request.width if request.width is not None else presets.width
+            height = request.height if request.height is not None else presets.height
+            check_size(width, height, presets)
+            return width, height, 0
+        width, height = fit_size(image.size, presets)
+        return width, height, 0
+
+    def _fit_prompt(self, spec: ModelSpec, text: str) -> tuple[str, bool]:
+        """The prompt cut to what the text encoder reads, and whether it was cut.
+
+        Diffusers would silently drop the excess; cutting here means the image's metadata
+        states the prompt that was really used, and the caller can tell the user.
+        """
+        if not text:
+            return text, False
+        tokenizer = self.manager.tokenizer_for(spec)
+        if tokenizer is None:
+            return truncate_by_estimate(text, DEFAULT_TOKEN_LIMIT)
+        limit = tokenizer.model_max_length - 2
+        if not 0 < limit < 10_000:
+            limit = DEFAULT_TOKEN_LIMIT
+        encoding = tokenizer(
+            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True
+        )
+        if len(encoding["input_ids"]) <= limit:
+            return text, False
+        end = encoding["offset_mapping"][limit - 1][1]
+        return text[:end].rstrip(), True
+
+
+# --- pure helpers, shared with the CLI and tests ------------------------------------------
+
+
+def clean_prompt(text: str) -> str:
+    """Prompt text safe for every consumer: control characters (NUL included) become spaces,
+    unpaired surrogates are dropped, runs of spaces collapse, ends are trimmed."""
+    cleaned = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            continue
+        cleaned.append(" " if category == "Cc" and char != "\n" else char)
+    lines = (" ".join(line.split()) for line in "".join(cleaned).split("\n"))
+    return "\n".join(line for line in lines if line).strip()
+
+
+def truncate_by_estimate(text: str, limit: int) -> tuple[str, bool]:
+    """Cut ``text`` after ``limit`` CLIP word pieces (a lower bound on its token count)."""
+    pieces = list(_CLIP_PIECES.finditer(text))
+    if len(pieces) <= limit:
+        return text, False
+    return text[: pieces[limit - 1].end()].rstrip(), True
+
+
+def check_size(width: int, height: int, presets: Presets) -> None:
+    for name, value in (("Width", width), ("Height", height)):
+        if value % 8:
+            raise ValidationError(f"{name} must be a multiple of 8 (got {value}).")
+        if not presets.min_size <= value <= presets.max_size:
+            raise ValidationError(
+                f"{name} must be between {presets.min_size} and {presets.max_size} "
+                f"for this model (got {value})."
+            )
+
+
+def fit_size(size: tuple[int, int], presets: Presets) -> tuple[int, int]:
+    """An input image's size brought into the model's range, as multiples of 8, keeping
+    the aspect ratio as well as the range allows."""
+    width, height = size
+    scale = min(1.0, presets.max_size / max(width, height))
+    if min(width, height) * scale < presets.min_size:
+        scale = presets.min_size / min(width, height)
+
+    def snap(value: float) -> int:
+        rounded = max(8, math.floor(value / 8 + 0.5) * 8)
+        return min(max(rounded, presets.min_size), presets.max_size)
+
+    return snap(width * scale), snap(height * scale)
+
+
+def parameters_text(request: ResolvedRequest, slot: ImageSlot, width: int, height: int) -> str:
+    """AUTOMATIC1111 "parameters" text for one generated image."""
+    sampler = request.scheduler
+    extra: dict[str, str] = {}
+    if sampler.endswith("_karras"):
+        # Since web UI 1.9 the noise schedule is its own field.
+        sampler = sampler.removesuffix("_karras")
+        extra["Schedule type"] = "Karras"
+    if request.strength is not None:
+        extra["Denoising strength"] = f"{request.strength:g}"
+    if request.operation is not Operation.TXT2IMG:
+        extra["Operation"] = request.operation.value
+    return format_parameters(
+        prompt=slot.prompt,
+        negative_prompt=slot.negative_prompt,
+        steps=request.steps,
+        sampler=sampler,
+        cfg_scale=request.guidance,
+        seed=slot.seed,
+        width=width,
+        height=height,
+        model=request.model,
+        extra=extra,
+    )
+
+
+def slots_for(request: ResolvedRequest, job_id: str) -> list[ImageSlot]:
+    """The image slots of one job (what the engine's worker builds for a batch)."""
+    return [
+        ImageSlot(
+            job_id=job_id,
+            index=index,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=seed,
+            init_image=request.init_image,
+            mask_image=request.mask_image,
+            preview_every=request.preview_every,
+        )
+        for index, seed in enumerate(request.seeds)
+    ]
+
+
+__all__ = [
+    "BackendLimits",
+    "DiffusersBackend",
+    "ModelNotFoundError",
+    "clean_prompt",
+    "fit_size",
+    "parameters_text",
+    "slots_for",
+]

@@ -1,0 +1,314 @@
+"""Loading: device and dtype, sources (built-in, folder, single file, hub), sharing, LRU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.backend import DiffusersBackend, slots_for
+from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
+from engine.loader import (
+    LoaderOptions,
+    ModelManager,
+    PipelineKind,
+    make_scheduler,
+    module_bytes,
+    pick_device,
+    pick_dtype,
+    progress_reporter,
+    select_pipeline_files,
+)
+from engine.registry import SCHEDULERS, ModelRegistry, SourceKind
+from engine.types import Family, GenerationRequest
+from tests.engine.helpers import max_pixel_difference, never_cancel
+from tests.engine.ldm_export import save_single_file
+
+# --- device and dtype ---------------------------------------------------------------------
+
+
+def test_cpu_gets_float32_and_gpus_get_half_precision() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype(torch.device("cpu")) is torch.float32
+    assert pick_dtype(torch.device("cuda")) is torch.float16
+    assert pick_dtype(torch.device("mps")) is torch.float16
+    assert pick_dtype(torch.device("cuda"), "bf16") is torch.bfloat16
+    with pytest.raises(ModelLoadError, match="Unknown dtype"):
+        pick_dtype(torch.device("cpu"), "float8")
+
+
+def test_default_device_is_the_best_available() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and torch.backends.mps.is_available():
+        expected = "mps"
+    assert pick_device().type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_explains_what_to_do() -> None:
+    with pytest.raises(ModelLoadError, match="CUDA build of PyTorch"):
+        pick_device("cuda")
+    with pytest.raises(ModelLoadError, match="Unknown device"):
+        pick_device("gpu please")
+
+
+# --- built-in models, sharing and memory ------------------------------------------------------
+
+
+def test_derived_pipelines_share_the_loaded_modules(
+    manager: ModelManager, registry: ModelRegistry
+) -> None:
+    for name in ("tiny", "tiny-xl"):
+        model = manager.get(registry.get(name))
+        base = model.pipe
+        for kind in (PipelineKind.IMG2IMG, PipelineKind.INPAINT):
+            derived = manager.pipeline(model, kind)
+            assert manager.pipeline(model, kind) is derived  # built once
+            for component, module in base.components.items():
+                if isinstance(module, torch.nn.Module):
+                    assert getattr(derived, component) is module, (name, kind, component)
+            assert derived._progress_bar_config.get("disable") is True
+            assert derived.dtype == base.dtype == manager.dtype
+        # from_pipe must not have cast the shared modules.
+        assert module_bytes(base) == model.size_bytes
+
+
+def test_models_load_lazily_and_the_lru_keeps_within_the_budget(registry: ModelRegistry) -> None:
+    tiny_bytes = module_bytes(
+        ModelManager(LoaderOptions(device="cpu")).get(registry.get("tiny")).pipe
+    )
+    manager = ModelManager(LoaderOptions(device="cpu", memory_budget_bytes=int(tiny_bytes * 1.5)))
+    assert manager.loaded_names() == []
+    manager.get(registry.get("tiny"))
+    assert manager.is_loaded("tiny")
+    manager.get(registry.get("tiny-xl"))
+    assert manager.loaded_names() == ["tiny-xl"]  # tiny was evicted to make room
+    assert manager.loaded_bytes() == manager.get(registry.get("tiny-xl")).size_bytes
+
+    roomy = ModelManager(LoaderOptions(device="cpu", memory_budget_bytes=tiny_bytes * 10))
+    first = roomy.get(registry.get("tiny"))
+    roomy.get(registry.get("tiny-xl"))
+    assert roomy.get(registry.get("tiny")) is first  # cached, not reloaded
+    assert roomy.loaded_names() == ["tiny-xl", "tiny"]  # least recently used first
+    roomy.unload_all()
+    assert roomy.loaded_names() == []
+
+
+def test_every_scheduler_name_builds_its_class(
+    manager: ModelManager, registry: ModelRegistry
+) -> None:
+    config = manager.get(registry.get("tiny")).scheduler_config
+    for name in SCHEDULERS:
+        scheduler = make_scheduler(name, config)
+        assert scheduler.config.num_train_timesteps == 1000
+    assert type(make_scheduler("euler_a", config)).__name__ == "EulerAncestralDiscreteScheduler"
+    assert make_scheduler("dpmpp_2m_karras", config).config.use_karras_sigmas is True
+    assert make_scheduler("dpmpp_2m", config).config.use_karras_sigmas is False
+
+
+# --- local folders and single files ----------------------------------------------------------
+
+
+# The presets of the built-in tiny models, for registry entries that hold them as files.
+TINY_PRESETS = "width = 64\nheight = 64\nmin_size = 32\nsteps = 4\nguidance = 5.0\n"
+
+
+def registry_for(tmp_path: Path, entries: str) -> ModelRegistry:
+    file = tmp_path / "models.toml"
+    file.write_text(entries)
+    return ModelRegistry.load(file)
+
+
+def first_image(backend: DiffusersBackend, model: str):
+    request = backend.resolve(GenerationRequest(prompt="a red fox", model=model, seed=5))
+    [image] = backend.run(request, slots_for(request, "job"), never_cancel)
+    assert image is not None
+    return image.image
+
+
+def assert_same_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_local_diffusers_folder_loads_through_the_registry(
+    tmp_path: Path, tiny_folders: dict[str, Path], backend: DiffusersBackend
+) -> None:
+    registry = registry_for(
+        tmp_path,
+        f'[models.folder]\nsource = "{tiny_folders["tiny"]}"\n{TINY_PRESETS}'
+        f'[models.folder-xl]\nsource = "{tiny_folders["tiny-xl"]}"\n{TINY_PRESETS}',
+    )
+    assert registry.get("folder").source_kind is SourceKind.FOLDER
+    assert registry.get("folder").family is Family.SD15  # detected from model_index.json
+    assert registry.get("folder-xl").family is Family.SDXL
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    local = DiffusersBackend(registry, manager)
+    loaded = manager.get(registry.get("folder"))
+    builtin = backend.manager.get(backend.registry.get("tiny"))
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_weights(getattr(loaded.pipe, name), getattr(builtin.pipe, name))
+    # Same weights and scheduler config: the same image as the built-in model.
+    assert max_pixel_difference(first_image(local, "folder"), first_image(backend, "tiny")) == 0
+    manager.get(registry.get("folder-xl"))
+    assert manager.loaded_names() == ["folder", "folder-xl"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-xl"])
+def test_a_single_safetensors_file_loads_with_a_config_folder(
+    name: str, tmp_path: Path, tiny_folders: dict[str, Path], backend: DiffusersBackend
+) -> None:
+    builtin = backend.manager.get(backend.registry.get(name))
+    checkpoint = save_single_file(builtin.pipe, tmp_path / "model.safetensors")
+    registry = registry_for(
+        tmp_path,
+        f'[models.file]\nsource = "model.safetensors"\nconfig = "{tiny_folders[name]}"\n'
+        + TINY_PRESETS,
+    )
+    spec = registry.get("file")
+    assert spec.source == str(checkpoint)
+    assert spec.source_kind is SourceKind.SINGLE_FILE
+    assert spec.family is builtin.family  # detected from the checkpoint's key names
+    single = DiffusersBackend(registry, ModelManager(LoaderOptions(device="cpu")))
+    loaded = single.manager.get(spec)
+    components = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if name == "tiny-xl" else [])
+    for component in components:
+        assert_same_weights(getattr(loaded.pipe, component), getattr(builtin.pipe, component))
+    assert max_pixel_difference(first_image(single, "file"), first_image(backend, name)) <= 1
+
+
+def test_a_single_file_without_a_config_explains_what_to_set(tmp_path: Path) -> None:
+    from engine.tiny import build_tiny_sd15
+
+    save_single_file(build_tiny_sd15(), tmp_path / "model.safetensors")
+    registry = registry_for(tmp_path, '[models.file]\nsource = "model.safetensors"\n')
+    manager = ModelManager(
+        LoaderOptions(device="cpu", local_files_only=True, hf_cache_dir=tmp_path / "empty-cache")
+    )
+    with pytest.raises(ModelLoadError) as caught:
+        manager.get(registry.get("file"))
+    assert "'config'" in str(caught.value)
+    assert "model.safetensors" in str(caught.value)
+
+
+def test_missing_local_weights_say_what_to_check(tmp_path: Path) -> None:
+    registry = registry_for(
+        tmp_path,
+        '[models.gone]\nsource = "./gone"\nfamily = "sd15"\n'
+        '[models.gone-file]\nsource = "./gone.safetensors"\nfamily = "sd15"\n',
+    )
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    with pytest.raises(ModelNotFoundError, match=r"does not exist.*Check 'source'"):
+        manager.get(registry.get("gone"))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        manager.get(registry.get("gone-file"))
+    (tmp_path / "gone").mkdir()
+    with pytest.raises(ModelNotFoundError, match="not a diffusers folder"):
+        manager.get(registry.get("gone"))
+
+
+def test_an_uncached_hub_model_without_downloads_says_how_to_get_it(tmp_path: Path) -> None:
+    registry = registry_for(
+        tmp_path, '[models.remote]\nsource = "someone/some-model"\nfamily = "sd15"\n'
+    )
+    manager = ModelManager(
+        LoaderOptions(device="cpu", local_files_only=True, hf_cache_dir=tmp_path / "cache")
+    )
+    with pytest.raises(ModelNotFoundError) as caught:
+        manager.get(registry.get("remote"))
+    message = str(caught.value)
+    assert "hf download someone/some-model" in message
+    assert "HF_HOME" in message
+    assert manager.tokenizer_for(registry.get("remote")) is None
+
+
+def test_the_loader_refuses_pickles_even_without_the_registry(tmp_path: Path) -> None:
+    spec = ModelRegistry.load().get("tiny")
+    from dataclasses import replace
+
+    pickled = replace(spec, source=str(tmp_path / "x.ckpt"), source_kind=SourceKind.SINGLE_FILE)
+    with pytest.raises(UnsafeCheckpointError):
+        ModelManager(LoaderOptions(device="cpu")).get(pickled)
+
+
+def test_tokenizers_are_found_without_loading_weights(
+    tmp_path: Path, tiny_folders: dict[str, Path]
+) -> None:
+    registry = registry_for(tmp_path, f'[models.folder]\nsource = "{tiny_folders["tiny"]}"\n')
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    tokenizer = manager.tokenizer_for(registry.get("folder"))
+    assert tokenizer is not None and tokenizer.model_max_length == 77
+    assert len(tokenizer) == 514
+    assert not manager.is_loaded("folder")
+    assert manager.tokenizer_for(ModelRegistry.load().get("tiny")) is not None
+
+
+# --- hub downloads (offline parts) ----------------------------------------------------------
+
+SD15_REPO_FILES = [
+    ".gitattributes",
+    "README.md",
+    "model_index.json",
+    "v1-5-pruned.ckpt",
+    "v1-5-pruned.safetensors",
+    "feature_extractor/preprocessor_config.json",
+    "safety_checker/config.json",
+    "safety_checker/model.safetensors",
+    "safety_checker/model.fp16.safetensors",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder/pytorch_model.bin",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.non_ema.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "vae/diffusion_pytorch_model.bin",
+]
+SD15_COMPONENTS = [
+    "feature_extractor", "safety_checker", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+]  # fmt: skip
+
+
+def test_downloads_fetch_one_set_of_safetensors_weights_per_component() -> None:
+    selected = select_pipeline_files(SD15_REPO_FILES, SD15_COMPONENTS, variant="fp16")
+    assert selected == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    plain = select_pipeline_files(SD15_REPO_FILES, SD15_COMPONENTS, variant=None)
+    assert "unet/diffusion_pytorch_model.safetensors" in plain
+    assert not any(".fp16." in file or ".non_ema." in file for file in plain)
+    assert not any(file.endswith((".ckpt", ".bin")) for file in plain)
+
+
+def test_download_progress_is_forwarded_as_text() -> None:
+    messages: list[str] = []
+    progress_class = progress_reporter(messages.append, "sd15")
+    bar = progress_class(total=4 * 2**30, unit="B", unit_scale=True, desc="Downloading bytes")
+    bar.update(2**30)
+    bar.update(3 * 2**30)
+    bar.close()
+    assert messages, "no progress reported"
+    assert messages[-1].startswith("Downloading sd15: ")
+    assert "(100%)" in messages[-1]

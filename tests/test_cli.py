@@ -1,0 +1,272 @@
+"""The ``diffusion-chat`` command, run as a separate process the way operators run it."""
+
+from __future__ import annotations
+
+import ast
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot import cli
+from bot.storage.migrations import LATEST_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.abcdefghijklmnopqrstuvwxyz012345678"
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The test process's environment without any setting that could leak in."""
+    names = set(setting_names())
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("HF_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return {**env, **extra}
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # cwd=tmp_path: no .env of the developer's is read.
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        env=clean_environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    models = tmp_path / "models.toml"
+    models.write_text('default = "tiny"\n[models.tiny]\nsource = "builtin:tiny"\n')
+    path = tmp_path / "test.env"
+    path.write_text(
+        f"DISCORD_TOKEN={TOKEN}\nDATA_DIR={tmp_path / 'data'}\nMODELS_FILE={models}\n"
+        f"HF_HOME={tmp_path / 'hf'}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_help_lists_the_subcommands(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--help")
+    assert result.returncode == 0
+    for command in ("run", "generate", "doctor", "migrate", "cleanup", "healthcheck"):
+        assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
+
+
+def test_doctor_passes_on_a_good_configuration(tmp_path: Path, env_file: Path) -> None:
+    result = run_cli(tmp_path, "--env-file", str(env_file), "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DISCORD_TOKEN is set" in result.stdout
+    assert "tiny: builtin:tiny" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_doctor_reads_dot_env_and_fails_on_a_bad_token(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=oops-not-a-token-but-long-enough-to-look\n")
+    result = run_cli(tmp_path, "doctor", DATA_DIR=str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert "✘ DISCORD_TOKEN does not look like a bot token" in result.stdout
+    assert "oops-not-a-token" not in result.stdout
+
+
+def test_migrate_creates_then_reports_up_to_date(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    first = run_cli(tmp_path, "migrate", DATA_DIR=data)
+    assert first.returncode == 0, first.stderr
+    assert f"at schema version {LATEST_VERSION}" in first.stdout
+    assert (tmp_path / "data" / "diffusion-chat.sqlite3").is_file()
+    second = run_cli(tmp_path, "migrate", DATA_DIR=data)
+    assert second.returncode == 0
+    assert f"is up to date (schema version {LATEST_VERSION})" in second.stdout
+
+
+def test_cleanup_without_and_with_an_empty_database(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    nothing = run_cli(tmp_path, "cleanup", "--older-than-days", "30", DATA_DIR=data)
+    assert nothing.returncode == 0
+    assert "Nothing to clean up" in nothing.stdout
+    assert run_cli(tmp_path, "migrate", DATA_DIR=data).returncode == 0
+    empty = run_cli(tmp_path, "cleanup", "--older-than-days", "30", DATA_DIR=data)
+    assert empty.returncode == 0, empty.stderr
+    assert "Deleted 0 image record(s)" in empty.stdout
+    assert "freeing 0 bytes" in empty.stdout
+
+
+def test_cleanup_needs_a_sensible_age(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "cleanup", "--older-than-days", "-1")
+    assert result.returncode == 2
+    assert "must be 0 or more" in result.stderr
+
+
+def test_bad_settings_are_explained_without_a_traceback(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "migrate", MAX_QUEUED="lots", DATA_DIR=str(tmp_path))
+    assert result.returncode == 2
+    assert "MAX_QUEUED='lots' is not valid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_env_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--env-file", "nope.env", "doctor")
+    assert result.returncode == 2
+    assert "nope.env does not exist" in result.stderr
+
+
+def test_generate_help_comes_from_the_engine(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "generate", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--model" in result.stdout
+    assert "--count" in result.stdout
+
+
+def test_models_uses_the_configured_registry(tmp_path: Path, env_file: Path) -> None:
+    result = run_cli(tmp_path, "--env-file", str(env_file), "models")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("tiny (default)")
+    assert "sd-turbo" not in result.stdout
+
+
+def test_the_engine_gets_the_settings_as_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 0
+
+    import engine.__main__
+
+    monkeypatch.setattr(engine.__main__, "main", fake_main)
+    monkeypatch.setenv("DEFAULT_MODEL", "tiny")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("CPU_OFFLOAD", "true")
+    monkeypatch.chdir(ROOT / "tests")  # no .env here
+    assert cli.main(["generate", "a fox", "--debug", "--count", "2"]) == 0
+    assert cli.main(["generate", "a fox", "--model=other", "--device", "cuda"]) == 0
+    assert seen[0] == [
+        "--debug",
+        "generate",
+        "a fox",
+        "--count",
+        "2",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--cpu-offload",
+    ]
+    assert seen[1] == ["generate", "a fox", "--model=other", "--device", "cuda", "--cpu-offload"]
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    """A stand-in for the bot's /healthz that answers what the test queues."""
+    answers: list[tuple[int, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], answers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    health_server: tuple[int, list[tuple[int, bytes]]],
+) -> None:
+    port, answers = health_server
+    monkeypatch.chdir(ROOT / "tests")
+    monkeypatch.delenv("METRICS_PORT", raising=False)
+    assert cli.main(["healthcheck"]) == 0
+    assert "metrics are off" in capsys.readouterr().out
+
+    monkeypatch.setenv("METRICS_PORT", str(port))
+    monkeypatch.setenv("METRICS_HOST", "0.0.0.0")
+    answers.append((200, b'{"gateway_connected": true, "worker_alive": true, "status": "ok"}'))
+    assert cli.main(["healthcheck"]) == 0
+    answers.append((503, b'{"gateway_connected": false, "worker_alive": true, "status": "x"}'))
+    assert cli.main(["healthcheck"]) == 1
+    assert "unhealthy: 503" in capsys.readouterr().out
+
+
+# --- .env.example --------------------------------------------------------------------------
+
+
+def setting_names() -> list[str]:
+    """Every UPPER_CASE name that bot/config.py reads with get(...) or values.get(...)."""
+    tree = ast.parse((ROOT / "bot" / "config.py").read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        first = node.args[0]
+        if (
+            called == "get"
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+            and re.fullmatch(r"[A-Z][A-Z0-9_]+", first.value)
+            and first.value not in names
+        ):
+            names.append(first.value)
+    return names
+
+
+def test_env_example_lists_every_setting() -> None:
+    names = setting_names()
+    assert {"DISCORD_TOKEN", "DATA_DIR", "METRICS_PORT", "LOG_FORMAT"} <= set(names)
+    assert len(names) >= 28
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    missing = [n for n in names if not re.search(rf"^#? ?{n}=", example, re.MULTILINE)]
+    assert not missing, f"add these settings to .env.example: {missing}"
+    # The example must never carry a real-looking token.
+    assert re.search(r"^DISCORD_TOKEN=$", example, re.MULTILINE)
+
+
+# --- container files --------------------------------------------------------------------------
+
+
+def test_dockerfile_copies_only_what_exists_and_checks_health() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE):
+        # The image must build from the repository as it is.
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is missing"
+    assert 'CMD ["diffusion-chat", "healthcheck"]' in dockerfile
+    assert re.search(r"METRICS_PORT=[1-9]", dockerfile), "the health check needs metrics on"
+    assert re.search(r"^USER \d+", dockerfile, re.MULTILINE), "run as a non-root uid"
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".env", ".venv", ".git", "data"} <= set(ignored)
+
+
+def test_compose_file_reserves_a_gpu_and_keeps_the_volumes() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    bot = compose["services"]["bot"]
+    devices = bot["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert bot["env_file"] == ".env"
+    assert {"data:/data", "models:/models"} <= set(bot["volumes"])
+    assert bot["restart"] == "unless-stopped"
+    assert set(compose["volumes"]) == {"data", "models"}

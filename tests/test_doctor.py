@@ -1,0 +1,207 @@
+"""``diffusion-chat doctor``: what it reports, what it never prints, and its exit code."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.doctor import TorchInfo, hub_cache_dir, run_doctor
+from bot.storage.migrations import APPLICATION_ID, LATEST_VERSION
+
+TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.abcdefghijklmnopqrstuvwxyz012345678"
+CPU = TorchInfo(version="2.13.0+cpu")
+GPU = TorchInfo(version="2.13.0+cu124", cuda_build="12.4", gpus=(("NVIDIA T4", 16 * 2**30),))
+
+
+def tiny_registry(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        'default = "tiny"\n\n[models.tiny]\nsource = "builtin:tiny"\n' + extra, encoding="utf-8"
+    )
+    return path
+
+
+def doctor(tmp_path: Path, torch: TorchInfo = CPU, models: str = "", **env: str) -> tuple[int, str]:
+    environ = {
+        "DISCORD_TOKEN": TOKEN,
+        "DATA_DIR": str(tmp_path / "data"),
+        "MODELS_FILE": str(tiny_registry(tmp_path, models)),
+        "HF_HOME": str(tmp_path / "hf"),
+        **env,
+    }
+    out = io.StringIO()
+    code = run_doctor(environ, None, out=out, torch_probe=lambda: torch)
+    return code, out.getvalue()
+
+
+def test_a_good_configuration_passes_and_lists_the_checks(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, GPU)
+    assert code == 0, output
+    for expected in (
+        "✔ DISCORD_TOKEN is set and shaped like a bot token",
+        "bot user id 1234567890123456789",
+        "✔ every other setting is valid",
+        "GPU 0: NVIDIA T4, 16.0 GiB",
+        "tiny: builtin:tiny, built in (random noise, for testing)",
+        "will be created at first start",
+        "ready to run",
+    ):
+        assert expected in output
+    assert TOKEN not in output
+
+
+def test_cpu_only_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, CPU)
+    assert code == 0
+    assert "⚠ torch 2.13.0+cpu sees no GPU" in output
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [
+        ("", "DISCORD_TOKEN is not set"),
+        ("not-a-token-at-all-but-quite-long-indeed-yes", "does not look like a bot token"),
+        (f"Bot {TOKEN}", "starts with 'Bot '"),
+        (f'"{TOKEN}"', "wrapped in quotes"),
+    ],
+)
+def test_a_bad_token_fails_without_being_printed(tmp_path: Path, token: str, words: str) -> None:
+    code, output = doctor(tmp_path, DISCORD_TOKEN=token)
+    assert code == 1
+    assert "✘ DISCORD_TOKEN" in output
+    assert words in output
+    assert "fix:" in output
+    if token:
+        assert token not in output
+        assert token.strip('"').removeprefix("Bot ") not in output
+
+
+def test_other_bad_settings_show_the_settings_error(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, MAX_QUEUED="lots", LOG_FORMAT="xml")
+    assert code == 1
+    assert "✘ MAX_QUEUED='lots' is not valid: use a whole number above 0" in output
+    assert "LOG_FORMAT" in output
+
+
+def test_asking_for_a_missing_gpu_fails(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, CPU, DEVICE="cuda")
+    assert code == 1
+    assert "DEVICE=cuda, but torch 2.13.0+cpu sees no such GPU" in output
+
+
+def test_a_missing_local_model_is_reported_with_a_fix(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, models='\n[models.mine]\nsource = "./not-here"\n')
+    assert code == 1
+    assert f"✘ mine: the folder {tmp_path / 'not-here'} does not exist" in output
+    assert "fix: fix 'source' in MODELS_FILE" in output
+
+
+def test_a_folder_without_model_index_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    code, output = doctor(tmp_path, models='\n[models.mine]\nsource = "./weights"\n')
+    assert code == 1
+    assert "is not a diffusers folder (no model_index.json)" in output
+
+
+def test_a_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, models='\n[models.old]\nsource = "./old.ckpt"\n')
+    assert code == 1
+    assert "pickled checkpoint" in output
+    assert ".safetensors" in output
+
+
+def test_hub_models_report_whether_they_are_downloaded(tmp_path: Path) -> None:
+    models = (
+        '\n[models.turbo]\nsource = "stabilityai/sd-turbo"\nfamily = "sd15"\nvariant = "fp16"\n'
+    )
+    code, output = doctor(tmp_path, models=models)
+    assert code == 0
+    assert "⚠ turbo: stabilityai/sd-turbo is not downloaded yet" in output
+    assert 'hf download stabilityai/sd-turbo --include "*.json"' in output
+
+    # Lay out the cache the way huggingface_hub does, under HF_HOME.
+    snapshot = tmp_path / "hf" / "hub" / "models--stabilityai--sd-turbo" / "snapshots" / "abc"
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}", encoding="utf-8")
+    (snapshot / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"0" * 10)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc", encoding="utf-8")
+    code, output = doctor(tmp_path, models=models)
+    assert "✔ turbo: stabilityai/sd-turbo is downloaded" in output
+
+    code, output = doctor(
+        tmp_path, models=models.replace("sd-turbo", "sdxl-turbo"), **{"HF_HUB_OFFLINE": "1"}
+    )
+    assert code == 1
+    assert "HF_HUB_OFFLINE is set" in output
+
+
+def test_hub_cache_follows_the_huggingface_variables(tmp_path: Path) -> None:
+    assert hub_cache_dir({"HF_HOME": "/models"}) == Path("/models/hub")
+    assert hub_cache_dir({"HF_HOME": "/models", "HF_HUB_CACHE": "/c"}) == Path("/c")
+    assert hub_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/huggingface/hub")
+
+
+def _database(tmp_path: Path, version: int, app_id: int = APPLICATION_ID) -> None:
+    path = tmp_path / "data" / "diffusion-chat.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(f"PRAGMA application_id = {app_id}")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    conn.commit()
+    conn.close()
+
+
+def test_a_newer_database_schema_is_reported(tmp_path: Path) -> None:
+    _database(tmp_path, LATEST_VERSION + 1)
+    code, output = doctor(tmp_path)
+    assert code == 1
+    assert f"database schema version {LATEST_VERSION + 1} is newer than this code" in output
+    assert "restore the backup" in output
+
+
+def test_an_older_database_schema_is_a_warning(tmp_path: Path) -> None:
+    _database(tmp_path, 1)
+    code, output = doctor(tmp_path)
+    assert code == 0
+    assert f"database schema version 1; this code needs {LATEST_VERSION}" in output
+    assert "diffusion-chat migrate" in output
+
+
+def test_a_current_schema_and_a_foreign_database(tmp_path: Path) -> None:
+    _database(tmp_path, LATEST_VERSION)
+    assert "database schema is up to date" in doctor(tmp_path)[1]
+    _database(tmp_path, 3, app_id=0x1234)
+    code, output = doctor(tmp_path)
+    assert code == 1
+    assert "is not a Diffusion Chat database" in output
+
+
+def test_data_dir_that_is_a_file_fails(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    code, output = doctor(tmp_path, DATA_DIR=str(tmp_path / "file"))
+    assert code == 1
+    assert "is a file" in output
+
+
+def test_ascii_output_when_the_terminal_cannot_show_symbols(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    code = run_doctor(
+        {
+            "DISCORD_TOKEN": "",
+            "DATA_DIR": str(tmp_path),
+            "MODELS_FILE": str(tiny_registry(tmp_path)),
+        },
+        None,
+        out=stream,
+        torch_probe=lambda: CPU,
+    )
+    stream.flush()
+    assert code == 1
+    assert b"[XX] DISCORD_TOKEN is not set" in raw.getvalue()
