@@ -11,19 +11,15 @@ import logging
 import math
 import re
 import secrets
+import threading
 import unicodedata
 from dataclasses import dataclass
 
 import torch
 
-from engine.errors import (
-    EngineError,
-    ModelNotFoundError,
-    OutOfMemory,
-    ValidationError,
-)
+from engine.errors import EngineError, OutOfMemory, ValidationError
 from engine.images import format_parameters, open_user_image, open_user_mask
-from engine.loader import LoadedModel, ModelManager
+from engine.loader import ModelManager
 from engine.ops import OPERATIONS, OpContext
 from engine.ops.img2img import DEFAULT_IMG2IMG_STRENGTH
 from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
@@ -83,6 +79,8 @@ class DiffusersBackend:
         self.registry = registry
         self.manager = manager
         self.limits = limits or BackendLimits()
+        # resolve runs on several threads at once; a fast tokenizer must not.
+        self._tokenizer_lock = threading.Lock()
 
     # --- the Backend protocol -------------------------------------------------------------
 
@@ -200,23 +198,17 @@ class DiffusersBackend:
                 raise OutOfMemory() from None
             raise
         return [
-            None if image is None else self._generated(model, request, slot, image)
+            None
+            if image is None
+            else GeneratedImage(
+                image=image,
+                seed=slot.seed,
+                parameters=parameters_text(request, slot, image.width, image.height),
+            )
             for slot, image in zip(slots, images, strict=True)
         ]
 
     # --- helpers --------------------------------------------------------------------------
-
-    def _generated(
-        self, model: LoadedModel, request: ResolvedRequest, slot: ImageSlot, image: object
-    ) -> GeneratedImage:
-        from PIL import Image
-
-        assert isinstance(image, Image.Image)
-        return GeneratedImage(
-            image=image,
-            seed=slot.seed,
-            parameters=parameters_text(request, slot, image.width, image.height),
-        )
 
     def _after_oom(self) -> None:
         if self.manager.device.type == "cuda":
@@ -307,9 +299,10 @@ class DiffusersBackend:
         limit = tokenizer.model_max_length - 2
         if not 0 < limit < 10_000:
             limit = DEFAULT_TOKEN_LIMIT
-        encoding = tokenizer(
-            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True
-        )
+        with self._tokenizer_lock:
+            encoding = tokenizer(
+                text, add_special_tokens=False, truncation=False, return_offsets_mapping=True
+            )
         if len(encoding["input_ids"]) <= limit:
             return text, False
         end = encoding["offset_mapping"][limit - 1][1]
@@ -412,7 +405,6 @@ def slots_for(request: ResolvedRequest, job_id: str) -> list[ImageSlot]:
 __all__ = [
     "BackendLimits",
     "DiffusersBackend",
-    "ModelNotFoundError",
     "clean_prompt",
     "fit_size",
     "parameters_text",

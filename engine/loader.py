@@ -9,6 +9,7 @@ in memory once whatever operations run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import io
 import json
@@ -203,6 +204,26 @@ def module_bytes(pipe: DiffusionPipeline) -> int:
     return total
 
 
+def estimate_weight_bytes(spec: ModelSpec) -> int:
+    """Bytes of a local model's weight files (what loading it will roughly take); 0 when
+    unknown (hub models, built-ins). Only used to evict before loading: after loading the
+    real size counts."""
+    path = spec.source_path
+    if path is None:
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return 0
+    files = [str(file.relative_to(path)) for file in path.glob("*/*.safetensors")]
+    components = {file.split("/", 1)[0] for file in files}
+    return sum(
+        (path / file).stat().st_size
+        for file in select_pipeline_files(files, components, spec.variant)
+        if file.endswith(".safetensors")
+    )
+
+
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """A fresh scheduler for one pipeline call, built on the model's own noise schedule."""
     try:
@@ -239,9 +260,13 @@ class ModelManager:
         self.dtype = pick_dtype(self.device, self.options.dtype)
         self.memory_budget = self.options.memory_budget_bytes or default_memory_budget(self.device)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._known_sizes: dict[str, int] = {}  # bytes of models loaded before
         self._upscalers: OrderedDict[str, DiffusionPipeline] = OrderedDict()
         self._tokenizers: dict[str, CLIPTokenizer] = {}
+        # _lock guards the dictionaries and is only held briefly; _load_lock serialises
+        # loading, which can take minutes (downloads), so queries never wait on it.
         self._lock = threading.RLock()
+        self._load_lock = threading.RLock()
 
     # --- queries --------------------------------------------------------------------------
 
@@ -266,34 +291,40 @@ class ModelManager:
 
     def get(self, spec: ModelSpec, on_progress: LoadCallback | None = None) -> LoadedModel:
         """The loaded model for ``spec``, loading it (and evicting others) if needed."""
-        with self._lock:
-            loaded = self._loaded.get(spec.name)
-            if loaded is not None and loaded.spec == spec:
-                self._loaded.move_to_end(spec.name)
+        loaded = self._cached(spec)
+        if loaded is not None:
+            return loaded
+        with self._load_lock:
+            loaded = self._cached(spec)  # another thread may have loaded it meanwhile
+            if loaded is not None:
                 return loaded
-            if loaded is not None:  # the registry entry changed: reload
-                self.unload(spec.name)
-            started = time.perf_counter()
-            pipe = self._load_pipeline(spec, on_progress or _ignore_progress)
-            self._prepare(pipe)
-            size = module_bytes(pipe)
-            loaded = LoadedModel(
-                spec=spec,
-                pipe=pipe,
-                device=self.device,
-                dtype=self.dtype,
-                size_bytes=size,
-                load_s=time.perf_counter() - started,
-                scheduler_config=dict(pipe.scheduler.config),
-            )
-            self._loaded[spec.name] = loaded
-            self._evict_over_budget(keep=spec.name)
+            self.unload(spec.name)  # an older registry entry under the same name
+            self._make_room_for(spec)
+            report = on_progress or _ignore_progress
+            try:
+                loaded = self._load(spec, report)
+            except torch.OutOfMemoryError:
+                if not self.loaded_names():
+                    raise ModelLoadError(
+                        f"Not enough memory to load {spec.name!r}. Enable cpu_offload, lower "
+                        "the dtype to float16, or use a smaller model."
+                    ) from None
+                log.warning("out of memory loading %s; unloading every other model", spec.name)
+                for name in self.loaded_names():
+                    self.unload(name)
+                try:
+                    loaded = self._load(spec, report)
+                except torch.OutOfMemoryError:
+                    raise ModelLoadError(
+                        f"Not enough memory to load {spec.name!r}, even alone. Enable "
+                        "cpu_offload or use a smaller model."
+                    ) from None
+            with self._lock:
+                self._loaded[spec.name] = loaded
+                self._known_sizes[spec.name] = loaded.size_bytes
+                self._evict_over_budget(keep=spec.name)
             if self.options.cpu_offload:
                 self._activate_offload(loaded, PipelineKind.TXT2IMG)
-            log.info(
-                "loaded %s (%s, %.0f MB) on %s in %.1fs",
-                spec.name, spec.source, size / 2**20, self.device, loaded.load_s,
-            )  # fmt: skip
             return loaded
 
     def unload(self, name: str) -> None:
@@ -333,21 +364,26 @@ class ModelManager:
             return pipe
 
     def tokenizer_for(self, spec: ModelSpec) -> CLIPTokenizer | None:
-        """The model's (first) tokenizer without loading weights; None if it is not on disk.
+        """A tokenizer like the model's first one, without loading weights; None when its
+        files are not on disk. Used to measure prompts when a request is resolved.
 
-        Used to check prompt length when a request is resolved.
+        It is a separate instance from the pipeline's: a fast tokenizer must not be used by
+        two threads at once, and the worker thread uses the pipeline's. Callers that share
+        the returned instance between threads must serialise their calls.
         """
+        cache_key = f"{spec.name}\0{spec.source}\0{spec.config}"
         with self._lock:
-            loaded = self._loaded.get(spec.name)
-            if loaded is not None:
-                return loaded.tokenizer
-            cache_key = f"{spec.name}\0{spec.source}"
             tokenizer = self._tokenizers.get(cache_key)
-            if tokenizer is None:
-                tokenizer = self._find_tokenizer(spec)
-                if tokenizer is not None:
-                    self._tokenizers[cache_key] = tokenizer
+            loaded = self._loaded.get(spec.name)
+        if tokenizer is not None:
             return tokenizer
+        tokenizer = self._find_tokenizer(spec)
+        if tokenizer is None and loaded is not None:
+            tokenizer = copy.deepcopy(loaded.tokenizer)
+        if tokenizer is not None:
+            with self._lock:
+                tokenizer = self._tokenizers.setdefault(cache_key, tokenizer)
+        return tokenizer
 
     def upscaler(self, source: str, on_progress: LoadCallback | None = None) -> DiffusionPipeline:
         """A dedicated upscaler pipeline (x2 latent or x4), loaded once and kept."""
@@ -355,6 +391,11 @@ class ModelManager:
             pipe = self._upscalers.get(source)
             if pipe is not None:
                 self._upscalers.move_to_end(source)
+                return pipe
+        with self._load_lock:
+            with self._lock:
+                pipe = self._upscalers.get(source)
+            if pipe is not None:
                 return pipe
             path = Path(source)
             report = on_progress or _ignore_progress
@@ -368,10 +409,49 @@ class ModelManager:
             else:
                 pipe = self._load_hub(DiffusionPipeline, source, None, report, label=source)
             self._prepare(pipe)
-            self._upscalers[source] = pipe
+            with self._lock:
+                self._upscalers[source] = pipe
             return pipe
 
     # --- internals ------------------------------------------------------------------------
+
+    def _cached(self, spec: ModelSpec) -> LoadedModel | None:
+        with self._lock:
+            loaded = self._loaded.get(spec.name)
+            if loaded is None or loaded.spec != spec:
+                return None
+            self._loaded.move_to_end(spec.name)
+            return loaded
+
+    def _load(self, spec: ModelSpec, report: LoadCallback) -> LoadedModel:
+        started = time.perf_counter()
+        pipe = self._load_pipeline(spec, report)
+        self._prepare(pipe)
+        size = module_bytes(pipe)
+        loaded = LoadedModel(
+            spec=spec,
+            pipe=pipe,
+            device=self.device,
+            dtype=self.dtype,
+            size_bytes=size,
+            load_s=time.perf_counter() - started,
+            scheduler_config=dict(pipe.scheduler.config),
+        )
+        log.info(
+            "loaded %s (%s, %.0f MB) on %s in %.1fs",
+            spec.name, spec.source, size / 2**20, self.device, loaded.load_s,
+        )  # fmt: skip
+        return loaded
+
+    def _make_room_for(self, spec: ModelSpec) -> None:
+        """Evict least recently used models that a new one would not fit beside, judging
+        by its size when it was loaded before, or by its weight files on disk."""
+        needed = self._known_sizes.get(spec.name) or estimate_weight_bytes(spec)
+        with self._lock:
+            while self._loaded and self.loaded_bytes() + needed > self.memory_budget:
+                victim = next(iter(self._loaded))
+                log.info("unloading %s to make room for %s", victim, spec.name)
+                self.unload(victim)
 
     def _load_pipeline(self, spec: ModelSpec, report: LoadCallback) -> DiffusionPipeline:
         pipeline_class = PIPELINE_CLASSES[spec.family][PipelineKind.TXT2IMG]
@@ -432,11 +512,6 @@ class ModelManager:
                 "Check that the folder holds a complete diffusers model (model_index.json and "
                 "one folder per component) and that its family is right in the registry."
             ) from None
-        except torch.OutOfMemoryError:
-            raise ModelLoadError(
-                f"Not enough memory to load {name!r}. Lower the memory budget to unload "
-                "other models, enable cpu_offload, or use a smaller model."
-            ) from None
 
     def _load_single_file(self, pipeline_class: type, spec: ModelSpec) -> DiffusionPipeline:
         path = Path(spec.source)
@@ -461,7 +536,7 @@ class ModelManager:
                 **kwargs,
             )
         except torch.OutOfMemoryError:
-            raise ModelLoadError(f"Not enough memory to load {spec.name!r}.") from None
+            raise  # ModelManager.get makes room and retries
         except Exception as error:  # diffusers raises many types for a bad or foreign file
             hint = (
                 f"the configs come from {config!r}: check that it is a diffusers folder or a "

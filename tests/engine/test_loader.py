@@ -13,6 +13,7 @@ from engine.loader import (
     LoaderOptions,
     ModelManager,
     PipelineKind,
+    estimate_weight_bytes,
     make_scheduler,
     module_bytes,
     pick_device,
@@ -20,7 +21,7 @@ from engine.loader import (
     progress_reporter,
     select_pipeline_files,
 )
-from engine.registry import SCHEDULERS, ModelRegistry, SourceKind
+from engine.registry import SCHEDULERS, ModelRegistry, ModelSpec, SourceKind
 from engine.types import Family, GenerationRequest
 from tests.engine.helpers import max_pixel_difference, never_cancel
 from tests.engine.ldm_export import save_single_file
@@ -312,3 +313,63 @@ def test_download_progress_is_forwarded_as_text() -> None:
     assert messages, "no progress reported"
     assert messages[-1].startswith("Downloading sd15: ")
     assert "(100%)" in messages[-1]
+
+
+def test_a_known_size_makes_room_before_loading(
+    tmp_path: Path, tiny_folders: dict[str, Path]
+) -> None:
+    registry = registry_for(
+        tmp_path,
+        f'[models.folder]\nsource = "{tiny_folders["tiny"]}"\n{TINY_PRESETS}'
+        f'[models.folder-xl]\nsource = "{tiny_folders["tiny-xl"]}"\n{TINY_PRESETS}',
+    )
+    on_disk = estimate_weight_bytes(registry.get("folder"))
+    assert on_disk > 0
+    manager = ModelManager(LoaderOptions(device="cpu", memory_budget_bytes=int(on_disk * 1.2)))
+    manager.get(registry.get("folder-xl"))
+    evicted_before: list[list[str]] = []
+    original_load = manager._load
+
+    def observing_load(spec: ModelSpec, report: object) -> object:
+        evicted_before.append(manager.loaded_names())
+        return original_load(spec, report)  # type: ignore[arg-type]
+
+    manager._load = observing_load  # type: ignore[method-assign]
+    manager.get(registry.get("folder"))
+    assert evicted_before == [[]]  # the xl model left before the new one was loaded
+
+
+def test_running_out_of_memory_while_loading_unloads_the_others_and_retries(
+    registry: ModelRegistry,
+) -> None:
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    manager.get(registry.get("tiny-xl"))
+    original_load = manager._load
+    attempts: list[list[str]] = []
+
+    def flaky_load(spec: ModelSpec, report: object) -> object:
+        attempts.append(manager.loaded_names())
+        if len(attempts) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original_load(spec, report)  # type: ignore[arg-type]
+
+    manager._load = flaky_load  # type: ignore[method-assign]
+    manager.get(registry.get("tiny"))
+    assert attempts == [["tiny-xl"], []]
+    assert manager.loaded_names() == ["tiny"]
+
+    def always_oom(spec: ModelSpec, report: object) -> object:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    manager._load = always_oom  # type: ignore[method-assign]
+    with pytest.raises(ModelLoadError, match="Not enough memory to load 'tiny-xl'"):
+        manager.get(registry.get("tiny-xl"))
+
+
+def test_resolve_uses_its_own_tokenizer_instance(
+    manager: ModelManager, registry: ModelRegistry
+) -> None:
+    model = manager.get(registry.get("tiny"))
+    tokenizer = manager.tokenizer_for(registry.get("tiny"))
+    assert tokenizer is not None and tokenizer is not model.tokenizer
+    assert manager.tokenizer_for(registry.get("tiny")) is tokenizer  # cached
