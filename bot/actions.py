@@ -76,9 +76,12 @@ async def launch(
             init_image_key=init_image_key,
         )
     except UserError as error:
+        if bot.metrics is not None:
+            bot.metrics.job_rejected()
         await interaction.response.send_message(str(error), ephemeral=True)
         return
     job = accepted.job
+    bot.job_event("queued", job, accepted.request.model)
     callback = await interaction.response.send_message(
         embed=status_embed(job.prompt, accepted.request.model, render.queued_line(1, None)),
         view=progress_view(job.id),
@@ -154,12 +157,14 @@ class ButtonActions:
         await interaction.response.send_message("Cancelled.", ephemeral=True)
 
     async def _finished_images(self, job: Job) -> list[Any]:
-        if not job.finished or job.status.value != "done":
-            raise UserError("This job has not finished yet.")
+        # Images are stored before the result is shown and the job marked done, so a click
+        # that follows the result closely finds them even while the job still says running.
         images = list(await self._bot.service.job_images(job.id))
-        if not images:
-            raise UserError("The images of this job were deleted.")
-        return images
+        if images:
+            return images
+        if job.active:
+            raise UserError("This job has not finished yet.")
+        raise UserError("This job has no images (it failed, was cancelled, or was cleaned up).")
 
     async def _derive(
         self,
@@ -252,6 +257,8 @@ class ButtonActions:
             budget -= len(data)
             files.append(discord.File(io.BytesIO(data), f"{job.id}-{image.index + 1}.png"))
         await interaction.followup.send("\n".join(lines)[:2000], files=files, ephemeral=True)
+        if files and self._bot.metrics is not None:
+            self._bot.metrics.image_served(len(files))
 
     async def on_page(self, interaction: Interaction, kind: Pager, user_id: int, page: int) -> None:
         try:

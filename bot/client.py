@@ -15,8 +15,9 @@ from discord.ext import commands
 from bot.actions import ButtonActions, Pages
 from bot.delivery import JobReporter, MessageTarget
 from bot.errors import UserError, incident_id
+from bot.logs import job_log
 from bot.views import JobButton, PageButton
-from engine.types import ResolvedRequest
+from engine.types import JobResult, ResolvedRequest
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -166,20 +167,44 @@ class DiffusionBot(commands.Bot):
             return False
         return max(width, height) <= spec.presets.max_size
 
-    def metrics_job(self, status: str, job: Job, **details: Any) -> None:
-        log.info(
-            "job %s %s",
-            job.id,
-            status,
-            extra={
-                "job_id": job.id,
-                "user_id": job.user_id,
-                "guild_id": job.guild_id,
-                "event": status,
-            },
+    def job_event(
+        self,
+        event: str,
+        job: Job,
+        model: str | None,
+        *,
+        result: JobResult | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """One log line per job event, and the metrics that go with it."""
+        fields: dict[str, Any] = {}
+        if result is not None:
+            t = result.timings
+            fields = {
+                "queued_s": t.queued_s,
+                "load_s": t.load_s,
+                "generate_s": t.generate_s,
+                "total_s": t.total_s,
+                "images": len(result.images),
+                "cached": result.from_cache,
+            }
+        if reason is not None:
+            fields["reason"] = reason
+        job_log(
+            log,
+            event,
+            job_id=job.id,
+            user_id=job.user_id,
+            guild_id=job.guild_id,
+            model=model,
+            **fields,
         )
-        if self.metrics is not None:
-            self.metrics.job_finished(status, job, **details)
+        if self.metrics is None:
+            return
+        if event == "queued":
+            self.metrics.job_submitted()
+        elif event in {"done", "failed", "cancelled"}:
+            self.metrics.job_finished(event, job, result=result, reason=reason)
 
     # --- errors --------------------------------------------------------------------------
 

@@ -72,6 +72,10 @@ class MessageTarget:
             try:
                 await webhook.edit_message(self.message_id, **payload)
                 return
+            except discord.NotFound:
+                log.info("job %s: message deleted; sending a new one", self.job.id)
+                await self._send_new(payload)
+                return
             except discord.HTTPException as error:
                 if error.status != 401:
                     raise
@@ -147,6 +151,7 @@ class JobReporter:
                 self._editor.update(ProgressState(render.loading_line(model, detail)))
             case Started():
                 await self._db.jobs.mark_running(self.job.id)
+                self._bot.job_event("started", self.job, self._model)
                 self._editor.update(ProgressState(render.progress_line(0, 1, None)))
             case Progress(step=step, total=total, eta_s=eta, preview=preview):
                 previous = self._editor_pending_preview()
@@ -157,11 +162,11 @@ class JobReporter:
             case Failed(reason=reason):
                 await self._db.jobs.mark_failed(self.job.id, reason)
                 await self._final(self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None)
-                self._bot.metrics_job("failed", self.job, reason=reason)
+                self._bot.job_event("failed", self.job, self._model, reason=reason)
             case Cancelled():
                 await self._db.jobs.mark_cancelled(self.job.id, "cancelled by a user")
                 await self._final(self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None)
-                self._bot.metrics_job("cancelled", self.job)
+                self._bot.job_event("cancelled", self.job, self._model)
 
     def _editor_pending_preview(self) -> bytes | None:
         pending = self._editor.pending
@@ -203,7 +208,7 @@ class JobReporter:
         await self._db.jobs.mark_done(
             self.job.id, timings=_timings(result), generation_seconds=result.timings.generate_s
         )
-        self._bot.metrics_job("done", self.job, result=result)
+        self._bot.job_event("done", self.job, self._model, result=result)
 
 
 def status_embed(

@@ -24,7 +24,7 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
     if seconds < 1:
-        return "under a second"
+        return "1 s"
     if seconds < 60:
         return f"{math.ceil(seconds)} s"
     minutes, secs = divmod(math.ceil(seconds), 60)

@@ -16,7 +16,7 @@ from bot.errors import UserError
 from bot.jobcodec import StoredRequest
 from bot.storage.database import Database
 from bot.storage.errors import QuotaExceeded
-from bot.storage.files import ImageStore
+from bot.storage.files import ImageStore, sniff_extension
 from bot.storage.records import Image, Job, NewImage, NewJob, Usage
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
@@ -96,6 +96,11 @@ class JobService:
             resolved = await self.engine.resolve(request)
         except EngineError as error:
             raise UserError(str(error)) from None
+        if request.init_image is not None and init_image_key is None:
+            # A user's upload: kept (once validated) so a resumed job can start from it again.
+            init_image_key = await self.images.put(
+                request.init_image, ext=sniff_extension(request.init_image)
+            )
         # Store the drawn seed, so a resumed job makes the very same images.
         stored = StoredRequest(
             dataclasses.replace(request, seed=resolved.seed, init_image=None, mask_image=None),

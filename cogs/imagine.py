@@ -12,13 +12,27 @@ from bot import render
 from bot.actions import launch
 from bot.errors import UserError
 from bot.prompts import ASPECTS, parse_inline
-from engine.types import GenerationRequest
+from engine.types import GenerationRequest, Operation
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
 
 Interaction = discord.Interaction["DiffusionBot"]
 MAX_PROMPT_CHARS = 1500  # far beyond what a text encoder reads; longer is almost always a paste
+MAX_UPLOAD_BYTES = 20 * 2**20
+
+
+async def read_upload(attachment: discord.Attachment) -> bytes:
+    """The attachment's bytes; the engine then checks that they really are an image."""
+    if attachment.size > MAX_UPLOAD_BYTES:
+        raise UserError(
+            f"`{render.clip(attachment.filename, 60)}` is {attachment.size / 2**20:.1f} MiB; "
+            f"please attach an image under {MAX_UPLOAD_BYTES // 2**20} MiB."
+        )
+    try:
+        return await attachment.read()
+    except discord.HTTPException:
+        raise UserError("I could not download that attachment. Please try again.") from None
 
 
 class Imagine(commands.Cog):
@@ -36,6 +50,8 @@ class Imagine(commands.Cog):
         aspect="The picture's shape",
         model="Which model to draw with",
         private="Only you will see the result",
+        image="Start from this picture instead of noise (PNG, JPEG or WebP)",
+        strength="With an image: how much to change it (0.05 keeps it, 1 ignores it)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -50,8 +66,10 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         model: str | None = None,
         private: bool = False,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
-        """Draw images from a text prompt."""
+        """Draw images from a text prompt (and, optionally, a starting picture)."""
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(
                 f"That prompt is {len(prompt):,} characters long; please keep it under "
@@ -64,6 +82,9 @@ class Imagine(commands.Cog):
             raise UserError(
                 f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
             )
+        init_image = await read_upload(image) if image is not None else None
+        if strength is not None and init_image is None:
+            raise UserError("`strength` only applies when you attach an image.")
         negatives = [n for n in (negative, inline.negative) if n]
         request = GenerationRequest(
             prompt=inline.prompt,
@@ -74,6 +95,9 @@ class Imagine(commands.Cog):
             guidance=guidance,
             aspect=aspect or inline.aspect,
             seed=seed if seed is not None else inline.seed,
+            operation=Operation.IMG2IMG if init_image is not None else Operation.TXT2IMG,
+            init_image=init_image,
+            strength=strength if init_image is not None else None,
         )
         await launch(interaction, request, private=private, notes=inline.notes)
 

@@ -1,177 +1,218 @@
-"""The bot as users meet it: `python -m bot` in its own process, the tiny model, and the fake
+"""/imagine as users meet it: `python -m bot` in its own process, the tiny model, and the fake
 Discord over real sockets. Every REST body is checked against Discord's OpenAPI spec."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-import pytest_asyncio
-from fakediscord.process import BotProcess, start_bot_process
-from fakediscord.server import FakeDiscord
+from e2e_support import (
+    EDIT_INTERVAL_S,
+    ROOT,
+    World,
+    assert_no_problems,
+    bot_env,
+    imagine,
+    is_grid,
+    is_result,
+    reply_text,
+    wait_until,
+    world_fixture,
+)
+from fakediscord.process import start_bot_process
 from PIL import Image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ROOT = Path(__file__).resolve().parents[1]
+world = world_fixture()
 
 
-def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        "DATA_DIR": str(data_dir),
-        "DEFAULT_MODEL": "tiny",
-        "PREVIEW_EVERY": "2",
-        "PROGRESS_EDIT_INTERVAL_S": "0.3",
-        "LOG_LEVEL": "INFO",
-        "DEFAULT_DAILY_IMAGES": "40",
-        **extra,
-    }
+@pytest.fixture(autouse=True)
+def no_problems(world: World) -> object:
+    yield
+    assert_no_problems(world)
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def world(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[FakeDiscord, BotProcess, Path]]:
-    data_dir = tmp_path_factory.mktemp("bot-data")
-    fake = FakeDiscord()
-    await fake.start()
-    bot = await start_bot_process(fake, env=bot_env(data_dir), cwd=ROOT)
-    try:
-        await wait_for(lambda: fake.sync_count() > 0 and fake.session is not None, bot, 60)
-        yield fake, bot, data_dir
-    finally:
-        await bot.stop()
-        await fake.stop()
+async def test_start_up_syncs_commands_once_and_asks_for_no_privileged_intents(
+    world: World,
+) -> None:
+    fake = world.fake
+    names = {c["name"] for c in fake.registered_commands(fake.guild)}
+    assert {"imagine", "queue", "quota", "stats", "favorites", "history", "banned"} <= names
+    assert fake.sync_count() == 1
+    assert fake.session is not None
+    privileged = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
+    assert fake.session.intents & privileged == 0
 
 
-async def wait_for(predicate: Any, bot: BotProcess, limit_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not predicate():
-        if bot.returncode is not None:
-            raise AssertionError(f"bot exited {bot.returncode}:\n{bot.output[-4000:]}")
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out; bot output:\n{bot.output[-4000:]}")
-        await asyncio.sleep(0.05)
+async def test_imagine_to_finished_grid_with_progress_and_previews(world: World) -> None:
+    ix, message = await imagine(world, prompt="a red fox in snow --ar 3:2", seed=42)
+    assert ix.ack_latency is not None and ix.ack_latency < 3.0
+    assert message.button_labels[:8] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
+    assert set(message.button_labels[8:]) == {"🔄", "⭐", "🗑", "ℹ"}
+    grid = Image.open(io.BytesIO(message.attachments[0].data))
+    grid.load()
+    assert grid.width > grid.height  # 3:2 images in a 2x2 grid
+    embed = message.embeds[0]
+    assert "seeds 42–45" in embed["description"]
+    assert "left for you today" in embed["footer"]["text"]
+    texts = [str(v.embeds) for v in message.versions]
+    assert any("Queued" in t for t in texts)
+    assert any("step" in t and "%" in t for t in texts)
+    assert any(a.filename == "preview.jpg" for v in message.versions for a in v.attachments)
+    gap = message.min_edit_interval()
+    assert gap is None or gap >= EDIT_INTERVAL_S * 0.9
 
 
-def has_result(message: Any) -> bool:
-    return bool(
-        message
-        and message.attachments
-        and any(
-            c
-            for row in message.components
-            for c in row.get("components", [])
-            if c.get("label") == "U1" or c.get("emoji", {}).get("name") == "⭐"
+async def test_inline_parameters_and_unsupported_flags_are_explained(world: World) -> None:
+    ix, message = await imagine(world, prompt="a castle --no fog --steps 3 --v 6", count=1)
+    assert "3 steps" in message.embeds[0]["description"]
+    note = await ix.wait_for_followup(timeout=10)
+    assert note.ephemeral and "--v" in note.content
+
+
+async def test_moderator_sets_quota_and_user_over_it_is_told_when_it_resets(
+    world: World,
+) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command(
+        "quota set", {"user": fake.bob, "daily_images": "4"}, user=fake.moderator
+    )
+    reply = await reply_text(ix)
+    assert reply.ephemeral and "4 images a day" in reply.content
+    await imagine(world, user=fake.bob, prompt="within quota", count=4)
+    second = await fake.send_slash_command(
+        "imagine", {"prompt": "over quota", "count": 1}, user=fake.bob
+    )
+    refusal = await reply_text(second)
+    assert refusal.ephemeral
+    assert "all 4 of your images" in refusal.content and "resets" in refusal.content
+    show = await reply_text(
+        await fake.send_slash_command("quota show", {"user": fake.bob}, user=fake.moderator)
+    )
+    assert "4 of 4" in show.content
+    reset = await reply_text(
+        await fake.send_slash_command("quota reset", {"user": fake.bob}, user=fake.moderator)
+    )
+    assert "back 4 images" in reset.content
+
+
+async def test_non_moderator_cannot_manage_quotas(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command(
+        "quota set", {"daily_images": "1000"}, user=fake.alice, respect_permissions=False
+    )
+    reply = await reply_text(ix)
+    assert reply.ephemeral and "Manage Server" in reply.content
+
+
+async def test_banned_words_are_refused_clearly(world: World) -> None:
+    fake = world.fake
+    added = await reply_text(
+        await fake.send_slash_command(
+            "banned add", {"words": "dragon, sea serpent"}, user=fake.moderator
+        )
+    )
+    assert "dragon" in added.content
+    refused = await reply_text(await fake.send_slash_command("imagine", {"prompt": "A DRAGON"}))
+    assert refused.ephemeral and "does not allow" in refused.content
+    refused = await reply_text(
+        await fake.send_slash_command("imagine", {"prompt": "a boat", "negative": "sea serpent"})
+    )
+    assert refused.ephemeral and "sea serpent" in refused.content
+    await reply_text(
+        await fake.send_slash_command(
+            "banned remove", {"words": "dragon, sea serpent"}, user=fake.moderator
         )
     )
 
 
-def labels(message: Any) -> list[str]:
-    out = []
-    for row in message.components:
-        for component in row.get("components", []):
-            out.append(component.get("label") or component.get("emoji", {}).get("name", ""))
-    return out
-
-
-async def imagine(fake: FakeDiscord, bot: BotProcess, **options: Any) -> Any:
-    user = options.pop("user", None)
-    member = getattr(fake, user) if isinstance(user, str) else user
-    ix = await fake.send_slash_command("imagine", options, user=member)
-    await ix.response()
-    return ix
-
-
-async def test_imagine_to_finished_grid(world: tuple[FakeDiscord, BotProcess, Path]) -> None:
-    fake, bot, _ = world
-    ix = await imagine(fake, bot, prompt="a red fox in snow --ar 3:2", seed=42)
-    assert ix.ack_latency is not None and ix.ack_latency < 3.0
-    message = await ix.wait_for_original(has_result, timeout=60)
-    assert labels(message)[:8] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
-    grid = Image.open(io.BytesIO(message.attachments[0].data))
-    grid.load()
-    assert grid.width > grid.height  # 3:2 images in a 2x2 grid
-    versions = message.versions
-    assert len(versions) >= 2  # progress edits before the result
-    embed = message.embeds[0]
-    assert "seeds 42–45" in embed["description"]
-    assert "left for you today" in embed["footer"]["text"]
-
-
-async def test_moderator_sets_quota_and_user_over_it_is_told_when_it_resets(
-    world: tuple[FakeDiscord, BotProcess, Path],
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"prompt": "x" * 5000}, "characters"),
+        ({"prompt": "castle --seed banana"}, "whole number"),
+        ({"prompt": "   --ar 16:9"}, "describe what to draw"),
+        ({"prompt": "🦊 مرحبا \u202e'); DROP TABLE jobs;--"}, None),
+        ({"prompt": "a cat", "image": ("notes.txt", b"not an image at all")}, "image"),
+        ({"prompt": "a cat", "strength": 0.5}, "only applies"),
+        ({"prompt": "a cat", "model": "no-such-model"}, "no model called"),
+    ],
+    ids=["huge", "bad-seed", "empty", "hostile", "not-an-image", "strength-alone", "model"],
+)
+async def test_bad_input_gets_a_clear_ephemeral_message(
+    world: World, options: dict[str, object], expected: str | None
 ) -> None:
-    fake, bot, _ = world
-    ix = await fake.send_slash_command(
-        "quota set", {"user": fake.bob, "daily_images": "4"}, user=fake.moderator
+    ix = await world.fake.send_slash_command("imagine", options)
+    await ix.response()
+    if expected is None:  # hostile but valid: it simply works
+        message = await ix.wait_for_original(is_result, timeout=60)
+        assert "DROP TABLE" in message.embeds[0]["title"]
+        return
+    reply = await ix.wait_for_message(timeout=15)
+    assert reply.ephemeral and expected in reply.content, reply.content
+
+
+async def test_image_attachment_starts_an_img2img_job(world: World) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, "PNG")
+    ix = await world.fake.send_slash_command(
+        "imagine",
+        {
+            "prompt": "a red square",
+            "count": 1,
+            "image": ("start.png", buffer.getvalue()),
+            "strength": 0.3,
+        },
     )
     await ix.response()
-    reply = ix.original or await ix.wait_for_original(lambda m: True, timeout=10)
-    assert reply.ephemeral and "4 images a day" in reply.content
-    first = await imagine(fake, bot, prompt="within quota", count=4, user="bob")
-    await first.wait_for_original(has_result, timeout=60)
-    second = await imagine(fake, bot, prompt="over quota", count=1, user="bob")
-    refusal = second.original or await second.wait_for_original(lambda m: True, timeout=10)
-    assert refusal.ephemeral
-    assert "all 4 of your images" in refusal.content and "resets" in refusal.content
+    message = await ix.wait_for_original(is_result, timeout=60)
+    assert message.attachments
 
 
-async def test_non_moderator_cannot_set_quotas(
-    world: tuple[FakeDiscord, BotProcess, Path],
-) -> None:
-    fake, _, _ = world
-    ix = await fake.send_slash_command(
-        "quota set", {"daily_images": "1000"}, user=fake.alice, respect_permissions=False
-    )
-    await ix.response()
-    reply = ix.original or await ix.wait_for_original(lambda m: True, timeout=10)
-    assert reply.ephemeral and "Manage Server" in reply.content
+async def test_private_results_are_ephemeral(world: World) -> None:
+    ix, message = await imagine(world, prompt="a secret garden", count=2, private=True)
+    callback = await ix.response()
+    assert callback.ephemeral
+    assert message.ephemeral and is_grid(message)
 
 
-async def test_bad_input_gets_clear_ephemeral_messages(
-    world: tuple[FakeDiscord, BotProcess, Path],
-) -> None:
-    fake, _, _ = world
-    ix = await fake.send_slash_command("imagine", {"prompt": "x" * 5000})
-    await ix.response()
-    reply = ix.original or await ix.wait_for_original(lambda m: True, timeout=10)
-    assert reply.ephemeral and "characters" in reply.content
-    ix = await fake.send_slash_command("imagine", {"prompt": "castle --seed banana"})
-    await ix.response()
-    reply = ix.original or await ix.wait_for_original(lambda m: True, timeout=10)
-    assert "whole number" in reply.content
+async def test_model_and_prompt_autocomplete(world: World) -> None:
+    fake = world.fake
+    choices = await fake.autocomplete("imagine", {"prompt": "x", "model": "tin"})
+    names = [c["value"] for c in choices]
+    assert "tiny" in names
+    assert any("noise" in c["name"] for c in choices)
+    await imagine(world, prompt="a lighthouse at dusk", count=1)
+    choices = await fake.autocomplete("imagine", {"prompt": "lighth"}, focused="prompt")
+    assert "a lighthouse at dusk" in [c["value"] for c in choices]
 
 
-async def test_kill_mid_job_and_restart_finishes_once(
-    world: tuple[FakeDiscord, BotProcess, Path],
-) -> None:
-    fake, bot, data_dir = world
-    del bot
-    second_dir = data_dir.parent / "restart-data"
-    env = bot_env(second_dir, PROGRESS_EDIT_INTERVAL_S="0.1")
+async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> None:
+    fake = world.fake
+    env = bot_env(world.data_dir.parent / "restart-data")
+    await world.bot.stop()  # one bot per token at a time, like Discord
     proc = await start_bot_process(fake, env=env, cwd=ROOT)
     try:
-        await asyncio.sleep(0)
-        await wait_for(lambda: fake.session is not None, proc, 60)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
         ix = await fake.send_slash_command("imagine", {"prompt": "a slow one", "steps": 40})
         await ix.response()
         await ix.wait_for_original(lambda m: "step" in str(m.embeds), timeout=60)
         proc.kill(signal.SIGKILL)
         await proc.wait()
         proc = await start_bot_process(fake, env=env, cwd=ROOT)
-        message = await ix.wait_for_original(has_result, timeout=90)
-        channel_results = [
+        message = await ix.wait_for_original(is_result, timeout=90)
+        results = [
             m
             for m in fake.messages(message.channel_id)
-            if has_result(m) and "a slow one" in str(m.embeds)
+            if is_result(m) and "a slow one" in str(m.embeds)
         ]
-        assert len(channel_results) == 1
+        assert len(results) == 1
+        # A button from before the restart works on the new process.
+        info = await fake.click_button(message, emoji="ℹ")
+        reply = await reply_text(info)
+        assert reply.ephemeral and "a slow one" in reply.content
     finally:
         await proc.stop()
+        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)

@@ -1,0 +1,109 @@
+"""Shared pieces of the end-to-end tests: the bot as its own process against the fake Discord."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from fakediscord.interactions import InteractionHandle
+from fakediscord.models import StoredMessage
+from fakediscord.process import BotProcess, start_bot_process
+from fakediscord.server import FakeDiscord
+
+ROOT = Path(__file__).resolve().parents[1]
+EDIT_INTERVAL_S = 0.3
+
+
+def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "DATA_DIR": str(data_dir),
+        "DEFAULT_MODEL": "tiny",
+        "PREVIEW_EVERY": "2",
+        "PROGRESS_EDIT_INTERVAL_S": str(EDIT_INTERVAL_S),
+        "LOG_LEVEL": "INFO",
+        "DEFAULT_DAILY_IMAGES": "400",
+        "DEFAULT_CONCURRENT_JOBS": "4",
+        **extra,
+    }
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    bot: BotProcess
+    data_dir: Path
+
+
+async def wait_until(predicate: Callable[[], Any], bot: BotProcess, limit_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not predicate():
+        if bot.returncode is not None:
+            raise AssertionError(f"bot exited {bot.returncode}:\n{bot.output[-4000:]}")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out; bot output:\n{bot.output[-4000:]}")
+        await asyncio.sleep(0.05)
+
+
+async def start_world(data_dir: Path, **env: str) -> World:
+    fake = FakeDiscord()
+    await fake.start()
+    bot = await start_bot_process(fake, env=bot_env(data_dir, **env), cwd=ROOT)
+    await wait_until(lambda: fake.sync_count() > 0 and fake.session is not None, bot, 60)
+    return World(fake, bot, data_dir)
+
+
+async def stop_world(world: World) -> None:
+    await world.bot.stop()
+    await world.fake.stop()
+
+
+def world_fixture() -> Any:
+    """A module-scoped bot and fake Discord; after each test, nothing Discord would refuse."""
+
+    @pytest_asyncio.fixture(loop_scope="module", scope="module")
+    async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+        started = await start_world(tmp_path_factory.mktemp("bot-data"))
+        try:
+            yield started
+        finally:
+            await stop_world(started)
+
+    return world
+
+
+def assert_no_problems(world: World) -> None:
+    problems = world.fake.problems
+    assert not problems, "\n".join(str(p) for p in problems) + "\n" + world.bot.output[-3000:]
+
+
+def is_grid(message: StoredMessage | None) -> bool:
+    return bool(message and message.attachments and "U1" in message.button_labels)
+
+
+def is_single(message: StoredMessage | None) -> bool:
+    return bool(message and message.attachments and "Vary (subtle)" in message.button_labels)
+
+
+def is_result(message: StoredMessage | None) -> bool:
+    return is_grid(message) or is_single(message)
+
+
+async def imagine(
+    world: World, user: Any = None, **options: Any
+) -> tuple[InteractionHandle, StoredMessage]:
+    """Run /imagine and wait for its finished result message."""
+    ix = await world.fake.send_slash_command("imagine", options, user=user)
+    await ix.response()
+    message = await ix.wait_for_original(is_result, timeout=90)
+    return ix, message
+
+
+async def reply_text(ix: InteractionHandle) -> StoredMessage:
+    await ix.response()
+    return await ix.wait_for_message(timeout=15)

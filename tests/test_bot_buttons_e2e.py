@@ -1,0 +1,186 @@
+"""Every button on result and progress messages, and Discord failures around a running job."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from e2e_support import (
+    World,
+    assert_no_problems,
+    imagine,
+    is_grid,
+    is_result,
+    is_single,
+    reply_text,
+    world_fixture,
+)
+from fakediscord.faults import Routes
+from PIL import Image
+
+from engine.images import parse_parameters, read_png_parameters
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+world = world_fixture()
+
+
+@pytest.fixture(autouse=True)
+def no_problems(world: World) -> object:
+    yield
+    assert_no_problems(world)
+
+
+def size_of(message: object) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(message.attachments[0].data))  # type: ignore[attr-defined]
+    return image.size
+
+
+async def test_upscale_variation_and_their_own_buttons(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="a tiny robot", seed=7)
+    upscale = await fake.click_button(grid, label="U1")
+    await upscale.response()
+    upscaled = await upscale.wait_for_message(is_single, timeout=60)
+    assert size_of(upscaled) == (128, 128)
+    assert set(upscaled.button_labels) >= {"Vary (subtle)", "Vary (strong)", "Upscale", "⭐"}
+    variation = await fake.click_button(grid, label="V2")
+    await variation.response()
+    varied = await variation.wait_for_message(is_single, timeout=60)
+    assert size_of(varied) == (64, 64)
+    subtle = await fake.click_button(upscaled, label="Vary (subtle)")
+    await subtle.response()
+    assert size_of(await subtle.wait_for_message(is_single, timeout=60)) == (128, 128)
+    again = await fake.click_button(upscaled, label="Upscale")
+    await again.response()
+    biggest = await again.wait_for_message(is_single, timeout=60)
+    assert size_of(biggest) == (256, 256)
+    # 256 is the tiny model's largest size: no further upscale is offered.
+    assert "Upscale" not in biggest.button_labels
+
+
+async def test_reroll_gives_new_seeds_with_the_same_settings(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="a paper boat", seed=1000, count=2, steps=3)
+    reroll = await fake.click_button(grid, emoji="🔄")
+    await reroll.response()
+    rerolled = await reroll.wait_for_message(is_grid, timeout=60)
+    description = rerolled.embeds[0]["description"]
+    assert "3 steps" in description and "seeds 1000–1001" not in description
+
+
+async def test_favourite_toggles_and_favorites_lists_them(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="a golden pear", count=2, user=fake.bob)
+    added = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
+    assert added.ephemeral and "Added these 2 images" in added.content
+    listing = await reply_text(await fake.send_slash_command("favorites", user=fake.bob))
+    assert listing.ephemeral and "(2)" in listing.content
+    assert sum("golden pear" in e["title"] for e in listing.embeds) == 2
+    removed = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
+    assert "Removed" in removed.content
+
+
+async def test_info_shows_settings_and_full_pngs_with_metadata(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="an ink drawing of a heron", seed=99, count=2)
+    info = await reply_text(await fake.click_button(grid, emoji="ℹ", user=fake.bob))
+    assert info.ephemeral and "heron" in info.content and "99" in info.content
+    assert len(info.attachments) == 2
+    parameters = read_png_parameters(info.attachments[0].data)
+    assert parameters is not None
+    parsed = parse_parameters(parameters)
+    assert parsed.seed == 99 and parsed.prompt == "an ink drawing of a heron"
+
+
+async def test_delete_is_for_the_owner_or_a_moderator(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="a quick sketch", count=1)
+    refused = await reply_text(await fake.click_button(grid, emoji="🗑", user=fake.bob))
+    assert refused.ephemeral and "Only the person" in refused.content
+    assert not grid.deleted
+    click = await fake.click_button(grid, emoji="🗑", user=fake.moderator)
+    await click.response()
+    await fake.wait_for(lambda: grid.deleted, timeout=10, description="the grid deleted")
+
+
+async def test_cancel_button_works_for_owner_and_refuses_others(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command("imagine", {"prompt": "a long job", "steps": 50})
+    await ix.response()
+    running = await ix.wait_for_original(lambda m: "Cancel" in m.button_labels, timeout=30)
+    refused = await reply_text(await fake.click_button(running, label="Cancel", user=fake.bob))
+    assert refused.ephemeral and "Only the person" in refused.content
+    done = await reply_text(await fake.click_button(running, label="Cancel"))
+    assert done.ephemeral and "Cancelled" in done.content
+    final = await ix.wait_for_original(lambda m: "Cancelled" in m.text(), timeout=30)
+    assert not final.buttons and not is_result(final)
+
+
+async def test_history_lists_jobs_with_a_run_again_button(world: World) -> None:
+    fake = world.fake
+    await imagine(world, prompt="a history lesson", count=1, user=fake.owner)
+    page = await reply_text(await fake.send_slash_command("history", user=fake.owner))
+    assert page.ephemeral and "history lesson" in str(page.embeds)
+    run_again = await fake.click_button(page, label="Run 1 again", user=fake.owner)
+    await run_again.response()
+    assert is_result(await run_again.wait_for_message(is_result, timeout=60))
+
+
+async def test_queue_and_stats(world: World) -> None:
+    fake = world.fake
+    queue = await reply_text(await fake.send_slash_command("queue"))
+    assert queue.ephemeral and "waiting" in queue.content
+    stats = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
+    assert stats.ephemeral and "jobs" in stats.content and "p95" in stats.content
+
+
+async def test_rate_limited_and_failing_edits_still_deliver_the_result(world: World) -> None:
+    fake = world.fake
+    fake.faults.rate_limit(Routes.EDIT_FOLLOWUP, times=3, retry_after=0.3)
+    fake.faults.server_error(Routes.EDIT_FOLLOWUP)
+    _, message = await imagine(world, prompt="through the storm", count=1, steps=8)
+    assert is_result(message)
+    statuses = [r.status for r in fake.requests_to(Routes.EDIT_FOLLOWUP)]
+    assert 429 in statuses and 500 in statuses
+
+
+async def test_expired_token_delivers_through_the_channel(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command("imagine", {"prompt": "a late result", "steps": 30})
+    await ix.response()
+    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    fake.expire_token(ix)
+    message = await ix.wait_for_original(is_result, timeout=60)
+    assert any(r.status == 200 for r in fake.requests_to(Routes.EDIT_MESSAGE))
+    assert is_grid(message)
+
+
+async def test_deleted_message_gets_a_new_one_with_the_result(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command("imagine", {"prompt": "a vanishing act", "steps": 30})
+    await ix.response()
+    original = await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    fake.delete_message(original)
+    await fake.wait_for(
+        lambda: any(
+            is_result(m) and "vanishing act" in m.text() for m in fake.messages(original.channel_id)
+        ),
+        timeout=60,
+        description="the result in a new message",
+    )
+    new = next(
+        m
+        for m in fake.messages(original.channel_id)
+        if is_result(m) and "vanishing act" in m.text()
+    )
+    assert f"<@{fake.alice.user.id}>" in new.content
+
+
+async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> None:
+    fake = world.fake
+    resumes = fake.session.resume_count if fake.session else 0
+    await fake.disconnect_gateway(code=4000)
+    await fake.wait_for_resume(after=resumes, timeout=30)
+    _, message = await imagine(world, prompt="after the reconnect", count=1)
+    assert is_result(message)
