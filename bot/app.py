@@ -11,6 +11,7 @@ import sys
 import discord
 import yarl
 from discord.gateway import DiscordWebSocket
+from dotenv import load_dotenv
 
 from bot.client import DiffusionBot
 from bot.config import Settings, SettingsError, load_settings
@@ -105,6 +106,8 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> int:
+    # Settings for libraries too (HF_HOME, CUDA_VISIBLE_DEVICES...) may live in .env.
+    load_dotenv(".env", override=False)
     try:
         settings = load_settings()
     except SettingsError as error:

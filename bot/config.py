@@ -55,7 +55,7 @@ class Settings:
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False
-    model_memory_budget_gb: float = 0.0  # 0: no bound beyond one model
+    model_memory_budget_gb: float = 0.0  # 0: a share of the device's memory (the loader's)
     # quotas
     default_daily_images: int | None = 200
     default_concurrent_jobs: int | None = 2

@@ -199,10 +199,12 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
         ix = await fake.send_slash_command("imagine", {"prompt": "a slow one", "steps": 40})
         await ix.response()
         await ix.wait_for_original(lambda m: "step" in str(m.embeds), timeout=60)
+        syncs = fake.sync_count()
         proc.kill(signal.SIGKILL)
         await proc.wait()
         proc = await start_bot_process(fake, env=env, cwd=ROOT)
         message = await ix.wait_for_original(is_result, timeout=90)
+        assert fake.sync_count() == syncs  # same definitions: no second sync
         results = [
             m
             for m in fake.messages(message.channel_id)
