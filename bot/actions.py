@@ -38,7 +38,6 @@ def requester_from(interaction: Interaction) -> Requester:
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
         role_ids=roles,
-        is_moderator=is_moderator(interaction),
         interaction_token=interaction.token,
         token_expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
     )
@@ -67,9 +66,10 @@ async def launch(
     do, since Discord turns the first follow-up of a public deferral into a public message.
     """
     bot = interaction.client
+    requester = requester_from(interaction)
     try:
         accepted = await bot.service.accept(
-            requester_from(interaction),
+            requester,
             request,
             private=private,
             parent=parent,
@@ -82,18 +82,21 @@ async def launch(
         return
     job = accepted.job
     bot.job_event("queued", job, accepted.request.model)
-    callback = await interaction.response.send_message(
-        embed=status_embed(job.prompt, accepted.request.model, render.queued_line(1, None)),
-        view=progress_view(job.id),
-        ephemeral=private,
-    )
-    message_id = callback.message_id
-    if message_id is None:
-        message_id = (await interaction.original_response()).id
-    job = await bot.service.db.jobs.set_message(
-        job.id, channel_id=interaction.channel_id, message_id=message_id
-    )
-    bot.track(job, accepted.handle)
+    # Followed from now on: whatever happens to the answer, the accepted job is delivered.
+    reporter = bot.track(job, accepted.handle, answered=False, role_ids=requester.role_ids)
+    message_id = None
+    try:
+        callback = await interaction.response.send_message(
+            embed=status_embed(job.prompt, accepted.request.model, render.queued_line(1, None)),
+            view=progress_view(job.id),
+            ephemeral=private,
+        )
+        message_id = callback.message_id or (await interaction.original_response()).id
+        await bot.service.db.jobs.set_message(
+            job.id, channel_id=interaction.channel_id, message_id=message_id
+        )
+    finally:
+        reporter.target.answered(message_id)
     if notes:
         await interaction.followup.send("\n".join(notes), ephemeral=True)
 
@@ -151,8 +154,11 @@ class ButtonActions:
         self._require_owner_or_moderator(interaction, job, "cancel")
         if job.finished:
             raise UserError("This job has already finished.")
-        if not self._bot.service.engine.cancel(job.id):
-            # Not in this process's queue (e.g. between a restart and its resume).
+        cancelled = self._bot.cancel_job(job.id)
+        if cancelled is False:
+            raise UserError("This job has already finished.")
+        if cancelled is None:
+            # Not followed by this process (e.g. between a restart and its resume).
             await self._db.jobs.mark_cancelled(job.id, "cancelled by a user")
         await interaction.response.send_message("Cancelled.", ephemeral=True)
 
@@ -288,7 +294,7 @@ class Pages:
             favourites = await db.favourites.list(user_id, limit=PAGE_SIZE, offset=offset)
             for favourite in favourites.items:
                 embed = discord.Embed(
-                    title=render.clip(render.quoted_prompt(favourite.job.prompt, 250), 256),
+                    title=render.embed_title(favourite.job.prompt),
                     description=f"seed {favourite.image.seed} · "
                     f"{favourite.image.width}×{favourite.image.height} · "
                     f"{render.discord_time(favourite.created_at)}",

@@ -16,6 +16,7 @@ from dotenv import load_dotenv
 from bot.client import DiffusionBot
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import configure_logging, register_secret
+from bot.metrics import HealthReport, Metrics, start_metrics_server
 from bot.service import JobService
 from bot.storage.database import Database
 from bot.storage.files import LocalImageStore
@@ -75,14 +76,10 @@ async def run(settings: Settings) -> None:
     )
     engine = build_engine(settings, registry)
     service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
-    metrics = None
+    metrics = Metrics(engine_status=engine.status) if settings.metrics_port else None
+    bot = DiffusionBot(settings, service, registry, metrics=metrics)
     metrics_runner = None
-    bot = DiffusionBot(settings, service, registry)
-    if settings.metrics_port:
-        from bot.metrics import HealthReport, Metrics, start_metrics_server
-
-        metrics = Metrics(engine_status=engine.status)
-        bot.metrics = metrics
+    if metrics is not None:
         metrics_runner = await start_metrics_server(
             metrics,
             settings.metrics_host,

@@ -54,6 +54,7 @@ class DiffusionBot(commands.Bot):
         self.actions = ButtonActions(self)
         self.pages = Pages(self)
         self._reporters: set[asyncio.Task[None]] = set()
+        self._tracked: dict[str, JobReporter] = {}
         self.gateway_connected = False
         self.synced_scopes: list[str] = []
 
@@ -111,21 +112,26 @@ class DiffusionBot(commands.Bot):
             except Exception as error:
                 log.warning("job %s could not be resumed: %s", job.id, error)
                 await self.service.db.jobs.mark_failed(job.id, "Could not resume after a restart.")
+                await self._tell_failed(job, "❌ This job could not be resumed after a restart.")
                 continue
             self.track(job, handle)
         for job in outcome.abandoned:
-            target = MessageTarget(self, job)
-            try:
-                await target.edit(
-                    content="❌ This job failed after several restarts. Please try again.",
-                    embed=None,
-                    attachments=[],
-                    view=None,
-                )
-            except discord.HTTPException:
-                log.info("job %s: could not tell the user it was abandoned", job.id)
+            await self._tell_failed(job, "❌ This job failed after several restarts.")
         if outcome.resumed:
             log.info("resumed %d unfinished jobs", len(outcome.resumed))
+
+    async def _tell_failed(self, job: Job, text: str) -> None:
+        target = MessageTarget(self, job)
+        target.answered(job.message_id)
+        try:
+            await target.edit(
+                content=f"{text} Its images were given back to your quota; please try again.",
+                embed=None,
+                attachments=[],
+                view=None,
+            )
+        except discord.HTTPException:
+            log.info("job %s: could not tell the user it failed", job.id)
 
     async def on_ready(self) -> None:
         self.gateway_connected = True
@@ -145,17 +151,46 @@ class DiffusionBot(commands.Bot):
 
     # --- jobs ----------------------------------------------------------------------------
 
-    def track(self, job: Job, handle: JobHandle) -> None:
+    def track(
+        self,
+        job: Job,
+        handle: JobHandle,
+        *,
+        answered: bool = True,
+        role_ids: tuple[int, ...] = (),
+    ) -> JobReporter:
+        """Follow a job to its end. With ``answered=False`` the reporter holds its first edit
+        until ``reporter.target.answered(message_id)`` says where the message is."""
+        target = MessageTarget(self, job)
+        if answered:
+            target.answered(job.message_id)
         reporter = JobReporter(
             self,
             job,
             handle,
-            MessageTarget(self, job),
+            target,
             edit_interval=self.settings.progress_edit_interval_s,
+            role_ids=role_ids,
         )
+        self._tracked[job.id] = reporter
         task = asyncio.create_task(reporter.run(), name=f"job-{job.id}")
         self._reporters.add(task)
-        task.add_done_callback(self._reporters.discard)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._reporters.discard(done)
+            if self._tracked.get(job.id) is reporter:
+                del self._tracked[job.id]
+
+        task.add_done_callback(finished)
+        return reporter
+
+    def cancel_job(self, job_id: str) -> bool | None:
+        """Cancel a job this process follows: True if cancelled, False if it already ended,
+        None if it is not followed here (e.g. between a restart and its resume)."""
+        reporter = self._tracked.get(job_id)
+        if reporter is None:
+            return None
+        return reporter.handle.cancel()
 
     def can_upscale(self, request: ResolvedRequest) -> bool:
         return self.can_upscale_size(request.model, request.width * 2, request.height * 2)

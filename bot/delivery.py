@@ -4,6 +4,7 @@ its interaction token, be deleted, or sit behind a rate limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import render
+from bot.storage.errors import InvalidTransition
 from bot.storage.records import Image, Job
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_LIMIT = 10 * 2**20 - 64 * 1024  # Discord's default upload limit, less form overhead
 FINAL_EDIT_ATTEMPTS = 4
+READY_TIMEOUT_S = 10.0
 COLOUR_WORKING = discord.Colour.blurple()
 COLOUR_DONE = discord.Colour.green()
 COLOUR_FAILED = discord.Colour.red()
@@ -58,12 +61,25 @@ class MessageTarget:
         self._bot = bot
         self.job = job
         self.message_id = job.message_id
+        self.channel_id = job.channel_id
         self._token_dead = False
+        self._posted_by_us = False  # a message the bot sent itself, not the interaction's
+        # Set once the interaction has been answered (or could not be): edits wait for it,
+        # so an early progress edit never posts a second message.
+        self.ready = asyncio.Event()
+        if job.message_id is not None:
+            self.ready.set()
+
+    def answered(self, message_id: int | None) -> None:
+        self.message_id = message_id
+        self.ready.set()
 
     def _token_usable(self) -> bool:
         return not self._token_dead and self.job.token_usable(discord.utils.utcnow())
 
     async def edit(self, **payload: Any) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), READY_TIMEOUT_S)
         if self._token_usable() and self.message_id is not None:
             assert self.job.interaction_token is not None
             webhook = discord.Webhook.partial(
@@ -84,8 +100,11 @@ class MessageTarget:
         await self._edit_without_token(payload)
 
     async def _edit_without_token(self, payload: dict[str, Any]) -> None:
-        if not self.job.private and self.job.channel_id and self.message_id:
-            channel = self._bot.get_partial_messageable(self.job.channel_id)
+        # An ephemeral interaction message cannot be edited without its token; any message
+        # the bot posted itself (in the channel or a DM) can.
+        editable = not self.job.private or self._posted_by_us
+        if editable and self.channel_id and self.message_id:
+            channel = self._bot.get_partial_messageable(self.channel_id)
             try:
                 await channel.get_partial_message(self.message_id).edit(**payload)
                 return
@@ -94,20 +113,32 @@ class MessageTarget:
         await self._send_new(payload)
 
     async def _send_new(self, payload: dict[str, Any]) -> None:
+        payload = dict(payload)
         files = payload.pop("attachments", [])
-        mention = f"<@{self.job.user_id}>"
-        if self.job.private or not self.job.channel_id:
-            user = await self._bot.fetch_user(self.job.user_id)
-            message = await user.send(files=files, **payload)
-        else:
+        if not self.job.private and self.job.channel_id:
             channel = self._bot.get_partial_messageable(self.job.channel_id)
-            payload["content"] = f"{mention} {payload.get('content') or ''}".strip()
-            message = await channel.send(files=files, **payload)
+            payload["content"] = f"<@{self.job.user_id}> {payload.get('content') or ''}".strip()
+            try:
+                message = await channel.send(files=files, **payload)
+            except discord.Forbidden:
+                # No right to post there (slash commands work without it): tell them privately.
+                log.info("job %s: cannot post in the channel; sending a DM", self.job.id)
+                message = await self._send_dm(
+                    _fresh({"attachments": files})["attachments"], payload
+                )
+        else:
+            message = await self._send_dm(files, payload)
         self.message_id = message.id
+        self.channel_id = message.channel.id
         self._token_dead = True  # the new message is not the interaction's
+        self._posted_by_us = True
         await self._bot.service.db.jobs.set_message(
             self.job.id, channel_id=message.channel.id, message_id=message.id
         )
+
+    async def _send_dm(self, files: list[discord.File], payload: dict[str, Any]) -> discord.Message:
+        user = await self._bot.fetch_user(self.job.user_id)
+        return await user.send(files=files, **payload)
 
 
 class JobReporter:
@@ -121,12 +152,14 @@ class JobReporter:
         target: MessageTarget,
         *,
         edit_interval: float,
+        role_ids: tuple[int, ...] = (),
     ) -> None:
         self._bot = bot
         self._db = bot.service.db
         self.job = job
-        self._handle = handle
-        self._target = target
+        self.handle = handle
+        self.target = target
+        self._role_ids = role_ids
         self._editor: ThrottledEditor[ProgressState] = ThrottledEditor(
             self._send_progress, edit_interval
         )
@@ -134,7 +167,7 @@ class JobReporter:
 
     async def run(self) -> None:
         try:
-            async for event in self._handle:
+            async for event in self.handle:
                 await self._on_event(event)
         except EngineStopped:
             # Shutting down: the job stays queued in the database and resumes on next start.
@@ -142,6 +175,20 @@ class JobReporter:
         except Exception:
             log.exception("job %s: delivery failed", self.job.id)
             await self._editor.close()
+            await self._settle("failed", "Something went wrong while posting the result.")
+
+    async def _settle(self, status: str, reason: str | None = None) -> None:
+        """Record how the job ended; a job ended another way already stays as it is."""
+        jobs = self._db.jobs
+        try:
+            if status == "running":
+                await jobs.mark_running(self.job.id)
+            elif status == "failed":
+                await jobs.mark_failed(self.job.id, reason or "failed")
+            elif status == "cancelled":
+                await jobs.mark_cancelled(self.job.id, reason)
+        except InvalidTransition:
+            log.info("job %s: already %s; not marking it %s", self.job.id, "finished", status)
 
     async def _on_event(self, event: object) -> None:
         match event:
@@ -150,21 +197,22 @@ class JobReporter:
             case ModelLoading(model=model, detail=detail):
                 self._editor.update(ProgressState(render.loading_line(model, detail)))
             case Started():
-                await self._db.jobs.mark_running(self.job.id)
+                await self._settle("running")
                 self._bot.job_event("started", self.job, self._model)
                 self._editor.update(ProgressState(render.progress_line(0, 1, None)))
             case Progress(step=step, total=total, eta_s=eta, preview=preview):
-                previous = self._editor_pending_preview()
-                data = _encode_small(preview) if preview is not None else previous
+                data = self._editor_pending_preview()
+                if preview is not None:
+                    data = await asyncio.to_thread(_encode_small, preview)
                 self._editor.update(ProgressState(render.progress_line(step, total, eta), data))
             case Done(result=result):
                 await self._deliver(result)
             case Failed(reason=reason):
-                await self._db.jobs.mark_failed(self.job.id, reason)
+                await self._settle("failed", reason)
                 await self._final(self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None)
                 self._bot.job_event("failed", self.job, self._model, reason=reason)
             case Cancelled():
-                await self._db.jobs.mark_cancelled(self.job.id, "cancelled by a user")
+                await self._settle("cancelled", "cancelled by a user")
                 await self._final(self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None)
                 self._bot.job_event("cancelled", self.job, self._model)
 
@@ -183,7 +231,7 @@ class JobReporter:
         if state.preview is not None:
             attachments.append(discord.File(io.BytesIO(state.preview), "preview.jpg"))
             embed.set_image(url="attachment://preview.jpg")
-        await self._target.edit(
+        await self.target.edit(
             content=None, embed=embed, attachments=attachments, view=progress_view(self.job.id)
         )
 
@@ -193,7 +241,7 @@ class JobReporter:
         for attempt in range(FINAL_EDIT_ATTEMPTS):
             try:
                 await self._editor.finish_with(
-                    lambda: self._target.edit(embed=embed, view=view, **_fresh(extra))
+                    lambda: self.target.edit(embed=embed, view=view, **_fresh(extra))
                 )
                 return
             except discord.HTTPException as error:
@@ -203,19 +251,30 @@ class JobReporter:
 
     async def _deliver(self, result: JobResult) -> None:
         images = await self._bot.service.store_result(self.job, result)
-        embed, files, view = await build_result_message(self._bot, self.job, result, images)
-        await self._final(embed, view, attachments=files)
-        await self._db.jobs.mark_done(
-            self.job.id, timings=_timings(result), generation_seconds=result.timings.generate_s
-        )
-        self._bot.job_event("done", self.job, self._model, result=result)
+        try:
+            embed, files, view = await build_result_message(
+                self._bot, self.job, result, images, role_ids=self._role_ids
+            )
+            await self._final(embed, view, attachments=files)
+        finally:
+            # The images are stored whatever happened to the message: the job is done, and
+            # /history, /favorites and ℹ serve them.
+            try:
+                await self._db.jobs.mark_done(
+                    self.job.id,
+                    timings=_timings(result),
+                    generation_seconds=result.timings.generate_s,
+                )
+            except InvalidTransition:
+                log.info("job %s: finished another way meanwhile", self.job.id)
+            self._bot.job_event("done", self.job, self._model, result=result)
 
 
 def status_embed(
     prompt: str, model: str, line: str, colour: discord.Colour = COLOUR_WORKING
 ) -> discord.Embed:
     embed = discord.Embed(
-        title=render.clip(render.quoted_prompt(prompt or "…", 250), 256),
+        title=render.embed_title(prompt),
         description=line,
         colour=colour,
     )
@@ -252,7 +311,12 @@ def _encode_small(preview: PILImage.Image) -> bytes:
 
 
 async def build_result_message(
-    bot: DiffusionBot, job: Job, result: JobResult, images: list[Image]
+    bot: DiffusionBot,
+    job: Job,
+    result: JobResult,
+    images: list[Image],
+    *,
+    role_ids: tuple[int, ...] = (),
 ) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
     request = result.request
     pictures = [generated.image for generated in result.images]
@@ -272,19 +336,19 @@ async def build_result_message(
     if result.from_cache:
         lines.append("♻ Same settings and seed as an earlier image: served from the cache.")
     embed = discord.Embed(
-        title=render.clip(render.quoted_prompt(job.prompt or "…", 250), 256),
+        title=render.embed_title(job.prompt),
         description="\n".join(lines),
         colour=COLOUR_DONE,
     )
     embed.set_image(url=f"attachment://{filename}")
     usage = None
     if job.guild_id is not None:
-        usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id)
+        usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
     footer = f"{request.model}"
     if usage is not None:
         footer += " · " + render.quota_footer(usage.remaining, usage.resets_at)
     embed.set_footer(text=footer)
-    if request.operation is Operation.TXT2IMG and len(images) > 1:
+    if request.operation is Operation.TXT2IMG:
         view = grid_view(job.id, len(images))
     else:
         view = single_view(job.id, can_upscale=bot.can_upscale(request))

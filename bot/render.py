@@ -8,11 +8,14 @@ import math
 # Discord's limits for the places these strings go.
 CONTENT_LIMIT = 2000
 EMBED_TITLE_LIMIT = 256
-EMBED_DESCRIPTION_LIMIT = 4096
 
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def embed_title(prompt: str) -> str:
+    return clip(quoted_prompt(prompt or "…", 250), EMBED_TITLE_LIMIT)
 
 
 def quoted_prompt(prompt: str, limit: int = 300) -> str:
@@ -55,10 +58,6 @@ def progress_line(step: int, total: int, eta_s: float | None) -> str:
     percent = 0 if total <= 0 else round(100 * step / total)
     eta = "" if eta_s is None else f" · about {duration(eta_s)} left"
     return f"🎨 `{progress_bar(step, total)}` {percent}% · step {step}/{total}{eta}"
-
-
-def job_header(prompt: str, user_mention: str, model: str) -> str:
-    return f"**{quoted_prompt(prompt)}** — {user_mention} · `{model}`"
 
 
 def seeds_text(seeds: tuple[int, ...] | list[int]) -> str:

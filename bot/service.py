@@ -17,7 +17,7 @@ from bot.jobcodec import StoredRequest
 from bot.storage.database import Database
 from bot.storage.errors import QuotaExceeded
 from bot.storage.files import ImageStore, sniff_extension
-from bot.storage.records import Image, Job, NewImage, NewJob, Usage
+from bot.storage.records import Image, Job, NewImage, NewJob
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
 from engine.registry import ModelRegistry
@@ -36,7 +36,6 @@ class Requester:
     guild_id: int | None
     channel_id: int | None
     role_ids: tuple[int, ...] = ()
-    is_moderator: bool = False
     interaction_token: str | None = None
     token_expires_at: dt.datetime | None = None
 
@@ -147,7 +146,9 @@ class JobService:
             request = dataclasses.replace(
                 request, init_image=await self.images.get(stored.init_image_key)
             )
-        return await self.engine.submit(request, user_id=str(job.user_id), job_id=job.id)
+        return await self.engine.submit(
+            request, user_id=str(job.user_id), job_id=job.id, resumed=True
+        )
 
     # --- results -------------------------------------------------------------------------
 
@@ -167,11 +168,6 @@ class JobService:
 
     async def job_images(self, job_id: str) -> Sequence[Image]:
         return await self.db.images.for_job(job_id)
-
-    async def usage(self, requester: Requester) -> Usage:
-        return await self.db.quotas.usage(
-            requester.guild_id, requester.user_id, role_ids=requester.role_ids
-        )
 
 
 def _fold(text: str) -> str:

@@ -55,13 +55,12 @@ class ThrottledEditor(Generic[S]):
 
     async def finish_with(self, send: Callable[[], Awaitable[None]]) -> None:
         """Stop progress edits and make a last, different edit when the pacing allows."""
-        if self._task is not None:
-            self._task.cancel()
-            # Wait for an edit in flight, so the final one cannot be overtaken by it.
-            async with self._lock:
-                pass
-        await self._wait_for_slot()
+        # Holding the lock waits for an edit in flight (so it cannot overtake the final one)
+        # and keeps the pump from starting another before it is cancelled.
         async with self._lock:
+            if self._task is not None:
+                self._task.cancel()
+            await self._wait_for_slot()
             await send()
             self._last_sent_at = self._clock()
             self.edits += 1

@@ -117,7 +117,11 @@ class PageButton(
         item: discord.ui.Item[Any],
         match: re.Match[str],
     ) -> PageButton:
-        return cls(Pager(match["kind"]), int(match["user"]), int(match["page"]), label="·")
+        try:
+            kind = Pager(match["kind"])
+        except ValueError:
+            kind = Pager.HISTORY  # an id from a future version: show something sensible
+        return cls(kind, int(match["user"]), int(match["page"]), label="·")
 
     async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:  # type: ignore[override]
         await interaction.client.actions.on_page(interaction, self.kind, self.user_id, self.page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 
 Interaction = discord.Interaction["DiffusionBot"]
 MAX_PROMPT_CHARS = 1500  # far beyond what a text encoder reads; longer is almost always a paste
-MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_BYTES = 10 * 2**20
+# The download happens before the answer, which Discord wants within 3 s.
+UPLOAD_READ_TIMEOUT_S = 1.5
 
 
 async def read_upload(attachment: discord.Attachment) -> bytes:
@@ -30,7 +33,9 @@ async def read_upload(attachment: discord.Attachment) -> bytes:
             f"please attach an image under {MAX_UPLOAD_BYTES // 2**20} MiB."
         )
     try:
-        return await attachment.read()
+        return await asyncio.wait_for(attachment.read(), UPLOAD_READ_TIMEOUT_S)
+    except TimeoutError:
+        raise UserError("That image took too long to download; try a smaller file.") from None
     except discord.HTTPException:
         raise UserError("I could not download that attachment. Please try again.") from None
 
@@ -126,11 +131,11 @@ class Imagine(commands.Cog):
         seen: set[str] = set()
         choices = []
         for prompt in [*mine, *(use.prompt for use in popular)]:
-            if prompt in seen or not prompt.strip():
+            # A choice's value is limited to 100 characters: a longer prompt would arrive cut.
+            if prompt in seen or not prompt.strip() or len(prompt) > 100:
                 continue
             seen.add(prompt)
-            # A choice's value is limited to 100 characters, like its name.
-            choices.append(app_commands.Choice(name=render.clip(prompt, 100), value=prompt[:100]))
+            choices.append(app_commands.Choice(name=prompt, value=prompt))
         return choices[:25]
 
     @app_commands.command()

@@ -80,7 +80,7 @@ class Quota(commands.GroupCog, group_name="quota"):
     async def set_(
         self,
         interaction: Interaction,
-        daily_images: str,
+        daily_images: str | None = None,
         concurrent_jobs: str | None = None,
         role: discord.Role | None = None,
         user: discord.Member | None = None,
@@ -95,19 +95,27 @@ class Quota(commands.GroupCog, group_name="quota"):
             scope, target, who = QuotaScope.USER, user.id, user.display_name
         else:
             scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
-        daily = _limit(daily_images)
-        concurrent = _limit(concurrent_jobs) if concurrent_jobs is not None else None
+        if daily_images is None and concurrent_jobs is None:
+            raise UserError("Give `daily_images`, `concurrent_jobs`, or both.")
+        # A limit left out stays as it was (UNSET), rather than becoming unlimited (None).
+        changes = {
+            name: _limit(value)
+            for name, value in (
+                ("daily_images", daily_images),
+                ("concurrent_jobs", concurrent_jobs),
+            )
+            if value is not None
+        }
         await self.bot.service.db.quotas.set_policy(
-            interaction.guild_id,
-            scope,
-            target,
-            daily_images=daily,
-            concurrent_jobs=concurrent,
-            updated_by=interaction.user.id,
+            interaction.guild_id, scope, target, updated_by=interaction.user.id, **changes
         )
+        parts = []
+        if "daily_images" in changes:
+            parts.append(f"{_shown(changes['daily_images'])} images a day")
+        if "concurrent_jobs" in changes:
+            parts.append(f"{_shown(changes['concurrent_jobs'])} jobs at once")
         await interaction.response.send_message(
-            f"Limits for {who}: {_shown(daily)} images a day, {_shown(concurrent)} jobs at once.",
-            ephemeral=True,
+            f"Limits for {who}: {', '.join(parts)}.", ephemeral=True
         )
 
     @app_commands.command(name="reset")

@@ -248,8 +248,13 @@ class Engine:
         user_id: str,
         tier: int = 0,
         job_id: str | None = None,
+        resumed: bool = False,
     ) -> JobHandle:
-        """Queue a request. Raises EngineError subclasses with user-safe messages."""
+        """Queue a request. Raises EngineError subclasses with user-safe messages.
+
+        ``resumed`` marks a job accepted before a restart: the queue limits, which protect
+        new submissions, do not refuse it again.
+        """
         if not self._accepting:
             raise EngineStopped("The image engine is not running right now. Try again shortly.")
         resolved = request if isinstance(request, ResolvedRequest) else await self.resolve(request)
@@ -282,7 +287,8 @@ class Engine:
         )
         handle._work_id = job_id
         self._scheduler.push(
-            QueuedJob(job_id, user_id, resolved, enqueued_at=work.enqueued_at, tier=tier)
+            QueuedJob(job_id, user_id, resolved, enqueued_at=work.enqueued_at, tier=tier),
+            bypass_limits=resumed,
         )
         self._works[job_id] = work
         if key is not None:
@@ -318,6 +324,9 @@ class Engine:
             self._publish_positions_soon()
         elif work in self._running:
             self._cancelled_running = self._cancelled_running | {work.id}
+            # An identical request arriving now must not join a computation being dropped.
+            if work.key is not None and self._inflight.get(work.key) is work:
+                del self._inflight[work.key]
 
     def _forget(self, work: _Work) -> None:
         self._works.pop(work.id, None)
@@ -419,6 +428,7 @@ class Engine:
                             tier=work.tier,
                         ),
                         front=True,
+                        bypass_limits=True,
                     )
 
     async def _work_loop(self) -> None:

@@ -75,13 +75,13 @@ class Scheduler:
     def queued_for(self, user_id: str) -> int:
         return sum(len(users[user_id].jobs) for users in self._tiers.values() if user_id in users)
 
-    def push(self, job: QueuedJob, *, front: bool = False) -> None:
+    def push(self, job: QueuedJob, *, front: bool = False, bypass_limits: bool = False) -> None:
         """Queue a job, or raise a user-safe error when a limit is reached.
 
-        ``front`` puts a retried job back at the head of its user's queue; it bypasses the
-        limits because the job had already been accepted once.
+        ``front`` puts a retried job back at the head of its user's queue. ``bypass_limits``
+        is for jobs that were accepted once already (retries, resumes after a restart).
         """
-        if not front:
+        if not bypass_limits:
             if len(self._jobs) >= self._max_queued:
                 raise QueueFullError(
                     f"The queue is full ({self._max_queued} jobs). Please try again in a minute."

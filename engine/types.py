@@ -108,6 +108,9 @@ class ResolvedRequest:
             self.guidance,
             self.scheduler,
             self.strength,
+            # Outpainting pads every image of a call the same way.
+            self.outpaint_sides,
+            self.outpaint_pixels,
         )
 
     @property

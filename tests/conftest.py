@@ -6,4 +6,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from e2e_support import World, assert_no_problems, start_world, stop_world
+
 pytest_plugins = ["fakediscord.plugin"]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    """The bot as its own process against a fake Discord, shared by one test module."""
+    started = await start_world(tmp_path_factory.mktemp("bot-data"))
+    try:
+        yield started
+    finally:
+        await stop_world(started)
+
+
+@pytest.fixture
+def no_problems(world: World) -> Iterator[None]:
+    """After the test: nothing the bot sent would have been refused by Discord."""
+    yield
+    assert_no_problems(world)

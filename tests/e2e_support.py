@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-import pytest_asyncio
 from fakediscord.interactions import InteractionHandle
 from fakediscord.models import StoredMessage
 from fakediscord.process import BotProcess, start_bot_process
@@ -61,20 +59,6 @@ async def start_world(data_dir: Path, **env: str) -> World:
 async def stop_world(world: World) -> None:
     await world.bot.stop()
     await world.fake.stop()
-
-
-def world_fixture() -> Any:
-    """A module-scoped bot and fake Discord; after each test, nothing Discord would refuse."""
-
-    @pytest_asyncio.fixture(loop_scope="module", scope="module")
-    async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-        started = await start_world(tmp_path_factory.mktemp("bot-data"))
-        try:
-            yield started
-        finally:
-            await stop_world(started)
-
-    return world
 
 
 def assert_no_problems(world: World) -> None:

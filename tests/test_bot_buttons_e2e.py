@@ -7,28 +7,18 @@ import io
 import pytest
 from e2e_support import (
     World,
-    assert_no_problems,
     imagine,
     is_grid,
     is_result,
     is_single,
     reply_text,
-    world_fixture,
 )
 from fakediscord.faults import Routes
 from PIL import Image
 
 from engine.images import parse_parameters, read_png_parameters
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-world = world_fixture()
-
-
-@pytest.fixture(autouse=True)
-def no_problems(world: World) -> object:
-    yield
-    assert_no_problems(world)
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
 
 
 def size_of(message: object) -> tuple[int, int]:
@@ -184,3 +174,20 @@ async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> Non
     await fake.wait_for_resume(after=resumes, timeout=30)
     _, message = await imagine(world, prompt="after the reconnect", count=1)
     assert is_result(message)
+
+
+async def test_private_job_past_its_token_gets_one_dm_that_is_then_edited(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command(
+        "imagine", {"prompt": "a private late one", "steps": 30, "private": True}
+    )
+    await ix.response()
+    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    fake.expire_token(ix)
+    dm = fake.dm_channel(fake.alice.user)
+    await fake.wait_for(
+        lambda: any(is_result(m) for m in fake.messages(dm)),
+        timeout=60,
+        description="the private result in a DM",
+    )
+    assert len(fake.messages(dm)) == 1  # progress edits the DM; they never add messages

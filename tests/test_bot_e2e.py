@@ -11,27 +11,17 @@ from e2e_support import (
     EDIT_INTERVAL_S,
     ROOT,
     World,
-    assert_no_problems,
     bot_env,
     imagine,
     is_grid,
     is_result,
     reply_text,
     wait_until,
-    world_fixture,
 )
 from fakediscord.process import start_bot_process
 from PIL import Image
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-world = world_fixture()
-
-
-@pytest.fixture(autouse=True)
-def no_problems(world: World) -> object:
-    yield
-    assert_no_problems(world)
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
 
 
 async def test_start_up_syncs_commands_once_and_asks_for_no_privileged_intents(

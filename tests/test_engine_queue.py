@@ -299,3 +299,27 @@ async def test_drain_finishes_everything_queued() -> None:
     handles = [await engine.submit(request(steps=2 + i), user_id="a") for i in range(3)]
     await asyncio.wait_for(engine.drain(), 10)
     assert all(isinstance(h.last_event, Done) for h in handles)
+
+
+async def test_identical_request_after_a_cancel_is_computed_afresh() -> None:
+    backend = FakeBackend(step_seconds=0.02)
+    engine = await started_engine(backend)
+    first = await engine.submit(request(seed=4, steps=30), user_id="a")
+    async for event in first:
+        if isinstance(event, Progress):
+            first.cancel()
+    second = await engine.submit(request(seed=4, steps=3), user_id="b")
+    assert isinstance(await asyncio.wait_for(second.wait(), 10), Done)
+    again = await engine.submit(request(seed=4, steps=30), user_id="c")
+    assert isinstance(await asyncio.wait_for(again.wait(), 10), Done)
+    await engine.stop()
+
+
+async def test_resumed_jobs_are_not_refused_by_queue_limits() -> None:
+    engine = Engine(FakeBackend(), EngineSettings(max_queued=1, max_queued_per_user=1))
+    engine._accepting = True
+    await engine.submit(request(), user_id="a")
+    with pytest.raises(QueueFullError):
+        await engine.submit(request(), user_id="b")
+    resumed = await engine.submit(request(), user_id="b", resumed=True)
+    assert resumed.job_id in engine._works
