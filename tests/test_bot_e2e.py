@@ -208,3 +208,15 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
     finally:
         await proc.stop()
         world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+
+
+async def test_logs_have_one_line_per_job_event_and_no_secrets(world: World) -> None:
+    fake = world.fake
+    ix, _ = await imagine(world, prompt="a logged job", count=1)
+    await wait_until(lambda: world.bot.output.count("job done") >= 1, world.bot, 10)
+    output = world.bot.output
+    assert fake.token not in output
+    assert ix.token not in output
+    job_lines = [line for line in output.splitlines() if "job done" in line]
+    assert job_lines and all("job_id=" in line and "model=tiny" in line for line in job_lines)
+    assert any("generate_s=" in line for line in job_lines)
