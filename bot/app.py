@@ -58,6 +58,7 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
             max_batch_images=settings.max_batch_images,
             affinity_max_wait_s=settings.affinity_max_wait_s,
             cache_entries=settings.cache_entries,
+            cache_bytes=settings.cache_mb * 2**20,
         ),
     )
 

@@ -22,10 +22,6 @@ DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
 
-_DEFAULT_DAILY: int | None = 200
-_DEFAULT_CONCURRENT: int | None = 2
-
-
 class SettingsError(Exception):
     """One or more settings are wrong; the message lists each with its fix."""
 
@@ -45,6 +41,7 @@ class Settings:
     max_batch_images: int = 0
     affinity_max_wait_s: float = 30.0
     cache_entries: int = 64
+    cache_mb: int = 512
     preview_every: int = 5
     progress_edit_interval_s: float = 1.5
     # loader
@@ -110,79 +107,101 @@ def load_settings(
                 "paste the token itself, without quotes or a 'Bot ' prefix"
             )
 
+    d = Settings(discord_token="")  # the defaults, written once in the dataclass
     settings = Settings(
         discord_token=token,
         discord_api_base_url=get(
             "DISCORD_API_BASE_URL",
             _url(("http", "https")),
-            DISCORD_API,
+            d.discord_api_base_url,
             "use an http(s) URL such as https://discord.com/api/v10",
         ).rstrip("/"),
         discord_gateway_url=get(
             "DISCORD_GATEWAY_URL",
             _url(("ws", "wss")),
-            DISCORD_GATEWAY,
+            d.discord_gateway_url,
             "use a ws(s) URL such as wss://gateway.discord.gg/",
         ),
         dev_guild_id=get("DEV_GUILD_ID", _snowflake, None, "use a server's numeric id"),
-        data_dir=Path(values.get("DATA_DIR", "").strip() or "data"),
+        data_dir=Path(values.get("DATA_DIR", "").strip() or d.data_dir),
         models_file=get("MODELS_FILE", _existing_file, None, "point it to an existing TOML file"),
         default_model=values.get("DEFAULT_MODEL", "").strip() or None,
-        max_queued=get("MAX_QUEUED", _positive_int, 200, "use a whole number above 0"),
+        max_queued=get("MAX_QUEUED", _positive_int, d.max_queued, "use a whole number above 0"),
         max_queued_per_user=get(
-            "MAX_QUEUED_PER_USER", _positive_int, 5, "use a whole number above 0"
+            "MAX_QUEUED_PER_USER",
+            _positive_int,
+            d.max_queued_per_user,
+            "use a whole number above 0",
         ),
         max_batch_images=get(
-            "MAX_BATCH_IMAGES", _non_negative_int, 0, "use 0 (automatic) or a whole number"
+            "MAX_BATCH_IMAGES",
+            _non_negative_int,
+            d.max_batch_images,
+            "use 0 (automatic) or a whole number",
         ),
         affinity_max_wait_s=get(
-            "AFFINITY_MAX_WAIT_S", _non_negative_float, 30.0, "use a number of seconds"
+            "AFFINITY_MAX_WAIT_S",
+            _non_negative_float,
+            d.affinity_max_wait_s,
+            "use a number of seconds",
         ),
-        cache_entries=get("RESULT_CACHE_ENTRIES", _non_negative_int, 64, "use a whole number"),
+        cache_entries=get(
+            "RESULT_CACHE_ENTRIES", _non_negative_int, d.cache_entries, "use a whole number"
+        ),
+        cache_mb=get("RESULT_CACHE_MB", _non_negative_int, d.cache_mb, "use a number of MiB"),
         preview_every=get(
-            "PREVIEW_EVERY", _non_negative_int, 5, "use 0 (no previews) or a number of steps"
+            "PREVIEW_EVERY",
+            _non_negative_int,
+            d.preview_every,
+            "use 0 (no previews) or a number of steps",
         ),
         progress_edit_interval_s=get(
             "PROGRESS_EDIT_INTERVAL_S",
             _non_negative_float,
-            1.5,
+            d.progress_edit_interval_s,
             "use a number of seconds (Discord allows about one edit per 1.5 s per message)",
         ),
         device=get(
-            "DEVICE", _choice("auto", "cuda", "mps", "cpu"), "auto", "use auto, cuda, mps or cpu"
+            "DEVICE", _choice("auto", "cuda", "mps", "cpu"), d.device, "use auto, cuda, mps or cpu"
         ),
         dtype=get(
             "DTYPE",
             _choice("auto", "float16", "bfloat16", "float32"),
-            "auto",
+            d.dtype,
             "use auto, float16, bfloat16 or float32",
         ),
-        channels_last=get("CHANNELS_LAST", _bool, False, "use true or false"),
-        torch_compile=get("TORCH_COMPILE", _bool, False, "use true or false"),
-        vae_tiling=get("VAE_TILING", _bool, False, "use true or false"),
-        vae_slicing=get("VAE_SLICING", _bool, False, "use true or false"),
-        cpu_offload=get("CPU_OFFLOAD", _bool, False, "use true or false"),
+        channels_last=get("CHANNELS_LAST", _bool, d.channels_last, "use true or false"),
+        torch_compile=get("TORCH_COMPILE", _bool, d.torch_compile, "use true or false"),
+        vae_tiling=get("VAE_TILING", _bool, d.vae_tiling, "use true or false"),
+        vae_slicing=get("VAE_SLICING", _bool, d.vae_slicing, "use true or false"),
+        cpu_offload=get("CPU_OFFLOAD", _bool, d.cpu_offload, "use true or false"),
         model_memory_budget_gb=get(
-            "MODEL_MEMORY_BUDGET_GB", _non_negative_float, 0.0, "use a number of GiB"
+            "MODEL_MEMORY_BUDGET_GB",
+            _non_negative_float,
+            d.model_memory_budget_gb,
+            "use a number of GiB",
         ),
         default_daily_images=get(
-            "DEFAULT_DAILY_IMAGES", _limit, _DEFAULT_DAILY, "use a whole number, or 'unlimited'"
+            "DEFAULT_DAILY_IMAGES",
+            _limit,
+            d.default_daily_images,
+            "use a whole number, or 'unlimited'",
         ),
         default_concurrent_jobs=get(
             "DEFAULT_CONCURRENT_JOBS",
             _limit,
-            _DEFAULT_CONCURRENT,
+            d.default_concurrent_jobs,
             "use a whole number, or 'unlimited'",
         ),
         log_level=get(
             "LOG_LEVEL",
             _choice("DEBUG", "INFO", "WARNING", "ERROR"),
-            "INFO",
+            d.log_level,
             "use DEBUG, INFO, WARNING or ERROR",
         ),
-        log_format=get("LOG_FORMAT", _choice("text", "json"), "text", "use text or json"),
-        metrics_port=get("METRICS_PORT", _port, 0, "use 0 (off) or a port number"),
-        metrics_host=values.get("METRICS_HOST", "").strip() or "127.0.0.1",
+        log_format=get("LOG_FORMAT", _choice("text", "json"), d.log_format, "use text or json"),
+        metrics_port=get("METRICS_PORT", _port, d.metrics_port, "use 0 (off) or a port number"),
+        metrics_host=values.get("METRICS_HOST", "").strip() or d.metrics_host,
     )
     if problems:
         raise SettingsError("Please fix these settings:\n" + "\n".join(f"- {p}" for p in problems))

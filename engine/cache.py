@@ -21,29 +21,51 @@ def cache_key(request: ResolvedRequest) -> CacheKey | None:
     return dataclasses.replace(request, preview_every=0)
 
 
+def result_bytes(result: JobResult) -> int:
+    """Memory a cached result holds: its decoded images and the request's input images."""
+    pixels = sum(
+        len(img.image.getbands()) * img.image.width * img.image.height for img in result.images
+    )
+    inputs = len(result.request.init_image or b"") + len(result.request.mask_image or b"")
+    return pixels + 2 * inputs  # the key holds the request's input images as well
+
+
 class ResultCache:
-    def __init__(self, max_entries: int) -> None:
+    """LRU, bounded both by entries and by the bytes its results hold."""
+
+    def __init__(self, max_entries: int, max_bytes: int = 512 * 2**20) -> None:
         self._max_entries = max_entries
-        self._entries: OrderedDict[CacheKey, JobResult] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[CacheKey, tuple[JobResult, int]] = OrderedDict()
+        self._bytes = 0
         self.hits = 0
         self.misses = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: CacheKey) -> JobResult | None:
-        result = self._entries.get(key)
-        if result is None:
+        entry = self._entries.get(key)
+        if entry is None:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        return result
+        return entry[0]
 
     def put(self, key: CacheKey, result: JobResult) -> None:
-        if self._max_entries <= 0:
+        size = result_bytes(result)
+        if self._max_entries <= 0 or size > self._max_bytes:
             return
-        self._entries[key] = result
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self._bytes -= previous[1]
+        self._entries[key] = (result, size)
+        self._bytes += size
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted

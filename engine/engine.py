@@ -54,6 +54,7 @@ class EngineSettings:
     max_batch_images: int = 0  # 0: sized for the model family (SD 1.5: 8, SDXL: 4)
     affinity_max_wait_s: float = 30.0
     cache_entries: int = 64
+    cache_bytes: int = 512 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ class Engine:
             max_images_per_call=self.max_images_per_call,
             affinity_max_wait_s=self.settings.affinity_max_wait_s,
         )
-        self._cache = ResultCache(self.settings.cache_entries)
+        self._cache = ResultCache(self.settings.cache_entries, self.settings.cache_bytes)
         self._works: dict[str, _Work] = {}
         self._inflight: dict[CacheKey, _Work] = {}
         self._running: list[_Work] = []

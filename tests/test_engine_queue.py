@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -323,3 +324,25 @@ async def test_resumed_jobs_are_not_refused_by_queue_limits() -> None:
         await engine.submit(request(), user_id="b")
     resumed = await engine.submit(request(), user_id="b", resumed=True)
     assert resumed.job_id in engine._works
+
+
+def test_result_cache_is_bounded_by_bytes() -> None:
+    from PIL import Image as PILImage
+
+    from engine.cache import ResultCache, result_bytes
+    from engine.types import GeneratedImage, JobResult, Timings
+
+    base = FakeBackend().resolve(request(seed=1))
+
+    def result(seed: int) -> JobResult:
+        image = GeneratedImage(PILImage.new("RGB", (100, 100)), seed, "")
+        return JobResult(f"job{seed}", base, (image,), Timings())
+
+    one = result_bytes(result(0))
+    assert one == 100 * 100 * 3
+    cache = ResultCache(max_entries=100, max_bytes=2 * one)
+    for seed in range(3):
+        cache.put(dataclasses.replace(base, seed=seed), result(seed))
+    assert len(cache) == 2 and cache.bytes == 2 * one
+    assert cache.get(dataclasses.replace(base, seed=0)) is None  # the oldest went first
+    assert cache.get(dataclasses.replace(base, seed=2)) is not None
