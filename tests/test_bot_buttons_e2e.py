@@ -191,3 +191,15 @@ async def test_private_job_past_its_token_gets_one_dm_that_is_then_edited(world:
         description="the private result in a DM",
     )
     assert len(fake.messages(dm)) == 1  # progress edits the DM; they never add messages
+
+
+async def test_slow_discord_answers_do_not_stall_other_users(world: World) -> None:
+    fake = world.fake
+    fake.faults.delay(Routes.EDIT_FOLLOWUP, 2.0, times=2)
+    slow = await fake.send_slash_command("imagine", {"prompt": "a slow edit", "count": 1})
+    await slow.response()
+    # Meanwhile another user's command is still answered within Discord's 3 s.
+    other = await fake.send_slash_command("queue", user=fake.bob)
+    callback = await other.response()
+    assert callback.latency is not None and callback.latency < 3.0
+    assert is_result(await slow.wait_for_original(is_result, timeout=60))
