@@ -10,14 +10,16 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
-# A one-minute load average above this before a run starts means other work shared the CPU.
-BUSY_LOAD = 0.5
+# CPU use by anything else, sampled for a second before a run, above which the figures are
+# flagged as measured on a busy machine.
+BUSY_FRACTION = 0.15
 
 
 def cpu_model() -> str:
@@ -58,13 +60,16 @@ class Machine:
     transformers: str
     device: str
     load_before: float
+    busy_before: float | None  # fraction of all cores in use during the second before
 
     @property
     def busy(self) -> bool:
-        return self.load_before > BUSY_LOAD
+        return self.busy_before is not None and self.busy_before > BUSY_FRACTION
 
     def lines(self) -> list[str]:
-        load = f"{self.load_before:.2f}"
+        load = f"load average (1 min) {self.load_before:.2f}"
+        if self.busy_before is not None:
+            load += f", CPU in use {self.busy_before * 100:.0f}% during the second before"
         if self.busy:
             load += " (other processes were running: figures may be pessimistic and noisier)"
         return [
@@ -72,7 +77,7 @@ class Machine:
             f"- Device: {self.device}",
             f"- Python {self.python}, torch {self.torch}, diffusers {self.diffusers}, "
             f"transformers {self.transformers}",
-            f"- Load average (1 min) before the run: {load}",
+            f"- Before the run: {load}",
         ]
 
 
@@ -89,7 +94,31 @@ def describe_machine(device: str = "cpu") -> Machine:
         transformers=_version("transformers"),
         device=device_name(device),
         load_before=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
+        busy_before=cpu_busy_fraction(),
     )
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        first = Path("/proc/stat").read_text(encoding="utf-8").splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in first[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return idle, sum(values)
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """The fraction of all cores busy over ``seconds`` (this process is idle meanwhile)."""
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_times()
+    if after is None or after[1] == before[1]:
+        return None
+    return 1 - (after[0] - before[0]) / (after[1] - before[1])
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -179,15 +208,23 @@ class Report:
     machine: Machine
     command: str = field(default_factory=lambda: "python -m " + _module_command())
     parts: list[str] = field(default_factory=list)
+    started: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
 
     def __post_init__(self) -> None:
-        header = self._header()
-        print(header, flush=True)
+        print(self._header(), flush=True)
 
     def _header(self) -> str:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return "\n".join(
-            [f"### {self.title} — {stamp}", "", f"`{self.command}`", "", *self.machine.lines(), ""]
+            [
+                f"### {self.title} — {self.started}",
+                "",
+                f"`{self.command}`",
+                "",
+                *self.machine.lines(),
+                "",
+            ]
         )
 
     def text(self, text: str) -> None:

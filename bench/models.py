@@ -15,6 +15,7 @@ plain diffusers through a pipeline made from the same components.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,15 @@ from engine.backend import DiffusersBackend
 from engine.loader import LoadedModel, LoaderOptions, ModelManager, make_scheduler
 from engine.registry import FAMILY_PRESETS, ModelRegistry, ModelSpec, Presets, SourceKind
 from engine.tiny import SD_SCHEDULER_CONFIG, tiny_tokenizer
-from engine.types import Family, LoadCallback
+from engine.types import (
+    Family,
+    GeneratedImage,
+    ImageSlot,
+    LoadCallback,
+    ResolvedRequest,
+    StepCallback,
+    StepInfo,
+)
 
 
 class Scale(enum.StrEnum):
@@ -53,7 +62,12 @@ SD15_UNET: dict[str, Any] = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
     "downsample_padding": 1,
@@ -283,31 +297,58 @@ class PrebuiltModels(ModelManager):
     eval mode, SDPA attention, channels_last, torch.compile) is the real manager's.
     """
 
-    def __init__(
-        self, options: LoaderOptions, pipelines: Mapping[str, DiffusionPipeline]
-    ) -> None:
+    def __init__(self, options: LoaderOptions, pipelines: Mapping[str, DiffusionPipeline]) -> None:
         super().__init__(options)
         self._prebuilt = dict(pipelines)
 
     def _load_pipeline(self, spec: ModelSpec, report: LoadCallback) -> DiffusionPipeline:
-        pipe = self._prebuilt.get(spec.name)
+        # Handed over, not kept: unloading the model then frees its memory.
+        pipe = self._prebuilt.pop(spec.name, None)
         if pipe is not None:
             return pipe
         return super()._load_pipeline(spec, report)
 
 
-def tiny_backend(device: str = "cpu") -> DiffusersBackend:
+class CountingBackend(DiffusersBackend):
+    """The real backend, counting its pipeline calls (to show which jobs were batched)."""
+
+    def __init__(self, registry: ModelRegistry, manager: ModelManager) -> None:
+        super().__init__(registry, manager)
+        # On a GPU, wait for each step's kernels before reporting it, so that a Progress
+        # event marks a finished step and not one the CPU has only queued (measurements).
+        self.sync_steps = False
+        self.calls = 0
+        self.images = 0
+        self.threads: set[int] = set()  # native ids of the threads that ran pipeline calls
+
+    def run(
+        self, request: ResolvedRequest, slots: list[ImageSlot], on_step: StepCallback
+    ) -> list[GeneratedImage | None]:
+        self.calls += 1
+        self.images += len(slots)
+        self.threads.add(threading.get_ident())
+        if self.sync_steps and self.manager.device.type == "cuda":
+            report = on_step
+
+            def on_step(info: StepInfo) -> frozenset[str]:
+                torch.cuda.synchronize(self.manager.device)
+                return report(info)
+
+        return super().run(request, slots, on_step)
+
+
+def tiny_backend(device: str = "cpu") -> CountingBackend:
     """The bundled registry's tiny models on ``device``: what the tests and the CLI use."""
     registry = ModelRegistry.load()
     manager = ModelManager(LoaderOptions(device=device, local_files_only=True))
-    return DiffusersBackend(registry, manager)
+    return CountingBackend(registry, manager)
 
 
 def prebuilt_backend(
     specs: list[ModelSpec], pipelines: Mapping[str, DiffusionPipeline], options: LoaderOptions
-) -> DiffusersBackend:
+) -> CountingBackend:
     registry = ModelRegistry(specs, origin="<benchmark>")
-    return DiffusersBackend(registry, PrebuiltModels(options, pipelines))
+    return CountingBackend(registry, PrebuiltModels(options, pipelines))
 
 
 # --- the plain-diffusers side -------------------------------------------------------------
