@@ -87,7 +87,7 @@ async def launch(
     message_id = None
     try:
         callback = await interaction.response.send_message(
-            embed=status_embed(job.prompt, accepted.request.model, render.queued_line(1, None)),
+            embed=status_embed(job.prompt, accepted.request.model, "⏳ Queued…"),
             view=progress_view(job.id),
             ephemeral=private,
         )

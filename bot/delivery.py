@@ -14,7 +14,7 @@ import discord
 
 from bot import render
 from bot.storage.errors import InvalidTransition
-from bot.storage.records import Image, Job
+from bot.storage.records import Job
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
 from engine.errors import EngineStopped
@@ -250,11 +250,16 @@ class JobReporter:
                 await asyncio.sleep(1.0 * 2**attempt)
 
     async def _deliver(self, result: JobResult) -> None:
-        images = await self._bot.service.store_result(self.job, result)
+        # The grid and the stored files are made side by side; the message waits for both, so
+        # its buttons never point at images that are not stored yet.
+        stored = asyncio.ensure_future(self._bot.service.store_result(self.job, result))
         try:
             embed, files, view = await build_result_message(
-                self._bot, self.job, result, images, role_ids=self._role_ids
+                self._bot, self.job, result, role_ids=self._role_ids
             )
+        finally:
+            await stored  # a storage failure ends here, before the job could be marked done
+        try:
             await self._final(embed, view, attachments=files)
         finally:
             # The images are stored whatever happened to the message: the job is done, and
@@ -314,7 +319,6 @@ async def build_result_message(
     bot: DiffusionBot,
     job: Job,
     result: JobResult,
-    images: list[Image],
     *,
     role_ids: tuple[int, ...] = (),
 ) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
@@ -349,7 +353,7 @@ async def build_result_message(
         footer += " · " + render.quota_footer(usage.remaining, usage.resets_at)
     embed.set_footer(text=footer)
     if request.operation is Operation.TXT2IMG:
-        view = grid_view(job.id, len(images))
+        view = grid_view(job.id, len(result.images))
     else:
         view = single_view(job.id, can_upscale=bot.can_upscale(request))
     return embed, [discord.File(io.BytesIO(data), filename)], view

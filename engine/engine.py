@@ -15,7 +15,9 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from engine.cache import CacheKey, ResultCache, cache_key
 from engine.errors import EngineError, EngineStopped, Interrupted, OutOfMemory
@@ -42,9 +44,11 @@ from engine.types import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOO_LARGE = "This request is too large for this GPU. Try fewer images or a smaller size."
 DEFAULT_BATCH_IMAGES = {Family.SD15: 8, Family.SDXL: 4}
+POSITION_WINDOW = 250  # queued jobs told their exact position on every change
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,10 @@ class Engine:
         self._supervisor: asyncio.Task[None] | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._positions_dirty = False
+        self._unplaced: list[_Work] = []  # submitted since the last position update
+        # One thread runs every pipeline call and load: torch keeps a thread pool per
+        # calling thread, and two pools on a small CPU slow each other down.
+        self._device_executor: ThreadPoolExecutor | None = None
         self.worker_restarts = 0
 
     # --- life cycle ----------------------------------------------------------------------
@@ -190,6 +198,8 @@ class Engine:
         if self._supervisor is not None:
             return
         self._loop = asyncio.get_running_loop()
+        if self._device_executor is None:
+            self._device_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._accepting = True
         self._stopping = False
         self._supervisor = asyncio.create_task(self._supervise(), name="engine-supervisor")
@@ -223,6 +233,9 @@ class Engine:
         acquired = await asyncio.to_thread(self._device_lock.acquire, True, 30.0)
         if acquired:
             self._device_lock.release()
+        if self._device_executor is not None:
+            self._device_executor.shutdown(wait=False)
+            self._device_executor = None
         stopped = EngineStopped("The bot is restarting; your job will resume.")
         for work in list(self._works.values()):
             for handle in work.handles:
@@ -294,6 +307,7 @@ class Engine:
         self._works[job_id] = work
         if key is not None:
             self._inflight[key] = work
+        self._unplaced.append(work)
         self._publish_positions_soon()
         self._wakeup.set()
         return handle
@@ -348,13 +362,15 @@ class Engine:
             return None
         return cost * request.steps * request.count
 
-    def queue_snapshot(self) -> list[QueueEntry]:
+    def queue_snapshot(self, limit: int | None = None) -> list[QueueEntry]:
+        """Running jobs (position 0), then queued ones in expected order (the first ``limit``)."""
         entries = [
             QueueEntry(w.id, w.user_id, w.request.model, w.request.count, 0, self._running_left())
             for w in self._running
         ]
         eta: float | None = self._running_left() or 0.0
-        for position, job in enumerate(self._scheduler.ordered(), start=1):
+        ordered = itertools.islice(self._scheduler.iter_ordered(), limit)
+        for position, job in enumerate(ordered, start=1):
             estimate = self._estimate_s(job.request)
             eta = None if eta is None or estimate is None else eta + estimate
             entries.append(
@@ -374,8 +390,12 @@ class Engine:
             asyncio.get_running_loop().call_soon(self._publish_positions)
 
     def _publish_positions(self) -> None:
+        """Tell queued jobs where they stand. Only the front of a long queue gets exact
+        positions on every change, so a submit costs the same with 200 or 10,000 queued;
+        jobs further back hear "behind N" once and exact figures as they come forward."""
         self._positions_dirty = False
-        for entry in self.queue_snapshot():
+        window = self.queue_snapshot(limit=POSITION_WINDOW)
+        for entry in window:
             work = self._works.get(entry.job_id)
             if work is None or entry.position == 0:
                 continue
@@ -383,6 +403,11 @@ class Engine:
             if work.last_position != (entry.position, eta):
                 work.last_position = (entry.position, eta)
                 work.emit(Queued(position=entry.position, eta_s=entry.eta_s))
+        for work in self._unplaced:
+            if work.last_position is None and work.id in self._scheduler:
+                work.last_position = (len(self._scheduler), None)
+                work.emit(Queued(position=len(self._scheduler), eta_s=None))
+        self._unplaced.clear()
 
     def status(self) -> EngineStatus:
         return EngineStatus(
@@ -464,7 +489,7 @@ class Engine:
                     for work in works:
                         work.emit(ModelLoading(request.model, detail))
 
-                await asyncio.to_thread(
+                await self._on_device(
                     self._backend.load, request.model, self._thread_callback(loading)
                 )
                 load_s = self._clock() - started
@@ -539,7 +564,7 @@ class Engine:
             return self._cancelled_running
 
         try:
-            return await asyncio.to_thread(self._run_locked, request, slots, on_step)
+            return await self._on_device(self._run_locked, request, slots, on_step)
         except Interrupted:
             return [None] * len(slots)
         except OutOfMemory:
@@ -549,6 +574,10 @@ class Engine:
             log.warning("out of memory with %d images; retrying in halves", len(slots))
             first = await self._run_slots(request, slots[:half], works)
             return first + await self._run_slots(request, slots[half:], works)
+
+    async def _on_device(self, function: Callable[..., T], *args: object) -> T:
+        assert self._device_executor is not None, "the engine is not started"
+        return await self._loop.run_in_executor(self._device_executor, function, *args)
 
     def _run_locked(
         self,

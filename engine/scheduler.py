@@ -199,9 +199,10 @@ class Scheduler:
 
     # --- introspection -------------------------------------------------------------------
 
-    def ordered(self) -> list[QueuedJob]:
-        """Queued jobs in expected dispatch order (ignoring batching and model affinity)."""
-        return list(self._candidates_in_order())
+    def iter_ordered(self) -> Iterator[QueuedJob]:
+        """Queued jobs in expected dispatch order (ignoring batching and model affinity),
+        lazily: taking the first N costs about N, not the whole queue."""
+        return self._candidates_in_order()
 
     def positions(self) -> dict[str, int]:
         """1-based expected position of every queued job."""

@@ -37,7 +37,7 @@ async def test_start_up_syncs_commands_once_and_asks_for_no_privileged_intents(
 
 
 async def test_imagine_to_finished_grid_with_progress_and_previews(world: World) -> None:
-    ix, message = await imagine(world, prompt="a red fox in snow --ar 3:2", seed=42)
+    ix, message = await imagine(world, prompt="a red fox in snow --ar 3:2", seed=42, steps=40)
     assert ix.ack_latency is not None and ix.ack_latency < 3.0
     assert message.button_labels[:8] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
     assert set(message.button_labels[8:]) == {"🔄", "⭐", "🗑", "ℹ"}

@@ -346,3 +346,23 @@ def test_result_cache_is_bounded_by_bytes() -> None:
     assert len(cache) == 2 and cache.bytes == 2 * one
     assert cache.get(dataclasses.replace(base, seed=0)) is None  # the oldest went first
     assert cache.get(dataclasses.replace(base, seed=2)) is not None
+
+
+async def test_long_queue_tells_the_front_exact_positions_and_the_back_an_upper_bound() -> None:
+    from engine.engine import POSITION_WINDOW
+
+    engine = Engine(FakeBackend(), EngineSettings(max_queued=10_000))
+    engine._accepting = True
+    handles = [
+        await engine.submit(request(steps=3 + i % 7), user_id=f"user{i}")
+        for i in range(POSITION_WINDOW + 50)
+    ]
+    await asyncio.sleep(0)
+    front, back = handles[0], handles[-1]
+    assert front.last_event == Queued(position=1, eta_s=None)
+    assert isinstance(back.last_event, Queued)
+    assert back.last_event.position >= POSITION_WINDOW
+    # A newcomer (a user never served) is placed exactly by the next update.
+    newcomer = await engine.submit(request(steps=99), user_id="newcomer")
+    await asyncio.sleep(0)
+    assert isinstance(newcomer.last_event, Queued)
