@@ -138,7 +138,7 @@ def bench_scheduler(report: Report, jobs: int, users: int, dispatches: int) -> d
         now += 1.0
 
     positions = time_each(scheduler.positions, 20)
-    ordered = time_each(scheduler.ordered, 20)
+    ordered = time_each(lambda: list(scheduler.iter_ordered()), 20)
 
     drain_started = time.perf_counter()
     drained = 0
