@@ -59,6 +59,7 @@ class EngineSettings:
     affinity_max_wait_s: float = 30.0
     cache_entries: int = 64
     cache_bytes: int = 512 * 2**20
+    progress_interval_s: float = 0.1  # progress events at most this often (previews always)
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,10 +558,18 @@ class Engine:
         started = self._clock()
         by_id = {w.id: w for w in works}
 
+        interval = self.settings.progress_interval_s
+        last_report = [-interval]
+
         def on_step(info: StepInfo) -> frozenset[str]:
             if self._current_token != token:
                 return frozenset(s.job_id for s in slots)
-            self._loop.call_soon_threadsafe(self._on_step, by_id, info, started)
+            # Waking the event loop on every step costs the launching thread time when steps
+            # are short; a preview or the last step is always reported.
+            now = time.monotonic()
+            if info.previews or info.step == info.total or now - last_report[0] >= interval:
+                last_report[0] = now
+                self._loop.call_soon_threadsafe(self._on_step, by_id, info, started)
             return self._cancelled_running
 
         try:

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.asyncio
 
 
 async def started_engine(backend: FakeBackend, **settings: object) -> Engine:
+    # Every step reported, unless a test asks otherwise: tests wait for particular steps.
+    settings = {"progress_interval_s": 0.0, **settings}
     engine = Engine(backend, EngineSettings(**settings))  # type: ignore[arg-type]
     await engine.start()
     return engine
@@ -125,7 +127,7 @@ async def test_cancel_queued_job_leaves_queue_at_once() -> None:
 
 async def test_cancel_running_job_stops_at_next_step_and_batch_mates_finish() -> None:
     backend = FakeBackend(step_seconds=0.02)
-    engine = Engine(backend, EngineSettings())
+    engine = Engine(backend, EngineSettings(progress_interval_s=0.0))
     engine._accepting = True
     victim = await engine.submit(request("victim", steps=20), user_id="a")
     survivor = await engine.submit(request("survivor", steps=20), user_id="b")
@@ -366,3 +368,12 @@ async def test_long_queue_tells_the_front_exact_positions_and_the_back_an_upper_
     newcomer = await engine.submit(request(steps=99), user_id="newcomer")
     await asyncio.sleep(0)
     assert isinstance(newcomer.last_event, Queued)
+
+
+async def test_progress_is_throttled_but_previews_and_the_last_step_always_arrive() -> None:
+    backend = FakeBackend(step_seconds=0.005)
+    engine = await started_engine(backend, progress_interval_s=10.0)
+    handle = await engine.submit(request(steps=20, preview_every=7), user_id="a")
+    steps = [e.step for e in await collect(handle) if isinstance(e, Progress)]
+    assert steps == [1, 7, 14, 20]
+    await engine.stop()
