@@ -32,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from engine.backend import DiffusersBackend
 from engine.loader import LoadedModel, LoaderOptions, ModelManager, make_scheduler
 from engine.registry import FAMILY_PRESETS, ModelRegistry, ModelSpec, Presets, SourceKind
-from engine.tiny import SD_SCHEDULER_CONFIG, tiny_tokenizer
+from engine.tiny import SD_SCHEDULER_CONFIG, prepare_for_inference, tiny_tokenizer
 from engine.types import (
     Family,
     GeneratedImage,
@@ -213,7 +213,7 @@ def build_sd15(scale: Scale = Scale.REAL, device: str = "cpu") -> StableDiffusio
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _finish(pipe)
+    return prepare_for_inference(pipe)
 
 
 def build_sdxl(scale: Scale = Scale.REAL, device: str = "cpu") -> StableDiffusionXLPipeline:
@@ -241,15 +241,7 @@ def build_sdxl(scale: Scale = Scale.REAL, device: str = "cpu") -> StableDiffusio
         scheduler=make_scheduler("euler", dict(SD_SCHEDULER_CONFIG)),
         force_zeros_for_empty_prompt=True,
     )
-    return _finish(pipe)
-
-
-def _finish(pipe: DiffusionPipeline) -> Any:
-    pipe.set_progress_bar_config(disable=True)
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval().requires_grad_(False)
-    return pipe
+    return prepare_for_inference(pipe)
 
 
 def parameter_count(module: torch.nn.Module) -> int:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import discord
 import yarl
@@ -103,11 +104,13 @@ async def run(settings: Settings) -> None:
         await db.close()
 
 
-def main() -> int:
-    # Settings for libraries too (HF_HOME, CUDA_VISIBLE_DEVICES...) may live in .env.
-    load_dotenv(".env", override=False)
+def main(env_file: Path | None = Path(".env")) -> int:
+    """Start the bot. ``env_file=None``: the caller already loaded its settings file."""
+    if env_file is not None:
+        # Settings for libraries too (HF_HOME, CUDA_VISIBLE_DEVICES...) may live in .env.
+        load_dotenv(env_file, override=False)
     try:
-        settings = load_settings()
+        settings = load_settings(env_file=None)
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2

@@ -195,7 +195,7 @@ def _non_negative_float(raw: str) -> float:
 def _run() -> int:
     from bot.app import main as app_main
 
-    return app_main()
+    return app_main(env_file=None)  # main() already loaded --env-file (or ./.env)
 
 
 def _engine(command: str, argv: list[str]) -> int:

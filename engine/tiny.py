@@ -150,7 +150,7 @@ def build_tiny_sd15() -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _finish(pipe)
+    return prepare_for_inference(pipe)
 
 
 def build_tiny_sdxl() -> StableDiffusionXLPipeline:
@@ -193,7 +193,7 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
         scheduler=_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
-    return _finish(pipe)
+    return prepare_for_inference(pipe)
 
 
 def build_tiny(family: Family) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
@@ -211,7 +211,8 @@ def build_tiny_by_name(name: str) -> StableDiffusionPipeline | StableDiffusionXL
     raise ValueError(f"No built-in model {name!r}; built-ins are 'tiny' and 'tiny-xl'.")
 
 
-def _finish(pipe: _P) -> _P:
+def prepare_for_inference(pipe: _P) -> _P:
+    """No progress bars, eval mode, no gradients: how every pipeline here is used."""
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
