@@ -20,7 +20,6 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from bench.models import CountingBackend, plain_generate
-from engine.backend import slots_for
 from engine.engine import Engine, EngineSettings
 from engine.types import (
     MAX_IMAGES_PER_REQUEST,
@@ -236,7 +235,7 @@ def backend_run(
     resolved: list[ResolvedRequest] = [
         backend.resolve(workload.request(count=job.count, seed=job.seed)) for job in jobs
     ]
-    slots = [slot for i, r in enumerate(resolved) for slot in slots_for(r, f"job-{i}")]
+    slots = [slot for i, r in enumerate(resolved) for slot in r.slots(f"job-{i}")]
     outputs = backend.run(resolved[0], slots, _no_cancel)
     elapsed = time.perf_counter() - started
     return elapsed, [image for image in outputs if image is not None]

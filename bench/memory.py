@@ -52,7 +52,6 @@ def child(model: str, batch: int, device: str, size: int | None) -> dict[str, ob
         prebuilt_backend,
         tiny_backend,
     )
-    from engine.backend import slots_for
     from engine.loader import LoaderOptions
     from engine.types import Family
 
@@ -79,7 +78,7 @@ def child(model: str, batch: int, device: str, size: int | None) -> dict[str, ob
     slots = []
     for index, job in enumerate(jobs_for_batch(batch, 1)):
         resolved = backend.resolve(workload.request(count=job.count, seed=job.seed))
-        slots += slots_for(resolved, f"job-{index}")
+        slots += resolved.slots(f"job-{index}")
     backend.run(resolved, slots, lambda _info: frozenset())
     result: dict[str, object] = {
         "model": model,

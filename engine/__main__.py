@@ -212,8 +212,6 @@ def _build_backend(registry: ModelRegistry, args: argparse.Namespace) -> Diffuse
 def _run_with_progress(backend: DiffusersBackend, request: ResolvedRequest) -> list[GeneratedImage]:
     from tqdm import tqdm
 
-    from engine.backend import slots_for
-
     bar = tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, leave=False)
 
     def on_step(info: StepInfo) -> frozenset[str]:
@@ -223,7 +221,7 @@ def _run_with_progress(backend: DiffusersBackend, request: ResolvedRequest) -> l
         return frozenset()
 
     try:
-        outputs = backend.run(request, slots_for(request, "cli"), on_step)
+        outputs = backend.run(request, request.slots("cli"), on_step)
     finally:
         bar.close()
     return [image for image in outputs if image is not None]

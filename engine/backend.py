@@ -385,28 +385,10 @@ def parameters_text(request: ResolvedRequest, slot: ImageSlot, width: int, heigh
     )
 
 
-def slots_for(request: ResolvedRequest, job_id: str) -> list[ImageSlot]:
-    """The image slots of one job (what the engine's worker builds for a batch)."""
-    return [
-        ImageSlot(
-            job_id=job_id,
-            index=index,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            seed=seed,
-            init_image=request.init_image,
-            mask_image=request.mask_image,
-            preview_every=request.preview_every,
-        )
-        for index, seed in enumerate(request.seeds)
-    ]
-
-
 __all__ = [
     "BackendLimits",
     "DiffusersBackend",
     "clean_prompt",
     "fit_size",
     "parameters_text",
-    "slots_for",
 ]

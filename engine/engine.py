@@ -506,20 +506,7 @@ class Engine:
         estimate = sum(self._estimate_s(w.request) or 0.0 for w in works)
         self._running_eta_end = self._clock() + estimate if estimate else None
 
-        slots = [
-            ImageSlot(
-                job_id=work.id,
-                index=index,
-                prompt=work.request.prompt,
-                negative_prompt=work.request.negative_prompt,
-                seed=seed,
-                init_image=work.request.init_image,
-                mask_image=work.request.mask_image,
-                preview_every=work.request.preview_every,
-            )
-            for work in works
-            for index, seed in enumerate(work.request.seeds)
-        ]
+        slots = [slot for work in works for slot in work.request.slots(work.id)]
         started = self._clock()
         try:
             outputs = await self._run_slots(request, slots, works)

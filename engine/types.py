@@ -117,6 +117,22 @@ class ResolvedRequest:
     def pixels(self) -> int:
         return self.width * self.height
 
+    def slots(self, job_id: str) -> list[ImageSlot]:
+        """This job's images as slots of a pipeline call: image i gets seed + i."""
+        return [
+            ImageSlot(
+                job_id=job_id,
+                index=index,
+                prompt=self.prompt,
+                negative_prompt=self.negative_prompt,
+                seed=seed,
+                init_image=self.init_image,
+                mask_image=self.mask_image,
+                preview_every=self.preview_every,
+            )
+            for index, seed in enumerate(self.seeds)
+        ]
+
 
 @dataclass(frozen=True, slots=True)
 class ImageSlot:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.backend import DiffusersBackend, slots_for
+from engine.backend import DiffusersBackend
 from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
 from engine.loader import (
     LoaderOptions,
@@ -123,7 +123,7 @@ def registry_for(tmp_path: Path, entries: str) -> ModelRegistry:
 
 def first_image(backend: DiffusersBackend, model: str):
     request = backend.resolve(GenerationRequest(prompt="a red fox", model=model, seed=5))
-    [image] = backend.run(request, slots_for(request, "job"), never_cancel)
+    [image] = backend.run(request, request.slots("job"), never_cancel)
     assert image is not None
     return image.image
 

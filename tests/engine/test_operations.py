@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from engine import ops
-from engine.backend import DiffusersBackend, slots_for
+from engine.backend import DiffusersBackend
 from engine.errors import Interrupted, OutOfMemory
 from engine.images import parse_parameters, read_png_parameters
 from engine.loader import LoaderOptions, ModelManager
@@ -43,7 +43,7 @@ def resolve(backend: DiffusersBackend, **fields: object) -> ResolvedRequest:
 def run(
     backend: DiffusersBackend, request: ResolvedRequest, job_id: str = "job", on_step=never_cancel
 ) -> list:
-    return backend.run(request, slots_for(request, job_id), on_step)
+    return backend.run(request, request.slots(job_id), on_step)
 
 
 OPERATION_INPUTS: dict[Operation, dict[str, object]] = {
@@ -117,7 +117,7 @@ def test_an_image_is_the_same_batched_or_alone(
 def test_jobs_with_different_prompts_share_a_call(backend: DiffusersBackend) -> None:
     fox = resolve(backend, prompt="a red fox", negative_prompt="blurry")
     owl = resolve(backend, prompt="an owl at night", seed=7, count=2)
-    slots = slots_for(fox, "fox") + slots_for(owl, "owl")
+    slots = fox.slots("fox") + owl.slots("owl")
     together = backend.run(fox, slots, never_cancel)
     assert [image.seed for image in together] == [42, 7, 8]
     assert "an owl at night" in together[1].parameters
@@ -132,7 +132,7 @@ def test_jobs_with_different_prompts_share_a_call(backend: DiffusersBackend) -> 
 def test_previews_come_for_the_first_image_of_jobs_that_asked(backend: DiffusersBackend) -> None:
     wants = resolve(backend, count=2, preview_every=2)
     quiet = resolve(backend, seed=9)
-    slots = slots_for(wants, "wants") + slots_for(quiet, "quiet")
+    slots = wants.slots("wants") + quiet.slots("quiet")
     recorder = StepRecorder()
     backend.run(wants, slots, recorder)
     assert [info.step for info in recorder.steps] == [1, 2, 3, 4]
@@ -185,7 +185,7 @@ def test_a_cancelled_job_leaves_the_batch_and_the_other_still_returns(
 ) -> None:
     first = resolve(backend, model=model, count=2, scheduler="dpmpp_2m")
     second = resolve(backend, model=model, prompt="an owl", seed=100, scheduler="dpmpp_2m")
-    slots = slots_for(first, "first") + slots_for(second, "second")
+    slots = first.slots("first") + second.slots("second")
     recorder = StepRecorder(cancel=frozenset({cancelled}), from_step=2)
     outputs = backend.run(first, slots, recorder)
     kept = "second" if cancelled == "first" else "first"
@@ -201,7 +201,7 @@ def test_a_cancelled_job_leaves_the_batch_and_the_other_still_returns(
 
 def test_inpainting_drops_cancelled_slots_without_shrinking(backend: DiffusersBackend) -> None:
     request = resolve(backend, operation=Operation.INPAINT, init_image=IMAGE, mask_image=MASK)
-    slots = slots_for(request, "keep") + slots_for(dataclasses.replace(request, seed=5), "drop")
+    slots = request.slots("keep") + dataclasses.replace(request, seed=5).slots("drop")
     outputs = backend.run(request, slots, StepRecorder(cancel=frozenset({"drop"}), from_step=1))
     assert outputs[1] is None
     assert outputs[0] is not None
