@@ -30,14 +30,26 @@ INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
 PAGE_SIZE = 5
 
 
+def member_role_ids(user: discord.abc.User) -> tuple[int, ...]:
+    """The ids of the roles Discord sent with a member (none for a user outside a guild).
+
+    ``Member.roles`` keeps only the roles found in the guild cache, so a role the cache has
+    not seen (made while the gateway was away, or a guild that is not cached) would quietly
+    lose its quota override; the ids in the interaction's payload are what Discord says.
+    """
+    sent = getattr(user, "_roles", None)
+    if sent is not None:
+        return tuple(sorted(int(role_id) for role_id in sent))
+    return tuple(role.id for role in getattr(user, "roles", ()) if not role.is_default())
+
+
 def requester_from(interaction: Interaction) -> Requester:
     member = interaction.user
-    roles = tuple(role.id for role in getattr(member, "roles", ()) if not role.is_default())
     return Requester(
         user_id=member.id,
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
-        role_ids=roles,
+        role_ids=member_role_ids(member),
         interaction_token=interaction.token,
         token_expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
     )

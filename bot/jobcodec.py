@@ -18,6 +18,7 @@ class StoredRequest:
     request: GenerationRequest  # without image bytes
     init_image_key: str | None = None
     mask_image_key: str | None = None
+    priority: int = 0  # the queue tier it was accepted with, kept for a resume
 
     def dumps(self) -> str:
         fields = {
@@ -29,6 +30,7 @@ class StoredRequest:
         fields["outpaint_sides"] = list(self.request.outpaint_sides)
         fields["init_image_key"] = self.init_image_key
         fields["mask_image_key"] = self.mask_image_key
+        fields["priority"] = self.priority
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -36,9 +38,10 @@ class StoredRequest:
         data: dict[str, Any] = json.loads(text)
         init_key = data.pop("init_image_key", None)
         mask_key = data.pop("mask_image_key", None)
+        priority = int(data.pop("priority", 0))
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
-        return cls(GenerationRequest(**kwargs), init_key, mask_key)
+        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority)

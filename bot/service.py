@@ -100,13 +100,14 @@ class JobService:
             init_image_key = await self.images.put(
                 request.init_image, ext=sniff_extension(request.init_image)
             )
+        policy = await self.db.quotas.effective_policy(
+            requester.guild_id, requester.user_id, requester.role_ids
+        )
         # Store the drawn seed, so a resumed job makes the very same images.
         stored = StoredRequest(
             dataclasses.replace(request, seed=resolved.seed, init_image=None, mask_image=None),
             init_image_key=init_image_key,
-        )
-        policy = await self.db.quotas.effective_policy(
-            requester.guild_id, requester.user_id, requester.role_ids
+            priority=policy.priority,
         )
         try:
             job = await self.db.jobs.create(
@@ -131,7 +132,7 @@ class JobService:
             raise UserError(str(error)) from None
         try:
             handle = await self.engine.submit(
-                resolved, user_id=str(requester.user_id), job_id=job.id
+                resolved, user_id=str(requester.user_id), job_id=job.id, tier=policy.priority
             )
         except EngineError as error:
             await self.db.jobs.mark_failed(job.id, str(error))
@@ -147,7 +148,11 @@ class JobService:
                 request, init_image=await self.images.get(stored.init_image_key)
             )
         return await self.engine.submit(
-            request, user_id=str(job.user_id), job_id=job.id, resumed=True
+            request,
+            user_id=str(job.user_id),
+            job_id=job.id,
+            tier=stored.priority,
+            resumed=True,
         )
 
     # --- results -------------------------------------------------------------------------

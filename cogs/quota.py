@@ -1,4 +1,5 @@
-"""/quota and /stats: moderators (Manage Server) manage limits and see how the bot is used."""
+"""/quota and /stats: moderators (Manage Server) manage limits and queue priority, and see how
+the bot is used."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.actions import is_moderator
+from bot.actions import is_moderator, member_role_ids
 from bot.errors import PermissionDenied, UserError
-from bot.storage.records import QuotaScope
+from bot.storage import UNSET
+from bot.storage.records import Priority, QuotaScope
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -58,15 +60,15 @@ class Quota(commands.GroupCog, group_name="quota"):
         """Show a user's limits and today's usage."""
         assert interaction.guild_id is not None
         target = user or interaction.user
-        roles = tuple(r.id for r in getattr(target, "roles", ()) if not r.is_default())
         usage = await self.bot.service.db.quotas.usage(
-            interaction.guild_id, target.id, role_ids=roles
+            interaction.guild_id, target.id, role_ids=member_role_ids(target)
         )
         text = (
             f"**{target.display_name}** — limits from {usage.policy.source.value} settings\n"
             f"Images today: {usage.used} of {_shown(usage.daily_limit)}"
             f" (resets {render.discord_time(usage.resets_at)})\n"
-            f"Jobs at once: {usage.active_jobs} of {_shown(usage.concurrent_limit)}"
+            f"Jobs at once: {usage.active_jobs} of {_shown(usage.concurrent_limit)}\n"
+            f"Queue priority: {usage.policy.priority.label}"
         )
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -76,16 +78,21 @@ class Quota(commands.GroupCog, group_name="quota"):
         user="Set the limits for this user",
         daily_images="Images per day, or 'unlimited'",
         concurrent_jobs="Jobs at the same time, or 'unlimited'",
+        priority="Queue plan: high-priority jobs run before normal ones, normal before low",
+    )
+    @app_commands.choices(
+        priority=[app_commands.Choice(name=p.label, value=int(p)) for p in reversed(Priority)]
     )
     async def set_(
         self,
         interaction: Interaction,
         daily_images: str | None = None,
         concurrent_jobs: str | None = None,
+        priority: app_commands.Choice[int] | None = None,
         role: discord.Role | None = None,
         user: discord.Member | None = None,
     ) -> None:
-        """Set limits for a role, a user, or (with neither) the whole server."""
+        """Set limits and queue priority for a role, a user, or (with neither) the server."""
         assert interaction.guild_id is not None
         if role is not None and user is not None:
             raise UserError("Pick a role or a user, not both.")
@@ -95,25 +102,29 @@ class Quota(commands.GroupCog, group_name="quota"):
             scope, target, who = QuotaScope.USER, user.id, user.display_name
         else:
             scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
-        if daily_images is None and concurrent_jobs is None:
-            raise UserError("Give `daily_images`, `concurrent_jobs`, or both.")
-        # A limit left out stays as it was (UNSET), rather than becoming unlimited (None).
-        changes = {
-            name: _limit(value)
-            for name, value in (
-                ("daily_images", daily_images),
-                ("concurrent_jobs", concurrent_jobs),
-            )
-            if value is not None
-        }
+        if daily_images is None and concurrent_jobs is None and priority is None:
+            raise UserError("Give `daily_images`, `concurrent_jobs`, `priority`, or several.")
+        # Whatever is left out stays as it was (UNSET); a limit never becomes unlimited (None)
+        # by omission.
+        daily = UNSET if daily_images is None else _limit(daily_images)
+        concurrent = UNSET if concurrent_jobs is None else _limit(concurrent_jobs)
+        plan = UNSET if priority is None else Priority(priority.value)
         await self.bot.service.db.quotas.set_policy(
-            interaction.guild_id, scope, target, updated_by=interaction.user.id, **changes
+            interaction.guild_id,
+            scope,
+            target,
+            daily_images=daily,
+            concurrent_jobs=concurrent,
+            priority=plan,
+            updated_by=interaction.user.id,
         )
         parts = []
-        if "daily_images" in changes:
-            parts.append(f"{_shown(changes['daily_images'])} images a day")
-        if "concurrent_jobs" in changes:
-            parts.append(f"{_shown(changes['concurrent_jobs'])} jobs at once")
+        if daily is not UNSET:
+            parts.append(f"{_shown(daily)} images a day")
+        if concurrent is not UNSET:
+            parts.append(f"{_shown(concurrent)} jobs at once")
+        if plan is not UNSET:
+            parts.append(f"{plan.label} queue priority")
         await interaction.response.send_message(
             f"Limits for {who}: {', '.join(parts)}.", ephemeral=True
         )

@@ -88,6 +88,24 @@ async def test_moderator_sets_quota_and_user_over_it_is_told_when_it_resets(
     assert "back 4 images" in reset.content
 
 
+async def test_moderator_gives_a_role_high_queue_priority(world: World) -> None:
+    fake = world.fake
+    patron = fake.add_role("Patron", 0)
+    carol = fake.add_member("carol", roles=[patron])
+    ix = await fake.send_slash_command(
+        "quota set", {"role": patron, "priority": 1}, user=fake.moderator
+    )
+    reply = await reply_text(ix)
+    assert reply.ephemeral and "Patron: high queue priority" in reply.content
+    show = await reply_text(
+        await fake.send_slash_command("quota show", {"user": carol}, user=fake.moderator)
+    )
+    assert "from role settings" in show.content and "Queue priority: high" in show.content
+    # Jobs of the role's members are queued with it (the order itself: tests/test_service.py).
+    _, message = await imagine(world, user=carol, prompt="a patron's picture", count=1)
+    assert is_result(message)
+
+
 async def test_non_moderator_cannot_manage_quotas(world: World) -> None:
     fake = world.fake
     ix = await fake.send_slash_command(

@@ -157,7 +157,16 @@ V2_MODERATION = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION)
+V3_PRIORITY = Migration(
+    3,
+    "queue priority (a moderator-set plan) on quota policies",
+    (
+        "ALTER TABLE quota_policies ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"
+        " CHECK (priority BETWEEN -1 AND 1)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION, V3_PRIORITY)
 LATEST_VERSION = len(MIGRATIONS)
 
 assert all(m.version == i + 1 for i, m in enumerate(MIGRATIONS)), "migrations out of order"

@@ -1,11 +1,12 @@
 """Quota policies and the usage ledger.
 
-**Policy resolution** (``effective_policy``), first match wins, for the whole policy:
+**Policy resolution** (``effective_policy``), first match wins, for the whole policy (limits
+and queue priority):
 
 1. the user's own override in this guild;
 2. the overrides of the user's roles: if several match, the most generous of each limit
-   (unlimited beats any number), so giving someone a role never lowers their limits
-   below another role they hold;
+   (unlimited beats any number) and the highest priority, so giving someone a role never
+   lowers their limits below another role they hold;
 3. the guild's default;
 4. the built-in default passed to ``Database.open`` (``DEFAULT_POLICY`` unless configured).
 
@@ -23,6 +24,7 @@ user's queued and running jobs in every guild: they share one queue and one GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -31,7 +33,7 @@ from collections.abc import Iterable
 from ._base import UNSET, Context, Tx, _Unset, guild_from_key, guild_key
 from .clock import from_db, next_utc_midnight, to_db, utc_day
 from .errors import InvalidInput
-from .records import PolicySource, QuotaOverride, QuotaPolicy, QuotaScope, Usage
+from .records import PolicySource, Priority, QuotaOverride, QuotaPolicy, QuotaScope, Usage
 
 USED_TODAY_SQL = """
 SELECT coalesce(sum(spend.images), 0) - coalesce(sum(refund.images), 0)
@@ -78,6 +80,12 @@ def _more_generous(a: int | None, b: int | None) -> int | None:
     return max(a, b)
 
 
+def _policy_from_row(row: sqlite3.Row, source: PolicySource = PolicySource.DEFAULT) -> QuotaPolicy:
+    return QuotaPolicy(
+        row["daily_images"], row["concurrent_jobs"], source, Priority(row["priority"])
+    )
+
+
 def _override_from_row(row: sqlite3.Row) -> QuotaOverride:
     return QuotaOverride(
         guild_id=guild_from_key(row["guild_key"]),
@@ -87,6 +95,7 @@ def _override_from_row(row: sqlite3.Row) -> QuotaOverride:
         concurrent_jobs=row["concurrent_jobs"],
         updated_at=from_db(row["updated_at"]),
         updated_by=row["updated_by"],
+        priority=Priority(row["priority"]),
     )
 
 
@@ -108,10 +117,11 @@ class QuotaRepository:
         *,
         daily_images: int | _Unset | None = UNSET,
         concurrent_jobs: int | _Unset | None = UNSET,
+        priority: Priority | _Unset = UNSET,
         updated_by: int | None = None,
     ) -> QuotaOverride:
-        """Create or change an override. ``None`` = unlimited; an omitted limit keeps the
-        override's current value, or for a new override, the value it would otherwise
+        """Create or change an override. ``None`` = unlimited; an omitted limit (or priority)
+        keeps the override's current value, or for a new override, the value it would otherwise
         inherit: the guild default for a role or user override (a user's roles are not
         known here), the built-in default for the guild default. So ``/quota set role
         daily:50`` does not silently make the concurrent limit unlimited.
@@ -127,6 +137,8 @@ class QuotaRepository:
                 and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
             ):
                 raise InvalidInput(f"{name} must be a whole number of 0 or more, or unlimited.")
+        if priority is not UNSET:
+            priority = QuotaPolicy(None, None, priority=priority).priority  # validates
         key = guild_key(guild_id)
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:
@@ -135,22 +147,24 @@ class QuotaRepository:
                 (key, scope.value, target),
             )
             if row is not None:
-                base = QuotaPolicy(row["daily_images"], row["concurrent_jobs"])
+                base = _policy_from_row(row)
             else:
                 base = await self._resolve(tx, guild_id, below=scope, user_id=target)
             daily = base.daily_images if daily_images is UNSET else daily_images
             concurrent = base.concurrent_jobs if concurrent_jobs is UNSET else concurrent_jobs
+            tier = base.priority if priority is UNSET else priority
             await tx.run(
                 """INSERT INTO quota_policies
-                       (guild_key, scope, target_id, daily_images, concurrent_jobs,
+                       (guild_key, scope, target_id, daily_images, concurrent_jobs, priority,
                         updated_at, updated_by)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (guild_key, scope, target_id) DO UPDATE SET
                        daily_images = excluded.daily_images,
                        concurrent_jobs = excluded.concurrent_jobs,
+                       priority = excluded.priority,
                        updated_at = excluded.updated_at,
                        updated_by = excluded.updated_by""",
-                (key, scope.value, target, daily, concurrent, now, updated_by),
+                (key, scope.value, target, daily, concurrent, int(tier), now, updated_by),
             )
             stored = await tx.one(
                 "SELECT * FROM quota_policies WHERE guild_key = ? AND scope = ? AND target_id = ?",
@@ -218,7 +232,8 @@ class QuotaRepository:
         value a new override starts from)."""
         roles = [] if guild_id is None else sorted({int(r) for r in role_ids})
         rows = await tx.all(
-            """SELECT scope, target_id, daily_images, concurrent_jobs FROM quota_policies
+            """SELECT scope, target_id, daily_images, concurrent_jobs, priority
+               FROM quota_policies
                WHERE guild_key = :guild AND (
                    scope = 'guild'
                    OR (scope = 'user' AND target_id = :user)
@@ -237,23 +252,21 @@ class QuotaRepository:
         for row in rows:
             if row["scope"] not in skip:
                 by_scope.setdefault(row["scope"], []).append(
-                    QuotaPolicy(row["daily_images"], row["concurrent_jobs"])
+                    _policy_from_row(row, PolicySource(row["scope"]))
                 )
         if "user" in by_scope:
-            found = by_scope["user"][0]
-            return QuotaPolicy(found.daily_images, found.concurrent_jobs, PolicySource.USER)
+            return by_scope["user"][0]
         if "role" in by_scope:
             first, *others = by_scope["role"]
-            daily, concurrent = first.daily_images, first.concurrent_jobs
+            daily, concurrent, priority = first.daily_images, first.concurrent_jobs, first.priority
             for policy in others:
                 daily = _more_generous(daily, policy.daily_images)
                 concurrent = _more_generous(concurrent, policy.concurrent_jobs)
-            return QuotaPolicy(daily, concurrent, PolicySource.ROLE)
+                priority = max(priority, policy.priority)
+            return QuotaPolicy(daily, concurrent, PolicySource.ROLE, priority)
         if "guild" in by_scope:
-            found = by_scope["guild"][0]
-            return QuotaPolicy(found.daily_images, found.concurrent_jobs, PolicySource.GUILD)
-        default = self._ctx.default_policy
-        return QuotaPolicy(default.daily_images, default.concurrent_jobs, PolicySource.DEFAULT)
+            return by_scope["guild"][0]
+        return dataclasses.replace(self._ctx.default_policy, source=PolicySource.DEFAULT)
 
     @staticmethod
     def _target(guild_id: int | None, scope: QuotaScope, target_id: int | None) -> int:

@@ -55,6 +55,19 @@ class QuotaScope(enum.StrEnum):
     USER = "user"
 
 
+class Priority(enum.IntEnum):
+    """A queue plan moderators give a role or a user: the engine serves a higher tier first,
+    and users within one tier fairly."""
+
+    LOW = -1
+    NORMAL = 0
+    HIGH = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
 class PolicySource(enum.StrEnum):
     """Where an effective policy came from (for ``/quota show``)."""
 
@@ -285,17 +298,27 @@ def _check_limit(name: str, value: int | None) -> None:
         raise InvalidInput(f"{name} must be a whole number of 0 or more, or unlimited.")
 
 
+def _priority(value: int) -> Priority:
+    try:
+        return Priority(value)
+    except ValueError:
+        known = ", ".join(p.label for p in Priority)
+        raise InvalidInput(f"The priority must be one of {known}.") from None
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaPolicy:
-    """Limits for one user in one guild. ``None`` means unlimited."""
+    """Limits for one user in one guild (``None`` means unlimited), and their queue priority."""
 
     daily_images: int | None
     concurrent_jobs: int | None
     source: PolicySource = PolicySource.DEFAULT
+    priority: Priority = Priority.NORMAL
 
     def __post_init__(self) -> None:
         _check_limit("The daily image limit", self.daily_images)
         _check_limit("The concurrent job limit", self.concurrent_jobs)
+        object.__setattr__(self, "priority", _priority(self.priority))
 
     @classmethod
     def unlimited(cls) -> QuotaPolicy:
@@ -316,6 +339,7 @@ class QuotaOverride:
     concurrent_jobs: int | None
     updated_at: dt.datetime
     updated_by: int | None
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from bot.storage import (
     LocalImageStore,
     ManualClock,
     NotOurDatabase,
+    Priority,
     QuotaPolicy,
     SchemaOutdated,
     SchemaTooNew,
@@ -162,6 +163,7 @@ async def test_migrate_from_each_earlier_version(tmp_path: Path, version: int) -
         assert await db.history.recent(1) == ["old prompt"]
         usage = await db.quotas.usage(100, 1)
         assert (usage.used, usage.daily_limit, usage.active_jobs) == (3, 10, 1)
+        assert usage.policy.priority is Priority.NORMAL  # v3: old policies keep normal priority
         assert [job.id for job in await db.jobs.unfinished()] == ["oldjob000002"]
         # v2 features work on the upgraded file.
         assert await db.guilds.add_banned_words(100, ["Bad Word"]) == ["bad word"]

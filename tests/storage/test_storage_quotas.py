@@ -19,6 +19,7 @@ from bot.storage import (
     LimitKind,
     ManualClock,
     PolicySource,
+    Priority,
     QuotaExceeded,
     QuotaPolicy,
     QuotaScope,
@@ -95,6 +96,31 @@ async def test_set_policy_keeps_unnamed_limits(db: Database) -> None:
         await db.quotas.set_policy(100, QuotaScope.USER, None, daily_images=1)
     with pytest.raises(InvalidInput):
         QuotaPolicy(-1, None)
+
+
+@pytest.mark.asyncio
+async def test_priority_is_resolved_with_the_policy(db: Database) -> None:
+    quotas = db.quotas
+    assert (await quotas.effective_policy(100, 1)).priority is Priority.NORMAL
+    await quotas.set_policy(100, QuotaScope.GUILD, priority=Priority.LOW)
+    assert (await quotas.effective_policy(100, 1)).priority is Priority.LOW
+    # A role override starts from the guild default's priority until it names its own.
+    role = await quotas.set_policy(100, QuotaScope.ROLE, 10, daily_images=9)
+    assert role.priority is Priority.LOW
+    await quotas.set_policy(100, QuotaScope.ROLE, 11, daily_images=3, priority=Priority.HIGH)
+    # Among the user's roles the highest priority wins, like the most generous limit.
+    both = await quotas.effective_policy(100, 1, [10, 11])
+    assert (both.priority, both.daily_images, both.source) == (Priority.HIGH, 9, "role")
+    # Changing only the limits keeps the priority.
+    role = await quotas.set_policy(100, QuotaScope.ROLE, 11, daily_images=4)
+    assert role.priority is Priority.HIGH
+    # A user's own override wins over their roles, downwards too.
+    await quotas.set_policy(100, QuotaScope.USER, 1, priority=Priority.NORMAL)
+    assert (await quotas.effective_policy(100, 1, [11])).priority is Priority.NORMAL
+    with pytest.raises(InvalidInput, match="low, normal, high"):
+        await quotas.set_policy(100, QuotaScope.USER, 1, priority=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        QuotaPolicy(None, None, priority=2)  # type: ignore[arg-type]
 
 
 # --- spending ---------------------------------------------------------------------------

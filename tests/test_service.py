@@ -1,0 +1,105 @@
+"""JobService with its real parts (SQLite, image store, engine) and a simulated backend, where
+the order of pipeline calls must be held still to be observed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.jobcodec import StoredRequest
+from bot.service import JobService, Requester
+from bot.storage import Database, LocalImageStore, Priority, QuotaScope
+from engine.engine import Engine, EngineSettings, JobHandle
+from engine.registry import ModelRegistry
+from engine.types import Done, GenerationRequest, Started
+from tests.fake_backend import FakeBackend
+
+pytestmark = pytest.mark.asyncio
+
+GUILD = 100
+PATRON_ROLE = 7
+
+
+class GatedBackend(FakeBackend):
+    """The first pipeline call waits at its first step until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(step_seconds=0.001)
+        self.gate = threading.Event()
+        self.step_hook = lambda _step: self.gate.wait(10)
+
+
+@pytest_asyncio.fixture
+async def service(tmp_path: Path) -> AsyncIterator[JobService]:
+    backend = GatedBackend()
+    engine = Engine(backend, EngineSettings(progress_interval_s=0.0))
+    await engine.start()
+    images = LocalImageStore(tmp_path / "images")
+    async with Database.open(tmp_path / "db.sqlite3", images=images) as db:
+        yield JobService(db, images, engine, ModelRegistry.load(), preview_every=0)
+    backend.gate.set()
+    await engine.stop()
+
+
+async def wait_started(handle: JobHandle) -> None:
+    async with asyncio.timeout(10):
+        async for event in handle:
+            if isinstance(event, Started):
+                return
+
+
+async def finish_order(handles: dict[str, JobHandle]) -> list[str]:
+    order: list[str] = []
+
+    async def follow(name: str, handle: JobHandle) -> None:
+        async for event in handle:
+            if isinstance(event, Done):
+                order.append(name)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(follow(name, handle) for name, handle in handles.items()))
+    return order
+
+
+def prompt(text: str, steps: int) -> GenerationRequest:
+    # Different step counts keep the jobs out of one shared batch.
+    return GenerationRequest(prompt=text, count=1, steps=steps, seed=1)
+
+
+async def test_moderator_set_priority_decides_who_goes_first(service: JobService) -> None:
+    quotas = service.db.quotas
+    await quotas.set_policy(GUILD, QuotaScope.ROLE, PATRON_ROLE, priority=Priority.HIGH)
+    await quotas.set_policy(GUILD, QuotaScope.USER, 1, priority=Priority.LOW)
+    backend = service.engine._backend
+    assert isinstance(backend, GatedBackend)
+
+    blocker = await service.accept(Requester(9, GUILD, 1), prompt("busy", 2))
+    await wait_started(blocker.handle)
+    low = await service.accept(Requester(1, GUILD, 1), prompt("low", 3))
+    normal = await service.accept(Requester(2, GUILD, 1), prompt("normal", 4))
+    high = await service.accept(Requester(3, GUILD, 1, role_ids=(PATRON_ROLE,)), prompt("hi", 5))
+    stored = [StoredRequest.loads(a.job.request).priority for a in (low, normal, high)]
+    assert stored == [-1, 0, 1]  # kept with the job, so a resumed job keeps its place
+
+    backend.gate.set()
+    order = await finish_order(
+        {"busy": blocker.handle, "low": low.handle, "normal": normal.handle, "high": high.handle}
+    )
+    assert order == ["busy", "high", "normal", "low"]
+
+
+async def test_without_plans_the_queue_is_first_come_first_served(service: JobService) -> None:
+    backend = service.engine._backend
+    assert isinstance(backend, GatedBackend)
+    blocker = await service.accept(Requester(9, GUILD, 1), prompt("busy", 2))
+    await wait_started(blocker.handle)
+    first = await service.accept(Requester(1, GUILD, 1), prompt("first", 3))
+    second = await service.accept(Requester(3, GUILD, 1, role_ids=(PATRON_ROLE,)), prompt("2", 5))
+    backend.gate.set()
+    order = await finish_order({"first": first.handle, "second": second.handle})
+    assert order == ["first", "second"]
