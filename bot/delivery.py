@@ -118,8 +118,9 @@ class MessageTarget:
         if not self.job.private and self.job.channel_id:
             channel = self._bot.get_partial_messageable(self.job.channel_id)
             payload["content"] = f"<@{self.job.user_id}> {payload.get('content') or ''}".strip()
+            reference = await self._parent_reference()
             try:
-                message = await channel.send(files=files, **payload)
+                message = await channel.send(files=files, reference=reference, **payload)  # type: ignore[arg-type]
             except discord.Forbidden:
                 # No right to post there (slash commands work without it): tell them privately.
                 log.info("job %s: cannot post in the channel; sending a DM", self.job.id)
@@ -134,6 +135,27 @@ class MessageTarget:
         self._posted_by_us = True
         await self._bot.service.db.jobs.set_message(
             self.job.id, channel_id=message.channel.id, message_id=message.id
+        )
+
+    async def _parent_reference(self) -> discord.MessageReference | None:
+        """An upscale or variation replies to the message it came from, as its interaction
+        answer would; posted by the bot itself, it has to say so."""
+        if self.job.parent_job_id is None:
+            return None
+        parent = await self._bot.service.db.jobs.find(self.job.parent_job_id)
+        if (
+            parent is None
+            or parent.private
+            or parent.message_id is None
+            or parent.channel_id is None
+            or parent.channel_id != self.job.channel_id
+        ):
+            return None
+        return discord.MessageReference(
+            message_id=parent.message_id,
+            channel_id=parent.channel_id,
+            guild_id=parent.guild_id,
+            fail_if_not_exists=False,
         )
 
     async def _send_dm(self, files: list[discord.File], payload: dict[str, Any]) -> discord.Message:

@@ -14,6 +14,7 @@ from e2e_support import (
     reply_text,
 )
 from fakediscord.faults import Routes
+from fakediscord.models import StoredMessage
 from PIL import Image
 
 from engine.images import parse_parameters, read_png_parameters
@@ -33,6 +34,7 @@ async def test_upscale_variation_and_their_own_buttons(world: World) -> None:
     await upscale.response()
     upscaled = await upscale.wait_for_message(is_single, timeout=60)
     assert size_of(upscaled) == (128, 128)
+    assert replies_to(upscaled, grid)
     assert set(upscaled.button_labels) >= {"Vary (subtle)", "Vary (strong)", "Upscale", "⭐"}
     variation = await fake.click_button(grid, label="V2")
     await variation.response()
@@ -167,6 +169,29 @@ async def test_deleted_message_gets_a_new_one_with_the_result(world: World) -> N
     assert f"<@{fake.alice.user.id}>" in new.content
 
 
+async def test_upscale_whose_message_was_deleted_still_replies_to_its_grid(world: World) -> None:
+    fake = world.fake
+    _, grid = await imagine(world, prompt="a mislaid robot", steps=40)
+    upscale = await fake.click_button(grid, label="U2")
+    await upscale.response()
+    working = await upscale.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    fake.delete_message(working)
+
+    def posted_again() -> StoredMessage | None:
+        return next(
+            (
+                m
+                for m in fake.messages(grid.channel_id)
+                if is_single(m) and "mislaid robot" in m.text() and m.id != working.id
+            ),
+            None,
+        )
+
+    await fake.wait_for(lambda: posted_again() is not None, timeout=60, description="a new one")
+    new = posted_again()
+    assert new is not None and replies_to(new, grid)
+
+
 async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> None:
     fake = world.fake
     resumes = fake.session.resume_count if fake.session else 0
@@ -203,3 +228,8 @@ async def test_slow_discord_answers_do_not_stall_other_users(world: World) -> No
     callback = await other.response()
     assert callback.latency is not None and callback.latency < 3.0
     assert is_result(await slow.wait_for_original(is_result, timeout=60))
+
+
+def replies_to(message: StoredMessage, parent: StoredMessage) -> bool:
+    reference = message.message_reference or {}
+    return message.type == 19 and reference.get("message_id") == str(parent.id)

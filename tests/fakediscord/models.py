@@ -649,6 +649,15 @@ class StoredMessage:
                 data["member"] = self.member.payload(with_user=False)
         return data
 
+    def reply_to(self, referenced: StoredMessage) -> None:
+        self.message_reference = {
+            "type": 0,
+            "channel_id": str(referenced.channel_id),
+            "message_id": str(referenced.id),
+            **({"guild_id": str(referenced.guild_id)} if referenced.guild_id else {}),
+        }
+        self.referenced_message = referenced
+
 
 def _reaction_emoji(key: str) -> dict[str, Any]:
     if ":" in key:

@@ -1368,13 +1368,7 @@ class FakeDiscord(DriverMixin):
             type_=19 if referenced is not None else 0,
         )
         if referenced is not None:
-            msg.message_reference = {
-                "type": 0,
-                "channel_id": str(referenced.channel_id),
-                "message_id": str(referenced.id),
-                **({"guild_id": str(referenced.guild_id)} if referenced.guild_id else {}),
-            }
-            msg.referenced_message = referenced
+            msg.reply_to(referenced)
         await self._announce(msg, "MESSAGE_CREATE")
         return msg.payload()
 
@@ -1739,7 +1733,7 @@ class FakeDiscord(DriverMixin):
                 data if ctype == 4 else {"flags": data.get("flags")},
                 ctx.files,
                 route=ctx.record.route,
-                type_=20 if ix.type == 2 else 0,
+                type_=_response_message_type(ix),
                 interaction=ix,
                 allow_ephemeral=True,
                 loading=ctype == 5,
@@ -1747,6 +1741,9 @@ class FakeDiscord(DriverMixin):
             ix.original_message_id = message.id
             ix.original_created = True
             message.interaction_metadata = self._interaction_metadata(ix)
+            if ix.type == 3 and ix.message is not None:
+                # Discord shows an answer to a button as a reply to the button's message.
+                message.reply_to(ix.message)
         elif ctype in (6, 7):
             assert ix.message is not None
             ix.original_message_id = ix.message.id
@@ -1853,3 +1850,13 @@ def _strip_none(value: Any) -> Any:
 
 def _canon(value: Any) -> str:
     return json.dumps(_strip_none(value), sort_keys=True)
+
+
+def _response_message_type(ix: InteractionHandle) -> int:
+    """The message type Discord gives an interaction's response: CHAT_INPUT_COMMAND (20) for a
+    slash command, REPLY (19) for a button on a message, DEFAULT (0) otherwise."""
+    if ix.type == 2:
+        return 20
+    if ix.type == 3 and ix.message is not None:
+        return 19
+    return 0
