@@ -45,6 +45,8 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
             dtype=None if settings.dtype == "auto" else settings.dtype,
             channels_last=settings.channels_last,
             torch_compile=settings.torch_compile,
+            warmup_batches=(1, settings.max_batch_images) if settings.max_batch_images else None,
+            fuse_qkv=settings.fuse_qkv,
             vae_tiling=settings.vae_tiling,
             vae_slicing=settings.vae_slicing,
             cpu_offload=settings.cpu_offload,

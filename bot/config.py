@@ -49,6 +49,7 @@ class Settings:
     dtype: str = "auto"
     channels_last: bool = False
     torch_compile: bool = False
+    fuse_qkv: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False
@@ -172,6 +173,7 @@ def load_settings(
         ),
         channels_last=get("CHANNELS_LAST", _bool, d.channels_last, "use true or false"),
         torch_compile=get("TORCH_COMPILE", _bool, d.torch_compile, "use true or false"),
+        fuse_qkv=get("FUSE_QKV", _bool, d.fuse_qkv, "use true or false"),
         vae_tiling=get("VAE_TILING", _bool, d.vae_tiling, "use true or false"),
         vae_slicing=get("VAE_SLICING", _bool, d.vae_slicing, "use true or false"),
         cpu_offload=get("CPU_OFFLOAD", _bool, d.cpu_offload, "use true or false"),

@@ -23,13 +23,13 @@ from engine.cache import CacheKey, ResultCache, cache_key
 from engine.errors import EngineError, EngineStopped, Interrupted, OutOfMemory
 from engine.scheduler import QueuedJob, Scheduler
 from engine.types import (
+    DEFAULT_BATCH_IMAGES,
     TERMINAL_EVENTS,
     Backend,
     Cancelled,
     Done,
     Event,
     Failed,
-    Family,
     GeneratedImage,
     GenerationRequest,
     ImageSlot,
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TOO_LARGE = "This request is too large for this GPU. Try fewer images or a smaller size."
-DEFAULT_BATCH_IMAGES = {Family.SD15: 8, Family.SDXL: 4}
 POSITION_WINDOW = 250  # queued jobs told their exact position on every change
 
 

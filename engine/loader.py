@@ -42,7 +42,7 @@ from transformers import CLIPTokenizer
 from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
 from engine.registry import PICKLED_SUFFIXES, SCHEDULERS, ModelSpec, SourceKind
 from engine.tiny import build_tiny_by_name, tiny_tokenizer
-from engine.types import Family, LoadCallback
+from engine.types import DEFAULT_BATCH_IMAGES, Family, LoadCallback
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,12 @@ class LoaderOptions:
     device: str | None = None  # None: cuda, then mps, then cpu
     dtype: str | None = None  # None: float16 on a GPU, float32 on the CPU
     channels_last: bool = False
-    torch_compile: bool = False  # compile the UNet (slow first call, faster after)
+    # torch.compile the UNet and the VAE decoder, then warm them up at load (see _warm_up).
+    torch_compile: bool = False
+    compile_backend: str = "inductor"  # tests use "eager": dynamo traces, nothing is generated
+    # Batch sizes compiled at load; None: 1 and the family's default batch size.
+    warmup_batches: tuple[int, ...] | None = None
+    fuse_qkv: bool = False  # one matmul for attention's query, key and value projections
     vae_tiling: bool = False  # always tile the VAE (upscales tile large outputs regardless)
     vae_slicing: bool = False  # decode a batch one image at a time
     cpu_offload: bool = False  # keep idle modules in RAM: fits SDXL in ~6 GB of VRAM
@@ -325,6 +330,8 @@ class ModelManager:
                 self._evict_over_budget(keep=spec.name)
             if self.options.cpu_offload:
                 self._activate_offload(loaded, PipelineKind.TXT2IMG)
+            if self.options.torch_compile:
+                self._warm_up(loaded, report)
             return loaded
 
     def unload(self, name: str) -> None:
@@ -631,6 +638,8 @@ class ModelManager:
             if not all(isinstance(p, AttnProcessor2_0) for p in module.attn_processors.values()):
                 with contextlib.suppress(ValueError, TypeError):
                     module.set_attn_processor(AttnProcessor2_0())
+        if self.options.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+            pipe.fuse_qkv_projections()
         vae = getattr(pipe, "vae", None)
         if vae is not None:
             if self.options.vae_tiling and hasattr(vae, "enable_tiling"):
@@ -638,12 +647,37 @@ class ModelManager:
             if self.options.vae_slicing and hasattr(vae, "enable_slicing"):
                 vae.enable_slicing()
         unet = getattr(pipe, "unet", None)
-        if unet is not None:
-            if self.options.channels_last:
-                unet.to(memory_format=torch.channels_last)
-            if self.options.torch_compile:
-                # In place, so the module keeps its class and from_pipe still accepts it.
-                unet.compile()
+        if unet is not None and self.options.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if self.options.torch_compile:
+            # In place, so the modules keep their classes and from_pipe still accepts them.
+            for module in (unet, getattr(vae, "decoder", None)):
+                if isinstance(module, torch.nn.Module):
+                    module.compile(backend=self.options.compile_backend)
+
+    def _warm_up(self, model: LoadedModel, report: LoadCallback) -> None:
+        """Run the compiled model once per warm-up batch size at its default size, so that
+        compiling (minutes with inductor) happens while the model loads, not in a user's job.
+        After a second batch size, dynamo treats the batch dimension as dynamic, so the sizes
+        in between reuse the same compiled graphs."""
+        presets = model.spec.presets
+        batches = self.options.warmup_batches or (1, DEFAULT_BATCH_IMAGES[model.family])
+        for batch in dict.fromkeys(batches):
+            report(f"compiling for {batch} image{'s' if batch > 1 else ''}")
+            started = time.perf_counter()
+            model.pipe(
+                prompt="warm-up",
+                num_inference_steps=2,
+                num_images_per_prompt=batch,
+                width=presets.width,
+                height=presets.height,
+                guidance_scale=presets.guidance,
+                output_type="pil",
+            )
+            log.info(
+                "%s: compiled for %d images in %.1fs",
+                model.spec.name, batch, time.perf_counter() - started,
+            )  # fmt: skip
 
     def _activate_offload(self, model: LoadedModel, kind: PipelineKind) -> None:
         # Offload hooks live on the shared modules and chain one pipeline's components; when

@@ -29,6 +29,10 @@ class Family(enum.StrEnum):
     SDXL = "sdxl"
 
 
+# Images per pipeline call unless configured: what fits a 24 GB GPU at the default size.
+DEFAULT_BATCH_IMAGES = {Family.SD15: 8, Family.SDXL: 4}
+
+
 VariationStrength = Literal["subtle", "strong"]
 OutpaintSide = Literal["left", "right", "top", "bottom"]
 

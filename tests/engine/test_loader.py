@@ -373,3 +373,37 @@ def test_resolve_uses_its_own_tokenizer_instance(
     tokenizer = manager.tokenizer_for(registry.get("tiny"))
     assert tokenizer is not None and tokenizer is not model.tokenizer
     assert manager.tokenizer_for(registry.get("tiny")) is tokenizer  # cached
+
+
+# --- speed settings -----------------------------------------------------------------------
+
+
+def test_fused_qkv_projections_draw_the_same_image(
+    registry: ModelRegistry, backend: DiffusersBackend
+) -> None:
+    manager = ModelManager(LoaderOptions(device="cpu", fuse_qkv=True))
+    fused = DiffusersBackend(registry, manager)
+    pipe = manager.get(registry.get("tiny")).pipe
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"FusedAttnProcessor2_0"}
+    # One matmul instead of three: the same numbers up to float rounding.
+    assert max_pixel_difference(first_image(fused, "tiny"), first_image(backend, "tiny")) <= 1
+
+
+def test_compiled_models_are_warmed_at_load_for_each_batch_size(
+    registry: ModelRegistry, backend: DiffusersBackend
+) -> None:
+    # The eager backend runs dynamo's tracing (graphs, guards, recompiles) without generating
+    # code, so this checks the wiring in seconds; inductor's speed is for bench/gpu.sh.
+    options = LoaderOptions(
+        device="cpu", torch_compile=True, compile_backend="eager", warmup_batches=(1, 2)
+    )
+    manager = ModelManager(options)
+    compiled = DiffusersBackend(registry, manager)
+    reports: list[str] = []
+    loaded = manager.get(registry.get("tiny"), reports.append)
+    assert reports[-2:] == ["compiling for 1 image", "compiling for 2 images"]
+    for module in (loaded.pipe.unet, loaded.pipe.vae.decoder):
+        assert module._compiled_call_impl is not None
+    assert type(loaded.pipe.unet).__name__ == "UNet2DConditionModel"  # from_pipe still works
+    assert max_pixel_difference(first_image(compiled, "tiny"), first_image(backend, "tiny")) == 0
