@@ -64,6 +64,7 @@ class MessageTarget:
         self.channel_id = job.channel_id
         self._token_dead = False
         self._posted_by_us = False  # a message the bot sent itself, not the interaction's
+        self._mention: str | None = None  # kept on a message posted in the channel by the bot
         # Set once the interaction has been answered (or could not be): edits wait for it,
         # so an early progress edit never posts a second message.
         self.ready = asyncio.Event()
@@ -80,6 +81,9 @@ class MessageTarget:
     async def edit(self, **payload: Any) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), READY_TIMEOUT_S)
+        if self._mention is not None and "content" in payload and not payload["content"]:
+            # Progress edits clear the content; the mention that pinged the owner stays.
+            payload["content"] = self._mention
         if self._token_usable() and self.message_id is not None:
             assert self.job.interaction_token is not None
             webhook = discord.Webhook.partial(
@@ -117,12 +121,15 @@ class MessageTarget:
         files = payload.pop("attachments", [])
         if not self.job.private and self.job.channel_id:
             channel = self._bot.get_partial_messageable(self.job.channel_id)
-            payload["content"] = f"<@{self.job.user_id}> {payload.get('content') or ''}".strip()
+            mention = f"<@{self.job.user_id}>"
+            payload["content"] = f"{mention} {payload.get('content') or ''}".strip()
             reference = await self._parent_reference()
             try:
                 message = await channel.send(files=files, reference=reference, **payload)  # type: ignore[arg-type]
-            except discord.Forbidden:
-                # No right to post there (slash commands work without it): tell them privately.
+                self._mention = mention
+            except (discord.Forbidden, discord.NotFound):
+                # No right to post there (slash commands work without it), or the channel is
+                # gone: tell them privately.
                 log.info("job %s: cannot post in the channel; sending a DM", self.job.id)
                 message = await self._send_dm(
                     _fresh({"attachments": files})["attachments"], payload
@@ -231,11 +238,15 @@ class JobReporter:
                 await self._deliver(result)
             case Failed(reason=reason):
                 await self._settle("failed", reason)
-                await self._final(self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None)
+                await self._final(
+                    self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None, attachments=[]
+                )
                 self._bot.job_event("failed", self.job, self._model, reason=reason)
             case Cancelled():
                 await self._settle("cancelled", "cancelled by a user")
-                await self._final(self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None)
+                await self._final(
+                    self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None, attachments=[]
+                )
                 self._bot.job_event("cancelled", self.job, self._model)
 
     def _editor_pending_preview(self) -> bytes | None:

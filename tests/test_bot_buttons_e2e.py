@@ -107,6 +107,7 @@ async def test_cancel_button_works_for_owner_and_refuses_others(world: World) ->
     assert done.ephemeral and "Cancelled" in done.content
     final = await ix.wait_for_original(lambda m: "Cancelled" in m.text(), timeout=30)
     assert not final.buttons and not is_result(final)
+    assert not final.attachments  # no stale preview under "Cancelled"
 
 
 async def test_history_lists_jobs_with_a_run_again_button(world: World) -> None:
@@ -190,6 +191,24 @@ async def test_upscale_whose_message_was_deleted_still_replies_to_its_grid(world
     await fake.wait_for(lambda: posted_again() is not None, timeout=60, description="a new one")
     new = posted_again()
     assert new is not None and replies_to(new, grid)
+
+
+async def test_a_deleted_channel_sends_the_result_by_dm(world: World) -> None:
+    fake = world.fake
+    studio = fake.add_channel(fake.guild, "studio")
+    ix = await fake.send_slash_command(
+        "imagine", {"prompt": "a lost channel", "steps": 30, "count": 1}, channel=studio
+    )
+    await ix.response()
+    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    await fake.delete_channel(studio)
+    dm = fake.dm_channel(fake.alice.user)
+
+    def delivered() -> list[StoredMessage]:
+        return [m for m in fake.messages(dm) if is_result(m) and "a lost channel" in m.text()]
+
+    await fake.wait_for(lambda: delivered(), timeout=60, description="the result in a DM")
+    assert len(delivered()) == 1
 
 
 async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> None:

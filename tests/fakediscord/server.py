@@ -1416,6 +1416,21 @@ class FakeDiscord(DriverMixin):
         msg.deleted_at = time.monotonic()
         self._notify()
 
+    async def delete_channel(self, channel: FakeChannel) -> None:
+        """Delete a channel as a server admin would: CHANNEL_DELETE on the gateway, its messages
+        gone (webhook edits get 404 10008), and every channel route 404 10003."""
+        for message_id in self._channel_messages.get(channel.id, []):
+            self._messages[message_id].deleted = True
+        self.channels.pop(channel.id, None)
+        if channel.guild_id is not None:
+            guild = self.guilds[channel.guild_id]
+            guild.channels = [c for c in guild.channels if c.id != channel.id]
+            data = {**channel.payload(), "guild_id": str(channel.guild_id)}
+            await self.gateway.broadcast(
+                "CHANNEL_DELETE", data, intent=Intents.GUILDS, guild_id=channel.guild_id
+            )
+        self._notify()
+
     async def _delete(self, msg: StoredMessage) -> None:
         msg.deleted = True
         msg.deleted_at = time.monotonic()
