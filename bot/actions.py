@@ -3,6 +3,8 @@ views out. Every user-caused failure ends as an ephemeral explanation."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import io
 import logging
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 Interaction = discord.Interaction["DiffusionBot"]
 
 INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
+ANSWER_BUDGET_S = 2.0  # Discord fails an interaction not answered within 3 s
 PAGE_SIZE = 5
 
 
@@ -73,24 +76,34 @@ async def launch(
 ) -> None:
     """Accept the job, then answer with the message that will follow it.
 
-    Accepting (checks, quota, durable record, queue) takes milliseconds, so it happens before
-    the answer: a refusal is then an ephemeral reply of its own. Deferring first would not
-    do, since Discord turns the first follow-up of a public deferral into a public message.
+    Accepting (checks, quota, durable record, queue) normally takes milliseconds, so it
+    happens before the answer: a refusal is then an ephemeral reply of its own. Deferring
+    first would not do, since Discord turns the first follow-up of a public deferral into a
+    public message. When accepting runs long (a busy database), a placeholder answers in
+    time instead; a refusal then replaces it with an ephemeral follow-up.
     """
     bot = interaction.client
     requester = requester_from(interaction)
-    try:
-        accepted = await bot.service.accept(
-            requester,
-            request,
-            private=private,
-            parent=parent,
-            init_image_key=init_image_key,
+    accepting = asyncio.ensure_future(
+        bot.service.accept(
+            requester, request, private=private, parent=parent, init_image_key=init_image_key
         )
-    except UserError as error:
+    )
+    done, _ = await asyncio.wait({accepting}, timeout=_answer_budget_s(interaction))
+    if not done:
+        placeholder = status_embed(request.prompt, request.model or "…", "⏳ Accepting…")
+        await interaction.response.send_message(embed=placeholder, ephemeral=private)
+    try:
+        accepted = await accepting
+    except Exception as error:
+        if interaction.response.is_done():
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        if not isinstance(error, UserError):
+            raise
         if bot.metrics is not None:
             bot.metrics.job_rejected()
-        await interaction.response.send_message(str(error), ephemeral=True)
+        await bot.reply_error(interaction, error)
         return
     job = accepted.job
     bot.job_event("queued", job, accepted.request.model)
@@ -98,12 +111,17 @@ async def launch(
     reporter = bot.track(job, accepted.handle, answered=False, role_ids=requester.role_ids)
     message_id = None
     try:
-        callback = await interaction.response.send_message(
-            embed=status_embed(job.prompt, accepted.request.model, "⏳ Queued…"),
-            view=progress_view(job.id),
-            ephemeral=private,
-        )
-        message_id = callback.message_id or (await interaction.original_response()).id
+        embed = status_embed(job.prompt, accepted.request.model, "⏳ Queued…")
+        if interaction.response.is_done():
+            message = await interaction.edit_original_response(
+                embed=embed, view=progress_view(job.id)
+            )
+            message_id = message.id
+        else:
+            callback = await interaction.response.send_message(
+                embed=embed, view=progress_view(job.id), ephemeral=private
+            )
+            message_id = callback.message_id or (await interaction.original_response()).id
         await bot.service.db.jobs.set_message(
             job.id, channel_id=interaction.channel_id, message_id=message_id
         )
@@ -111,6 +129,13 @@ async def launch(
         reporter.target.answered(message_id)
     if notes:
         await interaction.followup.send("\n".join(notes), ephemeral=True)
+
+
+def _answer_budget_s(interaction: Interaction) -> float:
+    """How long accepting may take before a placeholder answers: Discord wants the answer
+    within 3 s of the interaction, and an upload may already have used some of that."""
+    elapsed = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return min(ANSWER_BUDGET_S, max(0.2, ANSWER_BUDGET_S - max(0.0, elapsed)))
 
 
 class ButtonActions:

@@ -228,6 +228,42 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
         world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
 
 
+async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: World) -> None:
+    fake = world.fake
+    slowpoke = fake.add_member("slowpoke")
+    await reply_text(
+        await fake.send_slash_command(
+            "quota set", {"user": slowpoke, "daily_images": "0"}, user=fake.moderator
+        )
+    )
+    env = bot_env(
+        world.data_dir,
+        PYTHONPATH=str(ROOT / "tests" / "slow_storage"),
+        SLOW_JOB_CREATE_S="3.5",
+    )
+    await world.bot.stop()
+    proc = await start_bot_process(fake, env=env, cwd=ROOT)
+    try:
+        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+        ix = await fake.send_slash_command("imagine", {"prompt": "a patient snail", "count": 1})
+        await ix.response()
+        assert ix.ack_latency is not None and ix.ack_latency < 3.0
+        message = await ix.wait_for_original(is_result, timeout=60)
+        assert "a patient snail" in message.text()
+        # A refusal that comes late replaces the public placeholder with a private answer.
+        refused = await fake.send_slash_command("imagine", {"prompt": "no"}, user=slowpoke)
+        await refused.response()
+        assert refused.ack_latency is not None and refused.ack_latency < 3.0
+        note = await refused.wait_for_followup(timeout=15)
+        assert note.ephemeral and "images" in note.content
+        placeholder = fake.get_message(refused.original_message_id or 0)
+        assert placeholder is not None and placeholder.deleted
+    finally:
+        await proc.stop()
+        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
+
+
 async def test_logs_have_one_line_per_job_event_and_no_secrets(world: World) -> None:
     fake = world.fake
     ix, _ = await imagine(world, prompt="a logged job", count=1)
