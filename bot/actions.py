@@ -218,9 +218,10 @@ class ButtonActions:
         strength: str | None,
     ) -> None:
         images = await self._finished_images(job)
-        if index >= len(images):
-            raise UserError("That image does not exist.")
-        image = images[index]
+        # By the image's own index: clean-up may have kept only some of a grid's images.
+        image = next((i for i in images if i.index == index), None)
+        if image is None:
+            raise UserError("That image no longer exists.")
         parent = StoredRequest.loads(job.request).request
         if operation is Operation.UPSCALE and not self._bot.can_upscale_size(
             parent.model, image.width * 2, image.height * 2

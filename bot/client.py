@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
+BUTTONS = (JobButton, PageButton)
 
 
 class DiffusionBot(commands.Bot):
@@ -61,7 +62,7 @@ class DiffusionBot(commands.Bot):
     # --- start-up ------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(JobButton, PageButton)
+        self.add_dynamic_items(*BUTTONS)
         self.tree.error(self.on_app_command_error)
         for extension in EXTENSIONS:
             try:
@@ -263,6 +264,17 @@ class DiffusionBot(commands.Bot):
                 await interaction.response.send_message(text, ephemeral=True)
         except discord.HTTPException:
             log.warning("could not tell the user about an error", exc_info=True)
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Answer a button that no handler claims (an id from another version of the bot), so
+        the user reads why instead of "This interaction failed"."""
+        if interaction.type is not discord.InteractionType.component:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
+        if any(item.__discord_ui_compiled_template__.fullmatch(custom_id) for item in BUTTONS):
+            return
+        await self._reply(interaction, "This button no longer works. Please run the command again.")
 
     async def on_app_command_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from bot.errors import UserError
 
 ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 9}
-_FLAG = re.compile(r"(?:^|\s)--([A-Za-z][\w-]*)")
+# Phones and macOS turn a typed "--" into an em or en dash: those start a flag too.
+_FLAG = re.compile(r"(?:^|\s)(?:--|\u2014|\u2013)([A-Za-z][\w-]*)")
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,20 @@ class JobService:
         policy = await self.db.quotas.effective_policy(
             requester.guild_id, requester.user_id, requester.role_ids
         )
-        # Store the drawn seed, so a resumed job makes the very same images.
+        # Store the drawn seed and the model and settings it resolved to, so a resumed job
+        # makes the very same images, and rerolls and upscales keep to the same model even
+        # after the server's default changes.
         stored = StoredRequest(
-            dataclasses.replace(request, seed=resolved.seed, init_image=None, mask_image=None),
+            dataclasses.replace(
+                request,
+                seed=resolved.seed,
+                model=resolved.model,
+                steps=resolved.steps,
+                guidance=resolved.guidance,
+                scheduler=resolved.scheduler,
+                init_image=None,
+                mask_image=None,
+            ),
             init_image_key=init_image_key,
             priority=policy.priority,
         )

@@ -96,7 +96,10 @@ class Quota(commands.GroupCog, group_name="quota"):
         assert interaction.guild_id is not None
         if role is not None and user is not None:
             raise UserError("Pick a role or a user, not both.")
-        if role is not None:
+        if role is not None and role.is_default():
+            # @everyone is never among a member's roles: it means the server-wide default.
+            scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
+        elif role is not None:
             scope, target, who = QuotaScope.ROLE, role.id, f"the role {role.name}"
         elif user is not None:
             scope, target, who = QuotaScope.USER, user.id, user.display_name

@@ -211,6 +211,15 @@ async def test_a_deleted_channel_sends_the_result_by_dm(world: World) -> None:
     assert len(delivered()) == 1
 
 
+async def test_a_button_from_another_version_is_answered(world: World) -> None:
+    fake = world.fake
+    _, result = await imagine(world, prompt="an old button", count=1)
+    # As if the message had been posted by an older release with other custom ids.
+    result.components[0]["components"][0]["custom_id"] = "legacy:upscale:1"
+    reply = await reply_text(await fake.click_button(result, custom_id="legacy:upscale:1"))
+    assert reply.ephemeral and "no longer works" in reply.content
+
+
 async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> None:
     fake = world.fake
     resumes = fake.session.resume_count if fake.session else 0

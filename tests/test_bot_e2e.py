@@ -106,6 +106,19 @@ async def test_moderator_gives_a_role_high_queue_priority(world: World) -> None:
     assert is_result(message)
 
 
+async def test_quota_for_the_everyone_role_is_the_server_default(world: World) -> None:
+    fake = world.fake
+    ix = await fake.send_slash_command(
+        "quota set", {"role": fake.guild.everyone, "daily_images": "400"}, user=fake.moderator
+    )
+    assert "everyone in this server" in (await reply_text(ix)).content
+    newcomer = fake.add_member("newcomer")
+    show = await reply_text(
+        await fake.send_slash_command("quota show", {"user": newcomer}, user=fake.moderator)
+    )
+    assert "from guild settings" in show.content and "of 400" in show.content
+
+
 async def test_non_moderator_cannot_manage_quotas(world: World) -> None:
     fake = world.fake
     ix = await fake.send_slash_command(

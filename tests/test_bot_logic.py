@@ -68,6 +68,18 @@ def test_inline_parameters_are_parsed() -> None:
     assert parsed.notes == ()
 
 
+def test_inline_parameters_typed_on_a_phone_with_dashes_are_understood() -> None:
+    parsed = parse_inline("a cat \u2014ar 16:9 \u2013no dogs \u2014seed 7")
+    assert (parsed.prompt, parsed.aspect, parsed.negative, parsed.seed) == (
+        "a cat",
+        "16:9",
+        "dogs",
+        7,
+    )
+    # A dash with a space after it is punctuation, not a flag.
+    assert parse_inline("a cat \u2014 and a dog").prompt == "a cat \u2014 and a dog"
+
+
 def test_inline_parameters_unknown_flags_and_rounding_are_reported() -> None:
     parsed = parse_inline("castle --v 6 --ar 4:3")
     assert parsed.prompt == "castle"

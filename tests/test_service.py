@@ -103,3 +103,17 @@ async def test_without_plans_the_queue_is_first_come_first_served(service: JobSe
     backend.gate.set()
     order = await finish_order({"first": first.handle, "second": second.handle})
     assert order == ["first", "second"]
+
+
+async def test_the_stored_request_names_what_it_resolved_to(service: JobService) -> None:
+    accepted = await service.accept(Requester(1, GUILD, 1), GenerationRequest(prompt="a fox"))
+    stored = StoredRequest.loads(accepted.job.request).request
+    resolved = accepted.request
+    assert (stored.model, stored.steps, stored.guidance, stored.scheduler, stored.seed) == (
+        resolved.model,
+        resolved.steps,
+        resolved.guidance,
+        resolved.scheduler,
+        resolved.seed,
+    )
+    assert stored.model is not None and stored.steps is not None
