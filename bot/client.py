@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.actions import ButtonActions, Pages
 from bot.delivery import JobReporter, MessageTarget
 from bot.errors import UserError, incident_id
+from bot.jobcodec import StoredRequest
 from bot.logs import job_log
 from bot.views import JobButton, PageButton
 from engine.types import JobResult, ResolvedRequest
@@ -115,7 +116,7 @@ class DiffusionBot(commands.Bot):
                 await self.service.db.jobs.mark_failed(job.id, "Could not resume after a restart.")
                 await self._tell_failed(job, "❌ This job could not be resumed after a restart.")
                 continue
-            self.track(job, handle)
+            self.track(job, handle, role_ids=StoredRequest.loads(job.request).role_ids)
         for job in outcome.abandoned:
             await self._tell_failed(job, "❌ This job failed after several restarts.")
         if outcome.resumed:

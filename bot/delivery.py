@@ -63,8 +63,12 @@ class MessageTarget:
         self.message_id = job.message_id
         self.channel_id = job.channel_id
         self._token_dead = False
-        self._posted_by_us = False  # a message the bot sent itself, not the interaction's
-        self._mention: str | None = None  # kept on a message posted in the channel by the bot
+        # A message the bot sent itself, not the interaction's. Posting one drops the job's
+        # interaction token, so after a restart a job without a token but with a message
+        # is one of those.
+        self._posted_by_us = job.message_id is not None and job.interaction_token is None
+        # Kept on a message the bot posted in the channel, so progress edits do not drop it.
+        self._mention = f"<@{job.user_id}>" if self._posted_by_us and not job.private else None
         # Set once the interaction has been answered (or could not be): edits wait for it,
         # so an early progress edit never posts a second message.
         self.ready = asyncio.Event()
@@ -140,9 +144,9 @@ class MessageTarget:
         self.channel_id = message.channel.id
         self._token_dead = True  # the new message is not the interaction's
         self._posted_by_us = True
-        await self._bot.service.db.jobs.set_message(
-            self.job.id, channel_id=message.channel.id, message_id=message.id
-        )
+        jobs = self._bot.service.db.jobs
+        await jobs.set_interaction(self.job.id, None, None)
+        await jobs.set_message(self.job.id, channel_id=message.channel.id, message_id=message.id)
 
     async def _parent_reference(self) -> discord.MessageReference | None:
         """An upscale or variation replies to the message it came from, as its interaction
@@ -378,12 +382,9 @@ async def build_result_message(
         colour=COLOUR_DONE,
     )
     embed.set_image(url=f"attachment://{filename}")
-    usage = None
-    if job.guild_id is not None:
-        usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
-    footer = f"{request.model}"
-    if usage is not None:
-        footer += " · " + render.quota_footer(usage.remaining, usage.resets_at)
+    # Direct messages have a quota of their own (guild None), shown the same way.
+    usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
+    footer = f"{request.model} · " + render.quota_footer(usage.remaining, usage.resets_at)
     embed.set_footer(text=footer)
     if request.operation is Operation.TXT2IMG:
         view = grid_view(job.id, len(result.images))

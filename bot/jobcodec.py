@@ -18,7 +18,10 @@ class StoredRequest:
     request: GenerationRequest  # without image bytes
     init_image_key: str | None = None
     mask_image_key: str | None = None
-    priority: int = 0  # the queue tier it was accepted with, kept for a resume
+    # How it was accepted, kept for a resume: its queue tier, and the requester's roles (for
+    # the quota footer under the result).
+    priority: int = 0
+    role_ids: tuple[int, ...] = ()
 
     def dumps(self) -> str:
         fields = {
@@ -31,6 +34,7 @@ class StoredRequest:
         fields["init_image_key"] = self.init_image_key
         fields["mask_image_key"] = self.mask_image_key
         fields["priority"] = self.priority
+        fields["role_ids"] = list(self.role_ids)
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -39,9 +43,10 @@ class StoredRequest:
         init_key = data.pop("init_image_key", None)
         mask_key = data.pop("mask_image_key", None)
         priority = int(data.pop("priority", 0))
+        role_ids = tuple(int(role_id) for role_id in data.pop("role_ids", ()))
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
-        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority)
+        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids)

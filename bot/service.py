@@ -119,6 +119,7 @@ class JobService:
             ),
             init_image_key=init_image_key,
             priority=policy.priority,
+            role_ids=requester.role_ids,
         )
         try:
             job = await self.db.jobs.create(

@@ -18,6 +18,7 @@ from e2e_support import (
     reply_text,
     wait_until,
 )
+from fakediscord.models import StoredMessage
 from fakediscord.process import start_bot_process
 from PIL import Image
 
@@ -239,6 +240,69 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
     finally:
         await proc.stop()
         world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+
+
+async def test_global_commands_work_in_direct_messages(world: World) -> None:
+    fake = world.fake
+    env = bot_env(world.data_dir.parent / "global-data", DEV_GUILD_ID="")
+    await world.bot.stop()
+    proc = await start_bot_process(fake, env=env, cwd=ROOT)
+    try:
+        await wait_until(lambda: fake.commands.get(None), proc, 60)
+        names = {command["name"] for command in fake.commands[None]}
+        assert {"imagine", "queue", "history"} <= names
+        ix = await fake.send_slash_command(
+            "imagine", {"prompt": "a letter by post", "count": 1}, guild="dm"
+        )
+        await ix.response()
+        message = await ix.wait_for_original(is_result, timeout=60)
+        # Direct messages have a daily quota of their own, shown like a server's.
+        assert "left for you today" in message.embeds[0]["footer"]["text"]
+        refused = await reply_text(
+            await fake.send_slash_command(
+                "quota show", guild="dm", require_registered=False, respect_permissions=False
+            )
+        )
+        assert refused.ephemeral
+    finally:
+        await proc.stop()
+        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
+
+
+async def test_restart_after_a_reposted_message_keeps_one_message(world: World) -> None:
+    fake = world.fake
+    env = bot_env(world.data_dir.parent / "repost-data")
+    await world.bot.stop()
+    proc = await start_bot_process(fake, env=env, cwd=ROOT)
+    try:
+        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+        ix = await fake.send_slash_command("imagine", {"prompt": "a moved one", "steps": 50})
+        await ix.response()
+        original = await ix.wait_for_original(lambda m: "step" in m.text(), timeout=60)
+        fake.delete_message(original)
+
+        def mine() -> list[StoredMessage]:
+            return [m for m in fake.messages(original.channel_id) if "a moved one" in m.text()]
+
+        # Edited once: by then the bot has recorded the new message as the job's.
+        await fake.wait_for(
+            lambda: any(len(m.versions) > 1 for m in mine()),
+            timeout=30,
+            description="the reposted message, edited",
+        )
+        proc.kill(signal.SIGKILL)
+        await proc.wait()
+        proc = await start_bot_process(fake, env=env, cwd=ROOT)
+        await fake.wait_for(
+            lambda: any(is_result(m) for m in mine()), timeout=90, description="the result"
+        )
+        [result] = mine()  # the reposted message was edited, not posted again
+        assert f"<@{fake.alice.user.id}>" in result.content
+    finally:
+        await proc.stop()
+        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: World) -> None:

@@ -85,6 +85,7 @@ async def test_moderator_set_priority_decides_who_goes_first(service: JobService
     high = await service.accept(Requester(3, GUILD, 1, role_ids=(PATRON_ROLE,)), prompt("hi", 5))
     stored = [StoredRequest.loads(a.job.request).priority for a in (low, normal, high)]
     assert stored == [-1, 0, 1]  # kept with the job, so a resumed job keeps its place
+    assert StoredRequest.loads(high.job.request).role_ids == (PATRON_ROLE,)  # for its footer
 
     backend.gate.set()
     order = await finish_order(
