@@ -258,7 +258,13 @@ class DiffusersBackend:
             )
         if operation is Operation.UPSCALE:
             width, height = fit_size(image.size, presets)
-            return width * UPSCALE_FACTOR, height * UPSCALE_FACTOR, 0
+            width, height = width * UPSCALE_FACTOR, height * UPSCALE_FACTOR
+            if max(width, height) > presets.max_size:
+                raise ValidationError(
+                    f"This image is already as large as {spec.name} can make it: upscaled it "
+                    f"would be {width}×{height}, over its {presets.max_size} px limit."
+                )
+            return width, height, 0
         if operation is Operation.OUTPAINT:
             pixels = request.outpaint_pixels
             if not 8 <= pixels <= MAX_OUTPAINT_PIXELS:

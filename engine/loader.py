@@ -45,6 +45,7 @@ from engine.tiny import build_tiny_by_name, tiny_tokenizer
 from engine.types import DEFAULT_BATCH_IMAGES, Family, LoadCallback
 
 log = logging.getLogger(__name__)
+TOKENIZER_ENCODERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
 # name -> (diffusers class name, config overrides). The overrides pin every option that a
 # model's own scheduler config might have set differently (Karras sigmas, solver type).
@@ -493,8 +494,11 @@ class ModelManager:
         self, pipeline_class: type, location: str, spec: ModelSpec | None, *, local: bool
     ) -> DiffusionPipeline:
         kwargs = self._pipeline_kwargs(spec, pipeline_class)
-        if spec is not None and spec.variant:
-            kwargs["variant"] = spec.variant
+        variant = spec.variant if spec is not None else None
+        if variant is None and local:
+            variant = only_variant(Path(location))
+        if variant:
+            kwargs["variant"] = variant
         name = spec.name if spec is not None else location
         try:
             return pipeline_class.from_pretrained(  # type: ignore[attr-defined]
@@ -535,7 +539,7 @@ class ModelManager:
         config = spec.config
         config_is_local = config is not None and Path(config).is_dir()
         try:
-            return pipeline_class.from_single_file(  # type: ignore[attr-defined]
+            pipe = pipeline_class.from_single_file(  # type: ignore[attr-defined]
                 str(path),
                 config=config,
                 local_files_only=self.options.local_files_only or config_is_local,
@@ -557,6 +561,20 @@ class ModelManager:
                 f"The checkpoint {path.name} for model {spec.name!r} could not be loaded "
                 f"({_first_line(error)}); {hint}."
             ) from None
+        # diffusers' converter tells SDXL's two text encoders apart by their widths; a
+        # checkpoint where they are equal leaves parts of one empty ("meta") instead of failing.
+        empty = [
+            name
+            for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module) and any(p.is_meta for p in module.parameters())
+        ]
+        if empty:
+            raise ModelLoadError(
+                f"The checkpoint {path.name} for model {spec.name!r} left {', '.join(empty)} "
+                "without weights: diffusers could not map its layout. Convert it to a diffusers "
+                "folder (save_pretrained) and use that folder as the source."
+            )
+        return pipe
 
     def _load_hub(
         self,
@@ -621,6 +639,7 @@ class ModelManager:
 
     def _prepare(self, pipe: DiffusionPipeline) -> None:
         pipe.set_progress_bar_config(disable=True)
+        limit_tokenizers_to_their_encoders(pipe)
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.eval().requires_grad_(False)
@@ -705,6 +724,33 @@ class ModelManager:
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
             torch.mps.empty_cache()
+
+
+def limit_tokenizers_to_their_encoders(pipe: DiffusionPipeline) -> None:
+    """A tokenizer saved without ``model_max_length`` claims a practically endless length,
+    and the pipeline then pads to it and fails; its text encoder's positions are the limit."""
+    for tokenizer_name, encoder_name in TOKENIZER_ENCODERS:
+        tokenizer = getattr(pipe, tokenizer_name, None)
+        encoder = getattr(pipe, encoder_name, None)
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if tokenizer is not None and isinstance(positions, int):
+            tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+
+
+def only_variant(folder: Path) -> str | None:
+    """The weight variant (``fp16``…) of a diffusers folder that holds nothing else: such a
+    folder loads only when the variant is named."""
+    unet = folder / "unet"
+    if not unet.is_dir():
+        return None
+    variants = set()
+    for path in unet.glob("diffusion_pytorch_model*"):
+        # diffusion_pytorch_model[.VARIANT][-00001-of-00002].safetensors[.index.json]
+        parts = path.name.split(".")
+        if len(parts) < 2 or parts[1] in ("safetensors", "bin"):
+            return None  # plain weights are there
+        variants.add(parts[1].split("-")[0])
+    return min(variants) if variants else None
 
 
 @contextlib.contextmanager

@@ -318,7 +318,13 @@ def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> Model
         detected = detected_family is not None
         family = detected_family or (Family.SDXL if "xl" in name.lower() else Family.SD15)
 
-    base_presets = TINY_PRESETS if kind is SourceKind.BUILTIN else FAMILY_PRESETS[family]
+    if kind is SourceKind.BUILTIN:
+        base_presets = TINY_PRESETS
+    else:
+        base_presets = FAMILY_PRESETS[family]
+        native = native_size(source, kind, config)
+        if native is not None:
+            base_presets = presets_for_size(base_presets, native)
     overrides: dict[str, Any] = {}
     for preset_field in fields(Presets):
         expected: type = str if preset_field.name in ("scheduler", "negative_prefix") else int
@@ -429,6 +435,41 @@ def _resolve_path(value: str, base_dir: Path) -> Path:
 
 
 # --- family detection ---------------------------------------------------------------------
+
+
+def native_size(source: str, kind: SourceKind, config: str | None = None) -> int | None:
+    """The image size a model was built for, from its diffusers configs: the UNet's latent
+    ``sample_size`` times the VAE's downscale factor. None where no configs can be read
+    here (hub models, single files without a config folder)."""
+    if kind is SourceKind.FOLDER:
+        folder = Path(source)
+    elif kind is SourceKind.SINGLE_FILE and config is not None and Path(config).is_dir():
+        folder = Path(config)
+    else:
+        return None
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    sample = unet.get("sample_size")
+    if isinstance(sample, list | tuple) and sample:
+        sample = sample[0]
+    blocks = vae.get("block_out_channels")
+    if not isinstance(sample, int) or not isinstance(blocks, list | tuple) or not blocks:
+        return None
+    size = sample * 2 ** (len(blocks) - 1)
+    return size if size > 0 and size % 8 == 0 else None
+
+
+def presets_for_size(base: Presets, size: int) -> Presets:
+    """The family's presets re-centred on a model's own size (a 768 px SD 2 model, a 64 px
+    test model): half to twice that size, rather than sizes it was never trained for."""
+    if size == base.width == base.height:
+        return base
+    return replace(
+        base, width=size, height=size, min_size=max(8, size // 16 * 8), max_size=size * 2
+    )
 
 
 def detect_family(source: str, kind: SourceKind) -> Family | None:

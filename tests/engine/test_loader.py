@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from engine.backend import DiffusersBackend
 from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
@@ -16,12 +19,14 @@ from engine.loader import (
     estimate_weight_bytes,
     make_scheduler,
     module_bytes,
+    only_variant,
     pick_device,
     pick_dtype,
     progress_reporter,
     select_pipeline_files,
 )
 from engine.registry import SCHEDULERS, ModelRegistry, ModelSpec, SourceKind
+from engine.tiny import build_tiny_by_name
 from engine.types import Family, GenerationRequest
 from tests.engine.helpers import max_pixel_difference, never_cancel
 from tests.engine.ldm_export import save_single_file
@@ -407,3 +412,72 @@ def test_compiled_models_are_warmed_at_load_for_each_batch_size(
         assert module._compiled_call_impl is not None
     assert type(loaded.pipe.unet).__name__ == "UNet2DConditionModel"  # from_pipe still works
     assert max_pixel_difference(first_image(compiled, "tiny"), first_image(backend, "tiny")) == 0
+
+
+# --- folders as other tools save them -------------------------------------------------------
+
+
+def test_a_folder_with_only_fp16_weights_loads_without_naming_the_variant(
+    tmp_path: Path, backend: DiffusersBackend
+) -> None:
+    build_tiny_by_name("tiny").save_pretrained(tmp_path / "half", variant="fp16")
+    assert only_variant(tmp_path / "half") == "fp16"
+    registry = registry_for(tmp_path, f'[models.half]\nsource = "./half"\n{TINY_PRESETS}')
+    local = DiffusersBackend(registry, ModelManager(LoaderOptions(device="cpu")))
+    assert max_pixel_difference(first_image(local, "half"), first_image(backend, "tiny")) == 0
+
+
+def test_only_variant_reads_the_weight_file_names(tmp_path: Path) -> None:
+    def folder(*names: str) -> Path:
+        path = tmp_path / str(len(list(tmp_path.iterdir()))) / "unet"
+        path.mkdir(parents=True)
+        for name in names:
+            (path / name).touch()
+        return path.parent
+
+    assert only_variant(folder("diffusion_pytorch_model.safetensors")) is None
+    assert only_variant(folder("diffusion_pytorch_model.fp16.safetensors")) == "fp16"
+    sharded = folder(
+        "diffusion_pytorch_model.bf16-00001-of-00002.safetensors",
+        "diffusion_pytorch_model.safetensors.index.bf16.json",
+    )
+    assert only_variant(sharded) is None  # an index without variant naming is plain
+    assert only_variant(folder("diffusion_pytorch_model-00001-of-00002.safetensors")) is None
+    assert only_variant(tmp_path / "missing") is None
+
+
+def test_a_tokenizer_saved_without_a_length_limit_is_held_to_its_encoder(
+    tmp_path: Path, tiny_folders: dict[str, Path], backend: DiffusersBackend
+) -> None:
+    folder = tmp_path / "nolimit"
+    shutil.copytree(tiny_folders["tiny"], folder)
+    config_file = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("model_max_length", None)
+    config_file.write_text(json.dumps(config))
+    registry = registry_for(tmp_path, f'[models.nolimit]\nsource = "./nolimit"\n{TINY_PRESETS}')
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    local = DiffusersBackend(registry, manager)
+    pipe = manager.get(registry.get("nolimit")).pipe
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
+    assert max_pixel_difference(first_image(local, "nolimit"), first_image(backend, "tiny")) == 0
+
+
+def test_an_sdxl_checkpoint_diffusers_cannot_map_is_refused_clearly(tmp_path: Path) -> None:
+    # diffusers' converter tells the two text encoders apart by width; with equal widths
+    # (as in diffusers' own test models) it leaves part of the second one empty.
+    pipe = build_tiny_by_name("tiny-xl")
+    pipe.register_modules(
+        text_encoder_2=CLIPTextModelWithProjection(
+            CLIPTextConfig(**{**pipe.text_encoder.config.to_dict(), "projection_dim": 64})
+        )
+    )
+    pipe.save_pretrained(tmp_path / "config")
+    save_single_file(pipe, tmp_path / "model.safetensors")
+    registry = registry_for(
+        tmp_path,
+        f'[models.file]\nsource = "model.safetensors"\nconfig = "./config"\n{TINY_PRESETS}',
+    )
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    with pytest.raises(ModelLoadError, match=r"text_encoder_2 without weights.*diffusers folder"):
+        manager.get(registry.get("file"))

@@ -213,6 +213,44 @@ def test_presets_fall_back_to_family_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("sample_size", "vae_blocks", "expected"),
+    [
+        (32, 2, (64, 32, 128)),  # diffusers' own test models: 64 px
+        (96, 4, (768, 384, 1536)),  # SD 2 at 768 px
+        (64, 4, (512, 256, 1024)),  # SD 1.5: the family's presets as they are
+        ([48, 48], 3, (192, 96, 384)),
+    ],
+)
+def test_presets_centre_on_the_size_a_folder_model_was_built_for(
+    tmp_path: Path, sample_size: object, vae_blocks: int, expected: tuple[int, int, int]
+) -> None:
+    folder = tmp_path / "model"
+    write_model_index(
+        folder, {"_class_name": "StableDiffusionPipeline"}, {"sample_size": sample_size}
+    )
+    (folder / "vae").mkdir()
+    (folder / "vae" / "config.json").write_text(
+        json.dumps({"block_out_channels": [32] * vae_blocks})
+    )
+    registry = registry_from('[models.m]\nsource = "./model"', tmp_path)
+    presets = registry.get("m").presets
+    assert (presets.width, presets.min_size, presets.max_size) == expected
+    assert presets.height == presets.width
+    wide = registry.get("m").size_for_aspect("16:9")
+    assert wide[0] > wide[1] and expected[1] <= min(wide) and max(wide) <= expected[2]
+    # What the registry file says still wins.
+    width = expected[0] + 8
+    explicit = registry_from(f'[models.m]\nsource = "./model"\nwidth = {width}', tmp_path)
+    assert explicit.get("m").presets.width == width
+
+
+def test_presets_without_readable_configs_are_the_familys(tmp_path: Path) -> None:
+    write_model_index(tmp_path / "m", {"_class_name": "StableDiffusionPipeline"}, {})
+    presets = registry_from('[models.m]\nsource = "./m"', tmp_path).get("m").presets
+    assert (presets.width, presets.min_size) == (512, 256)
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         ('scheduler = "magic"', "scheduler must be one of"),

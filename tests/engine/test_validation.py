@@ -115,6 +115,9 @@ def test_image_operations_take_the_input_size_and_default_strengths(
     assert (subtle.strength, strong.strength) == (0.35, 0.7)
     upscale = resolver.resolve(request(operation=Operation.UPSCALE, init_image=IMAGE))
     assert (upscale.width, upscale.height) == (128, 128)
+    largest = png(noise_image((256, 256)))  # the tiny model's max_size
+    with pytest.raises(ValidationError, match="already as large"):
+        resolver.resolve(request(operation=Operation.UPSCALE, init_image=largest))
     inpaint = resolver.resolve(
         request(operation=Operation.INPAINT, init_image=IMAGE, mask_image=MASK)
     )
