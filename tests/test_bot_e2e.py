@@ -20,6 +20,7 @@ from e2e_support import (
 )
 from fakediscord.models import StoredMessage
 from fakediscord.process import start_bot_process
+from foreign_models import save_test_style_sd
 from PIL import Image
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
@@ -264,6 +265,33 @@ async def test_global_commands_work_in_direct_messages(world: World) -> None:
             )
         )
         assert refused.ephemeral
+    finally:
+        await proc.stop()
+        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
+
+
+async def test_a_model_never_seen_before_works_from_its_folder(world: World) -> None:
+    fake = world.fake
+    data_dir = world.data_dir.parent / "stranger-data"
+    folder = save_test_style_sd(data_dir.parent / "stranger")
+    models = data_dir.parent / "stranger.toml"
+    models.write_text(f'[models.stranger]\nsource = "{folder}"\ndescription = "A stranger"\n')
+    env = bot_env(data_dir, MODELS_FILE=str(models), DEFAULT_MODEL="stranger")
+    await world.bot.stop()
+    proc = await start_bot_process(fake, env=env, cwd=ROOT)
+    try:
+        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+        _, grid = await imagine(world, prompt="a stranger's cat", count=2)
+        assert "64×64" in grid.text() and "stranger" in grid.embeds[0]["footer"]["text"]
+        upscale = await fake.click_button(grid, label="U1")
+        await upscale.response()
+        upscaled = await upscale.wait_for_message(is_result, timeout=60)
+        assert "128×128" in upscaled.text()
+        assert "Upscale" not in upscaled.button_labels  # twice its own size is its limit
+        variation = await fake.click_button(grid, label="V2")
+        await variation.response()
+        assert "64×64" in (await variation.wait_for_message(is_result, timeout=60)).text()
     finally:
         await proc.stop()
         world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
