@@ -517,6 +517,8 @@ async def bench_family(run: Run, plan: FamilyPlan) -> None:
         dtype=args.dtype,
         channels_last=args.channels_last,
         torch_compile=args.compile,
+        warmup_batches=tuple(args.batch_list),
+        fuse_qkv=args.fuse_qkv,
     )
     backend = prebuilt_backend([spec], {plan.name: pipe}, options)
     loaded = backend.manager.get(spec)
@@ -525,7 +527,8 @@ async def bench_family(run: Run, plan: FamilyPlan) -> None:
     plain = plain_pipeline(loaded, workload.scheduler)
     run.report.text(
         f"Built in {build_s:.1f} s; weights {loaded.size_bytes / GIB:.2f} GiB in "
-        f"{loaded.dtype}; channels_last {args.channels_last}; torch.compile {args.compile}.\n"
+        f"{loaded.dtype}; channels_last {args.channels_last}; torch.compile {args.compile}; "
+        f"fused QKV {args.fuse_qkv}.\n"
     )
     run.results.setdefault(plan.name, {})["setup"] = {
         "build_s": build_s,
@@ -573,7 +576,12 @@ def parse_args() -> argparse.Namespace:
         action="store_false",
         help="keep the UNet in the default memory format",
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and VAE decoder (warmed for each --batches size at load)",
+    )
+    parser.add_argument("--fuse-qkv", action="store_true", help="fuse attention's QKV matmuls")
     parser.add_argument("--batches", default="1,4,8", help="batch sizes (default 1,4,8)")
     parser.add_argument("--users", default="1,2,4,8", help="users for the batching gain")
     parser.add_argument("--reps", type=int, default=3, help="timed rounds per batch size")

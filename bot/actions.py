@@ -65,6 +65,16 @@ def is_moderator(interaction: Interaction) -> bool:
     )
 
 
+def require_moderator(interaction: Interaction, to: str) -> None:
+    """Refuse, with the reason, anyone who may not ``to`` (e.g. "manage quotas") here.
+    default_permissions only hides a command, and a server can change that: check too."""
+    if interaction.guild_id is None:
+        # PermissionDenied, not a plain UserError: only check failures reach the error handler.
+        raise PermissionDenied("This command only works in a server.")
+    if not is_moderator(interaction):
+        raise PermissionDenied(f"Only moderators with Manage Server can {to}.")
+
+
 async def launch(
     interaction: Interaction,
     request: GenerationRequest,

@@ -283,6 +283,13 @@ class DiffusionBot(commands.Bot):
         original = getattr(error, "original", error)
         if isinstance(original, UserError):
             await self.reply_error(interaction, original)
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            await self._reply(interaction, "This command only works in a server.")
+        elif isinstance(error, app_commands.TransformerError):
+            # e.g. a member who has left the server since the option was filled in
+            await self._reply(
+                interaction, "I couldn't use one of the options you gave. Please pick it again."
+            )
         elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
             await self._reply(interaction, "You don't have permission to use this command.")
         else:

@@ -9,8 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.actions import is_moderator
-from bot.errors import PermissionDenied, UserError
+from bot.actions import require_moderator
+from bot.errors import UserError
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -37,8 +37,7 @@ class Banned(commands.GroupCog, group_name="banned"):
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
-        if not is_moderator(interaction):
-            raise PermissionDenied("Only moderators with Manage Server can manage banned words.")
+        require_moderator(interaction, "manage banned words")
         return True
 
     @app_commands.command(name="add")

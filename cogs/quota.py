@@ -11,8 +11,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.actions import is_moderator, member_role_ids
-from bot.errors import PermissionDenied, UserError
+from bot.actions import member_role_ids, require_moderator
+from bot.errors import UserError
 from bot.storage import UNSET
 from bot.storage.records import Priority, QuotaScope
 
@@ -49,9 +49,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
-        # default_permissions only hides the command; a server can change that, so check too.
-        if not is_moderator(interaction):
-            raise PermissionDenied("Only moderators with Manage Server can manage quotas.")
+        require_moderator(interaction, "manage quotas")
         return True
 
     @app_commands.command(name="show")
@@ -154,8 +152,7 @@ class Stats(commands.Cog):
     @app_commands.default_permissions(manage_guild=True)
     async def stats(self, interaction: Interaction) -> None:
         """Today's jobs, images, generation times and failures in this server."""
-        if not is_moderator(interaction):
-            raise PermissionDenied("Only moderators with Manage Server can see statistics.")
+        require_moderator(interaction, "see statistics")
         assert interaction.guild_id is not None
         now = discord.utils.utcnow()
         since = now.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=dt.UTC)

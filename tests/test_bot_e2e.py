@@ -264,7 +264,7 @@ async def test_global_commands_work_in_direct_messages(world: World) -> None:
                 "quota show", guild="dm", require_registered=False, respect_permissions=False
             )
         )
-        assert refused.ephemeral
+        assert refused.ephemeral and "only works in a server" in refused.content
     finally:
         await proc.stop()
         world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
