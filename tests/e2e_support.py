@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,47 @@ async def start_world(data_dir: Path, **env: str) -> World:
     bot = await start_bot_process(fake, env=bot_env(data_dir, **env), cwd=ROOT)
     await wait_until(lambda: fake.sync_count() > 0 and fake.session is not None, bot, 60)
     return World(fake, bot, data_dir)
+
+
+class StandIn:
+    """A bot process with other settings, in the world's bot's place (Discord allows one
+    gateway session per token)."""
+
+    def __init__(self, world: World, env: dict[str, str]) -> None:
+        self.world = world
+        self.env = env
+        self.proc: BotProcess | None = None
+
+    async def start(self) -> BotProcess:
+        fake = self.world.fake
+        self.proc = await start_bot_process(fake, env=self.env, cwd=ROOT)
+        await wait_until(lambda: fake.session is not None and fake.session.connected, self.proc, 60)
+        return self.proc
+
+    async def crash_and_restart(self) -> BotProcess:
+        """SIGKILL, as a power cut would; then start again on the same data."""
+        assert self.proc is not None
+        self.proc.kill(signal.SIGKILL)
+        await self.proc.wait()
+        self.proc = await start_bot_process(self.world.fake, env=self.env, cwd=ROOT)
+        return self.proc
+
+
+@contextlib.asynccontextmanager
+async def stand_in(world: World, **env: str) -> AsyncIterator[StandIn]:
+    """Run the block against a bot started with ``bot_env(**env)``; restore the world's bot."""
+    data_dir = Path(env.pop("DATA_DIR", str(world.data_dir.parent / "stand-in-data")))
+    bot = StandIn(world, bot_env(data_dir, **env))
+    await world.bot.stop()
+    try:
+        await bot.start()
+        yield bot
+    finally:
+        if bot.proc is not None:
+            await bot.proc.stop()
+        world.bot = await start_bot_process(world.fake, env=bot_env(world.data_dir), cwd=ROOT)
+        fake = world.fake
+        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def stop_world(world: World) -> None:

@@ -4,22 +4,20 @@ Discord over real sockets. Every REST body is checked against Discord's OpenAPI 
 from __future__ import annotations
 
 import io
-import signal
 
 import pytest
 from e2e_support import (
     EDIT_INTERVAL_S,
     ROOT,
     World,
-    bot_env,
     imagine,
     is_grid,
     is_result,
     reply_text,
+    stand_in,
     wait_until,
 )
 from fakediscord.models import StoredMessage
-from fakediscord.process import start_bot_process
 from foreign_models import save_test_style_sd
 from PIL import Image
 
@@ -214,18 +212,12 @@ async def test_model_and_prompt_autocomplete(world: World) -> None:
 
 async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> None:
     fake = world.fake
-    env = bot_env(world.data_dir.parent / "restart-data")
-    await world.bot.stop()  # one bot per token at a time, like Discord
-    proc = await start_bot_process(fake, env=env, cwd=ROOT)
-    try:
-        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+    async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "restart-data")) as bot:
         ix = await fake.send_slash_command("imagine", {"prompt": "a slow one", "steps": 40})
         await ix.response()
         await ix.wait_for_original(lambda m: "step" in str(m.embeds), timeout=60)
         syncs = fake.sync_count()
-        proc.kill(signal.SIGKILL)
-        await proc.wait()
-        proc = await start_bot_process(fake, env=env, cwd=ROOT)
+        await bot.crash_and_restart()
         message = await ix.wait_for_original(is_result, timeout=90)
         assert fake.sync_count() == syncs  # same definitions: no second sync
         results = [
@@ -238,19 +230,12 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
         info = await fake.click_button(message, emoji="ℹ")
         reply = await reply_text(info)
         assert reply.ephemeral and "a slow one" in reply.content
-    finally:
-        await proc.stop()
-        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
 
 
 async def test_global_commands_work_in_direct_messages(world: World) -> None:
     fake = world.fake
-    env = bot_env(world.data_dir.parent / "global-data", DEV_GUILD_ID="")
-    await world.bot.stop()
-    proc = await start_bot_process(fake, env=env, cwd=ROOT)
-    try:
-        await wait_until(lambda: fake.commands.get(None), proc, 60)
-        names = {command["name"] for command in fake.commands[None]}
+    async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "global"), DEV_GUILD_ID=""):
+        names = {command["name"] for command in fake.commands.get(None, [])}
         assert {"imagine", "queue", "history"} <= names
         ix = await fake.send_slash_command(
             "imagine", {"prompt": "a letter by post", "count": 1}, guild="dm"
@@ -265,23 +250,15 @@ async def test_global_commands_work_in_direct_messages(world: World) -> None:
             )
         )
         assert refused.ephemeral and "only works in a server" in refused.content
-    finally:
-        await proc.stop()
-        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
-        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def test_a_model_never_seen_before_works_from_its_folder(world: World) -> None:
     fake = world.fake
-    data_dir = world.data_dir.parent / "stranger-data"
-    folder = save_test_style_sd(data_dir.parent / "stranger")
-    models = data_dir.parent / "stranger.toml"
+    root = world.data_dir.parent
+    folder = save_test_style_sd(root / "stranger")
+    models = root / "stranger.toml"
     models.write_text(f'[models.stranger]\nsource = "{folder}"\ndescription = "A stranger"\n')
-    env = bot_env(data_dir, MODELS_FILE=str(models), DEFAULT_MODEL="stranger")
-    await world.bot.stop()
-    proc = await start_bot_process(fake, env=env, cwd=ROOT)
-    try:
-        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+    async with stand_in(world, MODELS_FILE=str(models), DEFAULT_MODEL="stranger"):
         _, grid = await imagine(world, prompt="a stranger's cat", count=2)
         assert "64×64" in grid.text() and "stranger" in grid.embeds[0]["footer"]["text"]
         upscale = await fake.click_button(grid, label="U1")
@@ -292,19 +269,11 @@ async def test_a_model_never_seen_before_works_from_its_folder(world: World) -> 
         variation = await fake.click_button(grid, label="V2")
         await variation.response()
         assert "64×64" in (await variation.wait_for_message(is_result, timeout=60)).text()
-    finally:
-        await proc.stop()
-        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
-        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def test_restart_after_a_reposted_message_keeps_one_message(world: World) -> None:
     fake = world.fake
-    env = bot_env(world.data_dir.parent / "repost-data")
-    await world.bot.stop()
-    proc = await start_bot_process(fake, env=env, cwd=ROOT)
-    try:
-        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+    async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "repost-data")) as bot:
         ix = await fake.send_slash_command("imagine", {"prompt": "a moved one", "steps": 50})
         await ix.response()
         original = await ix.wait_for_original(lambda m: "step" in m.text(), timeout=60)
@@ -319,18 +288,12 @@ async def test_restart_after_a_reposted_message_keeps_one_message(world: World) 
             timeout=30,
             description="the reposted message, edited",
         )
-        proc.kill(signal.SIGKILL)
-        await proc.wait()
-        proc = await start_bot_process(fake, env=env, cwd=ROOT)
+        await bot.crash_and_restart()
         await fake.wait_for(
             lambda: any(is_result(m) for m in mine()), timeout=90, description="the result"
         )
         [result] = mine()  # the reposted message was edited, not posted again
         assert f"<@{fake.alice.user.id}>" in result.content
-    finally:
-        await proc.stop()
-        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
-        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: World) -> None:
@@ -341,15 +304,12 @@ async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: 
             "quota set", {"user": slowpoke, "daily_images": "0"}, user=fake.moderator
         )
     )
-    env = bot_env(
-        world.data_dir,
-        PYTHONPATH=str(ROOT / "tests" / "slow_storage"),
-        SLOW_JOB_CREATE_S="3.5",
-    )
-    await world.bot.stop()
-    proc = await start_bot_process(fake, env=env, cwd=ROOT)
-    try:
-        await wait_until(lambda: fake.session is not None and fake.session.connected, proc, 60)
+    slow = {
+        "DATA_DIR": str(world.data_dir),
+        "PYTHONPATH": str(ROOT / "tests" / "slow_storage"),
+        "SLOW_JOB_CREATE_S": "3.5",
+    }
+    async with stand_in(world, **slow):
         ix = await fake.send_slash_command("imagine", {"prompt": "a patient snail", "count": 1})
         await ix.response()
         assert ix.ack_latency is not None and ix.ack_latency < 3.0
@@ -363,10 +323,6 @@ async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: 
         assert note.ephemeral and "images" in note.content
         placeholder = fake.get_message(refused.original_message_id or 0)
         assert placeholder is not None and placeholder.deleted
-    finally:
-        await proc.stop()
-        world.bot = await start_bot_process(fake, env=bot_env(world.data_dir), cwd=ROOT)
-        await wait_until(lambda: fake.session is not None and fake.session.connected, world.bot, 60)
 
 
 async def test_logs_have_one_line_per_job_event_and_no_secrets(world: World) -> None:
