@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import io
 import logging
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ Interaction = discord.Interaction["DiffusionBot"]
 
 INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
 ANSWER_BUDGET_S = 2.0  # Discord fails an interaction not answered within 3 s
+CLOCK_TRUST_S = 60.0
 PAGE_SIZE = 5
 
 
@@ -54,7 +56,7 @@ def requester_from(interaction: Interaction) -> Requester:
         channel_id=interaction.channel_id,
         role_ids=member_role_ids(member),
         interaction_token=interaction.token,
-        token_expires_at=interaction.created_at + INTERACTION_TOKEN_LIFETIME,
+        token_expires_at=issued_at(interaction) + INTERACTION_TOKEN_LIFETIME,
     )
 
 
@@ -144,8 +146,17 @@ async def launch(
 def _answer_budget_s(interaction: Interaction) -> float:
     """How long accepting may take before a placeholder answers: Discord wants the answer
     within 3 s of the interaction, and an upload may already have used some of that."""
-    elapsed = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    elapsed = (discord.utils.utcnow() - issued_at(interaction)).total_seconds()
     return min(ANSWER_BUDGET_S, max(0.2, ANSWER_BUDGET_S - max(0.0, elapsed)))
+
+
+def issued_at(interaction: Interaction) -> dt.datetime:
+    """When Discord sent the interaction: the time in its id, unless that disagrees with this
+    machine's clock by more than a minute (a skewed clock, or a proxy's own ids); then now.
+    The 15-minute token and the 3-second deadline are counted from it."""
+    now = discord.utils.utcnow()
+    created = interaction.created_at
+    return created if abs((now - created).total_seconds()) < CLOCK_TRUST_S else now
 
 
 class ButtonActions:

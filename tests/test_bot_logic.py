@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
+import discord
 import pytest
 
+from bot.actions import issued_at
 from bot.config import DISCORD_API, SettingsError, load_settings
 from bot.errors import UserError
 from bot.prompts import closest_aspect, parse_inline
@@ -158,3 +162,14 @@ async def test_throttled_editor_survives_a_failed_progress_edit() -> None:
     await asyncio.sleep(0.05)
     await editor.finish("final")
     assert calls == ["bad", "final"]
+
+
+def test_interaction_time_falls_back_to_now_when_its_id_disagrees_with_the_clock() -> None:
+    now = discord.utils.utcnow()
+    recent = SimpleNamespace(created_at=now - dt.timedelta(seconds=0.4))
+    assert issued_at(recent) == recent.created_at  # type: ignore[arg-type]
+    # Ids from a proxy with its own numbering, or a badly skewed clock: the token's 15
+    # minutes are counted from now, not from 2015.
+    for skewed in (now - dt.timedelta(days=3000), now + dt.timedelta(hours=2)):
+        taken = issued_at(SimpleNamespace(created_at=skewed))  # type: ignore[arg-type]
+        assert abs((taken - now).total_seconds()) < 5
