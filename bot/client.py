@@ -96,7 +96,8 @@ class DiffusionBot(commands.Bot):
                 state = json.loads(state_file.read_text())
             except ValueError:
                 state = {}
-        if state.get(scope) == digest:
+        names = {definition["name"] for definition in definitions}
+        if state.get(scope) == digest and await self._registered_names(guild) == names:
             log.info("commands unchanged (%s); not syncing", scope)
             return
         await self.tree.sync(guild=guild)
@@ -105,6 +106,14 @@ class DiffusionBot(commands.Bot):
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state))
         log.info("synced %d commands (%s)", len(definitions), scope)
+
+    async def _registered_names(self, guild: discord.abc.Snowflake | None) -> set[str] | None:
+        """The command names Discord holds: the state file alone cannot know that someone
+        removed them (or that this is another application or Discord-compatible service)."""
+        try:
+            return {command.name for command in await self.tree.fetch_commands(guild=guild)}
+        except discord.HTTPException:
+            return None
 
     async def resume_unfinished(self) -> None:
         outcome = await self.service.db.jobs.resume_unfinished()

@@ -232,6 +232,16 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
         assert reply.ephemeral and "a slow one" in reply.content
 
 
+async def test_commands_removed_behind_the_bots_back_are_synced_again(world: World) -> None:
+    fake = world.fake
+    syncs = fake.sync_count()
+    fake.forget_commands(fake.guild)
+    async with stand_in(world, DATA_DIR=str(world.data_dir)):  # its state file says "synced"
+        assert fake.sync_count() == syncs + 1
+        names = {command["name"] for command in fake.registered_commands(fake.guild)}
+        assert {"imagine", "quota"} <= names
+
+
 async def test_global_commands_work_in_direct_messages(world: World) -> None:
     fake = world.fake
     async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "global"), DEV_GUILD_ID=""):

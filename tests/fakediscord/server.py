@@ -514,6 +514,13 @@ class FakeDiscord(DriverMixin):
         gid = guild.id if isinstance(guild, FakeGuild) else guild
         return sum(1 for s in self.command_syncs if s.guild_id == gid)
 
+    def forget_commands(self, guild: FakeGuild | int | None = None) -> None:
+        """Drop the registered commands, as another tool (or a fresh Discord-compatible
+        service) would leave them."""
+        gid = guild.id if isinstance(guild, FakeGuild) else guild
+        self.commands[gid] = []
+        self._command_defs[gid] = []
+
     def registered_commands(self, guild: FakeGuild | int | None = None) -> list[dict[str, Any]]:
         gid = guild.id if isinstance(guild, FakeGuild) else guild
         return list(self.commands.get(gid, []))
