@@ -38,6 +38,9 @@ class Banned(commands.GroupCog, group_name="banned"):
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         require_moderator(interaction, "manage banned words")
+        # Every answer here is private, and a write may wait on a busy database: acknowledge
+        # now, inside Discord's 3 s, and answer with a follow-up.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         return True
 
     @app_commands.command(name="add")
@@ -48,7 +51,7 @@ class Banned(commands.GroupCog, group_name="banned"):
         added = await self.bot.service.db.guilds.add_banned_words(
             interaction.guild_id, _words(words), added_by=interaction.user.id
         )
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Now refusing: {', '.join(f'`{w}`' for w in added) or 'nothing new'}.",
             ephemeral=True,
         )
@@ -61,7 +64,7 @@ class Banned(commands.GroupCog, group_name="banned"):
         removed = await self.bot.service.db.guilds.remove_banned_words(
             interaction.guild_id, _words(words)
         )
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Allowed again: {', '.join(f'`{w}`' for w in removed) or 'none of those'}.",
             ephemeral=True,
         )
@@ -71,9 +74,7 @@ class Banned(commands.GroupCog, group_name="banned"):
         """Show the banned words."""
         words = await self.bot.service.db.guilds.banned_words(interaction.guild_id)
         text = ", ".join(f"`{w}`" for w in words) if words else "No words are banned here."
-        await interaction.response.send_message(
-            render.clip(text, render.CONTENT_LIMIT), ephemeral=True
-        )
+        await interaction.followup.send(render.clip(text, render.CONTENT_LIMIT), ephemeral=True)
 
 
 async def setup(bot: DiffusionBot) -> None:

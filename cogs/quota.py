@@ -50,6 +50,9 @@ class Quota(commands.GroupCog, group_name="quota"):
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         require_moderator(interaction, "manage quotas")
+        # Every answer here is private, and a write may wait on a busy database: acknowledge
+        # now, inside Discord's 3 s, and answer with a follow-up.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         return True
 
     @app_commands.command(name="show")
@@ -68,7 +71,7 @@ class Quota(commands.GroupCog, group_name="quota"):
             f"Jobs at once: {usage.active_jobs} of {_shown(usage.concurrent_limit)}\n"
             f"Queue priority: {usage.policy.priority.label}"
         )
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
     @app_commands.command(name="set")
     @app_commands.describe(
@@ -126,9 +129,7 @@ class Quota(commands.GroupCog, group_name="quota"):
             parts.append(f"{_shown(concurrent)} jobs at once")
         if plan is not UNSET:
             parts.append(f"{plan.label} queue priority")
-        await interaction.response.send_message(
-            f"Limits for {who}: {', '.join(parts)}.", ephemeral=True
-        )
+        await interaction.followup.send(f"Limits for {who}: {', '.join(parts)}.", ephemeral=True)
 
     @app_commands.command(name="reset")
     @app_commands.describe(user="Whose usage today to forgive")
@@ -138,7 +139,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         forgiven = await self.bot.service.db.quotas.reset_usage(
             interaction.guild_id, user.id, reset_by=interaction.user.id
         )
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Gave {user.display_name} back {forgiven} images for today.", ephemeral=True
         )
 

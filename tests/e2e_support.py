@@ -121,6 +121,11 @@ def is_result(message: StoredMessage | None) -> bool:
     return is_grid(message) or is_single(message)
 
 
+def in_progress(message: StoredMessage | None) -> bool:
+    """Showing the progress bar: running, not finished (a result says "N steps" too)."""
+    return bool(message and "%" in message.text() and not is_result(message))
+
+
 async def imagine(
     world: World, user: Any = None, **options: Any
 ) -> tuple[InteractionHandle, StoredMessage]:

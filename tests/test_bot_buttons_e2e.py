@@ -8,6 +8,7 @@ import pytest
 from e2e_support import (
     World,
     imagine,
+    in_progress,
     is_grid,
     is_result,
     is_single,
@@ -142,7 +143,7 @@ async def test_expired_token_delivers_through_the_channel(world: World) -> None:
     fake = world.fake
     ix = await fake.send_slash_command("imagine", {"prompt": "a late result", "steps": 30})
     await ix.response()
-    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    await ix.wait_for_original(in_progress, timeout=30)
     fake.expire_token(ix)
     message = await ix.wait_for_original(is_result, timeout=60)
     assert any(r.status == 200 for r in fake.requests_to(Routes.EDIT_MESSAGE))
@@ -153,7 +154,7 @@ async def test_deleted_message_gets_a_new_one_with_the_result(world: World) -> N
     fake = world.fake
     ix = await fake.send_slash_command("imagine", {"prompt": "a vanishing act", "steps": 30})
     await ix.response()
-    original = await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    original = await ix.wait_for_original(in_progress, timeout=30)
     fake.delete_message(original)
     await fake.wait_for(
         lambda: any(
@@ -198,10 +199,10 @@ async def test_a_deleted_channel_sends_the_result_by_dm(world: World) -> None:
     fake = world.fake
     studio = fake.add_channel(fake.guild, "studio")
     ix = await fake.send_slash_command(
-        "imagine", {"prompt": "a lost channel", "steps": 30, "count": 1}, channel=studio
+        "imagine", {"prompt": "a lost channel", "steps": 50}, channel=studio
     )
     await ix.response()
-    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    await ix.wait_for_original(in_progress, timeout=30)
     await fake.delete_channel(studio)
     dm = fake.dm_channel(fake.alice.user)
 
@@ -236,7 +237,7 @@ async def test_private_job_past_its_token_gets_one_dm_that_is_then_edited(world:
         "imagine", {"prompt": "a private late one", "steps": 30, "private": True}
     )
     await ix.response()
-    await ix.wait_for_original(lambda m: "step" in m.text(), timeout=30)
+    await ix.wait_for_original(in_progress, timeout=30)
     fake.expire_token(ix)
     dm = fake.dm_channel(fake.alice.user)
     await fake.wait_for(

@@ -11,6 +11,7 @@ from e2e_support import (
     ROOT,
     World,
     imagine,
+    in_progress,
     is_grid,
     is_result,
     reply_text,
@@ -215,7 +216,7 @@ async def test_killed_mid_job_restart_finishes_exactly_once(world: World) -> Non
     async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "restart-data")) as bot:
         ix = await fake.send_slash_command("imagine", {"prompt": "a slow one", "steps": 40})
         await ix.response()
-        await ix.wait_for_original(lambda m: "step" in str(m.embeds), timeout=60)
+        await ix.wait_for_original(in_progress, timeout=60)
         syncs = fake.sync_count()
         await bot.crash_and_restart()
         message = await ix.wait_for_original(is_result, timeout=90)
@@ -286,7 +287,7 @@ async def test_restart_after_a_reposted_message_keeps_one_message(world: World) 
     async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "repost-data")) as bot:
         ix = await fake.send_slash_command("imagine", {"prompt": "a moved one", "steps": 50})
         await ix.response()
-        original = await ix.wait_for_original(lambda m: "step" in m.text(), timeout=60)
+        original = await ix.wait_for_original(in_progress, timeout=60)
         fake.delete_message(original)
 
         def mine() -> list[StoredMessage]:
