@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import io
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,9 +19,9 @@ from bot.delivery import status_embed
 from bot.errors import PermissionDenied, UserError
 from bot.jobcodec import StoredRequest
 from bot.service import INTERACTION_TOKEN_LIFETIME, Requester
-from bot.storage.errors import JobNotFound
-from bot.storage.records import Job
-from bot.views import Action, Pager, pager_view, progress_view
+from bot.storage.errors import ImageNotFound, JobNotFound
+from bot.storage.records import Image, Job
+from bot.views import Action, JobButton, Pager, pager_view, progress_view
 from engine.types import GenerationRequest, Operation
 
 if TYPE_CHECKING:
@@ -329,26 +330,37 @@ class ButtonActions:
         try:
             if interaction.user.id != user_id:
                 raise UserError("These pages belong to someone else. Use the command yourself.")
-            content, embeds, view = await self._bot.pages.render(kind, user_id, page)
-            await interaction.response.edit_message(content=content, embeds=embeds, view=view)
+            shown = await self._bot.pages.render(kind, user_id, page)
+            await interaction.response.edit_message(
+                content=shown.content,
+                embeds=shown.embeds,
+                view=shown.view,
+                attachments=shown.files,
+            )
         except UserError as error:
             await self._bot.reply_error(interaction, error)
         except Exception as error:
             await self._bot.reply_unexpected(interaction, error)
 
 
+@dataclass
+class RenderedPage:
+    content: str
+    embeds: list[discord.Embed]
+    view: discord.ui.View
+    files: list[discord.File]  # the thumbnails the embeds show
+
+
 class Pages:
-    """Paginated /favorites and /history."""
+    """Paginated /favorites and /history, each entry with its thumbnail."""
 
     def __init__(self, bot: DiffusionBot) -> None:
         self._bot = bot
 
-    async def render(
-        self, kind: Pager, user_id: int, page: int
-    ) -> tuple[str, list[discord.Embed], discord.ui.View]:
+    async def render(self, kind: Pager, user_id: int, page: int) -> RenderedPage:
         db = self._bot.service.db
         offset = page * PAGE_SIZE
-        embeds: list[discord.Embed] = []
+        shown = RenderedPage("", [], discord.ui.View(), [])
         if kind is Pager.FAVOURITES:
             favourites = await db.favourites.list(user_id, limit=PAGE_SIZE, offset=offset)
             for favourite in favourites.items:
@@ -358,29 +370,39 @@ class Pages:
                     f"{favourite.image.width}×{favourite.image.height} · "
                     f"{render.discord_time(favourite.created_at)}",
                 )
-                embeds.append(embed)
+                await self._add(shown, embed, favourite.image)
             total, page_count = favourites.total, favourites.page_count
             title = f"⭐ Your favourites ({total})" if total else "You have no favourites yet."
-            view = pager_view(kind, user_id, page, page_count)
+            shown.view = pager_view(kind, user_id, page, page_count)
         else:
             history = await db.jobs.history(user_id, limit=PAGE_SIZE, offset=offset)
-            view = pager_view(kind, user_id, page, history.page_count)
-            from bot.views import JobButton
-
+            shown.view = pager_view(kind, user_id, page, history.page_count)
             for number, entry in enumerate(history.items, start=1):
-                embeds.append(
-                    discord.Embed(
-                        title=f"{number}. "
-                        + render.clip(render.quoted_prompt(entry.job.prompt, 240), 250),
-                        description=f"{entry.job.status.value} · "
-                        f"{render.discord_time(entry.job.created_at)}",
-                    )
+                embed = discord.Embed(
+                    title=f"{number}. "
+                    + render.clip(render.quoted_prompt(entry.job.prompt, 240), 250),
+                    description=f"{entry.job.status.value} · "
+                    f"{render.discord_time(entry.job.created_at)}",
                 )
-                view.add_item(
+                await self._add(shown, embed, entry.images[0] if entry.images else None)
+                shown.view.add_item(
                     JobButton(
                         Action.REROLL, entry.job.id, label=f"Run {number} again", emoji="🔄", row=1
                     )
                 )
             total = history.total
             title = f"🕘 Your recent generations ({total})" if total else "No generations yet."
-        return f"{title} — page {page + 1}", embeds, view
+        shown.content = f"{title} — page {page + 1}"
+        return shown
+
+    async def _add(self, shown: RenderedPage, embed: discord.Embed, image: Image | None) -> None:
+        if image is not None and image.thumbnail_key:
+            try:
+                data = await self._bot.service.images.get(image.thumbnail_key)
+            except ImageNotFound:
+                data = None  # cleaned up meanwhile: the entry goes without a picture
+            if data is not None:
+                name = f"thumb{len(shown.files) + 1}.webp"
+                shown.files.append(discord.File(io.BytesIO(data), name))
+                embed.set_thumbnail(url=f"attachment://{name}")
+        shown.embeds.append(embed)

@@ -21,8 +21,10 @@ class Library(commands.Cog):
         self.bot = bot
 
     async def _show(self, interaction: Interaction, kind: Pager) -> None:
-        content, embeds, view = await self.bot.pages.render(kind, interaction.user.id, 0)
-        await interaction.response.send_message(content, embeds=embeds, view=view, ephemeral=True)
+        shown = await self.bot.pages.render(kind, interaction.user.id, 0)
+        await interaction.response.send_message(
+            shown.content, embeds=shown.embeds, view=shown.view, files=shown.files, ephemeral=True
+        )
 
     @app_commands.command()
     async def favorites(self, interaction: Interaction) -> None:

@@ -70,6 +70,13 @@ async def test_favourite_toggles_and_favorites_lists_them(world: World) -> None:
     listing = await reply_text(await fake.send_slash_command("favorites", user=fake.bob))
     assert listing.ephemeral and "(2)" in listing.content
     assert sum("golden pear" in e["title"] for e in listing.embeds) == 2
+    # Each entry shows its picture: a thumbnail uploaded with the page.
+    assert len(listing.attachments) == 2
+    assert {e["thumbnail"]["url"] for e in listing.embeds} == {
+        f"attachment://{a.filename}" for a in listing.attachments
+    }
+    thumbnail = Image.open(io.BytesIO(listing.attachments[0].data))
+    assert thumbnail.format == "WEBP" and max(thumbnail.size) <= 256
     removed = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
     assert "Removed" in removed.content
 
@@ -116,9 +123,30 @@ async def test_history_lists_jobs_with_a_run_again_button(world: World) -> None:
     await imagine(world, prompt="a history lesson", count=1, user=fake.owner)
     page = await reply_text(await fake.send_slash_command("history", user=fake.owner))
     assert page.ephemeral and "history lesson" in str(page.embeds)
+    assert page.attachments and "thumbnail" in page.embeds[0]
     run_again = await fake.click_button(page, label="Run 1 again", user=fake.owner)
     await run_again.response()
     assert is_result(await run_again.wait_for_message(is_result, timeout=60))
+
+
+async def test_history_pages_forward_and_back_for_their_owner_only(world: World) -> None:
+    fake = world.fake
+    reader = fake.add_member("reader")
+    for n in range(6):
+        await imagine(world, prompt=f"page turner {n}", count=1, steps=2, user=reader)
+    first = await reply_text(await fake.send_slash_command("history", user=reader))
+    assert "(6)" in first.content and "page 1" in first.content and len(first.embeds) == 5
+    refused = await reply_text(await fake.click_button(first, label="Next ▶", user=fake.bob))
+    assert refused.ephemeral and "someone else" in refused.content
+    turn = await fake.click_button(first, label="Next ▶", user=reader)
+    await turn.response()
+    second = await turn.wait_for_message(lambda m: "page 2" in m.content, timeout=15)
+    assert second.id == first.id  # the same message, edited
+    assert len(second.embeds) == 1 and "page turner 0" in second.embeds[0]["title"]
+    assert len(second.attachments) == 1  # its thumbnail, the first page's replaced
+    back = await fake.click_button(second, label="◀ Previous", user=reader)
+    await back.response()
+    await back.wait_for_message(lambda m: "page 1" in m.content, timeout=15)
 
 
 async def test_queue_and_stats(world: World) -> None:
