@@ -105,7 +105,9 @@ async def launch(
     done, _ = await asyncio.wait({accepting}, timeout=_answer_budget_s(interaction))
     if not done:
         placeholder = status_embed(request.prompt, request.model or "…", "⏳ Accepting…")
-        await interaction.response.send_message(embed=placeholder, ephemeral=private)
+        # Should even this fail, the job is still followed once accepted (a new message).
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.send_message(embed=placeholder, ephemeral=private)
     try:
         accepted = await accepting
     except Exception as error:

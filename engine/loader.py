@@ -745,11 +745,17 @@ def only_variant(folder: Path) -> str | None:
         return None
     variants = set()
     for path in unet.glob("diffusion_pytorch_model*"):
-        # diffusion_pytorch_model[.VARIANT][-00001-of-00002].safetensors[.index.json]
-        parts = path.name.split(".")
-        if len(parts) < 2 or parts[1] in ("safetensors", "bin"):
+        # Weights: diffusion_pytorch_model[.VARIANT][-00001-of-00002].safetensors
+        # Shard index: diffusion_pytorch_model.safetensors.index[.VARIANT].json
+        name = path.name
+        if ".index." in name:
+            variant = name.split(".index.", 1)[1].removesuffix("json").rstrip(".")
+        else:
+            parts = name.split(".")
+            variant = parts[1].split("-")[0] if len(parts) > 2 else ""
+        if not variant:
             return None  # plain weights are there
-        variants.add(parts[1].split("-")[0])
+        variants.add(variant)
     return min(variants) if variants else None
 
 

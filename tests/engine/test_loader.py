@@ -441,8 +441,14 @@ def test_only_variant_reads_the_weight_file_names(tmp_path: Path) -> None:
         "diffusion_pytorch_model.bf16-00001-of-00002.safetensors",
         "diffusion_pytorch_model.safetensors.index.bf16.json",
     )
-    assert only_variant(sharded) is None  # an index without variant naming is plain
-    assert only_variant(folder("diffusion_pytorch_model-00001-of-00002.safetensors")) is None
+    assert only_variant(sharded) == "bf16"
+    plain_shards = folder(
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+    )
+    assert only_variant(plain_shards) is None
+    both = folder("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+    assert only_variant(both) is None  # plain weights win: no variant needed
     assert only_variant(tmp_path / "missing") is None
 
 
