@@ -362,7 +362,8 @@ class Pages:
     async def render(self, kind: Pager, user_id: int, page: int) -> RenderedPage:
         db = self._bot.service.db
         offset = page * PAGE_SIZE
-        shown = RenderedPage("", [], discord.ui.View(), [])
+        embeds: list[discord.Embed] = []
+        files: list[discord.File] = []
         if kind is Pager.FAVOURITES:
             favourites = await db.favourites.list(user_id, limit=PAGE_SIZE, offset=offset)
             for favourite in favourites.items:
@@ -372,13 +373,13 @@ class Pages:
                     f"{favourite.image.width}×{favourite.image.height} · "
                     f"{render.discord_time(favourite.created_at)}",
                 )
-                await self._add(shown, embed, favourite.image)
+                embeds.append(await self._with_thumbnail(embed, favourite.image, files))
             total, page_count = favourites.total, favourites.page_count
             title = f"⭐ Your favourites ({total})" if total else "You have no favourites yet."
-            shown.view = pager_view(kind, user_id, page, page_count)
+            view = pager_view(kind, user_id, page, page_count)
         else:
             history = await db.jobs.history(user_id, limit=PAGE_SIZE, offset=offset)
-            shown.view = pager_view(kind, user_id, page, history.page_count)
+            view = pager_view(kind, user_id, page, history.page_count)
             for number, entry in enumerate(history.items, start=1):
                 embed = discord.Embed(
                     title=f"{number}. "
@@ -386,25 +387,27 @@ class Pages:
                     description=f"{entry.job.status.value} · "
                     f"{render.discord_time(entry.job.created_at)}",
                 )
-                await self._add(shown, embed, entry.images[0] if entry.images else None)
-                shown.view.add_item(
+                first = entry.images[0] if entry.images else None
+                embeds.append(await self._with_thumbnail(embed, first, files))
+                view.add_item(
                     JobButton(
                         Action.REROLL, entry.job.id, label=f"Run {number} again", emoji="🔄", row=1
                     )
                 )
             total = history.total
             title = f"🕘 Your recent generations ({total})" if total else "No generations yet."
-        shown.content = f"{title} — page {page + 1}"
-        return shown
+        return RenderedPage(f"{title} — page {page + 1}", embeds, view, files)
 
-    async def _add(self, shown: RenderedPage, embed: discord.Embed, image: Image | None) -> None:
-        if image is not None and image.thumbnail_key:
-            try:
-                data = await self._bot.service.images.get(image.thumbnail_key)
-            except ImageNotFound:
-                data = None  # cleaned up meanwhile: the entry goes without a picture
-            if data is not None:
-                name = f"thumb{len(shown.files) + 1}.webp"
-                shown.files.append(discord.File(io.BytesIO(data), name))
-                embed.set_thumbnail(url=f"attachment://{name}")
-        shown.embeds.append(embed)
+    async def _with_thumbnail(
+        self, embed: discord.Embed, image: Image | None, files: list[discord.File]
+    ) -> discord.Embed:
+        """Show ``image``'s thumbnail in ``embed``, its file added to ``files`` for upload."""
+        if image is None or not image.thumbnail_key:
+            return embed
+        try:
+            data = await self._bot.service.images.get(image.thumbnail_key)
+        except ImageNotFound:
+            return embed  # cleaned up meanwhile: the entry goes without a picture
+        name = f"thumb{len(files) + 1}.webp"
+        files.append(discord.File(io.BytesIO(data), name))
+        return embed.set_thumbnail(url=f"attachment://{name}")

@@ -144,9 +144,9 @@ class MessageTarget:
         self.channel_id = message.channel.id
         self._token_dead = True  # the new message is not the interaction's
         self._posted_by_us = True
-        jobs = self._bot.service.db.jobs
-        await jobs.set_interaction(self.job.id, None, None)
-        await jobs.set_message(self.job.id, channel_id=message.channel.id, message_id=message.id)
+        await self._bot.service.db.jobs.set_own_message(
+            self.job.id, channel_id=message.channel.id, message_id=message.id
+        )
 
     async def _parent_reference(self) -> discord.MessageReference | None:
         """An upscale or variation replies to the message it came from, as its interaction

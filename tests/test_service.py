@@ -26,7 +26,8 @@ PATRON_ROLE = 7
 
 
 class GatedBackend(FakeBackend):
-    """The first pipeline call waits at its first step until the test opens the gate."""
+    """Pipeline calls wait at their first step until the test opens the gate: the first call
+    holds the device while the test queues the others behind it."""
 
     def __init__(self) -> None:
         super().__init__(step_seconds=0.001)

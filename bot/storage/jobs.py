@@ -378,6 +378,18 @@ class JobRepository:
                 raise JobNotFound(job_id)
             return await self._load(tx, job_id)
 
+    async def set_own_message(self, job_id: str, *, channel_id: int, message_id: int) -> Job:
+        """The bot posted the job's message itself (the interaction's was lost): remember it,
+        and drop the interaction token, which cannot edit it, in one write."""
+        async with self._ctx.write() as tx:
+            if not await tx.run(
+                "UPDATE jobs SET message_id = ?, channel_id = ?, interaction_token = NULL,"
+                " token_expires_at = NULL WHERE id = ?",
+                (message_id, channel_id, job_id),
+            ):
+                raise JobNotFound(job_id)
+            return await self._load(tx, job_id)
+
     async def set_interaction(
         self, job_id: str, token: str | None, expires_at: dt.datetime | None
     ) -> Job:

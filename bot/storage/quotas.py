@@ -138,7 +138,7 @@ class QuotaRepository:
             ):
                 raise InvalidInput(f"{name} must be a whole number of 0 or more, or unlimited.")
         if priority is not UNSET:
-            priority = QuotaPolicy(None, None, priority=priority).priority  # validates
+            priority = Priority.checked(priority)
         key = guild_key(guild_id)
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:

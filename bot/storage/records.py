@@ -67,6 +67,14 @@ class Priority(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @classmethod
+    def checked(cls, value: int) -> Priority:
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(p.label for p in cls)
+            raise InvalidInput(f"The priority must be one of {known}.") from None
+
 
 class PolicySource(enum.StrEnum):
     """Where an effective policy came from (for ``/quota show``)."""
@@ -298,14 +306,6 @@ def _check_limit(name: str, value: int | None) -> None:
         raise InvalidInput(f"{name} must be a whole number of 0 or more, or unlimited.")
 
 
-def _priority(value: int) -> Priority:
-    try:
-        return Priority(value)
-    except ValueError:
-        known = ", ".join(p.label for p in Priority)
-        raise InvalidInput(f"The priority must be one of {known}.") from None
-
-
 @dataclass(frozen=True, slots=True)
 class QuotaPolicy:
     """Limits for one user in one guild (``None`` means unlimited), and their queue priority."""
@@ -318,7 +318,7 @@ class QuotaPolicy:
     def __post_init__(self) -> None:
         _check_limit("The daily image limit", self.daily_images)
         _check_limit("The concurrent job limit", self.concurrent_jobs)
-        object.__setattr__(self, "priority", _priority(self.priority))
+        object.__setattr__(self, "priority", Priority.checked(self.priority))
 
     @classmethod
     def unlimited(cls) -> QuotaPolicy:

@@ -411,29 +411,17 @@ class DriverMixin:
         """
         if subcommand:
             name = f"{name} {subcommand}"
-        the_user = self._resolve_user(user)
-        g, ch = self._where(guild, channel, the_user)
-        data = self._command_data(
+        handle = self._command_interaction(
+            2,
             name,
             options,
-            guild=g,
             focused=None,
+            user=user,
+            guild=guild,
+            channel=channel,
+            locale=locale,
             require_registered=require_registered,
-            user=the_user,
             respect_permissions=respect_permissions,
-        )
-        iid, token, payload = self._base_payload(2, the_user, g, ch, locale)
-        payload["data"] = data
-        handle = InteractionHandle(
-            self._as_fake(),
-            id=iid,
-            token=token,
-            type=2,
-            payload=payload,
-            user=the_user,
-            guild=g,
-            channel=ch,
-            name=name,
         )
         return await self._dispatch(handle, wait_connected=wait_connected, timeout=timeout)
 
@@ -458,7 +446,36 @@ class DriverMixin:
         options = dict(options or {})
         if not options:
             raise ValueError("autocomplete needs at least the focused option's current text")
-        focused = focused or list(options)[-1]
+        handle = self._command_interaction(
+            4,
+            name,
+            options,
+            focused=focused or list(options)[-1],
+            user=user,
+            guild=guild,
+            channel=channel,
+            locale=locale,
+            require_registered=require_registered,
+            respect_permissions=respect_permissions,
+        )
+        await self._dispatch(handle, wait_connected=True, timeout=10.0)
+        return await handle.wait_for_choices(timeout)
+
+    def _command_interaction(
+        self,
+        type_: int,
+        name: str,
+        options: dict[str, Any] | None,
+        *,
+        focused: str | None,
+        user: UserLike | None,
+        guild: FakeGuild | str | None,
+        channel: FakeChannel | None,
+        locale: str,
+        require_registered: bool,
+        respect_permissions: bool,
+    ) -> InteractionHandle:
+        """An APPLICATION_COMMAND (2) or, with ``focused``, an AUTOCOMPLETE (4) interaction."""
         the_user = self._resolve_user(user)
         g, ch = self._where(guild, channel, the_user)
         data = self._command_data(
@@ -470,22 +487,21 @@ class DriverMixin:
             user=the_user,
             respect_permissions=respect_permissions,
         )
-        data.pop("resolved", None)
-        iid, token, payload = self._base_payload(4, the_user, g, ch, locale)
+        if focused is not None:
+            data.pop("resolved", None)  # autocomplete carries no resolved objects
+        iid, token, payload = self._base_payload(type_, the_user, g, ch, locale)
         payload["data"] = data
-        handle = InteractionHandle(
+        return InteractionHandle(
             self._as_fake(),
             id=iid,
             token=token,
-            type=4,
+            type=type_,
             payload=payload,
             user=the_user,
             guild=g,
             channel=ch,
-            name=f"{name} [{focused}]",
+            name=name if focused is None else f"{name} [{focused}]",
         )
-        await self._dispatch(handle, wait_connected=True, timeout=10.0)
-        return await handle.wait_for_choices(timeout)
 
     @staticmethod
     def _emoji_matches(component: dict[str, Any], emoji: str) -> bool:

@@ -84,6 +84,9 @@ async def test_set_message_and_interaction(db: Database) -> None:
     assert job.interaction_token == "new-token" and job.token_expires_at == later
     with pytest.raises(JobNotFound):
         await db.jobs.set_message("missing", message_id=1)
+    job = await db.jobs.set_own_message(job.id, channel_id=202, message_id=1001)
+    assert (job.message_id, job.channel_id) == (1001, 202)
+    assert job.interaction_token is None and job.token_expires_at is None
 
 
 @pytest.mark.asyncio
