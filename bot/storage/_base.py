@@ -161,6 +161,7 @@ JOB_FIELDS = (
     "created_at",
     "started_at",
     "finished_at",
+    "delivered_at",
 )
 
 IMAGE_FIELDS = (
@@ -217,6 +218,7 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
         created_at=from_db(get("created_at")),
         started_at=from_db_opt(get("started_at")),
         finished_at=from_db_opt(get("finished_at")),
+        delivered_at=from_db_opt(get("delivered_at")),
     )
 
 

@@ -54,6 +54,7 @@ from .records import (
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAX_IMAGES_PER_JOB = 16
 ABANDONED_ERROR = "The bot restarted during this job {attempts} times; it was given up."
+UNDELIVERED_WINDOW = dt.timedelta(days=1)
 
 EnsureFiles = Callable[[], Awaitable[None]]
 
@@ -473,29 +474,54 @@ class JobRepository:
             await refund_job(tx, job_id, now)
             return await self._load(tx, job_id)
 
-    async def resume_unfinished(self, *, max_attempts: int | None = 3) -> ResumeResult:
-        """At start-up: every job left queued or running by the last run.
+    async def mark_delivered(self, job_id: str) -> Job:
+        """The finished job's outcome has been shown to its user (or cannot be any more)."""
+        async with self._ctx.write() as tx:
+            if not await tx.run(
+                "UPDATE jobs SET delivered_at = ? WHERE id = ?",
+                (to_db(self._ctx.now()), job_id),
+            ):
+                raise JobNotFound(job_id)
+            return await self._load(tx, job_id)
 
+    async def resume_unfinished(
+        self,
+        *,
+        max_attempts: int | None = 3,
+        undelivered_since: dt.timedelta = UNDELIVERED_WINDOW,
+    ) -> ResumeResult:
+        """At start-up: every job left queued or running by the last run, and every finished
+        job (within ``undelivered_since``) whose outcome was never shown.
+
+        A job whose images are already stored is done: it is marked so, not generated again.
         Jobs that have had ``max_attempts`` attempts already are failed (and refunded): a job
         that crashes the bot must not crash it forever. The others go back to ``queued``
-        with ``attempts + 1`` and ``started_at`` cleared; submit them again.
+        with ``attempts + 1`` and ``started_at`` cleared; submit them again. Older finished
+        jobs never shown are left as they are (marked delivered: too late to be useful).
         """
-        now = to_db(self._ctx.now())
+        now = self._ctx.now()
+        stamp = to_db(now)
         async with self._ctx.write() as tx:
             rows = await tx.all(
-                "SELECT id, attempts FROM jobs WHERE status IN ('queued', 'running') "
-                "ORDER BY created_at, id"
+                "SELECT id, attempts, EXISTS (SELECT 1 FROM images WHERE images.job_id = jobs.id)"
+                " FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id"
             )
             resumed, abandoned = [], []
             for row in rows:
-                job_id, attempts = row[0], row[1]
-                if max_attempts is not None and attempts >= max_attempts:
+                job_id, attempts, has_images = row[0], row[1], bool(row[2])
+                if has_images:
+                    await tx.run(
+                        "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL"
+                        " WHERE id = ?",
+                        (stamp, job_id),
+                    )
+                elif max_attempts is not None and attempts >= max_attempts:
                     await tx.run(
                         "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? "
                         "WHERE id = ?",
-                        (now, ABANDONED_ERROR.format(attempts=attempts), job_id),
+                        (stamp, ABANDONED_ERROR.format(attempts=attempts), job_id),
                     )
-                    await refund_job(tx, job_id, now)
+                    await refund_job(tx, job_id, stamp)
                     abandoned.append(await self._load(tx, job_id))
                 else:
                     await tx.run(
@@ -504,7 +530,22 @@ class JobRepository:
                         (job_id,),
                     )
                     resumed.append(await self._load(tx, job_id))
-        return ResumeResult(tuple(resumed), tuple(abandoned))
+            cutoff = to_db(now - undelivered_since)
+            await tx.run(
+                "UPDATE jobs SET delivered_at = ? WHERE delivered_at IS NULL"
+                " AND status IN ('done', 'failed', 'cancelled') AND created_at < ?",
+                (stamp, cutoff),
+            )
+            told = {job.id for job in abandoned}
+            undelivered = [
+                job_from_row(row)
+                for row in await tx.all(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivered_at IS NULL"
+                    " AND status IN ('done', 'failed', 'cancelled') ORDER BY created_at, id"
+                )
+                if row["id"] not in told
+            ]
+        return ResumeResult(tuple(resumed), tuple(abandoned), tuple(undelivered))
 
     # -- helpers
 

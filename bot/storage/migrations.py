@@ -166,7 +166,20 @@ V3_PRIORITY = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION, V3_PRIORITY)
+V4_DELIVERY = Migration(
+    4,
+    "when a finished job's outcome was last shown to its user (a restart re-shows the others)",
+    (
+        "ALTER TABLE jobs ADD COLUMN delivered_at TEXT",
+        # Jobs finished before this column existed were shown already.
+        "UPDATE jobs SET delivered_at = finished_at"
+        " WHERE status IN ('done', 'failed', 'cancelled')",
+        "CREATE INDEX jobs_undelivered ON jobs(created_at)"
+        " WHERE delivered_at IS NULL AND status IN ('done', 'failed', 'cancelled')",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION, V3_PRIORITY, V4_DELIVERY)
 LATEST_VERSION = len(MIGRATIONS)
 
 assert all(m.version == i + 1 for i, m in enumerate(MIGRATIONS)), "migrations out of order"

@@ -167,6 +167,9 @@ class Job:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # When its outcome (result, failure, cancellation) was last shown to the user; a finished
+    # job without it is shown again from storage after a restart.
+    delivered_at: dt.datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -271,11 +274,13 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class ResumeResult:
-    """Jobs found unfinished at start-up: requeued ones to submit again, and ones given up on
-    (failed, their images refunded) after too many attempts."""
+    """Jobs found unfinished at start-up: requeued ones to submit again, ones given up on
+    (failed, their images refunded) after too many attempts, and finished ones whose outcome
+    was never shown (their images, if any, are stored: show them, without generating)."""
 
     resumed: tuple[Job, ...]
     abandoned: tuple[Job, ...]
+    undelivered: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
