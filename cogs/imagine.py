@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import render
+from bot import downloads, render
 from bot.actions import launch
+from bot.downloads import AllowedHost
 from bot.errors import UserError
 from bot.prompts import ASPECTS, parse_inline
 from engine.types import GenerationRequest, Operation
@@ -25,24 +28,41 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 UPLOAD_READ_TIMEOUT_S = 1.5
 
 
-async def read_upload(attachment: discord.Attachment) -> bytes:
-    """The attachment's bytes; the engine then checks that they really are an image."""
-    if attachment.size > MAX_UPLOAD_BYTES:
+async def read_upload(
+    attachment: discord.Attachment,
+    hosts: Iterable[AllowedHost] | None = None,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    timeout_s: float = UPLOAD_READ_TIMEOUT_S,
+) -> bytes:
+    """The attachment's bytes; the engine then checks that they really are an image.
+
+    Fetched from ``hosts`` only (default: Discord's CDN), redirects checked hop by hop, and cut
+    off as soon as ``max_bytes`` is passed whatever size the payload or the server declares.
+    """
+    if attachment.size > max_bytes:
         raise UserError(
             f"`{render.clip(attachment.filename, 60)}` is {attachment.size / 2**20:.1f} MiB; "
-            f"please attach an image under {MAX_UPLOAD_BYTES // 2**20} MiB."
+            f"please attach an image under {max_bytes / 2**20:g} MiB."
         )
     try:
-        return await asyncio.wait_for(attachment.read(), UPLOAD_READ_TIMEOUT_S)
+        async with asyncio.timeout(timeout_s):
+            return await downloads.fetch(attachment.url, hosts=hosts, max_bytes=max_bytes)
     except TimeoutError:
         raise UserError("That image took too long to download; try a smaller file.") from None
-    except discord.HTTPException:
+    except aiohttp.ClientError:
         raise UserError("I could not download that attachment. Please try again.") from None
 
 
 class Imagine(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
+        # ATTACHMENT_HOSTS replaces Discord's CDN hosts when set; the REST base URL's own
+        # origin is allowed too (see bot.downloads.download_hosts).
+        configured = getattr(bot.settings, "attachment_hosts", None)
+        self.download_hosts = downloads.download_hosts(
+            configured, bot.settings.discord_api_base_url
+        )
 
     @app_commands.command()
     @app_commands.describe(
@@ -87,7 +107,7 @@ class Imagine(commands.Cog):
             raise UserError(
                 f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
             )
-        init_image = await read_upload(image) if image is not None else None
+        init_image = await read_upload(image, self.download_hosts) if image is not None else None
         if strength is not None and init_image is None:
             raise UserError("`strength` only applies when you attach an image.")
         negatives = [n for n in (negative, inline.negative) if n]

@@ -1,0 +1,322 @@
+"""Attachment downloads against real HTTP servers on 127.0.0.1: only allowed hosts, each redirect
+checked before it is followed, and the byte cap enforced while the body streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import discord
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from discord.http import HTTPClient
+from yarl import URL
+
+from bot import downloads
+from bot.downloads import (
+    AllowedHost,
+    DownloadRefused,
+    DownloadTooLarge,
+    allowed_hosts,
+    check_url,
+    download_hosts,
+    parse_allowed_host,
+)
+from cogs.imagine import read_upload
+
+CAP = 1 * 2**20
+HUGE = 64 * 2**20
+# A cut-off download may still have filled the socket buffers on both sides: bounded, though
+# far below the body's size.
+BUFFER_SLACK = 15 * 2**20
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+
+
+@dataclass
+class Server:
+    """A real aiohttp server on 127.0.0.1 that counts what it was asked and what it sent."""
+
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+    hits: list[str] = field(default_factory=list)
+    sent: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> AllowedHost:
+        return AllowedHost("127.0.0.1", self.port)
+
+    async def start(self) -> Server:
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            self.hits.append(request.path)
+            return await self.routes[request.path](request)
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", dispatch)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def servers() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    started: list[Server] = []
+
+    async def start(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Server:
+        server = await Server({f"/{k}": v for k, v in routes.items()}).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest_asyncio.fixture
+async def discord_http() -> AsyncIterator[HTTPClient]:
+    """The HTTP client discord.py itself gives an Attachment (``Attachment.read`` uses it)."""
+    http = HTTPClient(asyncio.get_running_loop())
+    http._HTTPClient__session = aiohttp.ClientSession()  # type: ignore[attr-defined]
+    yield http
+    await http.close()
+
+
+def attachment(http: HTTPClient, url: str, size: int = len(PNG)) -> discord.Attachment:
+    """A real discord.py Attachment, as built from an interaction's resolved payload."""
+    payload: Any = {
+        "id": "1",
+        "filename": "start.png",
+        "size": size,
+        "url": url,
+        "proxy_url": url,
+        "content_type": "image/png",
+    }
+    return discord.Attachment(data=payload, state=SimpleNamespace(http=http))  # type: ignore[arg-type]
+
+
+def png_route(body: bytes = PNG) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="image/png")
+
+    return handler
+
+
+def redirect_route(location: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": location})
+
+    return handler
+
+
+@pytest.mark.asyncio
+async def test_a_huge_body_with_a_small_declared_size_is_cut_off_near_the_cap(
+    servers: Callable[..., Awaitable[Server]], discord_http: HTTPClient
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        chunk = b"\0" * 2**16
+        try:
+            while server.sent < HUGE:
+                await response.write(chunk)
+                server.sent += len(chunk)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up
+        finally:
+            server.finished.set()
+        return response
+
+    server = await servers(**{"big.png": endless})
+    small = attachment(discord_http, f"{server.origin}/big.png", size=1000)
+    with pytest.raises(DownloadTooLarge, match="larger than 1 MiB"):
+        await read_upload(small, (server.host,), max_bytes=CAP, timeout_s=60)
+    await asyncio.wait_for(server.finished.wait(), 30)
+    assert server.sent < CAP + BUFFER_SLACK, server.sent
+
+
+@pytest.mark.asyncio
+async def test_a_declared_length_over_the_cap_is_refused_before_the_body(
+    servers: Callable[..., Awaitable[Server]],
+) -> None:
+    server = await servers(**{"big.png": png_route(b"\0" * (CAP + 1))})
+    with pytest.raises(DownloadTooLarge):
+        await downloads.fetch(f"{server.origin}/big.png", hosts=(server.host,), max_bytes=CAP)
+
+
+@pytest.mark.asyncio
+async def test_a_body_at_the_cap_is_accepted(servers: Callable[..., Awaitable[Server]]) -> None:
+    body = PNG + b"\1" * (CAP - len(PNG))
+    server = await servers(**{"ok.png": png_route(body)})
+    got = await downloads.fetch(f"{server.origin}/ok.png", hosts=(server.host,), max_bytes=CAP)
+    assert got == body
+
+
+@pytest.mark.asyncio
+async def test_a_redirect_off_the_list_is_refused_without_following_it(
+    servers: Callable[..., Awaitable[Server]], discord_http: HTTPClient
+) -> None:
+    elsewhere = await servers(**{"secret.png": png_route()})
+    allowed = await servers(
+        **{
+            "local.png": redirect_route(f"{elsewhere.origin}/secret.png"),
+            "remote.png": redirect_route("https://example.com/x.png"),
+            "plain.png": redirect_route("http://cdn.discordapp.com/x.png"),
+        }
+    )
+    for path in ("local.png", "remote.png", "plain.png"):
+        with pytest.raises(DownloadRefused):
+            await read_upload(attachment(discord_http, f"{allowed.origin}/{path}"), [allowed.host])
+    assert elsewhere.hits == []
+    assert allowed.hits == ["/local.png", "/remote.png", "/plain.png"]
+
+
+@pytest.mark.asyncio
+async def test_redirects_on_the_list_are_followed_hop_by_hop_up_to_a_limit(
+    servers: Callable[..., Awaitable[Server]],
+) -> None:
+    server = await servers(
+        **{
+            "a": redirect_route("/b"),
+            "b": redirect_route("final.png"),
+            "final.png": png_route(),
+            "loop": redirect_route("/loop"),
+        }
+    )
+    hosts = (server.host,)
+    assert await downloads.fetch(f"{server.origin}/a", hosts=hosts, max_bytes=CAP) == PNG
+    assert server.hits == ["/a", "/b", "/final.png"]
+    with pytest.raises(DownloadRefused, match="redirected too many times"):
+        await downloads.fetch(f"{server.origin}/loop", hosts=hosts, max_bytes=CAP)
+    assert server.hits.count("/loop") == downloads.MAX_REDIRECTS + 1
+
+
+@pytest.mark.asyncio
+async def test_an_address_off_the_list_is_refused_without_connecting(
+    servers: Callable[..., Awaitable[Server]], discord_http: HTTPClient
+) -> None:
+    server = await servers(**{"x.png": png_route()})
+    for hosts in (None, download_hosts(None, "https://discord.com/api/v10")):
+        with pytest.raises(DownloadRefused, match="not on Discord's file servers"):
+            await read_upload(attachment(discord_http, f"{server.origin}/x.png"), hosts)
+    # The same host on another port is another server.
+    other_port = AllowedHost("127.0.0.1", server.port + 1 if server.port < 65535 else 1)
+    with pytest.raises(DownloadRefused):
+        await read_upload(attachment(discord_http, f"{server.origin}/x.png"), [other_port])
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "https://10.0.0.5/a.png",
+        "https://[::1]/a.png",
+        "https://localhost/a.png",
+        "http://cdn.discordapp.com/attachments/1/2/a.png",  # plain http off loopback
+        "https://cdn.discordapp.com.evil.example/a.png",
+        "https://cdn.discordapp.com:8443/a.png",
+        "https://user@evil.example/cdn.discordapp.com/a.png",
+        "file:///etc/passwd",
+        "ftp://cdn.discordapp.com/a.png",
+    ],
+)
+def test_addresses_refused_by_default(url: str) -> None:
+    with pytest.raises(DownloadRefused):
+        check_url(URL(url), allowed_hosts(downloads.DISCORD_CDN_HOSTS))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.discordapp.com/attachments/1/2/a.png",
+        "https://CDN.DiscordApp.com./attachments/1/2/a.png",
+        "https://media.discordapp.net:443/attachments/1/2/a.png",
+    ],
+)
+def test_discord_cdn_addresses_are_allowed(url: str) -> None:
+    check_url(URL(url), allowed_hosts(downloads.DISCORD_CDN_HOSTS))
+
+
+class StaticResolver(AbstractResolver):
+    """A resolver that answers one address for every name (a poisoned DNS)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        return [
+            {
+                "hostname": host,
+                "host": self.address,
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_discord_cdn_resolving_to_a_private_address_is_refused() -> None:
+    resolver = StaticResolver("127.0.0.1")
+    with pytest.raises(DownloadRefused, match="private address"):
+        await downloads.fetch(
+            "https://cdn.discordapp.com/attachments/1/2/a.png", max_bytes=CAP, resolver=resolver
+        )
+    assert resolver.asked == ["cdn.discordapp.com"]
+
+
+def test_allowed_host_entries_are_parsed_and_checked() -> None:
+    assert parse_allowed_host("CDN.example.com") == AllowedHost("cdn.example.com")
+    assert parse_allowed_host(" proxy.example:8443 ") == AllowedHost("proxy.example", 8443)
+    assert parse_allowed_host("[::1]:9000") == AllowedHost("::1", 9000)
+    assert str(AllowedHost("::1", 9000)) == "[::1]:9000"
+    for bad in ("", "https://cdn.example.com", "cdn.example.com/path", "a@b", "host:port"):
+        with pytest.raises(ValueError):
+            parse_allowed_host(bad)
+
+
+def test_the_rest_base_urls_own_origin_is_allowed_and_only_it() -> None:
+    cdn = allowed_hosts(downloads.DISCORD_CDN_HOSTS)
+    assert download_hosts(None, "https://discord.com/api/v10") == cdn
+    fake = download_hosts(None, "http://127.0.0.1:5555/api/v10")
+    assert fake == (*cdn, AllowedHost("127.0.0.1", 5555))
+    assert download_hosts(["proxy.example"], "https://proxy.example/api/v10") == (
+        AllowedHost("proxy.example"),
+    )
+    check_url(URL("http://127.0.0.1:5555/ephemeral-attachments/1/2/a.png"), fake)
+    with pytest.raises(DownloadRefused):
+        check_url(URL("http://127.0.0.1:5556/a.png"), fake)
+    # A plain-http proxy off this machine is trusted with REST, but not for downloads.
+    with pytest.raises(DownloadRefused, match="secure"):
+        check_url(
+            URL("http://proxy.internal:8080/a.png"),
+            download_hosts(None, "http://proxy.internal:8080/api/v10"),
+        )
