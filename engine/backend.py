@@ -7,6 +7,7 @@ comes out as an ``engine.errors`` exception whose text can be shown to that user
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -16,14 +17,16 @@ import unicodedata
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from engine.errors import EngineError, OutOfMemory, ValidationError
 from engine.images import format_parameters, open_user_image, open_user_mask
 from engine.loader import ModelManager
 from engine.ops import OPERATIONS, OpContext
+from engine.ops.common import fit_exactly
 from engine.ops.img2img import DEFAULT_IMG2IMG_STRENGTH
 from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
-from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry
+from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry, outpaint_padding
 from engine.ops.upscale import DEFAULT_UPSCALE_STRENGTH, UPSCALE_FACTOR
 from engine.ops.variation import DEFAULT_VARIATION, VARIATION_STRENGTHS
 from engine.registry import ASPECT_RATIOS, SCHEDULERS, ModelRegistry, ModelSpec, Presets
@@ -62,9 +65,14 @@ _OOM_MARKERS = ("out of memory", "cuda error: out of memory", "mps backend out o
 _CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
 
 
+# A 4096×4096 upload takes about 200 MB while it is decoded; this many decode at once.
+DEFAULT_MAX_CONCURRENT_DECODES = 2
+
+
 @dataclass(frozen=True, slots=True)
 class BackendLimits:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_concurrent_decodes: int = DEFAULT_MAX_CONCURRENT_DECODES
 
 
 class DiffusersBackend:
@@ -81,6 +89,8 @@ class DiffusersBackend:
         self.limits = limits or BackendLimits()
         # resolve runs on several threads at once; a fast tokenizer must not.
         self._tokenizer_lock = threading.Lock()
+        # Decoding uploads is where a burst of requests costs memory: bound it.
+        self._decode_slots = threading.BoundedSemaphore(max(1, self.limits.max_concurrent_decodes))
 
     # --- the Backend protocol -------------------------------------------------------------
 
@@ -128,19 +138,16 @@ class DiffusersBackend:
             raise ValidationError("preview_every must be 0 (off) or a positive number of steps.")
 
         strength = self._strength(operation, request)
-        width, height, outpaint_pixels = self._size(spec, operation, request)
-        if strength is not None and steps * strength < 1:
-            # Image operations run only steps x strength denoising steps; zero would be a
-            # no-op that diffusers refuses.
-            needed = math.ceil(1 / strength)
-            if request.steps is None and needed <= presets.max_steps:
-                steps = needed
-            else:
-                raise ValidationError(
-                    f"With strength {strength:g}, use at least {needed} steps "
-                    "(only steps × strength denoising steps run)."
-                )
-
+        init_image = mask_image = None
+        if operation is Operation.TXT2IMG:
+            width, height = self._txt2img_size(spec, request)
+            outpaint_pixels = 0
+        else:
+            width, height, outpaint_pixels, init_image, mask_image = self._image_inputs(
+                spec, operation, request
+            )
+        if strength is not None:
+            steps = steps_for_strength(steps, strength, presets.max_steps, spec.name)
         return ResolvedRequest(
             model=spec.name,
             family=spec.family,
@@ -156,8 +163,8 @@ class DiffusersBackend:
             seed=seed,
             seed_was_explicit=seed_was_explicit,
             strength=strength,
-            init_image=request.init_image if operation in IMAGE_OPERATIONS else None,
-            mask_image=request.mask_image if operation is Operation.INPAINT else None,
+            init_image=init_image,
+            mask_image=mask_image,
             preview_every=request.preview_every,
             prompt_truncated=truncated,
             outpaint_sides=tuple(request.outpaint_sides) if operation is Operation.OUTPAINT else (),
@@ -228,36 +235,61 @@ class DiffusersBackend:
             return VARIATION_STRENGTHS[request.variation]
         return DEFAULT_STRENGTHS[operation]
 
-    def _size(
-        self, spec: ModelSpec, operation: Operation, request: GenerationRequest
-    ) -> tuple[int, int, int]:
-        """(width, height, outpaint pixels) of the output, validated."""
+    def _txt2img_size(self, spec: ModelSpec, request: GenerationRequest) -> tuple[int, int]:
         presets = spec.presets
-        if operation is Operation.TXT2IMG:
-            if request.width is None and request.height is None and request.aspect:
-                if request.aspect not in ASPECT_RATIOS:
-                    raise ValidationError(
-                        f"Unknown aspect ratio {request.aspect!r}. Choose one of: "
-                        f"{', '.join(ASPECT_RATIOS)}."
-                    )
-                width, height = spec.size_for_aspect(request.aspect)
-            else:
-                width = presets.width if request.width is None else request.width
-                height = presets.height if request.height is None else request.height
-            check_size(width, height, presets)
-            return width, height, 0
+        if request.width is None and request.height is None and request.aspect:
+            if request.aspect not in ASPECT_RATIOS:
+                raise ValidationError(
+                    f"Unknown aspect ratio {request.aspect!r}. Choose one of: "
+                    f"{', '.join(ASPECT_RATIOS)}."
+                )
+            width, height = spec.size_for_aspect(request.aspect)
+        else:
+            width = presets.width if request.width is None else request.width
+            height = presets.height if request.height is None else request.height
+        check_size(width, height, presets)
+        return width, height
 
+    def _image_inputs(
+        self, spec: ModelSpec, operation: Operation, request: GenerationRequest
+    ) -> tuple[int, int, int, bytes, bytes | None]:
+        """(width, height, outpaint pixels, input image, mask) of an image operation.
+
+        The upload is decoded here, once, while at most ``max_concurrent_decodes`` others
+        are: a small PNG can decode to hundreds of megabytes. What the request carries on
+        is the image (and mask) already brought to the size the pipeline takes, as a PNG,
+        so the worker decodes a small image instead of the upload again, and a queued job
+        holds at most one output-sized image however large the upload was.
+        """
         if request.init_image is None:
             raise ValidationError(f"{operation.value} needs an input image.")
-        image = open_user_image(request.init_image, max_pixels=self.limits.max_input_pixels)
-        if operation is Operation.INPAINT:
-            if request.mask_image is None:
-                raise ValidationError("Inpainting needs a mask (white where to repaint).")
-            open_user_mask(
-                request.mask_image, size=image.size, max_pixels=self.limits.max_input_pixels
-            )
+        if operation is Operation.INPAINT and request.mask_image is None:
+            raise ValidationError("Inpainting needs a mask (white where to repaint).")
+        max_pixels = self.limits.max_input_pixels
+        with self._decode_slots:
+            image = open_user_image(request.init_image, max_pixels=max_pixels)
+            mask = None
+            if operation is Operation.INPAINT:
+                assert request.mask_image is not None
+                mask = open_user_mask(request.mask_image, size=image.size, max_pixels=max_pixels)
+            width, height, pixels = self._image_size(spec, operation, request, image.size)
+            target = pipeline_input_size(spec, operation, (width, height), request, pixels)
+            init_image = encode_input(image, target)
+            del image
+            mask_image = None if mask is None else encode_input(mask, (width, height))
+        return width, height, pixels, init_image, mask_image
+
+    def _image_size(
+        self,
+        spec: ModelSpec,
+        operation: Operation,
+        request: GenerationRequest,
+        input_size: tuple[int, int],
+    ) -> tuple[int, int, int]:
+        """(width, height, outpaint pixels) of an image operation's output, validated."""
+        presets = spec.presets
         if operation is Operation.UPSCALE:
-            width, height = fit_size(image.size, presets)
+            width, height = fit_size(input_size, presets)
             width, height = width * UPSCALE_FACTOR, height * UPSCALE_FACTOR
             if max(width, height) > presets.max_size:
                 raise ValidationError(
@@ -276,7 +308,7 @@ class DiffusersBackend:
                 if side not in ("left", "right", "top", "bottom"):
                     raise ValidationError(f"Unknown side {side!r}: use left, right, top, bottom.")
             _, canvas = outpaint_geometry(
-                image.size,
+                input_size,
                 request.outpaint_sides,
                 pixels,
                 min_size=presets.min_size,
@@ -288,7 +320,7 @@ class DiffusersBackend:
             height = request.height if request.height is not None else presets.height
             check_size(width, height, presets)
             return width, height, 0
-        width, height = fit_size(image.size, presets)
+        width, height = fit_size(input_size, presets)
         return width, height, 0
 
     def _fit_prompt(self, spec: ModelSpec, text: str) -> tuple[str, bool]:
@@ -365,6 +397,65 @@ def fit_size(size: tuple[int, int], presets: Presets) -> tuple[int, int]:
     return snap(width * scale), snap(height * scale)
 
 
+def pipeline_input_size(
+    spec: ModelSpec,
+    operation: Operation,
+    output: tuple[int, int],
+    request: GenerationRequest,
+    outpaint_pixels: int,
+) -> tuple[int, int]:
+    """The size at which an operation hands its input image to the pipeline (see
+    ``engine.ops``): the output size, the image inside an outpainting's padding, or half the
+    output for a dedicated 2x upscaler."""
+    width, height = output
+    if operation is Operation.OUTPAINT:
+        left, top, right, bottom = outpaint_padding(request.outpaint_sides, outpaint_pixels)
+        return width - left - right, height - top - bottom
+    if operation is Operation.UPSCALE and spec.upscaler:
+        return width // UPSCALE_FACTOR, height // UPSCALE_FACTOR
+    return width, height
+
+
+def encode_input(image: Image.Image, size: tuple[int, int]) -> bytes:
+    """A decoded input resized to ``size`` exactly as the operations would, as a PNG that
+    decodes to the same pixels."""
+    buffer = io.BytesIO()
+    fit_exactly(image, size).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """How many denoising steps an image operation really runs: diffusers re-noises the
+    input to ``strength`` and runs only the last ``int(steps × strength)`` steps of a
+    ``steps``-step schedule."""
+    return min(int(steps * strength), steps)
+
+
+def steps_for_strength(steps: int, strength: float, max_steps: int, model: str) -> int:
+    """The steps an image operation (img2img, variation, upscale, inpaint, outpaint) runs at
+    ``strength``.
+
+    The rule: ``steps`` counts the steps of the full schedule, and the operation runs
+    ``int(steps × strength)`` of them. When that would be zero (a distilled model's 2 steps at
+    an upscale's strength 0.3), ``steps`` is raised to the fewest that give one denoising step
+    (about ``ceil(1 / strength)``: 4 at strength 0.3, 3 at 0.35), whether the steps came from
+    the model's presets, from the user or from the job an image was derived from. Only when
+    that is over the model's ``max_steps`` is the request refused.
+    """
+    if denoising_steps(steps, strength) >= 1:
+        return steps
+    needed = max(1, math.ceil(1 / strength))
+    while denoising_steps(needed, strength) < 1:  # float rounding: 3 × 0.3333 = 0.9999
+        needed += 1
+    if needed > max_steps:
+        lowest = math.ceil(1000 / max_steps) / 1000
+        raise ValidationError(
+            f"Strength {strength:g} is too low for {model}: at its {max_steps} steps at most, "
+            f"no denoising step would run. Use a strength of at least {lowest:g}."
+        )
+    return needed
+
+
 def parameters_text(request: ResolvedRequest, slot: ImageSlot, width: int, height: int) -> str:
     """AUTOMATIC1111 "parameters" text for one generated image."""
     sampler = request.scheduler
@@ -395,6 +486,8 @@ __all__ = [
     "BackendLimits",
     "DiffusersBackend",
     "clean_prompt",
+    "denoising_steps",
     "fit_size",
     "parameters_text",
+    "steps_for_strength",
 ]

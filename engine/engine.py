@@ -59,6 +59,9 @@ class EngineSettings:
     cache_entries: int = 64
     cache_bytes: int = 512 * 2**20
     progress_interval_s: float = 0.1  # progress events at most this often (previews always)
+    # Requests with input images resolved at once (decoding an upload can take hundreds of
+    # MB); the rest wait on the event loop, not in a thread. The backend bounds it as well.
+    max_concurrent_decodes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,7 @@ class Engine:
         # One thread runs every pipeline call and load: torch keeps a thread pool per
         # calling thread, and two pools on a small CPU slow each other down.
         self._device_executor: ThreadPoolExecutor | None = None
+        self._decode_slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_decodes))
         self.worker_restarts = 0
 
     # --- life cycle ----------------------------------------------------------------------
@@ -252,8 +256,15 @@ class Engine:
         return self.settings.max_batch_images or DEFAULT_BATCH_IMAGES.get(request.family, 4)
 
     async def resolve(self, request: GenerationRequest) -> ResolvedRequest:
-        # Resolving decodes input images, which can take tens of milliseconds.
-        return await asyncio.to_thread(self._backend.resolve, request)
+        """Validate a request and fill its defaults, off the event loop.
+
+        Input images are decoded here, once, a few at a time: the resolved request carries
+        them at the size the pipeline takes, so submitting it decodes nothing large again.
+        """
+        if request.init_image is None and request.mask_image is None:
+            return await asyncio.to_thread(self._backend.resolve, request)
+        async with self._decode_slots:
+            return await asyncio.to_thread(self._backend.resolve, request)
 
     async def submit(
         self,

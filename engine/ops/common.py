@@ -169,7 +169,7 @@ class BatchProgress:
         pipe: DiffusionPipeline | None,
         kwargs: dict[str, Any] | None,
     ) -> None:
-        previews = self._previews(step, latents)
+        previews = self._previews(step, total, latents)
         cancelled_jobs = self._ctx.on_step(StepInfo(step=step, total=total, previews=previews))
         if not cancelled_jobs:
             return
@@ -197,7 +197,9 @@ class BatchProgress:
                 output[position] = image
         return output
 
-    def _previews(self, step: int, latents: torch.Tensor | None) -> dict[str, Image.Image]:
+    def _previews(
+        self, step: int, total: int, latents: torch.Tensor | None
+    ) -> dict[str, Image.Image]:
         if latents is None:
             return {}
         previews: dict[str, Image.Image] = {}
@@ -205,8 +207,7 @@ class BatchProgress:
             slot = self._ctx.slots[position]
             if (
                 slot.index == 0
-                and slot.preview_every > 0
-                and step % slot.preview_every == 0
+                and preview_due(step, total, slot.preview_every)
                 and position not in self.cancelled
                 and row < latents.shape[0]
             ):
@@ -224,6 +225,20 @@ class BatchProgress:
         shrink_scheduler_state(pipe.scheduler, latent_shape, keep)
         self._generators[:] = [self._generators[row] for row in keep]
         self.rows = [self.rows[row] for row in keep]
+
+
+def preview_due(step: int, total: int, every: int) -> bool:
+    """Whether step ``step`` (1-based) of ``total`` draws a preview for a job that asked for
+    one every ``every`` steps (0: never).
+
+    The cadence is capped at ``total - 1``, so a call of two or more steps always previews
+    at least one step before the last: a distilled model's 2 steps with a preview every 5
+    steps previews steps 1 and 2, not none.
+    """
+    if every <= 0:
+        return False
+    cadence = min(every, total - 1) if total > 1 else every
+    return step % cadence == 0
 
 
 def select_rows(value: Any, keep: list[int], old_rows: int) -> Any:

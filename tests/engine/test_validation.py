@@ -6,14 +6,23 @@ resolve never loads weights, so these tests use a manager that has loaded nothin
 from __future__ import annotations
 
 import dataclasses
+import io
 import struct
 import time
 import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from engine.backend import BackendLimits, DiffusersBackend, clean_prompt, fit_size
+from engine.backend import (
+    BackendLimits,
+    DiffusersBackend,
+    clean_prompt,
+    denoising_steps,
+    fit_size,
+    steps_for_strength,
+)
 from engine.errors import ModelNotFoundError, ValidationError
 from engine.loader import LoaderOptions, ModelManager
 from engine.registry import ModelRegistry
@@ -121,7 +130,10 @@ def test_image_operations_take_the_input_size_and_default_strengths(
     inpaint = resolver.resolve(
         request(operation=Operation.INPAINT, init_image=IMAGE, mask_image=MASK)
     )
-    assert inpaint.mask_image == MASK and inpaint.strength == 0.85
+    assert inpaint.strength == 0.85
+    assert inpaint.mask_image is not None
+    with Image.open(io.BytesIO(inpaint.mask_image)) as mask:
+        assert mask.mode == "L" and mask.tobytes() == centre_mask((64, 64)).tobytes()
     assert resolver.resolve(request(init_image=IMAGE)).init_image is None  # txt2img ignores it
 
 
@@ -142,18 +154,36 @@ def test_outpaint_canvas_grows_by_the_padding(resolver: DiffusersBackend) -> Non
 
 
 def test_steps_are_raised_when_strength_leaves_none(resolver: DiffusersBackend) -> None:
+    """Only int(steps × strength) denoising steps run; when that is zero the steps are
+    raised, whoever set them (presets, the user, a parent job), up to the model's max."""
     resolved = resolver.resolve(
         request(operation=Operation.IMG2IMG, init_image=IMAGE, strength=0.1)
     )
     assert resolved.steps == 10
+    explicit = resolver.resolve(
+        request(operation=Operation.IMG2IMG, init_image=IMAGE, strength=0.1, steps=4)
+    )
+    assert explicit.steps == 10
+    enough = resolver.resolve(
+        request(operation=Operation.IMG2IMG, init_image=IMAGE, strength=0.5, steps=3)
+    )
+    assert enough.steps == 3  # one denoising step already: left alone
     refused(
         resolver,
-        "at least 10 steps",
+        "too low for prefixed.*at least 0.05",
+        model="prefixed",
         operation=Operation.IMG2IMG,
         init_image=IMAGE,
-        strength=0.1,
-        steps=4,
+        strength=0.04,
     )
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.35, 0.7, 0.1, 0.15, 0.29, 0.33, 0.999, 1.0])
+@pytest.mark.parametrize("steps", [1, 2, 3, 8])
+def test_the_raised_steps_are_the_fewest_that_denoise(steps: int, strength: float) -> None:
+    raised = steps_for_strength(steps, strength, 50, "m")
+    assert denoising_steps(raised, strength) >= 1
+    assert raised == steps or denoising_steps(raised - 1, strength) == 0
 
 
 # --- errors -----------------------------------------------------------------------------------
