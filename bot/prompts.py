@@ -10,6 +10,8 @@ from bot.errors import UserError
 ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 9}
 # Phones and macOS turn a typed "--" into an em or en dash: those start a flag too.
 _FLAG = re.compile(r"(?:^|\s)(?:--|\u2014|\u2013)([A-Za-z][\w-]*)")
+# Flags that take one value: written twice, the last wins and the user is told.
+_SINGLE_VALUED = frozenset({"ar", "seed", "steps"})
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,17 @@ def parse_inline(prompt: str) -> InlineParameters:
     negative: list[str] = []
     aspect = seed = steps = None
     notes: list[str] = []
+    given: dict[str, str] = {}  # flag -> the value written last, for repeated flags
+    repeated: list[str] = []
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(prompt)
         name = match.group(1).lower()
         value = prompt[match.end() : end].strip()
+        flag = "--ar" if name == "aspect" else f"--{name}"
+        if name in _SINGLE_VALUED or name == "aspect":
+            if flag in given and flag not in repeated:
+                repeated.append(flag)
+            given[flag] = value
         if name == "no":
             if value:
                 negative.append(value)
@@ -47,7 +56,14 @@ def parse_inline(prompt: str) -> InlineParameters:
         elif name == "steps":
             steps = _whole_number("--steps", value, 1, 150)
         else:
-            notes.append(f"`--{name}` is not supported here and was ignored.")
+            note = f"`--{name}` is not supported here and was ignored."
+            if note not in notes:
+                notes.append(note)
+    for flag in repeated:
+        notes.append(
+            f"`{flag}` was given more than once; I used the last one "
+            f"(`{flag} {given[flag][:20].replace('`', 'ʹ')}`)."
+        )
     return InlineParameters(
         prompt=text,
         negative=", ".join(negative) or None,

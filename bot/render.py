@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+from bot import textguard
+
 # Discord's limits for the places these strings go.
 CONTENT_LIMIT = 2000
 EMBED_TITLE_LIMIT = 256
@@ -15,12 +17,14 @@ def clip(text: str, limit: int) -> str:
 
 
 def embed_title(prompt: str) -> str:
-    return clip(quoted_prompt(prompt or "…", 250), EMBED_TITLE_LIMIT)
+    return clip(quoted_prompt(prompt, 250).strip() or "…", EMBED_TITLE_LIMIT)
 
 
 def quoted_prompt(prompt: str, limit: int = 300) -> str:
-    # Backticks would break the inline code span; the prompt is shown, never run.
-    return clip(prompt.replace("`", "ʹ").replace("\n", " "), limit)
+    # Backticks would break the inline code span; the prompt is shown, never run. Controls
+    # and invisible characters (a prompt stored before they were cleaned) are not shown.
+    text = textguard.clean(prompt).replace("`", "ʹ").replace("\n", " ").replace("\t", " ")
+    return clip(text, limit)
 
 
 def duration(seconds: float | None) -> str:

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import downloads, render
+from bot import downloads, render, textguard
 from bot.actions import launch
 from bot.downloads import AllowedHost
 from bot.errors import UserError
@@ -95,6 +95,14 @@ class Imagine(commands.Cog):
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
         """Draw images from a text prompt (and, optionally, a starting picture)."""
+        # What is stored and shown: no NUL or other controls, no zero-width or bidi tricks.
+        prompt = textguard.clean(prompt)
+        negative = textguard.clean(negative) if negative else None
+        if not textguard.has_visible(prompt):
+            raise UserError(
+                "Your prompt has no visible characters (only spaces or invisible ones). "
+                "Please describe what to draw in words."
+            )
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(
                 f"That prompt is {len(prompt):,} characters long; please keep it under "
