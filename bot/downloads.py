@@ -172,7 +172,7 @@ async def fetch(
     as soon as the cap is passed. Callers bound the time (``asyncio.timeout``).
     """
     allowed = tuple(hosts) if hosts is not None else allowed_hosts(DISCORD_CDN_HOSTS)
-    current = URL(url)
+    current = _parse(url)
     check_url(current, allowed)
     connector = aiohttp.TCPConnector(
         resolver=PublicOnlyResolver(DISCORD_CDN_HOSTS, resolver),
@@ -190,7 +190,7 @@ async def fetch(
                     location = response.headers.get("Location")
                     if not location:
                         raise DownloadFailed("I could not download that attachment.")
-                    current = current.join(URL(location))
+                    current = current.join(_parse(location))
                     check_url(current, allowed)
                     continue
                 if response.status != 200:
@@ -207,6 +207,13 @@ async def fetch(
                         raise _too_large(max_bytes)
                 return bytes(body)
         raise DownloadRefused("That attachment's address redirected too many times.")
+
+
+def _parse(url: str) -> URL:
+    try:
+        return URL(url)
+    except (ValueError, TypeError):
+        raise DownloadRefused("That attachment's address is not a valid one.") from None
 
 
 def _too_large(max_bytes: int) -> DownloadTooLarge:

@@ -29,6 +29,7 @@ from bot.downloads import (
     download_hosts,
     parse_allowed_host,
 )
+from bot.errors import UserError
 from cogs.imagine import read_upload
 
 CAP = 1 * 2**20
@@ -73,8 +74,8 @@ class Server:
         return self
 
     async def stop(self) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 @pytest_asyncio.fixture
@@ -181,13 +182,14 @@ async def test_a_redirect_off_the_list_is_refused_without_following_it(
             "local.png": redirect_route(f"{elsewhere.origin}/secret.png"),
             "remote.png": redirect_route("https://example.com/x.png"),
             "plain.png": redirect_route("http://cdn.discordapp.com/x.png"),
+            "broken.png": redirect_route("http://[::1"),
         }
     )
-    for path in ("local.png", "remote.png", "plain.png"):
+    for path in ("local.png", "remote.png", "plain.png", "broken.png"):
         with pytest.raises(DownloadRefused):
             await read_upload(attachment(discord_http, f"{allowed.origin}/{path}"), [allowed.host])
     assert elsewhere.hits == []
-    assert allowed.hits == ["/local.png", "/remote.png", "/plain.png"]
+    assert allowed.hits == ["/local.png", "/remote.png", "/plain.png", "/broken.png"]
 
 
 @pytest.mark.asyncio
@@ -320,3 +322,20 @@ def test_the_rest_base_urls_own_origin_is_allowed_and_only_it() -> None:
             URL("http://proxy.internal:8080/a.png"),
             download_hosts(None, "http://proxy.internal:8080/api/v10"),
         )
+
+
+@pytest.mark.asyncio
+async def test_an_allowed_server_that_fails_gets_a_clear_message(
+    servers: Callable[..., Awaitable[Server]], discord_http: HTTPClient
+) -> None:
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    server = await servers(**{"gone.png": gone})
+    with pytest.raises(UserError, match="answered 404"):
+        await read_upload(attachment(discord_http, f"{server.origin}/gone.png"), [server.host])
+    url = f"{server.origin}/gone.png"
+    await server.stop()  # nothing listens there any more
+    server.runner = None
+    with pytest.raises(UserError, match="could not download"):
+        await read_upload(attachment(discord_http, url), [server.host])
