@@ -8,16 +8,17 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-import unicodedata
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot import textguard
 from bot.errors import UserError
 from bot.jobcodec import StoredRequest
 from bot.storage.database import Database
-from bot.storage.errors import QuotaExceeded
+from bot.storage.errors import DatabaseBusy, QuotaExceeded
 from bot.storage.files import ImageStore, sniff_extension
-from bot.storage.records import Image, Job, NewImage, NewJob
+from bot.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
 from engine.registry import ModelRegistry
@@ -26,6 +27,9 @@ from engine.types import GenerationRequest, JobResult, Operation, ResolvedReques
 log = logging.getLogger(__name__)
 
 INTERACTION_TOKEN_LIFETIME = dt.timedelta(minutes=15)
+# What storage raises when it cannot take a write now (a full disk, a locked database): worth
+# retrying once it is back, unlike a bug.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error, DatabaseBusy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +73,13 @@ class JobService:
         banned = await self.db.guilds.banned_words(guild_id)
         if not banned:
             return
-        folded = [_fold(t) for t in texts if t]
+        # Every reading of each text: invisible characters gone, look-alikes folded to Latin.
+        folded = [variant for t in texts if t for variant in textguard.fold_variants(t)]
         for word in banned:
-            pattern = re.compile(rf"(?<!\w){re.escape(_fold(word))}(?!\w)")
+            needle = _fold(word)
+            if not needle:  # a "word" of only invisible characters would match everything
+                continue
+            pattern = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
             if any(pattern.search(text) for text in folded):
                 raise UserError(
                     f"Your prompt contains `{word}`, which this server does not allow. "
@@ -169,19 +177,36 @@ class JobService:
 
     # --- results -------------------------------------------------------------------------
 
-    async def store_result(self, job: Job, result: JobResult) -> list[Image]:
-        """Write every image (file, thumbnail, record) before anyone is told it exists."""
-        existing = await self.db.images.for_job(job.id)
-        if existing:
-            return list(existing)
-        # PNG encoding dominates (tens of ms per megapixel): use every core for it.
+    async def encode_result(self, result: JobResult) -> list[GeneratedImage]:
+        """The result's PNGs, encoded once (off the loop, on every core: PNG encoding costs
+        tens of ms per megapixel) and kept for as many attempts to store them as it takes."""
         pngs = await asyncio.gather(
             *(asyncio.to_thread(generated.png_bytes) for generated in result.images)
         )
-        new_images: list[NewImage] = []
-        for index, (generated, png) in enumerate(zip(result.images, pngs, strict=True)):
-            new_images.append(await self.db.images.store(png, index=index, seed=generated.seed))
-        return list(await self.db.images.add(job.id, new_images))
+        return [
+            GeneratedImage(index=index, seed=generated.seed, data=png)
+            for index, (generated, png) in enumerate(zip(result.images, pngs, strict=True))
+        ]
+
+    async def complete(
+        self, job: Job, outputs: Sequence[GeneratedImage], result: JobResult
+    ) -> CompletedJob:
+        """Store the images and mark the job done, in one transaction: once anyone is told
+        the result exists, a restart finds it stored and shows it without generating again.
+        Raises ``InvalidTransition`` if the job ended another way meanwhile, and storage
+        errors (``STORAGE_ERRORS``) when the disk or the database cannot take it now."""
+        timings = result.timings
+        return await self.db.complete_job(
+            job.id,
+            outputs,
+            timings={
+                "queued_s": round(timings.queued_s, 3),
+                "load_s": round(timings.load_s, 3),
+                "generate_s": round(timings.generate_s, 3),
+                "total_s": round(timings.total_s, 3),
+            },
+            generation_seconds=timings.generate_s,
+        )
 
     async def image_bytes(self, image: Image) -> bytes:
         return await self.images.get(image.file_key)
@@ -191,5 +216,5 @@ class JobService:
 
 
 def _fold(text: str) -> str:
-    # Compatibility-fold so look-alike characters and case tricks do not slip past the list.
-    return unicodedata.normalize("NFKC", text).casefold()
+    # Invisible characters, look-alikes, accents, width and case do not slip past the list.
+    return textguard.fold(text)
