@@ -162,6 +162,16 @@ def issued_at(interaction: Interaction) -> dt.datetime:
     return created if abs((now - created).total_seconds()) < CLOCK_TRUST_S else now
 
 
+def _require_visible(interaction: Interaction, job: Job) -> None:
+    """A button acts on a job only for someone who can see it: its owner, or anyone in the
+    server where it was posted publicly. Button ids can be crafted, so this is checked on
+    every click, and a refusal does not tell whether the job exists."""
+    if interaction.user.id == job.user_id:
+        return
+    if job.private or job.guild_id is None or job.guild_id != interaction.guild_id:
+        raise UserError("This job no longer exists.")
+
+
 class ButtonActions:
     def __init__(self, bot: DiffusionBot) -> None:
         self._bot = bot
@@ -178,6 +188,7 @@ class ButtonActions:
                 job = await self._db.jobs.get(job_id)
             except JobNotFound:
                 raise UserError("This job no longer exists.") from None
+            _require_visible(interaction, job)
             await self._dispatch(interaction, action, job, index or 0)
         except UserError as error:
             await self._bot.reply_error(interaction, error)
@@ -297,6 +308,10 @@ class ButtonActions:
 
     async def _delete(self, interaction: Interaction, job: Job) -> None:
         self._require_owner_or_moderator(interaction, job, "delete")
+        clicked = interaction.message
+        if clicked is None or clicked.id != job.message_id:
+            # A button's id names a job; the message it deletes must be that job's own.
+            raise UserError("This button does not belong to this message.")
         await interaction.response.defer()
         await interaction.delete_original_response()
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -13,10 +14,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import ButtonActions, Pages
-from bot.delivery import JobReporter, MessageTarget
+from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.errors import UserError, incident_id
 from bot.jobcodec import StoredRequest
 from bot.logs import job_log
+from bot.service import STORAGE_ERRORS
 from bot.views import JobButton, PageButton
 from engine.types import JobResult, ResolvedRequest
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STORAGE_RETRY_MAX_S = 60.0
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
 BUTTONS = (JobButton, PageButton)
 
@@ -122,14 +125,31 @@ class DiffusionBot(commands.Bot):
                 handle = await self.service.resubmit(job)
             except Exception as error:
                 log.warning("job %s could not be resumed: %s", job.id, error)
-                await self.service.db.jobs.mark_failed(job.id, "Could not resume after a restart.")
-                await self._tell_failed(job, "❌ This job could not be resumed after a restart.")
+                failed = await self.service.db.jobs.mark_failed(
+                    job.id, "Could not resume after a restart."
+                )
+                self._in_background(self._tell_failed(failed, "❌ This job could not be resumed."))
                 continue
             self.track(job, handle, role_ids=StoredRequest.loads(job.request).role_ids)
         for job in outcome.abandoned:
-            await self._tell_failed(job, "❌ This job failed after several restarts.")
-        if outcome.resumed:
-            log.info("resumed %d unfinished jobs", len(outcome.resumed))
+            self._in_background(
+                self._tell_failed(job, "❌ This job failed after several restarts.")
+            )
+        for job in outcome.undelivered:
+            # Finished before the restart, but never shown: shown now, from storage.
+            self._in_background(self._show_stored(job))
+        if outcome.resumed or outcome.undelivered:
+            log.info(
+                "resumed %d unfinished jobs; showing %d finished ones",
+                len(outcome.resumed),
+                len(outcome.undelivered),
+            )
+
+    async def _show_stored(self, job: Job) -> None:
+        try:
+            await show_stored_outcome(self, job)
+        except discord.HTTPException:
+            log.info("job %s: could not show its stored outcome", job.id)
 
     async def _tell_failed(self, job: Job, text: str) -> None:
         target = MessageTarget(self, job)
@@ -143,6 +163,36 @@ class DiffusionBot(commands.Bot):
             )
         except discord.HTTPException:
             log.info("job %s: could not tell the user it failed", job.id)
+            return
+        await mark_delivered(self, job)
+
+    def _in_background(self, work: Awaitable[None], name: str = "job-task") -> None:
+        """Run ``work`` beside the bot, cancelled when it closes."""
+
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run(), name=name)
+        self._reporters.add(task)
+        task.add_done_callback(self._reporters.discard)
+
+    def keep_trying(self, attempt: Callable[[], Awaitable[None]], job_id: str) -> None:
+        """Retry a record that storage refuses now (disk full, database locked) with backoff
+        until it takes it, so the outcome is recorded once storage is back."""
+
+        async def retry() -> None:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await attempt()
+                    log.info("job %s: recorded after storage came back", job_id)
+                    return
+                except STORAGE_ERRORS as error:
+                    log.warning("job %s: storage still refuses (%s)", job_id, error)
+                    delay = min(delay * 2, STORAGE_RETRY_MAX_S)
+
+        self._in_background(retry(), name=f"record-{job_id}")
 
     async def on_ready(self) -> None:
         self.gateway_connected = True
@@ -276,13 +326,22 @@ class DiffusionBot(commands.Bot):
             log.warning("could not tell the user about an error", exc_info=True)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        """Answer a button that no handler claims (an id from another version of the bot), so
-        the user reads why instead of "This interaction failed"."""
+        """Every click gets an answer. discord.py routes a button to its handler only when
+        the button is still on the message; one that is not (a stale Cancel on a message
+        that has since become a result, or a crafted id) is routed here, and an id from
+        another version of the bot gets an explanation instead of "This interaction failed"."""
         if interaction.type is not discord.InteractionType.component:
             return
         data: dict[str, Any] = dict(interaction.data or {})
         custom_id = str(data.get("custom_id", ""))
-        if any(item.__discord_ui_compiled_template__.fullmatch(custom_id) for item in BUTTONS):
+        for button in BUTTONS:
+            match = button.__discord_ui_compiled_template__.fullmatch(custom_id)
+            if match is None:
+                continue
+            if _is_on_message(interaction.message, custom_id):
+                return  # discord.py calls its handler
+            item = await button.from_custom_id(interaction, discord.ui.Button(), match)
+            await item.callback(interaction)
             return
         await self._reply(interaction, "This button no longer works. Please run the command again.")
 
@@ -303,3 +362,15 @@ class DiffusionBot(commands.Bot):
             await self._reply(interaction, "You don't have permission to use this command.")
         else:
             await self.reply_unexpected(interaction, original)
+
+
+def _is_on_message(message: discord.Message | None, custom_id: str) -> bool:
+    """Whether the clicked message carries a component with ``custom_id`` (discord.py's
+    condition for dispatching it to a dynamic item)."""
+    if message is None:
+        return False
+    for row in message.components:
+        for component in getattr(row, "children", (row,)):
+            if getattr(component, "custom_id", None) == custom_id:
+                return True
+    return False

@@ -8,13 +8,16 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
 from bot import render
+from bot.errors import incident_id
+from bot.jobcodec import StoredRequest
+from bot.service import STORAGE_ERRORS
 from bot.storage.errors import InvalidTransition
-from bot.storage.records import Job
+from bot.storage.records import GeneratedImage, Image, Job
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
 from engine.errors import EngineStopped
@@ -42,6 +45,10 @@ log = logging.getLogger(__name__)
 UPLOAD_LIMIT = 10 * 2**20 - 64 * 1024  # Discord's default upload limit, less form overhead
 FINAL_EDIT_ATTEMPTS = 4
 READY_TIMEOUT_S = 10.0
+# Discord's name for an interaction's first answer in webhook message routes.
+ORIGINAL = cast(int, "@original")
+SAVE_RETRY_FIRST_S = 0.5
+SAVE_RETRY_MAX_S = 30.0
 COLOUR_WORKING = discord.Colour.blurple()
 COLOUR_DONE = discord.Colour.green()
 COLOUR_FAILED = discord.Colour.red()
@@ -51,6 +58,7 @@ COLOUR_FAILED = discord.Colour.red()
 class ProgressState:
     text: str
     preview: bytes | None = None
+    cancellable: bool = True  # False once the images exist and only saving them remains
 
 
 class MessageTarget:
@@ -88,13 +96,19 @@ class MessageTarget:
         if self._mention is not None and "content" in payload and not payload["content"]:
             # Progress edits clear the content; the mention that pinged the owner stays.
             payload["content"] = self._mention
-        if self._token_usable() and self.message_id is not None:
+        if self._token_usable():
             assert self.job.interaction_token is not None
             webhook = discord.Webhook.partial(
                 self._bot.application_id or 0, self.job.interaction_token, client=self._bot
             )
             try:
-                await webhook.edit_message(self.message_id, **payload)
+                if self.message_id is not None:
+                    await webhook.edit_message(self.message_id, **payload)
+                else:
+                    # The answer was sent but its id never recorded (a restart in between):
+                    # the token still reaches it, and now its id is kept.
+                    message = await webhook.edit_message(ORIGINAL, **payload)
+                    await self._remember(message.channel.id, message.id, own=False)
                 return
             except discord.NotFound:
                 log.info("job %s: message deleted; sending a new one", self.job.id)
@@ -140,13 +154,18 @@ class MessageTarget:
                 )
         else:
             message = await self._send_dm(files, payload)
-        self.message_id = message.id
-        self.channel_id = message.channel.id
         self._token_dead = True  # the new message is not the interaction's
         self._posted_by_us = True
-        await self._bot.service.db.jobs.set_own_message(
-            self.job.id, channel_id=message.channel.id, message_id=message.id
-        )
+        await self._remember(message.channel.id, message.id, own=True)
+
+    async def _remember(self, channel_id: int, message_id: int, *, own: bool) -> None:
+        self.message_id = message_id
+        self.channel_id = channel_id
+        jobs = self._bot.service.db.jobs
+        if own:
+            await jobs.set_own_message(self.job.id, channel_id=channel_id, message_id=message_id)
+        else:
+            await jobs.set_message(self.job.id, channel_id=channel_id, message_id=message_id)
 
     async def _parent_reference(self) -> discord.MessageReference | None:
         """An upscale or variation replies to the message it came from, as its interaction
@@ -245,12 +264,14 @@ class JobReporter:
                 await self._final(
                     self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None, attachments=[]
                 )
+                await mark_delivered(self._bot, self.job)
                 self._bot.job_event("failed", self.job, self._model, reason=reason)
             case Cancelled():
                 await self._settle("cancelled", "cancelled by a user")
                 await self._final(
                     self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None, attachments=[]
                 )
+                await mark_delivered(self._bot, self.job)
                 self._bot.job_event("cancelled", self.job, self._model)
 
     def _editor_pending_preview(self) -> bytes | None:
@@ -268,48 +289,120 @@ class JobReporter:
         if state.preview is not None:
             attachments.append(discord.File(io.BytesIO(state.preview), "preview.jpg"))
             embed.set_image(url="attachment://preview.jpg")
-        await self.target.edit(
-            content=None, embed=embed, attachments=attachments, view=progress_view(self.job.id)
-        )
+        view = progress_view(self.job.id) if state.cancellable else None
+        await self.target.edit(content=None, embed=embed, attachments=attachments, view=view)
 
     async def _final(
         self, embed: discord.Embed, view: discord.ui.View | None, **extra: Any
     ) -> None:
-        for attempt in range(FINAL_EDIT_ATTEMPTS):
-            try:
-                await self._editor.finish_with(
-                    lambda: self.target.edit(embed=embed, view=view, **_fresh(extra))
-                )
-                return
-            except discord.HTTPException as error:
-                if attempt + 1 == FINAL_EDIT_ATTEMPTS or error.status < 500:
-                    raise
-                await asyncio.sleep(1.0 * 2**attempt)
+        await self._editor.finish_with(lambda: edit_with_retries(self.target, embed, view, extra))
 
     async def _deliver(self, result: JobResult) -> None:
-        # The grid and the stored files are made side by side; the message waits for both, so
-        # its buttons never point at images that are not stored yet.
-        stored = asyncio.ensure_future(self._bot.service.store_result(self.job, result))
+        """Store first, then show: the job is recorded done with its images before anyone
+        sees them, so a restart after this point shows them again without the GPU."""
+        outputs = await self._bot.service.encode_result(result)
+        facts = ResultFacts.of(result)
+        # The grid is made while the images are stored.
+        grid = asyncio.ensure_future(render_grid(self.job, [g.image for g in result.images]))
         try:
-            embed, files, view = await build_result_message(
-                self._bot, self.job, result, role_ids=self._role_ids
-            )
-        finally:
-            await stored  # a storage failure ends here, before the job could be marked done
+            saved = await self._save(outputs, result)
+        except InvalidTransition:
+            # Cancelled (or ended another way) just before it finished: that outcome stands.
+            grid.cancel()
+            log.info("job %s: ended another way before its result was stored", self.job.id)
+            return
+        grid_file = await grid
+        if not saved:
+            await self._give_up(grid_file)
+            return
+        embed, view = await result_embed_and_view(self._bot, self.job, facts, self._role_ids)
+        embed.set_image(url=f"attachment://{grid_file.filename}")
         try:
-            await self._final(embed, view, attachments=files)
+            await self._final(embed, view, attachments=[grid_file])
         finally:
-            # The images are stored whatever happened to the message: the job is done, and
-            # /history, /favorites and ℹ serve them.
-            try:
-                await self._db.jobs.mark_done(
-                    self.job.id,
-                    timings=_timings(result),
-                    generation_seconds=result.timings.generate_s,
-                )
-            except InvalidTransition:
-                log.info("job %s: finished another way meanwhile", self.job.id)
             self._bot.job_event("done", self.job, self._model, result=result)
+        await mark_delivered(self._bot, self.job)
+
+    async def _save(self, outputs: list[GeneratedImage], result: JobResult) -> bool:
+        """Store the images and mark the job done, retrying with backoff while the disk or
+        the database cannot take them; False once ``RESULT_SAVE_GIVE_UP_S`` has passed."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._bot.settings.result_save_give_up_s
+        delay = SAVE_RETRY_FIRST_S
+        while True:
+            try:
+                await self._bot.service.complete(self.job, outputs, result)
+                return True
+            except STORAGE_ERRORS as error:
+                left = give_up_at - loop.time()
+                log.warning(
+                    "job %s: could not store its images (%s); %s",
+                    self.job.id,
+                    type(error).__name__,
+                    f"retrying in {min(delay, left):.1f} s" if left > 0 else "giving up",
+                )
+                if left <= 0:
+                    return False
+                self._editor.update(
+                    ProgressState(
+                        "💾 Saving your images… storage is busy, retrying.", cancellable=False
+                    )
+                )
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, SAVE_RETRY_MAX_S)
+
+    async def _give_up(self, grid_file: discord.File) -> None:
+        """Show what was made, say it could not be kept, and record the failure (which
+        gives the images back to the quota) as soon as storage takes it."""
+        ref = incident_id()
+        log.error("job %s: gave up storing its images (ref %s)", self.job.id, ref)
+        reason = f"Your images could not be saved (storage error, ref {ref})."
+        embed = self._status_embed(
+            f"❌ {reason} They are shown here but cannot be upscaled, varied or found in "
+            f"/history; they were not counted against your quota. Quote `{ref}` if it "
+            "keeps happening.",
+            COLOUR_FAILED,
+        )
+        embed.set_image(url=f"attachment://{grid_file.filename}")
+        try:
+            await self._final(embed, None, attachments=[grid_file])
+        finally:
+            self._bot.job_event("failed", self.job, self._model, reason="storage")
+            self._bot.keep_trying(lambda: record_failure(self._bot, self.job, reason), self.job.id)
+
+
+async def edit_with_retries(
+    target: MessageTarget, embed: discord.Embed, view: discord.ui.View | None, extra: dict[str, Any]
+) -> None:
+    """A final edit: retried on Discord's 5xx, since a lost one strands the message."""
+    for attempt in range(FINAL_EDIT_ATTEMPTS):
+        try:
+            await target.edit(embed=embed, view=view, **_fresh(extra))
+            return
+        except discord.HTTPException as error:
+            if attempt + 1 == FINAL_EDIT_ATTEMPTS or error.status < 500:
+                raise
+            await asyncio.sleep(1.0 * 2**attempt)
+
+
+async def mark_delivered(bot: DiffusionBot, job: Job) -> None:
+    """Record that the outcome was shown; should storage refuse now, keep trying (a restart
+    before then shows it once more, which is harmless)."""
+
+    async def attempt() -> None:
+        await bot.service.db.jobs.mark_delivered(job.id)
+
+    try:
+        await attempt()
+    except STORAGE_ERRORS:
+        bot.keep_trying(attempt, job.id)
+
+
+async def record_failure(bot: DiffusionBot, job: Job, reason: str) -> None:
+    jobs = bot.service.db.jobs
+    with contextlib.suppress(InvalidTransition):  # ended another way: that stands
+        await jobs.mark_failed(job.id, reason)
+    await jobs.mark_delivered(job.id)
 
 
 def status_embed(
@@ -334,16 +427,6 @@ def _fresh(extra: dict[str, Any]) -> dict[str, Any]:
     return fresh
 
 
-def _timings(result: JobResult) -> dict[str, float]:
-    t = result.timings
-    return {
-        "queued_s": round(t.queued_s, 3),
-        "load_s": round(t.load_s, 3),
-        "generate_s": round(t.generate_s, 3),
-        "total_s": round(t.total_s, 3),
-    }
-
-
 def _encode_small(preview: PILImage.Image) -> bytes:
     small = preview.convert("RGB")
     small.thumbnail((256, 256))
@@ -352,42 +435,118 @@ def _encode_small(preview: PILImage.Image) -> bytes:
     return buffer.getvalue()
 
 
-async def build_result_message(
-    bot: DiffusionBot,
-    job: Job,
-    result: JobResult,
-    *,
-    role_ids: tuple[int, ...] = (),
-) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
-    request = result.request
-    pictures = [generated.image for generated in result.images]
-    if len(pictures) == 1:
-        grid = pictures[0]
-    else:
-        grid = await asyncio.to_thread(make_grid, pictures)
+@dataclass(frozen=True, slots=True)
+class ResultFacts:
+    """What a result message says, from a fresh result or from storage after a restart."""
+
+    operation: Operation
+    model: str
+    seeds: tuple[int, ...]
+    steps: int | None
+    guidance: float | None
+    width: int
+    height: int
+    total_s: float | None
+    prompt_truncated: bool = False
+    from_cache: bool = False
+
+    @classmethod
+    def of(cls, result: JobResult) -> ResultFacts:
+        request = result.request
+        return cls(
+            operation=request.operation,
+            model=request.model,
+            seeds=tuple(result.seeds),
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            total_s=result.timings.total_s,
+            prompt_truncated=request.prompt_truncated,
+            from_cache=result.from_cache,
+        )
+
+    @classmethod
+    def stored(cls, job: Job, images: list[Image], default_model: str) -> ResultFacts:
+        request = StoredRequest.loads(job.request).request
+        first = images[0]
+        return cls(
+            operation=request.operation,
+            model=request.model or default_model,
+            seeds=tuple(image.seed for image in images),
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width or first.width,
+            height=request.height or first.height,
+            total_s=(job.timings or {}).get("total_s"),
+        )
+
+
+async def render_grid(job: Job, pictures: list[PILImage.Image]) -> discord.File:
+    """The images as one attachment (a grid for several), within Discord's upload limit."""
+    grid = pictures[0] if len(pictures) == 1 else await asyncio.to_thread(make_grid, pictures)
     data, ext = await asyncio.to_thread(encode_preview, grid, max_bytes=UPLOAD_LIMIT, prefer="jpeg")
-    filename = f"{job.id}.{ext}"
+    return discord.File(io.BytesIO(data), f"{job.id}.{ext}")
+
+
+async def result_embed_and_view(
+    bot: DiffusionBot, job: Job, facts: ResultFacts, role_ids: tuple[int, ...] = ()
+) -> tuple[discord.Embed, discord.ui.View]:
     lines = [
-        f"<@{job.user_id}> · {render.seeds_text(result.seeds)} · {request.steps} steps · "
-        f"guidance {request.guidance:g} · {request.width}×{request.height} · "
-        f"{render.duration(result.timings.total_s)}"
+        f"<@{job.user_id}> · {render.seeds_text(facts.seeds)} · {facts.steps} steps · "
+        f"guidance {facts.guidance or 0:g} · {facts.width}×{facts.height}"
+        + (f" · {render.duration(facts.total_s)}" if facts.total_s is not None else "")
     ]
-    if request.prompt_truncated:
+    if facts.prompt_truncated:
         lines.append("⚠ The prompt was longer than the model reads; its end was ignored.")
-    if result.from_cache:
+    if facts.from_cache:
         lines.append("♻ Same settings and seed as an earlier image: served from the cache.")
     embed = discord.Embed(
         title=render.embed_title(job.prompt),
         description="\n".join(lines),
         colour=COLOUR_DONE,
     )
-    embed.set_image(url=f"attachment://{filename}")
     # Direct messages have a quota of their own (guild None), shown the same way.
     usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
-    footer = f"{request.model} · " + render.quota_footer(usage.remaining, usage.resets_at)
+    footer = f"{facts.model} · " + render.quota_footer(usage.remaining, usage.resets_at)
     embed.set_footer(text=footer)
-    if request.operation is Operation.TXT2IMG:
-        view = grid_view(job.id, len(result.images))
+    if facts.operation is Operation.TXT2IMG:
+        view = grid_view(job.id, len(facts.seeds))
     else:
-        view = single_view(job.id, can_upscale=bot.can_upscale(request))
-    return embed, [discord.File(io.BytesIO(data), filename)], view
+        view = single_view(
+            job.id, can_upscale=bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
+        )
+    return embed, view
+
+
+async def show_stored_outcome(bot: DiffusionBot, job: Job) -> None:
+    """After a restart: show a finished job's outcome that was never shown, from storage
+    (its images are stored: no generating again), on its own message."""
+    target = MessageTarget(bot, job)
+    target.answered(job.message_id)
+    model = StoredRequest.loads(job.request).request.model or bot.registry.default_name
+    if job.status.value == "done":
+        images = sorted(await bot.service.job_images(job.id), key=lambda image: image.index)
+        if not images:
+            return
+        pictures = [
+            await asyncio.to_thread(_open_png, await bot.service.image_bytes(image))
+            for image in images
+        ]
+        grid = await render_grid(job, pictures)
+        facts = ResultFacts.stored(job, images, bot.registry.default_name)
+        embed, view = await result_embed_and_view(bot, job, facts)
+        embed.set_image(url=f"attachment://{grid.filename}")
+        await edit_with_retries(target, embed, view, {"attachments": [grid]})
+    else:
+        line = "✖ Cancelled." if job.status.value == "cancelled" else f"❌ {job.error}"
+        embed = status_embed(job.prompt, model, line, COLOUR_FAILED)
+        await edit_with_retries(target, embed, None, {"attachments": []})
+    await mark_delivered(bot, job)
+
+
+def _open_png(data: bytes) -> PILImage.Image:
+    from PIL import Image as PILImageModule
+
+    with PILImageModule.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")

@@ -1,0 +1,75 @@
+"""Test aid, loaded only by bot processes started with this folder on PYTHONPATH: storage
+that refuses writes the way a full disk or a locked database does, for as long as a marker
+file exists (the test creates and removes it).
+
+- ``FAULT_FULL_DISK_WHILE=<path>``: storing an image file raises ENOSPC.
+- ``FAULT_LOCKED_DB_WHILE=<path>``: every database write raises "database is locked".
+- ``FAULT_SLOW_SET_MESSAGE_S=<seconds>``: recording a job's message takes that long (a crash
+  in that window loses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+full_disk = os.environ.get("FAULT_FULL_DISK_WHILE")
+locked_db = os.environ.get("FAULT_LOCKED_DB_WHILE")
+
+
+def present(marker: str) -> bool:
+    return os.path.exists(marker)  # a stat, as cheap as the write it stands in front of
+
+
+slow_set_message = float(os.environ.get("FAULT_SLOW_SET_MESSAGE_S", "0"))
+
+if full_disk or locked_db or slow_set_message:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+if full_disk:
+    from bot.storage.files import LocalImageStore
+
+    original_put = LocalImageStore.put
+
+    async def put(self: LocalImageStore, *args: Any, **kwargs: Any) -> str:
+        if present(full_disk):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await original_put(self, *args, **kwargs)
+
+    LocalImageStore.put = put  # type: ignore[method-assign]
+
+if locked_db:
+    from bot.storage._base import Context
+    from bot.storage.errors import DatabaseBusy
+
+    original_write = Context.write
+
+    @contextlib.asynccontextmanager
+    async def write(self: Context) -> AsyncIterator[Any]:
+        if present(locked_db):
+            # What ``Context.write`` raises once the busy timeout has passed.
+            raise DatabaseBusy("the database stayed locked") from sqlite3.OperationalError(
+                "database is locked"
+            )
+        async with original_write(self) as tx:
+            yield tx
+
+    Context.write = write  # type: ignore[method-assign,assignment]
+
+if slow_set_message:
+    from bot.storage.jobs import JobRepository
+
+    original_set_message = JobRepository.set_message
+
+    async def set_message(self: JobRepository, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(slow_set_message)
+        return await original_set_message(self, *args, **kwargs)
+
+    JobRepository.set_message = set_message  # type: ignore[method-assign]
