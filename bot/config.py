@@ -44,6 +44,8 @@ class Settings:
     cache_mb: int = 512
     preview_every: int = 5
     progress_edit_interval_s: float = 1.5
+    result_save_give_up_s: float = 300.0
+    attachment_hosts: tuple[str, ...] | None = None  # None: Discord's CDN hosts
     # loader
     device: str = "auto"
     dtype: str = "auto"
@@ -162,6 +164,19 @@ def load_settings(
             d.progress_edit_interval_s,
             "use a number of seconds (Discord allows about one edit per 1.5 s per message)",
         ),
+        attachment_hosts=get(
+            "ATTACHMENT_HOSTS",
+            _host_list,
+            d.attachment_hosts,
+            "use host or host:port entries such as cdn.discordapp.com or 127.0.0.1:8080,"
+            " separated by commas, no scheme or path",
+        ),
+        result_save_give_up_s=get(
+            "RESULT_SAVE_GIVE_UP_S",
+            _non_negative_float,
+            d.result_save_give_up_s,
+            "use a number of seconds to keep retrying to store a finished job's images",
+        ),
         device=get(
             "DEVICE", _choice("auto", "cuda", "mps", "cpu"), d.device, "use auto, cuda, mps or cpu"
         ),
@@ -243,6 +258,15 @@ def _non_negative_int(raw: str) -> int:
     if value < 0:
         raise ValueError(raw)
     return value
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    from bot.downloads import parse_allowed_host  # only when the setting is used
+
+    hosts = tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+    for host in hosts:
+        parse_allowed_host(host)  # its ValueError names what is wrong
+    return hosts
 
 
 def _non_negative_float(raw: str) -> float:

@@ -59,9 +59,8 @@ class Imagine(commands.Cog):
         self.bot = bot
         # ATTACHMENT_HOSTS replaces Discord's CDN hosts when set; the REST base URL's own
         # origin is allowed too (see bot.downloads.download_hosts).
-        configured = getattr(bot.settings, "attachment_hosts", None)
         self.download_hosts = downloads.download_hosts(
-            configured, bot.settings.discord_api_base_url
+            bot.settings.attachment_hosts, bot.settings.discord_api_base_url
         )
 
     @app_commands.command()
