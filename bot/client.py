@@ -19,6 +19,7 @@ from bot.errors import UserError, incident_id
 from bot.jobcodec import StoredRequest
 from bot.logs import job_log
 from bot.service import STORAGE_ERRORS
+from bot.storage.errors import DatabaseBusy
 from bot.views import JobButton, PageButton
 from engine.types import JobResult, ResolvedRequest
 
@@ -310,6 +311,14 @@ class DiffusionBot(commands.Bot):
     async def reply_unexpected(
         self, interaction: discord.Interaction[Any], error: BaseException
     ) -> None:
+        if isinstance(error, DatabaseBusy):
+            # Nothing was lost (a busy write is rolled back); the user just has to wait.
+            log.warning("database busy: %s", error)
+            await self._reply(
+                interaction,
+                "I'm busy right now (my database is locked). Please try again in a moment.",
+            )
+            return
         ref = incident_id()
         log.error("unexpected error (ref %s)", ref, exc_info=error)
         await self._reply(

@@ -225,3 +225,28 @@ async def test_delete_acts_only_on_its_own_jobs_message(world: World) -> None:
     own = await fake.click_button(bobs, emoji="🗑", user=fake.bob)
     await own.response()
     await fake.wait_for(lambda: bobs.deleted, timeout=10, description="bob's message deleted")
+
+
+async def test_a_locked_database_says_busy_not_something_went_wrong(world: World) -> None:
+    fake = world.fake
+    locked = world.data_dir.parent / "locked-busy"
+    data_dir = world.data_dir.parent / "busy-data"
+    async with stand_in(
+        world, DATA_DIR=str(data_dir), PYTHONPATH=FAULTS, FAULT_LOCKED_DB_WHILE=str(locked)
+    ):
+        _, grid = await imagine(world, prompt="before the lock", count=1)
+        locked.touch()
+        try:
+            refused = await reply_text(
+                await fake.send_slash_command("imagine", {"prompt": "during the lock"})
+            )
+            assert refused.ephemeral and "try again in a moment" in refused.content
+            assert "Something went wrong" not in refused.content
+            click = await fake.click_button(grid, emoji="🔄")
+            await click.response()
+            again = await click.wait_for_message(timeout=15)
+            assert again.ephemeral and "try again in a moment" in again.content
+        finally:
+            locked.unlink()
+        _, after = await imagine(world, prompt="after the lock", count=1)
+        assert is_grid(after)
