@@ -250,3 +250,66 @@ async def test_a_locked_database_says_busy_not_something_went_wrong(world: World
             locked.unlink()
         _, after = await imagine(world, prompt="after the lock", count=1)
         assert is_grid(after)
+
+
+# --- every button on every shipped model's presets -------------------------------------------
+
+
+def shipped_presets_on_tiny_weights(path: Path) -> list[str]:
+    """The bundled registry's entries with their presets kept (steps, guidance, scheduler:
+    what decides whether a derived job works) on the tiny weights of their family, at sizes
+    the tiny weights draw quickly (an upscale still fits under max_size)."""
+    import tomllib
+
+    shipped = tomllib.loads((ROOT / "engine" / "models.toml").read_text())["models"]
+    lines, names = [], []
+    for name, entry in shipped.items():
+        if str(entry["source"]).startswith("builtin:"):
+            continue
+        names.append(name)
+        tiny = "builtin:tiny-xl" if entry.get("family") == "sdxl" else "builtin:tiny"
+        lines += [
+            f'[models."{name}"]',
+            f'source = "{tiny}"',
+            f"steps = {entry['steps']}",
+            f"max_steps = {entry['max_steps']}",
+            f"guidance = {entry['guidance']}",
+            f'scheduler = "{entry["scheduler"]}"',
+            "width = 64",
+            "height = 64",
+            "min_size = 64",
+            "max_size = 256",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return names
+
+
+async def outcome_of(world: World, message: StoredMessage, **button: str) -> StoredMessage:
+    """Click, then the job's result, or the refusal that came instead."""
+    click = await world.fake.click_button(message, **button)
+    await click.response()
+    shown = await click.wait_for_message(lambda m: is_result(m) or m.ephemeral, timeout=120)
+    assert is_result(shown) and not shown.ephemeral, (button, shown.text())
+    return shown
+
+
+async def test_every_button_works_on_every_shipped_models_presets(world: World) -> None:
+    fake = world.fake
+    models = world.data_dir.parent / "shipped-presets.toml"
+    names = shipped_presets_on_tiny_weights(models)
+    assert {"sd-turbo", "sdxl", "sd15"} <= set(names)
+    data_dir = world.data_dir.parent / "presets-data"
+    async with stand_in(
+        world, DATA_DIR=str(data_dir), MODELS_FILE=str(models), DEFAULT_MODEL=names[0]
+    ):
+        for name in names:
+            ix = await fake.send_slash_command(
+                "imagine", {"prompt": f"presets of {name}", "count": 1, "model": name}
+            )
+            await ix.response()
+            grid = await ix.wait_for_original(is_result, timeout=120)
+            upscaled = await outcome_of(world, grid, label="U1")
+            await outcome_of(world, grid, label="V1")  # the strong variation
+            for label in ("Vary (subtle)", "Upscale"):
+                await outcome_of(world, upscaled, label=label)
