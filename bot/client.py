@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -167,13 +167,9 @@ class DiffusionBot(commands.Bot):
             return
         await mark_delivered(self, job)
 
-    def _in_background(self, work: Awaitable[None], name: str = "job-task") -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str = "job-task") -> None:
         """Run ``work`` beside the bot, cancelled when it closes."""
-
-        async def run() -> None:
-            await work
-
-        task = asyncio.create_task(run(), name=name)
+        task = asyncio.create_task(work, name=name)
         self._reporters.add(task)
         task.add_done_callback(self._reporters.discard)
 

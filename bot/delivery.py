@@ -17,7 +17,7 @@ from bot.errors import incident_id
 from bot.jobcodec import StoredRequest
 from bot.service import STORAGE_ERRORS
 from bot.storage.errors import InvalidTransition
-from bot.storage.records import GeneratedImage, Image, Job
+from bot.storage.records import GeneratedImage, Image, Job, JobStatus
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
 from engine.errors import EngineStopped
@@ -525,9 +525,10 @@ async def show_stored_outcome(bot: DiffusionBot, job: Job) -> None:
     target = MessageTarget(bot, job)
     target.answered(job.message_id)
     model = StoredRequest.loads(job.request).request.model or bot.registry.default_name
-    if job.status.value == "done":
+    if job.status is JobStatus.DONE:
         images = sorted(await bot.service.job_images(job.id), key=lambda image: image.index)
-        if not images:
+        if not images:  # cleaned up since: nothing left to show
+            await mark_delivered(bot, job)
             return
         pictures = [
             await asyncio.to_thread(_open_png, await bot.service.image_bytes(image))
@@ -539,7 +540,7 @@ async def show_stored_outcome(bot: DiffusionBot, job: Job) -> None:
         embed.set_image(url=f"attachment://{grid.filename}")
         await edit_with_retries(target, embed, view, {"attachments": [grid]})
     else:
-        line = "✖ Cancelled." if job.status.value == "cancelled" else f"❌ {job.error}"
+        line = "✖ Cancelled." if job.status is JobStatus.CANCELLED else f"❌ {job.error}"
         embed = status_embed(job.prompt, model, line, COLOUR_FAILED)
         await edit_with_retries(target, embed, None, {"attachments": []})
     await mark_delivered(bot, job)
