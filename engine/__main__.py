@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError, Interrupted, OutOfMemory
+from engine.errors import EngineError, HubUnreachableError, Interrupted, OutOfMemory
 from engine.registry import ASPECT_RATIOS, SCHEDULERS, ModelRegistry
 from engine.types import MAX_IMAGES_PER_REQUEST, GenerationRequest, Operation, StepInfo
 
@@ -30,9 +31,14 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+PROG = "python -m engine"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line's parser; ``prog`` is the name usage lines show (the bot's
+    ``diffusion-chat generate`` passes its own)."""
     parser = argparse.ArgumentParser(
-        prog="python -m engine",
+        prog=prog,
         description="Diffusion Chat's image engine, from the command line.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -50,22 +56,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seed", type=int, help="seed of the first image (default: random)")
     generate.add_argument("--out", type=Path, default=Path("out"), help="output folder")
-    generate.add_argument("--steps", type=int)
-    generate.add_argument("--guidance", type=float)
-    generate.add_argument("--width", type=int)
-    generate.add_argument("--height", type=int)
-    generate.add_argument("--aspect", choices=ASPECT_RATIOS)
-    generate.add_argument("--negative", default="", help="negative prompt")
-    generate.add_argument("--scheduler", choices=sorted(SCHEDULERS))
     generate.add_argument(
-        "--operation", choices=[op.value for op in Operation], default=Operation.TXT2IMG.value
+        "--steps",
+        type=int,
+        help="denoising steps (default: the model's); image operations raise them to at "
+        "least one step at their strength",
+    )
+    generate.add_argument(
+        "--guidance", type=float, help="prompt adherence, 0 to 30 (default: the model's)"
+    )
+    generate.add_argument(
+        "--width", type=int, help="image width in pixels, a multiple of 8 (default: model's)"
+    )
+    generate.add_argument(
+        "--height", type=int, help="image height in pixels, a multiple of 8 (default: model's)"
+    )
+    generate.add_argument(
+        "--aspect", choices=ASPECT_RATIOS, help="aspect ratio at the model's size (txt2img)"
+    )
+    generate.add_argument("--negative", default="", help="negative prompt")
+    generate.add_argument(
+        "--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the model's)"
+    )
+    generate.add_argument(
+        "--operation",
+        choices=[op.value for op in Operation],
+        default=Operation.TXT2IMG.value,
+        help="what to do (default: txt2img); all but txt2img need --init",
     )
     generate.add_argument("--init", type=Path, help="input image (img2img, variation, ...)")
     generate.add_argument("--mask", type=Path, help="inpainting mask: white = repaint")
     generate.add_argument("--strength", type=float, help="denoising strength, 0 to 1")
-    generate.add_argument("--variation", choices=["subtle", "strong"])
     generate.add_argument(
-        "--sides", nargs="*", choices=["left", "right", "top", "bottom"], default=[]
+        "--variation", choices=["subtle", "strong"], help="variation: how far to stray"
+    )
+    generate.add_argument(
+        "--sides",
+        nargs="*",
+        choices=["left", "right", "top", "bottom"],
+        default=[],
+        help="outpaint: sides to extend (default: all four)",
     )
     generate.add_argument("--pixels", type=int, default=128, help="outpaint: pixels per side")
     generate.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
@@ -75,12 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "models":
             return list_models(args)
         return generate(args)
+    except HubUnreachableError as error:
+        _fail(
+            f"Cannot reach the Hugging Face hub ({error.reason}) to download {error.label!r} "
+            f"({error.repo_id}). Check the network connection (and HTTPS_PROXY behind a "
+            "proxy). If the model is already downloaded, add --local-files-only (or set "
+            "HF_HUB_OFFLINE=1); to try the engine without a download, use --model tiny "
+            "(random weights: its images are noise)."
+        )
     except OutOfMemory as error:
         _fail(f"{error} Try --count 1, a smaller --width/--height, or --cpu-offload.")
     except EngineError as error:
@@ -122,6 +160,7 @@ def list_models(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace) -> int:
     registry = ModelRegistry.load(args.models_file)
     registry.get(args.model)  # an unknown name fails before the slow imports
+    _check_writable(args.out)  # and so does an output folder that cannot be written
     # transformers warns about optional image-processing backends the engine never uses.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     request = GenerationRequest(
@@ -169,7 +208,6 @@ def generate(args: argparse.Namespace) -> int:
 
     from engine.images import encode_png, make_grid
 
-    args.out.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images, start=1):
         path = args.out / f"{index:02d}-{image.seed}.png"
         path.write_bytes(image.png_bytes())
@@ -185,6 +223,20 @@ def generate(args: argparse.Namespace) -> int:
         f"{resolved.steps} steps), total {total_s:.2f}s"
     )
     return EXIT_OK
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if need be and prove a file can be written in it, before minutes
+    of loading and generating are spent on images that could not be saved."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise EngineError(
+            f"Cannot write to the output folder {folder} ({error.strerror or error}). "
+            "Choose another with --out, or fix its permissions."
+        ) from None
 
 
 def _read_input(path: Path | None, what: str) -> bytes | None:

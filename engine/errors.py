@@ -23,6 +23,16 @@ class ModelLoadError(EngineError):
     """The model exists in the registry but could not be loaded (download, files, memory)."""
 
 
+class HubUnreachableError(ModelLoadError):
+    """A model must be downloaded but the Hugging Face hub cannot be reached."""
+
+    def __init__(self, message: str, *, repo_id: str, label: str, reason: str) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.label = label
+        self.reason = reason
+
+
 class QueueFullError(EngineError):
     """The global queue bound was reached."""
 

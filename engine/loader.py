@@ -39,7 +39,12 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from tqdm.std import tqdm
 from transformers import CLIPTokenizer
 
-from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
+from engine.errors import (
+    HubUnreachableError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UnsafeCheckpointError,
+)
 from engine.registry import PICKLED_SUFFIXES, SCHEDULERS, ModelSpec, SourceKind
 from engine.tiny import build_tiny_by_name, tiny_tokenizer
 from engine.types import DEFAULT_BATCH_IMAGES, Family, LoadCallback
@@ -882,6 +887,7 @@ def download_pipeline(
 ) -> str:
     """Download what a diffusers repository needs into the cache; returns the snapshot
     folder. Errors become ModelNotFoundError / ModelLoadError with what to do."""
+    import httpx2
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -892,6 +898,9 @@ def download_pipeline(
 
     cache = str(cache_dir) if cache_dir else None
     try:
+        # One request without retries first: the calls below retry a refused connection
+        # for about 24 s before they give up, which only delays "no network".
+        check_hub_reachable(repo_id, label)
         repo_files = HfApi().list_repo_files(repo_id)
         index_path = hf_hub_download(repo_id, "model_index.json", cache_dir=cache)
         index = json.loads(Path(index_path).read_text(encoding="utf-8"))
@@ -919,9 +928,47 @@ def download_pipeline(
             f"Download it on a connected machine with `hf download {repo_id}` and "
             "copy the Hugging Face cache ($HF_HOME), or unset HF_HUB_OFFLINE."
         ) from None
+    except httpx2.TransportError as error:
+        raise hub_unreachable(repo_id, label, error) from None
     except (HfHubHTTPError, OSError, ValueError) as error:
         raise ModelLoadError(
             f"Downloading {repo_id} failed ({_first_line(error)}). Check the network connection "
             f"and free disk space, or download it yourself with `hf download {repo_id}` and "
             "set HF_HOME to that cache."
         ) from None
+
+
+# Seconds to wait for the hub to answer the first request of a download.
+HUB_CHECK_TIMEOUT_S = 15.0
+
+
+def check_hub_reachable(repo_id: str, label: str) -> None:
+    """Ask the hub about ``repo_id`` once, without retries. Raises HubUnreachableError when
+    the connection fails; answers (a missing or gated repository, offline mode) are left to
+    the download calls that follow."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_CHECK_TIMEOUT_S)
+    except httpx2.TransportError as error:
+        raise hub_unreachable(repo_id, label, error) from None
+    except (HfHubHTTPError, OfflineModeIsEnabled):
+        pass
+
+
+def hub_unreachable(repo_id: str, label: str, error: BaseException) -> HubUnreachableError:
+    from huggingface_hub import constants
+
+    reason = f"{constants.ENDPOINT}: {_first_line(error)}"
+    return HubUnreachableError(
+        f"Cannot reach the Hugging Face hub ({reason}) to download "
+        f"{label!r} ({repo_id}). Check the network connection (and HTTPS_PROXY behind a "
+        "proxy). If the model is already in the Hugging Face cache, set HF_HUB_OFFLINE=1 to "
+        "use it without the network; to try things without any download, use the built-in "
+        "'tiny' model (random weights).",
+        repo_id=repo_id,
+        label=label,
+        reason=reason,
+    )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.__main__ import main
+from engine.__main__ import build_parser, main
 from engine.errors import OutOfMemory
 from engine.images import parse_parameters, read_png_parameters
 
@@ -124,3 +128,119 @@ def test_bad_requests_and_unexpected_errors_have_no_traceback(
     code = main(["generate", "a fox", "--model", "tiny", "--out", str(tmp_path), "--device", "cpu"])
     assert code == 1
     assert "unexpected RuntimeError: something odd (run with --debug" in capsys.readouterr().err
+
+
+# --- no network, unwritable output, help ---------------------------------------------------
+
+# Runs ``python -m engine`` as is, counting the connections it tries to open to ``port``.
+COUNTING_RUNNER = """
+import runpy, socket, sys
+port = int(sys.argv[1])
+real = socket.create_connection
+def counting(address, *args, **kwargs):
+    if address[1] == port:
+        print("connection attempt", file=sys.stderr, flush=True)
+    return real(address, *args, **kwargs)
+socket.create_connection = counting
+sys.argv = ["python -m engine", *sys.argv[2:]]
+runpy.run_module("engine", run_name="__main__", alter_sys=True)
+"""
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
+
+
+def test_a_hub_model_without_network_fails_at_once_and_says_what_to_do(tmp_path: Path) -> None:
+    port = closed_port()
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("HF_HUB_OFFLINE")
+    }
+    environment |= {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HOME": str(tmp_path / "hf"),  # nothing cached
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", COUNTING_RUNNER, str(port), "generate", "a fox",
+         "--model", "sd-turbo", "--device", "cpu", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT, env=environment, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    attempts = done.stderr.count("connection attempt")
+    # One question to the hub and no retries (it retried 5 times over 24 s); the hub client
+    # also makes one attempt of its own, unretried, to fetch its user-agent registry.
+    assert 1 <= attempts <= 2, done.stderr
+    error = done.stderr.splitlines()[-1]
+    assert error.startswith("error: Cannot reach the Hugging Face hub")
+    assert f"127.0.0.1:{port}" in error and "stabilityai/sd-turbo" in error
+    for advice in ("network connection", "--local-files-only", "HF_HUB_OFFLINE=1", "--model tiny"):
+        assert advice in error
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.__main__
+
+    def never(*_args: object) -> None:
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(engine.__main__, "_build_backend", never)
+
+
+@pytest.mark.usefixtures("no_loading")
+def test_an_output_folder_that_cannot_be_made_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["generate", "a fox", "--model", "tiny", "--out", str(blocker / "out")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"Cannot write to the output folder {blocker / 'out'}" in error
+    assert "--out" in error and "Traceback" not in error
+
+
+@pytest.mark.usefixtures("no_loading")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders"
+)
+def test_a_read_only_output_folder_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        code = main(["generate", "a fox", "--model", "tiny", "--out", str(read_only)])
+    finally:
+        read_only.chmod(0o755)
+    assert code == 1
+    assert f"Cannot write to the output folder {read_only}" in capsys.readouterr().err
+
+
+def test_generate_help_names_the_program_and_explains_every_option() -> None:
+    parser = build_parser()
+    subcommands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    for name, command in subcommands.choices.items():
+        assert command.format_usage().startswith(f"usage: python -m engine {name} ")
+        unexplained = [
+            action.dest
+            for action in command._actions
+            if not action.help or action.help == argparse.SUPPRESS
+        ]
+        assert unexplained == [], f"{name}: options without help: {unexplained}"
+    # Run through the bot's command line, the usage names that program instead.
+    assert "usage: diffusion-chat generate " in main_help("diffusion-chat")
+
+
+def main_help(prog: str) -> str:
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), pytest.raises(SystemExit):
+        main(["generate", "--help"], prog=prog)
+    return output.getvalue()
