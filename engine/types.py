@@ -66,7 +66,9 @@ class GenerationRequest:
     mask_image: bytes | None = None  # white = repaint, black = keep
     outpaint_sides: tuple[OutpaintSide, ...] = ()  # empty: all around
     outpaint_pixels: int = 128
-    preview_every: int = 0  # 0: no previews; N: a cheap preview every N steps
+    # 0: no previews; N: a cheap preview every N steps, and at least one before the last
+    # step of a call of two or more steps (engine.ops.common.preview_due)
+    preview_every: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class ResolvedRequest:
     seed: int
     seed_was_explicit: bool
     strength: float | None
+    # The input image and mask as the pipeline takes them (PNG, already at the operation's
+    # input size), not the upload: the upload is decoded once, when the request is resolved.
     init_image: bytes | None
     mask_image: bytes | None
     preview_every: int
