@@ -67,7 +67,7 @@ class GenerationRequest:
     outpaint_sides: tuple[OutpaintSide, ...] = ()  # empty: all around
     outpaint_pixels: int = 128
     # 0: no previews; N: a cheap preview every N steps, and at least one before the last
-    # step of a call of two or more steps (engine.ops.common.preview_due)
+    # step of a call of two or more steps (preview_due)
     preview_every: int = 0
 
 
@@ -154,6 +154,20 @@ class ImageSlot:
     init_image: bytes | None = None
     mask_image: bytes | None = None
     preview_every: int = 0  # this job's preview cadence; only its index-0 slot gets previews
+
+
+def preview_due(step: int, total: int, every: int) -> bool:
+    """Whether step ``step`` (1-based) of ``total`` draws a preview for a job that asked for
+    one every ``every`` steps (0: never).
+
+    The cadence is capped at ``total - 1``, so a call of two or more steps always previews
+    at least one step before the last: a distilled model's 2 steps with a preview every 5
+    steps previews steps 1 and 2, not none.
+    """
+    if every <= 0:
+        return False
+    cadence = min(every, total - 1) if total > 1 else every
+    return step % cadence == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,14 @@ from engine.errors import Interrupted
 from engine.images import open_user_image, open_user_mask
 from engine.loader import LoadedModel, ModelManager, PipelineKind, make_scheduler
 from engine.preview import latent_preview
-from engine.types import Family, ImageSlot, ResolvedRequest, StepCallback, StepInfo
+from engine.types import (
+    Family,
+    ImageSlot,
+    ResolvedRequest,
+    StepCallback,
+    StepInfo,
+    preview_due,
+)
 
 # Decoding above this many pixels at once needs several GB in half precision; tiles keep it
 # bounded (at the price of faint seams, which the overlap mostly hides).
@@ -225,20 +232,6 @@ class BatchProgress:
         shrink_scheduler_state(pipe.scheduler, latent_shape, keep)
         self._generators[:] = [self._generators[row] for row in keep]
         self.rows = [self.rows[row] for row in keep]
-
-
-def preview_due(step: int, total: int, every: int) -> bool:
-    """Whether step ``step`` (1-based) of ``total`` draws a preview for a job that asked for
-    one every ``every`` steps (0: never).
-
-    The cadence is capped at ``total - 1``, so a call of two or more steps always previews
-    at least one step before the last: a distilled model's 2 steps with a preview every 5
-    steps previews steps 1 and 2, not none.
-    """
-    if every <= 0:
-        return False
-    cadence = min(every, total - 1) if total > 1 else every
-    return step % cadence == 0
 
 
 def select_rows(value: Any, keep: list[int], old_rows: int) -> Any:

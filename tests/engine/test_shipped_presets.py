@@ -15,9 +15,8 @@ import pytest
 
 from engine.backend import DiffusersBackend, denoising_steps
 from engine.loader import ModelManager
-from engine.ops.common import preview_due
 from engine.registry import ModelRegistry
-from engine.types import Family, GenerationRequest, Operation, ResolvedRequest
+from engine.types import Family, GenerationRequest, Operation, ResolvedRequest, preview_due
 from tests.engine.helpers import StepRecorder, centre_mask, noise_image, png
 
 SHIPPED = [spec for spec in ModelRegistry.load().specs() if not spec.is_builtin]
