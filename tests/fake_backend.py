@@ -22,6 +22,7 @@ from engine.types import (
     ResolvedRequest,
     StepCallback,
     StepInfo,
+    preview_due,
 )
 
 
@@ -95,7 +96,7 @@ class FakeBackend:
             previews = {
                 s.job_id: Image.new("RGB", (8, 8))
                 for s in slots
-                if s.index == 0 and s.preview_every and step % s.preview_every == 0
+                if s.index == 0 and preview_due(step, request.steps, s.preview_every)
             }
             cancelled = on_step(StepInfo(step, request.steps, previews))
             live -= cancelled
