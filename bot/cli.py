@@ -222,7 +222,7 @@ def _engine(command: str, argv: list[str]) -> int:
         if settings.cpu_offload and "--cpu-offload" not in args:
             defaults.append("--cpu-offload")
     try:
-        return engine_main([*debug, command, *args, *defaults])
+        return engine_main([*debug, command, *args, *defaults], prog=PROG)
     except SystemExit as done:  # argparse exits for --help and usage errors
         return _exit_code(done.code)
 

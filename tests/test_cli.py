@@ -124,6 +124,7 @@ def test_generate_help_comes_from_the_engine(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "--model" in result.stdout
     assert "--count" in result.stdout
+    assert result.stdout.startswith("usage: diffusion-chat generate")
 
 
 def test_models_uses_the_configured_registry(tmp_path: Path, env_file: Path) -> None:
