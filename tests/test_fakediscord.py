@@ -618,6 +618,11 @@ async def test_spec_and_rules_unit() -> None:
     assert "duplicated" in str(check_message({"components": dup})[0])
 
 
+def test_the_vendored_spec_is_found_in_every_clone() -> None:
+    assert spec_unavailable_reason() is None
+    assert FakeDiscord().spec is not None
+
+
 async def test_missing_spec_is_reported_not_silent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SPEC_ENV_VAR, "/nonexistent/openapi.json")
     reason = spec_unavailable_reason()

@@ -1,9 +1,8 @@
 """Validation of request bodies against Discord's official OpenAPI spec.
 
-The spec is located by the ``DISCORD_OPENAPI_SPEC`` environment variable, or else at
-``../shared/discord-api-spec/openapi.json`` relative to the project root (the folder that
-holds ``pyproject.toml``). When neither exists, validation is disabled and
-:func:`spec_unavailable_reason` says why, so callers can warn or skip visibly.
+The spec is located by the ``DISCORD_OPENAPI_SPEC`` environment variable, or else at the
+copy vendored in ``tests/fakediscord/discord-api-spec/`` (Discord's official spec, MIT).
+When neither exists, validation is disabled and :func:`spec_unavailable_reason` says why.
 
 Deliberate leniencies (Discord accepts these, the spec does not say so):
 
@@ -28,7 +27,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 SPEC_ENV_VAR = "DISCORD_OPENAPI_SPEC"
-SPEC_RELATIVE_PATH = Path("..") / "shared" / "discord-api-spec" / "openapi.json"
+# Vendored (MIT, licence beside it) so every clone validates what the bot sends.
+SPEC_RELATIVE_PATH = Path("tests") / "fakediscord" / "discord-api-spec" / "openapi.json"
 _SPEC_URI = "urn:discord-openapi-spec"
 
 
