@@ -137,7 +137,8 @@ def test_models_uses_the_configured_registry(tmp_path: Path, env_file: Path) -> 
 def test_the_engine_gets_the_settings_as_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
 
-    def fake_main(argv: list[str]) -> int:
+    def fake_main(argv: list[str], *, prog: str) -> int:
+        assert prog == "diffusion-chat"
         seen.append(argv)
         return 0
 
