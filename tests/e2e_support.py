@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,23 @@ from fakediscord.interactions import InteractionHandle
 from fakediscord.models import StoredMessage
 from fakediscord.process import BotProcess, start_bot_process
 from fakediscord.server import FakeDiscord
+from fakediscord.spec import OpenAPISpec
 
 ROOT = Path(__file__).resolve().parents[1]
 EDIT_INTERVAL_S = 0.3
 
 
+def hold_dir(data_dir: Path) -> Path:
+    """Where a test puts its holds (see ``tests/engine_holds/sitecustomize.py``)."""
+    return data_dir.parent / "engine-holds"
+
+
 def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The bot's settings; its engine honours holds (a ``PYTHONPATH`` in ``extra`` replaces
+    the hold aid with another, and then holds do nothing)."""
     return {
+        "PYTHONPATH": str(ROOT / "tests" / "engine_holds"),
+        "ENGINE_HOLD_DIR": str(hold_dir(data_dir)),
         "DATA_DIR": str(data_dir),
         "DEFAULT_MODEL": "tiny",
         "PREVIEW_EVERY": "2",
@@ -50,8 +62,15 @@ async def wait_until(predicate: Callable[[], Any], bot: BotProcess, limit_s: flo
         await asyncio.sleep(0.05)
 
 
+def validating_fake() -> FakeDiscord:
+    """A fake Discord that checks every body against Discord's OpenAPI spec (vendored, so it
+    is never missing: loading it raises if it is). A body Discord would refuse is a problem,
+    and the ``no_problems`` fixture fails the test on it."""
+    return FakeDiscord(spec=OpenAPISpec.load())
+
+
 async def start_world(data_dir: Path, **env: str) -> World:
-    fake = FakeDiscord()
+    fake = validating_fake()
     await fake.start()
     bot = await start_bot_process(fake, env=bot_env(data_dir, **env), cwd=ROOT)
     await wait_until(lambda: fake.sync_count() > 0 and fake.session is not None, bot, 60)
@@ -107,6 +126,35 @@ async def stop_world(world: World) -> None:
 def assert_no_problems(world: World) -> None:
     problems = world.fake.problems
     assert not problems, "\n".join(str(p) for p in problems) + "\n" + world.bot.output[-3000:]
+
+
+@contextlib.contextmanager
+def hold(world: World, prompt_piece: str, from_step: int) -> Iterator[Callable[[], None]]:
+    """Hold jobs whose prompt contains ``prompt_piece`` before they report ``from_step``;
+    yields the release (also done on leaving the block)."""
+    folder = hold_dir(world.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.hold"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(f"{prompt_piece}\n{from_step}\n", encoding="utf-8")
+    partial.replace(path)  # whole or absent: never read half-written
+    try:
+        yield lambda: path.unlink(missing_ok=True)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def recorded_message_id(data_dir: Path, prompt: str) -> int | None:
+    """The message the bot has recorded, in its database, for its job with this prompt."""
+    database = data_dir / "diffusion-chat.sqlite3"
+    with contextlib.closing(
+        sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    ) as connection:
+        row = connection.execute(
+            "SELECT message_id FROM jobs WHERE prompt = ? ORDER BY created_at DESC LIMIT 1",
+            (prompt,),
+        ).fetchone()
+    return None if row is None else row[0]
 
 
 def is_grid(message: StoredMessage | None) -> bool:

@@ -7,6 +7,7 @@ import io
 import pytest
 from e2e_support import (
     World,
+    hold,
     imagine,
     in_progress,
     is_grid,
@@ -261,19 +262,30 @@ async def test_gateway_disconnect_resumes_and_keeps_serving(world: World) -> Non
 
 async def test_private_job_past_its_token_gets_one_dm_that_is_then_edited(world: World) -> None:
     fake = world.fake
-    ix = await fake.send_slash_command(
-        "imagine", {"prompt": "a private late one", "steps": 30, "private": True}
-    )
-    await ix.response()
-    await ix.wait_for_original(in_progress, timeout=30)
-    fake.expire_token(ix)
-    dm = fake.dm_channel(fake.alice.user)
-    await fake.wait_for(
-        lambda: any(is_result(m) for m in fake.messages(dm)),
-        timeout=60,
-        description="the private result in a DM",
-    )
-    assert len(fake.messages(dm)) == 1  # progress edits the DM; they never add messages
+    loner = fake.add_member("loner")  # a DM channel of its own: no other test's messages
+    prompt = "a private late one"
+    # Held before steps 1 and 2: the token expires while the job runs, and the DM the bot
+    # then sends shows progress, so the result can only come as an edit of it.
+    with hold(world, prompt, 1) as release_first, hold(world, prompt, 2) as release_second:
+        ix = await fake.send_slash_command(
+            "imagine", {"prompt": prompt, "steps": 4, "private": True}, user=loner
+        )
+        await ix.response()
+        await ix.wait_for_original(in_progress, timeout=30)
+        fake.expire_token(ix)
+        release_first()
+        dm = fake.dm_channel(loner.user)
+        await fake.wait_for(lambda: fake.messages(dm), timeout=30, description="a DM")
+        [sent] = fake.messages(dm)
+        assert prompt in sent.text() and in_progress(sent)
+        release_second()
+        await fake.wait_for(
+            lambda: is_result(fake.get_message(sent.id)), timeout=60, description="the DM edited"
+        )
+    [delivered] = fake.messages(dm)  # progress and the result edit the DM; never a second one
+    assert delivered.id == sent.id and is_grid(delivered) and prompt in delivered.text()
+    first = delivered.versions[0]
+    assert len(delivered.versions) >= 2 and "step 1/4" in str(first.embeds)
 
 
 async def test_slow_discord_answers_do_not_stall_other_users(world: World) -> None:

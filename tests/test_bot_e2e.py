@@ -10,10 +10,12 @@ from e2e_support import (
     EDIT_INTERVAL_S,
     ROOT,
     World,
+    hold,
     imagine,
     in_progress,
     is_grid,
     is_result,
+    recorded_message_id,
     reply_text,
     stand_in,
     wait_until,
@@ -29,6 +31,7 @@ async def test_start_up_syncs_commands_once_and_asks_for_no_privileged_intents(
     world: World,
 ) -> None:
     fake = world.fake
+    assert fake.spec is not None  # every body the bot sends is checked against Discord's spec
     names = {c["name"] for c in fake.registered_commands(fake.guild)}
     assert {"imagine", "queue", "quota", "stats", "favorites", "history", "banned"} <= names
     assert fake.sync_count() == 1
@@ -284,27 +287,35 @@ async def test_a_model_never_seen_before_works_from_its_folder(world: World) -> 
 
 async def test_restart_after_a_reposted_message_keeps_one_message(world: World) -> None:
     fake = world.fake
-    async with stand_in(world, DATA_DIR=str(world.data_dir.parent / "repost-data")) as bot:
-        ix = await fake.send_slash_command("imagine", {"prompt": "a moved one", "steps": 50})
-        await ix.response()
-        original = await ix.wait_for_original(in_progress, timeout=60)
-        fake.delete_message(original)
+    data_dir = world.data_dir.parent / "repost-data"
+    prompt = "a moved one"
+    # Held twice, so nothing here races the model: before its first step is shown (the test
+    # deletes the message then), and before its second (the bot has reposted by then).
+    with hold(world, prompt, 1) as release_first, hold(world, prompt, 2) as release_second:
+        async with stand_in(world, DATA_DIR=str(data_dir)) as bot:
+            ix = await fake.send_slash_command("imagine", {"prompt": prompt, "steps": 4})
+            await ix.response()
+            original = await ix.wait_for_original(in_progress, timeout=60)
+            fake.delete_message(original)
+            release_first()  # step 1 is shown: the edit finds the message gone, and reposts
 
-        def mine() -> list[StoredMessage]:
-            return [m for m in fake.messages(original.channel_id) if "a moved one" in m.text()]
+            def mine() -> list[StoredMessage]:
+                return [m for m in fake.messages(original.channel_id) if prompt in m.text()]
 
-        # Edited once: by then the bot has recorded the new message as the job's.
-        await fake.wait_for(
-            lambda: any(len(m.versions) > 1 for m in mine()),
-            timeout=30,
-            description="the reposted message, edited",
-        )
-        await bot.crash_and_restart()
-        await fake.wait_for(
-            lambda: any(is_result(m) for m in mine()), timeout=90, description="the result"
-        )
-        [result] = mine()  # the reposted message was edited, not posted again
-        assert f"<@{fake.alice.user.id}>" in result.content
+            await fake.wait_for(lambda: mine(), timeout=30, description="the reposted message")
+            [reposted] = mine()
+            assert in_progress(reposted) and not reposted.interaction_id
+            await wait_until(
+                lambda: recorded_message_id(data_dir, prompt) == reposted.id, bot.proc, 30
+            )
+            await bot.crash_and_restart()  # still held: the job was running
+            release_second()
+            await fake.wait_for(
+                lambda: any(is_result(m) for m in mine()), timeout=90, description="the result"
+            )
+            [result] = mine()  # the reposted message was edited, not posted again
+            assert result.id == reposted.id
+            assert f"<@{fake.alice.user.id}>" in result.content
 
 
 async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: World) -> None:
