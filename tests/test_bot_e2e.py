@@ -3,8 +3,13 @@ Discord over real sockets. Every REST body is checked against Discord's OpenAPI 
 
 from __future__ import annotations
 
+import asyncio
 import io
+import socket
+import tomllib
+from collections.abc import Callable
 
+import aiohttp
 import pytest
 from e2e_support import (
     EDIT_INTERVAL_S,
@@ -357,3 +362,75 @@ async def test_logs_have_one_line_per_job_event_and_no_secrets(world: World) -> 
     job_lines = [line for line in output.splitlines() if "job done" in line]
     assert job_lines and all("job_id=" in line and "model=tiny" in line for line in job_lines)
     assert any("generate_s=" in line for line in job_lines)
+
+
+async def test_models_lists_every_registry_entry(world: World) -> None:
+    with (ROOT / "engine" / "models.toml").open("rb") as registry:
+        names = set(tomllib.load(registry)["models"])
+    reply = await reply_text(await world.fake.send_slash_command("models"))
+    assert reply.ephemeral
+    listed = {line.split("`")[1] for line in reply.content.splitlines() if line.startswith("•")}
+    assert listed == names
+    assert "`tiny` (sd15)" in reply.content and "`tiny-xl` (sdxl)" in reply.content
+
+
+async def test_banned_list_shows_the_words_added_and_no_more_once_removed(world: World) -> None:
+    fake = world.fake
+
+    async def banned(command: str, words: str | None = None) -> str:
+        options = {"words": words} if words is not None else None
+        ix = await fake.send_slash_command(f"banned {command}", options, user=fake.moderator)
+        return (await reply_text(ix)).content
+
+    await banned("add", "kraken, sea witch")
+    listing = await banned("list")
+    assert "`kraken`" in listing and "`sea witch`" in listing
+    await banned("remove", "kraken, sea witch")
+    assert await banned("list") == "No words are banned here."
+
+
+async def test_failed_generation_reaches_the_user_and_health_and_metrics_are_served(
+    world: World,
+) -> None:
+    fake = world.fake
+    root = world.data_dir.parent
+    models = root / "broken.toml"
+    models.write_text(
+        '[models.tiny]\nsource = "builtin:tiny"\ndescription = "tiny"\n'
+        f'[models.broken]\nsource = "{root / "no-such-folder"}"\ndescription = "gone"\n'
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    env = {"MODELS_FILE": str(models), "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"}
+    async with stand_in(world, **env), aiohttp.ClientSession() as http:
+        health = await poll(http, f"{base}/healthz", lambda status, _: status == 200)
+        assert health == (200, '{"gateway_connected": true, "worker_alive": true, "status": "ok"}')
+        ix = await fake.send_slash_command("imagine", {"prompt": "a lost model", "model": "broken"})
+        await ix.response()
+        failed = await ix.wait_for_original(lambda m: "❌" in m.text(), timeout=60)
+        assert not failed.buttons and not failed.attachments
+        assert failed.embeds[0]["color"] == 0xE74C3C  # red: discord.Colour.red()
+        assert "broken" in failed.text()
+        # The failure is counted just after it is shown.
+        failed_series = 'diffusion_chat_jobs_total{status="failed"} 1.0'
+        status, text = await poll(http, f"{base}/metrics", lambda _, body: failed_series in body)
+        assert status == 200 and failed_series in text
+        assert 'diffusion_chat_jobs_total{status="done"} 0.0' in text
+        assert 'diffusion_chat_failures_total{reason="model_load"} 1.0' in text
+
+
+async def poll(
+    http: aiohttp.ClientSession, url: str, until: Callable[[int, str], bool]
+) -> tuple[int, str]:
+    """GET ``url`` until ``until(status, body)`` or 30 s; the last answer. (Another process's
+    HTTP endpoint has no event to wait on.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        async with http.get(url) as answer:
+            status, body = answer.status, await answer.text()
+        if until(status, body) or loop.time() > deadline:
+            return status, body
+        await asyncio.sleep(0.1)
