@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from e2e_support import (
@@ -150,12 +151,48 @@ async def test_history_pages_forward_and_back_for_their_owner_only(world: World)
     await back.wait_for_message(lambda m: "page 1" in m.content, timeout=15)
 
 
-async def test_queue_and_stats(world: World) -> None:
+async def test_queue_shows_positions_and_stats_count_todays_jobs(world: World) -> None:
     fake = world.fake
-    queue = await reply_text(await fake.send_slash_command("queue"))
-    assert queue.ephemeral and "waiting" in queue.content
-    stats = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
-    assert stats.ephemeral and "jobs" in stats.content and "p95" in stats.content
+
+    async def stats() -> dict[str, int]:
+        reply = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
+        assert reply.ephemeral and "p95" in reply.content
+        found = re.search(
+            r"(?P<jobs>\d+) jobs, (?P<images>\d+) images\nDone (?P<done>\d+) · failed "
+            r"(?P<failed>\d+) · cancelled (?P<cancelled>\d+) · in progress (?P<active>\d+)",
+            reply.content,
+        )
+        assert found, reply.content
+        return {key: int(value) for key, value in found.groupdict().items()}
+
+    before = await stats()
+    with hold(world, "first in line", 1) as release:
+        first = await fake.send_slash_command("imagine", {"prompt": "first in line", "count": 1})
+        await first.response()
+        await first.wait_for_original(in_progress, timeout=30)  # generating, held
+        second = await fake.send_slash_command(
+            "imagine", {"prompt": "second in line", "count": 2}, user=fake.bob
+        )
+        await second.response()
+        await second.wait_for_original(lambda m: "Queued" in m.text(), timeout=30)
+        bobs = await reply_text(await fake.send_slash_command("queue", user=fake.bob))
+        assert bobs.ephemeral
+        lines = bobs.content.splitlines()
+        assert lines[0] == "**1** generating now, **1** waiting."
+        assert len(lines) == 2 and "(2 images): position 1" in lines[1]
+        alices = await reply_text(await fake.send_slash_command("queue"))
+        [_, alices_job] = alices.content.splitlines()
+        assert "(1 images): generating now" in alices_job
+        during = await stats()
+        assert during["jobs"] == before["jobs"] + 2
+        assert during["active"] == before["active"] + 2
+        release()
+        await first.wait_for_original(is_result, timeout=60)
+        await second.wait_for_original(is_result, timeout=60)
+    after = await stats()
+    assert after["jobs"] == before["jobs"] + 2 and after["images"] == before["images"] + 3
+    assert after["done"] == before["done"] + 2 and after["active"] == before["active"]
+    assert (after["failed"], after["cancelled"]) == (before["failed"], before["cancelled"])
 
 
 async def test_rate_limited_and_failing_edits_still_deliver_the_result(world: World) -> None:
