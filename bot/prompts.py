@@ -11,7 +11,7 @@ ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 
 # Phones and macOS turn a typed "--" into an em or en dash: those start a flag too.
 _FLAG = re.compile(r"(?:^|\s)(?:--|\u2014|\u2013)([A-Za-z][\w-]*)")
 # Flags that take one value: written twice, the last wins and the user is told.
-_SINGLE_VALUED = frozenset({"ar", "seed", "steps"})
+_SINGLE_VALUED = frozenset({"ar", "aspect", "seed", "steps"})
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def parse_inline(prompt: str) -> InlineParameters:
         name = match.group(1).lower()
         value = prompt[match.end() : end].strip()
         flag = "--ar" if name == "aspect" else f"--{name}"
-        if name in _SINGLE_VALUED or name == "aspect":
+        if name in _SINGLE_VALUED:
             if flag in given and flag not in repeated:
                 repeated.append(flag)
             given[flag] = value
