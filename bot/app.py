@@ -22,6 +22,7 @@ from bot.service import JobService
 from bot.storage.database import Database
 from bot.storage.files import LocalImageStore
 from bot.storage.records import QuotaPolicy
+from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 from engine.backend import DiffusersBackend
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
@@ -29,6 +30,10 @@ from engine.loader import LoaderOptions, ModelManager
 from engine.registry import ModelRegistry
 
 log = logging.getLogger("bot")
+
+
+class StartupError(Exception):
+    """Start-up failed for a reason the operator can fix; ``str()`` is the one line to show."""
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -70,14 +75,17 @@ async def run(settings: Settings) -> None:
     point_discord_at(settings)
     registry = ModelRegistry.load(settings.models_file, default_name=settings.default_model)
     images = LocalImageStore(settings.images_dir)
-    db = await Database.open(
-        settings.database_path,
-        images=images,
-        default_policy=QuotaPolicy(
-            daily_images=settings.default_daily_images,
-            concurrent_jobs=settings.default_concurrent_jobs,
-        ),
-    )
+    try:
+        db = await Database.open(
+            settings.database_path,
+            images=images,
+            default_policy=QuotaPolicy(
+                daily_images=settings.default_daily_images,
+                concurrent_jobs=settings.default_concurrent_jobs,
+            ),
+        )
+    except STARTUP_STORAGE_ERRORS as error:
+        raise StartupError(explain_storage_failure(error, settings.data_dir)) from None
     engine = build_engine(settings, registry)
     service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
     metrics = Metrics(engine_status=engine.status) if settings.metrics_port else None
@@ -120,6 +128,9 @@ def main(env_file: Path | None = Path(".env")) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(run(settings))
+    except StartupError as error:
+        log.error("could not start: %s", error)
+        return 1
     except discord.LoginFailure:
         log.error("Discord refused the token: check DISCORD_TOKEN (Bot > Reset Token).")
         return 1

@@ -241,16 +241,18 @@ def _exit_code(code: object) -> int:
 
 
 def _migrate(*, backup: bool) -> int:
-    from bot.storage import StorageError, migrate
+    from bot.storage import LocalImageStore, migrate
     from bot.storage.migrations import backup_path
+    from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
     path = settings.database_path
     existed = path.exists()
+    images = LocalImageStore(settings.images_dir)
     try:
-        before, after = asyncio.run(migrate(path, backup=backup))
-    except StorageError as error:
-        raise CommandError(str(error)) from None
+        before, after = asyncio.run(migrate(path, images=images, backup=backup))
+    except STARTUP_STORAGE_ERRORS as error:
+        raise CommandError(explain_storage_failure(error, settings.data_dir)) from None
     if not existed:
         print(f"Created {path} at schema version {after}.")
     elif before == after:
@@ -266,7 +268,8 @@ def _migrate(*, backup: bool) -> int:
 
 
 def _cleanup(older_than_days: float) -> int:
-    from bot.storage import Database, LocalImageStore, StorageError
+    from bot.storage import Database, LocalImageStore
+    from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
     path = settings.database_path
@@ -291,8 +294,8 @@ def _cleanup(older_than_days: float) -> int:
 
     try:
         print(asyncio.run(clean()))
-    except StorageError as error:
-        raise CommandError(str(error)) from None
+    except STARTUP_STORAGE_ERRORS as error:
+        raise CommandError(explain_storage_failure(error, settings.data_dir)) from None
     return 0
 
 

@@ -36,6 +36,11 @@ STORAGE_RETRY_MAX_S = 60.0
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
 BUTTONS = (JobButton, PageButton)
 
+# The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)
+# are missing concern nobody who runs it.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
 
 class DiffusionBot(commands.Bot):
     def __init__(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import http.server
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,3 +274,125 @@ def test_compose_file_reserves_a_gpu_and_keeps_the_volumes() -> None:
     assert {"data:/data", "models:/models"} <= set(bot["volumes"])
     assert bot["restart"] == "unless-stopped"
     assert set(compose["volumes"]) == {"data", "models"}
+
+
+# --- starting the bot on storage it must not use ------------------------------------------
+
+LIBRARY_NOISE = ("torchvision", "PyNaCl", "davey", "Traceback")
+
+
+def start_bot(tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bot`` with a well-formed token and a Discord that cannot be reached."""
+    models = tmp_path / "models.toml"
+    models.write_text('default = "tiny"\n[models.tiny]\nsource = "builtin:tiny"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=clean_environment(
+            DISCORD_TOKEN=TOKEN,
+            DATA_DIR=str(data_dir),
+            MODELS_FILE=str(models),
+            DISCORD_API_BASE_URL="http://127.0.0.1:9/api/v10",
+            DISCORD_GATEWAY_URL="ws://127.0.0.1:9",
+            HF_HUB_OFFLINE="1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def stored_data(data_dir: Path) -> Path:
+    """A data folder with one image and a database holding records; returns the database."""
+    from bot.storage import Database
+
+    async def build() -> None:
+        async with Database.open_data_dir(data_dir) as db:
+            words = [f"word number {n} {'x' * 60}" for n in range(300)]
+            await db.guilds.add_banned_words(1, words, added_by=7)
+            assert db.files is not None
+            await db.files.put(PNG)
+
+    asyncio.run(build())
+    return data_dir / "diffusion-chat.sqlite3"
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+def blocked(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("not a folder")
+    return tmp_path / "a-file" / "data"
+
+
+def cut_short(tmp_path: Path) -> Path:
+    database = stored_data(tmp_path / "data")
+    (tmp_path / "data" / "diffusion-chat.sqlite3.v3.bak").write_bytes(database.read_bytes())
+    with database.open("r+b") as file:
+        file.truncate(database.stat().st_size // 2 // 4096 * 4096)
+    return tmp_path / "data"
+
+
+def emptied(tmp_path: Path) -> Path:
+    database = stored_data(tmp_path / "data")
+    database.write_bytes(b"")
+    return tmp_path / "data"
+
+
+def too_new(tmp_path: Path) -> Path:
+    import sqlite3
+
+    database = stored_data(tmp_path / "data")
+    conn = sqlite3.connect(database)
+    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    conn.close()
+    return tmp_path / "data"
+
+
+def foreign(tmp_path: Path) -> Path:
+    import sqlite3
+
+    (tmp_path / "data").mkdir()
+    with sqlite3.connect(tmp_path / "data" / "diffusion-chat.sqlite3") as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (blocked, ["cannot be written", "Not a directory", "write"]),
+        (cut_short, ["is damaged", "diffusion-chat.sqlite3.v3.bak", "Restore"]),
+        (emptied, ["is empty or missing", "images/", "Restore", "move images/ away"]),
+        (too_new, [f"schema version {LATEST_VERSION + 1}", "downgrade"]),
+        (foreign, ["not a Diffusion Chat database", "Point DATA_DIR at a directory"]),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_bad_storage_stops_the_bot_with_one_line_naming_data_dir(
+    tmp_path: Path, make: Any, says: list[str]
+) -> None:
+    data_dir = make(tmp_path)
+    database = data_dir / "diffusion-chat.sqlite3"
+    before = database.read_bytes() if database.is_file() else None
+    result = start_bot(tmp_path, data_dir)
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"could not start: DATA_DIR {data_dir}" in lines[0]
+    for words in says:
+        assert words in lines[0]
+    if before is not None:
+        assert database.read_bytes() == before  # refused before anything was written
+
+
+def test_start_up_prints_no_library_noise(tmp_path: Path) -> None:
+    result = start_bot(tmp_path, tmp_path / "data")
+    output = result.stdout + result.stderr
+    assert "logging in" in output  # it got as far as Discord, which cannot be reached
+    assert result.returncode == 1
+    for noise in LIBRARY_NOISE:
+        assert noise not in output

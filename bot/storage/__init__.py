@@ -21,6 +21,8 @@ from .clock import Clock, ManualClock, next_utc_midnight, system_clock
 from .database import DATABASE_FILE, IMAGES_DIR, Database, migrate
 from .errors import (
     DatabaseBusy,
+    DatabaseDamaged,
+    EmptyDatabaseBesideImages,
     ImageNotFound,
     InvalidImage,
     InvalidInput,
@@ -85,6 +87,8 @@ __all__ = [
     "CompletedJob",
     "Database",
     "DatabaseBusy",
+    "DatabaseDamaged",
+    "EmptyDatabaseBesideImages",
     "Favourite",
     "GeneratedImage",
     "Guild",

@@ -31,7 +31,14 @@ import aiosqlite
 
 from ._base import Context
 from .clock import Clock, system_clock, to_db
-from .errors import InvalidTransition, NotOurDatabase, SchemaOutdated, StorageError
+from .errors import (
+    DatabaseDamaged,
+    EmptyDatabaseBesideImages,
+    InvalidTransition,
+    NotOurDatabase,
+    SchemaOutdated,
+    StorageError,
+)
 from .favourites import FavouriteRepository
 from .files import ImageStore, LocalImageStore
 from .guilds import GuildRepository, UserRepository
@@ -83,12 +90,18 @@ async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout: float) -> str
 
 
 async def _connect(
-    path: str, *, busy_timeout: float, synchronous: Synchronous
+    path: str,
+    *,
+    busy_timeout: float,
+    synchronous: Synchronous,
+    check: bool = False,
+    images: ImageStore | None = None,
 ) -> tuple[aiosqlite.Connection, int]:
     """Open a configured connection; returns it and the schema version.
 
-    The file is checked (ours, not newer than this code) before anything is written to it,
-    not even the switch to WAL mode.
+    The file is checked (ours, not newer than this code; with ``check``, also intact and not
+    emptied beside ``images``' files) before anything is written to it, not even the switch
+    to WAL mode.
     """
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -97,6 +110,8 @@ async def _connect(
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
         version = await read_version(conn, path)
+        if check:
+            await _check_before_use(conn, path, version, images)
         mode = await _switch_to_wal(conn, busy_timeout)
         if mode != "wal":
             raise StorageError(
@@ -110,6 +125,8 @@ async def _connect(
         await conn.close()
         if "not a database" in str(error):
             raise NotOurDatabase(path, "it is not an SQLite database") from error
+        if "malformed" in str(error):
+            raise DatabaseDamaged(path, str(error)) from error
         raise
     except BaseException:
         await conn.close()
@@ -117,9 +134,37 @@ async def _connect(
     return conn, version
 
 
+async def _check_before_use(
+    conn: aiosqlite.Connection, path: str, version: int, images: ImageStore | None
+) -> None:
+    """Refuse a damaged database, and an empty one beside stored images.
+
+    SQLite opens a file cut short without complaint and treats a zero-length file as a new
+    database, so both would start "fine" with records lost or forgotten.
+    """
+    if version == 0:
+        if images is not None and await _holds_any(images):
+            raise EmptyDatabaseBesideImages(path)
+        return
+    try:
+        rows = list(await conn.execute_fetchall("PRAGMA quick_check(3)"))
+    except sqlite3.DatabaseError as error:
+        raise DatabaseDamaged(path, str(error)) from error
+    problems = [str(row[0]) for row in rows if str(row[0]) != "ok"]
+    if problems:
+        raise DatabaseDamaged(path, "; ".join(problems))
+
+
+async def _holds_any(images: ImageStore) -> bool:
+    async for _ in images.scan():
+        return True
+    return False
+
+
 async def migrate(
     path: str | os.PathLike[str],
     *,
+    images: ImageStore | None = None,
     target: int = LATEST_VERSION,
     backup: bool = True,
     busy_timeout: float = 30.0,
@@ -128,13 +173,16 @@ async def migrate(
 
     Returns ``(from_version, to_version)``; equal when there was nothing to do. Before
     changing an existing database it is copied to ``<path>.v<from_version>.bak``.
-    Raises ``SchemaTooNew`` for a database newer than this code (a downgrade is refused).
-    This is what ``diffusion-chat migrate`` runs.
+    Raises ``SchemaTooNew`` for a database newer than this code (a downgrade is refused),
+    and the same errors as ``Database.open`` for a damaged one or an empty one beside the
+    ``images`` store's files. This is what ``diffusion-chat migrate`` runs.
     """
     check_sqlite_version()
     name = os.fspath(path)
     Path(name).parent.mkdir(parents=True, exist_ok=True)
-    conn, current = await _connect(name, busy_timeout=busy_timeout, synchronous="FULL")
+    conn, current = await _connect(
+        name, busy_timeout=busy_timeout, synchronous="FULL", check=True, images=images
+    )
     try:
         if backup and 0 < current < target:
             await backup_before_migration(conn, name, current)
@@ -212,7 +260,9 @@ class Database:
         file half of ``cleanup``). ``clock``: injectable time (aware datetimes).
         ``default_policy``: the built-in quota policy. ``migrate=False`` refuses an
         outdated database with ``SchemaOutdated`` instead of upgrading it. A database newer
-        than this code raises ``SchemaTooNew``.
+        than this code raises ``SchemaTooNew``; one that fails SQLite's quick check raises
+        ``DatabaseDamaged``; an empty (or missing) one while ``images`` holds files raises
+        ``EmptyDatabaseBesideImages``.
         """
 
         async def factory() -> Database:
@@ -251,7 +301,9 @@ class Database:
     ) -> Database:
         check_sqlite_version()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer, version = await _connect(path, busy_timeout=busy_timeout, synchronous=synchronous)
+        writer, version = await _connect(
+            path, busy_timeout=busy_timeout, synchronous=synchronous, check=True, images=images
+        )
         reader: aiosqlite.Connection | None = None
         try:
             if version < LATEST_VERSION:

@@ -65,6 +65,27 @@ class NotOurDatabase(SchemaError):
         )
 
 
+class DatabaseDamaged(SchemaError):
+    """SQLite's integrity check failed, or the file is cut short: reading it would lose or
+    invent records."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"The database {path} is damaged ({detail}).")
+
+
+class EmptyDatabaseBesideImages(SchemaError):
+    """The database file is empty or missing while the image store beside it holds images:
+    starting would silently forget every user's history, favourites and quotas."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"The database {path} is empty or missing, but stored images are next to it."
+        )
+
+
 class DatabaseBusy(StorageError):
     """Another connection held the write lock for longer than the busy timeout."""
 
