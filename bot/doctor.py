@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from dotenv import dotenv_values
 
 from bot.config import TOKEN_SHAPE, Settings, SettingsError, load_settings
-from bot.storage import DATABASE_FILE
+from bot.storage import DATABASE_FILE, IMAGES_DIR
 
 GIB = 1024**3
 LOW_DISK_BYTES = 5 * GIB
@@ -508,12 +508,20 @@ def _check_data_dir(section: Section, data_dir: Path) -> None:
 def _check_database(section: Section, path: Path) -> None:
     from bot.storage.migrations import APPLICATION_ID, LATEST_VERSION
 
-    if not path.exists():
-        section.ok(f"database {path.name}: will be created at first start")
+    images = path.parent / IMAGES_DIR
+    holds_images = any(not file.name.startswith(".") for file in images.glob("*/*/*"))
+    if not path.exists() or path.stat().st_size == 0:
+        if holds_images:
+            section.fail(
+                f"database {path} is empty or missing, but {images} holds stored images",
+                "restore the database from a backup (<name>.v<version>.bak next to it, or "
+                "your own); the bot refuses to start on it",
+            )
+        else:
+            section.ok(f"database {path.name}: will be created at first start")
         return
     try:
-        # Read-only: the doctor must never create, lock for writing, or migrate the file.
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, timeout=5)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
@@ -522,6 +530,11 @@ def _check_database(section: Section, path: Path) -> None:
                     0
                 ]
             )
+            problems = [
+                str(row[0])
+                for row in conn.execute("PRAGMA quick_check(3)").fetchall()
+                if row[0] != "ok"
+            ]
         finally:
             conn.close()
     except sqlite3.Error as error:
@@ -534,6 +547,11 @@ def _check_database(section: Section, path: Path) -> None:
         section.fail(
             f"{path} is not a Diffusion Chat database",
             "point DATA_DIR at a directory of its own",
+        )
+    elif problems:
+        section.fail(
+            f"database {path} is damaged ({'; '.join(problems)})",
+            "restore it from a backup (<name>.v<version>.bak next to it, or your own)",
         )
     elif version > LATEST_VERSION:
         section.fail(
@@ -549,6 +567,19 @@ def _check_database(section: Section, path: Path) -> None:
         )
     else:
         section.ok(f"database schema is up to date (version {version})")
+
+
+def _read_only_uri(path: Path) -> str:
+    """A URI that reads ``path`` without writing anything next to it.
+
+    Even a ``mode=ro`` connection creates the ``-wal`` and ``-shm`` files of a WAL database
+    and leaves them behind. With no ``-wal`` file nobody has the database open (SQLite keeps
+    one while any connection is open), so ``immutable`` is safe and touches nothing; with one,
+    the bot is running and ``mode=ro`` shares its files.
+    """
+    uri = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    return f"{uri}?mode=ro" if wal.exists() else f"{uri}?immutable=1"
 
 
 # --- output ---------------------------------------------------------------------------------

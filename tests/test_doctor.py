@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 from pathlib import Path
 
@@ -205,3 +206,65 @@ def test_ascii_output_when_the_terminal_cannot_show_symbols(tmp_path: Path) -> N
     stream.flush()
     assert code == 1
     assert b"[XX] DISCORD_TOKEN is not set" in raw.getvalue()
+
+
+def _bot_database(tmp_path: Path) -> Path:
+    """A database written by the bot's own storage, closed, with one stored image."""
+    import asyncio
+
+    from bot.storage import Database
+
+    async def build() -> None:
+        async with Database.open_data_dir(tmp_path / "data") as db:
+            await db.guilds.add_banned_words(1, [f"w{n} {'x' * 60}" for n in range(300)])
+            assert db.files is not None
+            await db.files.put(b"\x89PNG\r\n\x1a\n" + b"0" * 64, ext="png")
+
+    asyncio.run(build())
+    return tmp_path / "data" / "diffusion-chat.sqlite3"
+
+
+def test_the_doctor_writes_nothing_beside_the_database(tmp_path: Path) -> None:
+    path = _bot_database(tmp_path)
+    before = sorted(p.name for p in path.parent.iterdir()), path.read_bytes()
+    code, output = doctor(tmp_path)
+    assert code == 0, output
+    assert "database schema is up to date" in output
+    assert (sorted(p.name for p in path.parent.iterdir()), path.read_bytes()) == before
+
+
+def test_the_doctor_reads_a_database_the_bot_has_open(tmp_path: Path) -> None:
+    path = _bot_database(tmp_path)
+    bot = sqlite3.connect(path)  # as the running bot: in WAL mode, holding the -wal file
+    bot.execute("PRAGMA journal_mode = WAL")
+    bot.execute("INSERT INTO banned_words (guild_id, word, created_at) VALUES (1, 'new', 'now')")
+    bot.commit()
+    try:
+        code, output = doctor(tmp_path)
+    finally:
+        bot.close()
+    assert code == 0, output
+    assert "database schema is up to date" in output
+
+
+def test_a_damaged_or_emptied_database_fails(tmp_path: Path) -> None:
+    path = _bot_database(tmp_path)
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size // 2 // 4096 * 4096)
+    code, output = doctor(tmp_path)
+    assert code == 1
+    assert "is damaged" in output or "cannot be read" in output
+    path.write_bytes(b"")
+    code, output = doctor(tmp_path)
+    assert code == 1
+    assert "is empty or missing, but" in output and "holds stored images" in output
+
+
+def test_the_documented_doctor_output_matches_this_code() -> None:
+    from engine.registry import ModelRegistry
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text("utf-8")
+    sample = docs.split("Diffusion Chat doctor (settings", 1)[1].split("```", 1)[0]
+    assert f"database schema is up to date (version {LATEST_VERSION})" in sample
+    shown = re.findall(r"^  [✔⚠✘] ([\w-]+): ", sample, re.MULTILINE)
+    assert shown == ModelRegistry.load().names()
