@@ -148,21 +148,15 @@ class Imagine(commands.Cog):
     async def prompt_autocomplete(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        history = self.bot.service.db.history
-        mine = await history.recent(interaction.user.id, current, limit=15)
-        popular = (
-            await history.popular(interaction.guild_id, current, limit=10)
-            if interaction.guild_id
-            else []
+        prompts = await self.bot.service.db.history.suggestions(
+            interaction.user.id, interaction.guild_id, current
         )
-        seen: set[str] = set()
-        choices = []
-        for prompt in [*mine, *(use.prompt for use in popular)]:
-            # A choice's value is limited to 100 characters: a longer prompt would arrive cut.
-            if prompt in seen or not prompt.strip() or len(prompt) > 100:
-                continue
-            seen.add(prompt)
-            choices.append(app_commands.Choice(name=prompt, value=prompt))
+        # A choice's value is limited to 100 characters: a longer prompt would arrive cut.
+        choices = [
+            app_commands.Choice(name=prompt, value=prompt)
+            for prompt in prompts
+            if prompt.strip() and len(prompt) <= 100
+        ]
         return choices[:25]
 
     @app_commands.command()

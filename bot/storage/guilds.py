@@ -32,9 +32,6 @@ def _guild_from_row(row: sqlite3.Row) -> Guild:
     return Guild(
         id=row["id"],
         settings=GuildSettings(
-            default_model=row["default_model"],
-            preview_every=row["preview_every"],
-            private_allowed=bool(row["private_allowed"]),
             extra=json.loads(row["extra"]),
         ),
         created_at=from_db(row["created_at"]),
@@ -70,23 +67,10 @@ class GuildRepository:
         self,
         guild_id: int,
         *,
-        default_model: str | _Unset | None = UNSET,
-        preview_every: int | _Unset | None = UNSET,
-        private_allowed: bool | _Unset = UNSET,
         extra: Mapping[str, Any] | _Unset = UNSET,
     ) -> GuildSettings:
         """Change the named settings (others stay); returns the settings now in force."""
         changes: dict[str, Any] = {}
-        if default_model is not UNSET:
-            changes["default_model"] = default_model
-        if preview_every is not UNSET:
-            if preview_every is not None and (
-                not isinstance(preview_every, int) or preview_every < 0
-            ):
-                raise InvalidInput("The preview interval must be 0 (off) or more steps.")
-            changes["preview_every"] = preview_every
-        if private_allowed is not UNSET:
-            changes["private_allowed"] = int(bool(private_allowed))
         if extra is not UNSET:
             changes["extra"] = json.dumps(dict(extra), ensure_ascii=False, sort_keys=True)
         now = to_db(self._ctx.now())

@@ -179,7 +179,23 @@ V4_DELIVERY = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_CORE, V2_MODERATION, V3_PRIORITY, V4_DELIVERY)
+V5_UNUSED_GUILD_SETTINGS = Migration(
+    5,
+    "drop the per-server default model, preview interval and private switch: nothing read them",
+    (
+        "ALTER TABLE guilds DROP COLUMN default_model",
+        "ALTER TABLE guilds DROP COLUMN preview_every",
+        "ALTER TABLE guilds DROP COLUMN private_allowed",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    V1_CORE,
+    V2_MODERATION,
+    V3_PRIORITY,
+    V4_DELIVERY,
+    V5_UNUSED_GUILD_SETTINGS,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 assert all(m.version == i + 1 for i, m in enumerate(MIGRATIONS)), "migrations out of order"

@@ -90,11 +90,8 @@ class PolicySource(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GuildSettings:
-    """Per-guild settings. ``None`` means "use the bot's configured default"."""
+    """Per-guild settings, kept as one JSON object until a setting needs a column of its own."""
 
-    default_model: str | None = None
-    preview_every: int | None = None
-    private_allowed: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)  # JSON object, for settings to come
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from storage_helpers import job_spec, make_png
 
-from bot.storage import Database, GeneratedImage, JobStatus, LocalImageStore, ManualClock
+from bot.storage import (
+    Database,
+    GeneratedImage,
+    JobStatus,
+    LocalImageStore,
+    ManualClock,
+    migrate,
+)
 from bot.storage.migrations import MIGRATIONS
 from bot.storage.records import QuotaPolicy
 
@@ -73,16 +80,20 @@ async def test_migration_marks_jobs_finished_before_it_as_delivered(
     tmp_path: Path, store: LocalImageStore, clock: ManualClock
 ) -> None:
     path = tmp_path / "old.sqlite3"
-    async with Database.open(path, images=store, clock=clock) as db:
-        finished = await db.create_job(job_spec(), FREE)
-        await db.jobs.mark_failed(finished.id, "boom")
-        queued = await db.create_job(job_spec(), FREE)
-    # Back to the schema before the delivery column, as an older release left it.
+    # The schema before the delivery column, with a job of each kind, as an older release left it.
     version = next(m.version for m in MIGRATIONS if "delivered_at" in " ".join(m.statements))
+    await migrate(path, target=version - 1)
     with sqlite3.connect(path) as conn:
-        conn.execute("DROP INDEX jobs_undelivered")
-        conn.execute("ALTER TABLE jobs DROP COLUMN delivered_at")
-        conn.execute(f"PRAGMA user_version = {version - 1}")
+        conn.execute("INSERT INTO users (id, created_at) VALUES (1, '2025-01-01T00:00:00Z')")
+        for job_id, status, finished_at in (
+            ("finished0001", "failed", "'2025-01-01T00:01:00Z'"),
+            ("queued000001", "queued", "NULL"),
+        ):
+            conn.execute(
+                "INSERT INTO jobs (id, user_id, kind, request, prompt, image_count, status, "
+                f"created_at, finished_at) VALUES ('{job_id}', 1, 'txt2img', '{{}}', 'p', 1, "
+                f"'{status}', '2025-01-01T00:00:00Z', {finished_at})"
+            )
     async with Database.open(path, images=store, clock=clock) as db:
-        assert (await db.jobs.get(finished.id)).delivered_at is not None
-        assert (await db.jobs.get(queued.id)).delivered_at is None
+        assert (await db.jobs.get("finished0001")).delivered_at is not None
+        assert (await db.jobs.get("queued000001")).delivered_at is None
