@@ -342,6 +342,15 @@ async def test_a_slow_database_still_gets_an_answer_within_three_seconds(world: 
         assert ix.ack_latency is not None and ix.ack_latency < 3.0
         message = await ix.wait_for_original(is_result, timeout=60)
         assert "a patient snail" in message.text()
+        # Buttons that start a job write the same slow record, and answer in time too.
+        for click in (
+            await fake.click_button(message, emoji="🔄"),
+            await fake.click_button(message, label="U1"),
+        ):
+            await click.response()
+            assert click.ack_latency is not None and click.ack_latency < 3.0
+            follow = await click.wait_for_message(is_result, timeout=60)
+            assert "a patient snail" in follow.text() and follow.id != message.id
         # A refusal that comes late replaces the public placeholder with a private answer.
         refused = await fake.send_slash_command("imagine", {"prompt": "no"}, user=slowpoke)
         await refused.response()

@@ -227,13 +227,20 @@ async def test_delete_acts_only_on_its_own_jobs_message(world: World) -> None:
     await fake.wait_for(lambda: bobs.deleted, timeout=10, description="bob's message deleted")
 
 
-async def test_a_locked_database_says_busy_not_something_went_wrong(world: World) -> None:
+async def test_a_locked_database_says_busy_and_a_broken_one_gives_a_reference_to_quote(
+    world: World,
+) -> None:
     fake = world.fake
     locked = world.data_dir.parent / "locked-busy"
+    broken = world.data_dir.parent / "broken-reads"
     data_dir = world.data_dir.parent / "busy-data"
     async with stand_in(
-        world, DATA_DIR=str(data_dir), PYTHONPATH=FAULTS, FAULT_LOCKED_DB_WHILE=str(locked)
-    ):
+        world,
+        DATA_DIR=str(data_dir),
+        PYTHONPATH=FAULTS,
+        FAULT_LOCKED_DB_WHILE=str(locked),
+        FAULT_BROKEN_READS_WHILE=str(broken),
+    ) as bot:
         _, grid = await imagine(world, prompt="before the lock", count=1)
         locked.touch()
         try:
@@ -250,6 +257,21 @@ async def test_a_locked_database_says_busy_not_something_went_wrong(world: World
             locked.unlink()
         _, after = await imagine(world, prompt="after the lock", count=1)
         assert is_grid(after)
+        # A failure nobody can fix by waiting: the user gets a reference, the log the cause.
+        broken.touch()
+        try:
+            told = await reply_text(await fake.send_slash_command("favorites"))
+        finally:
+            broken.unlink()
+        assert told.ephemeral and "Something went wrong" in told.content
+        assert "disk I/O" not in told.content  # the cause is for the operator
+        ref = re.search(r"quote `([0-9a-f]{8})`", told.content)
+        assert ref is not None, told.content
+        output = bot.proc.output  # type: ignore[union-attr]
+        logged = output[output.index(f"unexpected error (ref {ref[1]})") :]
+        assert "disk I/O error" in logged.split("unexpected error (ref", 2)[1]
+        listing = await reply_text(await fake.send_slash_command("favorites"))
+        assert "Something went wrong" not in listing.content
 
 
 # --- every button on every shipped model's presets -------------------------------------------

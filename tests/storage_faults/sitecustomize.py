@@ -4,6 +4,8 @@ file exists (the test creates and removes it).
 
 - ``FAULT_FULL_DISK_WHILE=<path>``: storing an image file raises ENOSPC.
 - ``FAULT_LOCKED_DB_WHILE=<path>``: every database write raises "database is locked".
+- ``FAULT_BROKEN_READS_WHILE=<path>``: every database read raises SQLite's "disk I/O error",
+  a failure no user can do anything about (it gets an incident reference).
 - ``FAULT_SLOW_SET_MESSAGE_S=<seconds>``: recording a job's message takes that long (a crash
   in that window loses it).
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 full_disk = os.environ.get("FAULT_FULL_DISK_WHILE")
 locked_db = os.environ.get("FAULT_LOCKED_DB_WHILE")
+broken_reads = os.environ.get("FAULT_BROKEN_READS_WHILE")
 
 
 def present(marker: str) -> bool:
@@ -30,7 +33,7 @@ def present(marker: str) -> bool:
 
 slow_set_message = float(os.environ.get("FAULT_SLOW_SET_MESSAGE_S", "0"))
 
-if full_disk or locked_db or slow_set_message:
+if full_disk or locked_db or broken_reads or slow_set_message:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 if full_disk:
@@ -62,6 +65,20 @@ if locked_db:
             yield tx
 
     Context.write = write  # type: ignore[method-assign,assignment]
+
+if broken_reads:
+    from bot.storage._base import Context
+
+    original_read = Context.read
+
+    @contextlib.asynccontextmanager
+    async def read(self: Context, **kwargs: Any) -> AsyncIterator[Any]:
+        if present(broken_reads):
+            raise sqlite3.OperationalError("disk I/O error")
+        async with original_read(self, **kwargs) as tx:
+            yield tx
+
+    Context.read = read  # type: ignore[method-assign,assignment]
 
 if slow_set_message:
     from bot.storage.jobs import JobRepository
