@@ -53,6 +53,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # Only what the package needs: never the .env, the data or the tests.
 COPY README.md ./
+COPY core ./core
 COPY bot ./bot
 COPY cogs ./cogs
 COPY engine ./engine

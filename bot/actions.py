@@ -10,25 +10,24 @@ import datetime as dt
 import io
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot import render
 from bot.delivery import status_embed
-from bot.errors import PermissionDenied, UserError
-from bot.jobcodec import StoredRequest
-from bot.service import INTERACTION_TOKEN_LIFETIME, Requester
-from bot.storage.errors import ImageNotFound, JobNotFound
-from bot.storage.records import Image, Job
+from bot.errors import PermissionDenied
+from bot.host import BotHost
 from bot.views import Action, JobButton, Pager, pager_view, progress_view
+from core.errors import UserError
+from core.jobcodec import StoredRequest
+from core.service import INTERACTION_TOKEN_LIFETIME, Requester
+from core.storage.errors import ImageNotFound, JobNotFound
+from core.storage.records import Image, Job
 from engine.types import GenerationRequest, Operation
 
-if TYPE_CHECKING:
-    from bot.client import DiffusionBot
-
 log = logging.getLogger(__name__)
-Interaction = discord.Interaction["DiffusionBot"]
+Interaction = discord.Interaction[BotHost]
 
 INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
 ANSWER_BUDGET_S = 2.0  # Discord fails an interaction not answered within 3 s
@@ -173,8 +172,9 @@ def _require_visible(interaction: Interaction, job: Job) -> None:
 
 
 class ButtonActions:
-    def __init__(self, bot: DiffusionBot) -> None:
+    def __init__(self, bot: BotHost, pages: Pages) -> None:
         self._bot = bot
+        self._pages = pages
 
     @property
     def _db(self) -> Any:
@@ -347,7 +347,7 @@ class ButtonActions:
         try:
             if interaction.user.id != user_id:
                 raise UserError("These pages belong to someone else. Use the command yourself.")
-            shown = await self._bot.pages.render(kind, user_id, page)
+            shown = await self._pages.render(kind, user_id, page)
             await interaction.response.edit_message(
                 content=shown.content,
                 embeds=shown.embeds,
@@ -371,7 +371,7 @@ class RenderedPage:
 class Pages:
     """Paginated /favorites and /history, each entry with its thumbnail."""
 
-    def __init__(self, bot: DiffusionBot) -> None:
+    def __init__(self, bot: BotHost) -> None:
         self._bot = bot
 
     async def render(self, kind: Pager, user_id: int, page: int) -> RenderedPage:

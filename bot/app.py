@@ -15,14 +15,14 @@ from discord.gateway import DiscordWebSocket
 from dotenv import load_dotenv
 
 from bot.client import DiffusionBot
-from bot.config import Settings, SettingsError, load_settings
-from bot.logs import configure_logging, register_secret
-from bot.metrics import HealthReport, Metrics, start_metrics_server
-from bot.service import JobService
-from bot.storage.database import Database
-from bot.storage.files import LocalImageStore
-from bot.storage.records import QuotaPolicy
-from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+from core.config import Settings, SettingsError, load_settings
+from core.logs import configure_logging, register_secret
+from core.metrics import HealthReport, Metrics, start_metrics_server
+from core.service import JobService
+from core.storage.database import Database
+from core.storage.files import LocalImageStore
+from core.storage.records import QuotaPolicy
+from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 from engine.backend import DiffusersBackend
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError

@@ -3,7 +3,7 @@
 Every subcommand first loads the env file (``.env``, or ``--env-file``) into the process
 environment without overriding variables that are already set. That way settings that other
 libraries read straight from the environment (``HF_HOME``, ``HF_HUB_OFFLINE``) work from
-``.env`` too, and the real environment still wins, as it does in ``bot.config``.
+``.env`` too, and the real environment still wins, as it does in ``core.config``.
 
 Heavy imports (discord.py, torch, the engine) happen inside the subcommand that needs them,
 so ``--help``, ``doctor``'s settings checks and the container health check stay fast.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-from bot.config import SettingsError, load_settings
+from core.config import SettingsError, load_settings
 
 PROG = "diffusion-chat"
 DEFAULT_ENV_FILE = Path(".env")
@@ -241,9 +241,9 @@ def _exit_code(code: object) -> int:
 
 
 def _migrate(*, backup: bool) -> int:
-    from bot.storage import LocalImageStore, migrate
-    from bot.storage.migrations import backup_path
-    from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+    from core.storage import LocalImageStore, migrate
+    from core.storage.migrations import backup_path
+    from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
     path = settings.database_path
@@ -268,8 +268,8 @@ def _migrate(*, backup: bool) -> int:
 
 
 def _cleanup(older_than_days: float) -> int:
-    from bot.storage import Database, LocalImageStore
-    from bot.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+    from core.storage import Database, LocalImageStore
+    from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
     path = settings.database_path

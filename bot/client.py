@@ -6,33 +6,27 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.actions import ButtonActions, Pages
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
-from bot.errors import UserError, incident_id
-from bot.jobcodec import StoredRequest
-from bot.logs import job_log
-from bot.service import STORAGE_ERRORS
-from bot.storage.errors import DatabaseBusy
+from bot.host import BotHost
 from bot.views import JobButton, PageButton
-from engine.types import JobResult, ResolvedRequest
+from core.errors import UserError
+from core.jobcodec import StoredRequest
 
 if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.service import JobService
-    from bot.storage.records import Job
+    from core.config import Settings
+    from core.service import JobService
+    from core.storage.records import Job
     from engine.engine import JobHandle
     from engine.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STORAGE_RETRY_MAX_S = 60.0
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
 BUTTONS = (JobButton, PageButton)
 
@@ -42,7 +36,7 @@ discord.VoiceClient.warn_nacl = False
 discord.VoiceClient.warn_dave = False
 
 
-class DiffusionBot(commands.Bot):
+class DiffusionBot(BotHost):
     def __init__(
         self,
         settings: Settings,
@@ -51,20 +45,9 @@ class DiffusionBot(commands.Bot):
         *,
         metrics: Any = None,
     ) -> None:
-        # No privileged intents: slash commands and buttons need only the guilds intent.
-        super().__init__(
-            command_prefix=commands.when_mentioned,
-            intents=discord.Intents(guilds=True),
-            help_command=None,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
-        )
-        self.settings = settings
-        self.service = service
-        self.registry = registry
-        self.metrics = metrics
-        self.actions = ButtonActions(self)
+        super().__init__(settings, service, registry, metrics=metrics)
         self.pages = Pages(self)
-        self._reporters: set[asyncio.Task[None]] = set()
+        self.actions = ButtonActions(self, self.pages)
         self._tracked: dict[str, JobReporter] = {}
         self.gateway_connected = False
         self.synced_scopes: list[str] = []
@@ -172,30 +155,6 @@ class DiffusionBot(commands.Bot):
             return
         await mark_delivered(self, job)
 
-    def _in_background(self, work: Coroutine[Any, Any, None], name: str = "job-task") -> None:
-        """Run ``work`` beside the bot, cancelled when it closes."""
-        task = asyncio.create_task(work, name=name)
-        self._reporters.add(task)
-        task.add_done_callback(self._reporters.discard)
-
-    def keep_trying(self, attempt: Callable[[], Awaitable[None]], job_id: str) -> None:
-        """Retry a record that storage refuses now (disk full, database locked) with backoff
-        until it takes it, so the outcome is recorded once storage is back."""
-
-        async def retry() -> None:
-            delay = 0.5
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await attempt()
-                    log.info("job %s: recorded after storage came back", job_id)
-                    return
-                except STORAGE_ERRORS as error:
-                    log.warning("job %s: storage still refuses (%s)", job_id, error)
-                    delay = min(delay * 2, STORAGE_RETRY_MAX_S)
-
-        self._in_background(retry(), name=f"record-{job_id}")
-
     async def on_ready(self) -> None:
         self.gateway_connected = True
         log.info("connected as %s to %d servers", self.user, len(self.guilds))
@@ -254,86 +213,6 @@ class DiffusionBot(commands.Bot):
         if reporter is None:
             return None
         return reporter.handle.cancel()
-
-    def can_upscale(self, request: ResolvedRequest) -> bool:
-        return self.can_upscale_size(request.model, request.width * 2, request.height * 2)
-
-    def can_upscale_size(self, model: str | None, width: int, height: int) -> bool:
-        try:
-            spec = self.registry.get(model or self.registry.default_name)
-        except Exception:
-            return False
-        return max(width, height) <= spec.presets.max_size
-
-    def job_event(
-        self,
-        event: str,
-        job: Job,
-        model: str | None,
-        *,
-        result: JobResult | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """One log line per job event, and the metrics that go with it."""
-        fields: dict[str, Any] = {}
-        if result is not None:
-            t = result.timings
-            fields = {
-                "queued_s": t.queued_s,
-                "load_s": t.load_s,
-                "generate_s": t.generate_s,
-                "total_s": t.total_s,
-                "images": len(result.images),
-                "cached": result.from_cache,
-            }
-        if reason is not None:
-            fields["reason"] = reason
-        job_log(
-            log,
-            event,
-            job_id=job.id,
-            user_id=job.user_id,
-            guild_id=job.guild_id,
-            model=model,
-            **fields,
-        )
-        if self.metrics is None:
-            return
-        if event == "queued":
-            self.metrics.job_submitted()
-        elif event in {"done", "failed", "cancelled"}:
-            self.metrics.job_finished(event, job, result=result, reason=reason)
-
-    # --- errors --------------------------------------------------------------------------
-
-    async def reply_error(self, interaction: discord.Interaction[Any], error: UserError) -> None:
-        await self._reply(interaction, str(error))
-
-    async def reply_unexpected(
-        self, interaction: discord.Interaction[Any], error: BaseException
-    ) -> None:
-        if isinstance(error, DatabaseBusy):
-            # Nothing was lost (a busy write is rolled back); the user just has to wait.
-            log.warning("database busy: %s", error)
-            await self._reply(
-                interaction,
-                "I'm busy right now (my database is locked). Please try again in a moment.",
-            )
-            return
-        ref = incident_id()
-        log.error("unexpected error (ref %s)", ref, exc_info=error)
-        await self._reply(
-            interaction, f"Something went wrong on our side. If it keeps happening, quote `{ref}`."
-        )
-
-    async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException:
-            log.warning("could not tell the user about an error", exc_info=True)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Every click gets an answer. discord.py routes a button to its handler only when

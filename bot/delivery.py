@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot import render
-from bot.errors import incident_id
-from bot.jobcodec import StoredRequest
-from bot.service import STORAGE_ERRORS
-from bot.storage.errors import InvalidTransition
-from bot.storage.records import GeneratedImage, Image, Job, JobStatus
+from bot.host import BotHost
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
+from core.errors import incident_id
+from core.jobcodec import StoredRequest
+from core.service import STORAGE_ERRORS
+from core.storage.errors import InvalidTransition
+from core.storage.records import GeneratedImage, Image, Job, JobStatus
 from engine.errors import EngineStopped
 from engine.images import encode_preview, make_grid
 from engine.types import (
@@ -37,7 +38,6 @@ from engine.types import (
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-    from bot.client import DiffusionBot
     from engine.engine import JobHandle
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class MessageTarget:
     """A job's message: edited through the interaction token while it is valid, then through
     the channel; a new message (or a DM for private results) when the old one is gone."""
 
-    def __init__(self, bot: DiffusionBot, job: Job) -> None:
+    def __init__(self, bot: BotHost, job: Job) -> None:
         self._bot = bot
         self.job = job
         self.message_id = job.message_id
@@ -198,7 +198,7 @@ class JobReporter:
 
     def __init__(
         self,
-        bot: DiffusionBot,
+        bot: BotHost,
         job: Job,
         handle: JobHandle,
         target: MessageTarget,
@@ -385,7 +385,7 @@ async def edit_with_retries(
             await asyncio.sleep(1.0 * 2**attempt)
 
 
-async def mark_delivered(bot: DiffusionBot, job: Job) -> None:
+async def mark_delivered(bot: BotHost, job: Job) -> None:
     """Record that the outcome was shown; should storage refuse now, keep trying (a restart
     before then shows it once more, which is harmless)."""
 
@@ -398,7 +398,7 @@ async def mark_delivered(bot: DiffusionBot, job: Job) -> None:
         bot.keep_trying(attempt, job.id)
 
 
-async def record_failure(bot: DiffusionBot, job: Job, reason: str) -> None:
+async def record_failure(bot: BotHost, job: Job, reason: str) -> None:
     jobs = bot.service.db.jobs
     with contextlib.suppress(InvalidTransition):  # ended another way: that stands
         await jobs.mark_failed(job.id, reason)
@@ -490,7 +490,7 @@ async def render_grid(job: Job, pictures: list[PILImage.Image]) -> discord.File:
 
 
 async def result_embed_and_view(
-    bot: DiffusionBot, job: Job, facts: ResultFacts, role_ids: tuple[int, ...] = ()
+    bot: BotHost, job: Job, facts: ResultFacts, role_ids: tuple[int, ...] = ()
 ) -> tuple[discord.Embed, discord.ui.View]:
     lines = [
         f"<@{job.user_id}> · {render.seeds_text(facts.seeds)} · {facts.steps} steps · "
@@ -519,7 +519,7 @@ async def result_embed_and_view(
     return embed, view
 
 
-async def show_stored_outcome(bot: DiffusionBot, job: Job) -> None:
+async def show_stored_outcome(bot: BotHost, job: Job) -> None:
     """After a restart: show a finished job's outcome that was never shown, from storage
     (its images are stored: no generating again), on its own message."""
     target = MessageTarget(bot, job)

@@ -26,8 +26,8 @@ from typing import Any, TextIO
 
 from dotenv import dotenv_values
 
-from bot.config import TOKEN_SHAPE, Settings, SettingsError, load_settings
-from bot.storage import DATABASE_FILE, IMAGES_DIR
+from core.config import TOKEN_SHAPE, Settings, SettingsError, load_settings
+from core.storage import DATABASE_FILE, IMAGES_DIR
 
 GIB = 1024**3
 LOW_DISK_BYTES = 5 * GIB
@@ -506,7 +506,7 @@ def _check_data_dir(section: Section, data_dir: Path) -> None:
 
 
 def _check_database(section: Section, path: Path) -> None:
-    from bot.storage.migrations import APPLICATION_ID, LATEST_VERSION
+    from core.storage.migrations import APPLICATION_ID, LATEST_VERSION
 
     images = path.parent / IMAGES_DIR
     holds_images = any(not file.name.startswith(".") for file in images.glob("*/*/*"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from bot import textguard
+from core import textguard
 
 # Discord's limits for the places these strings go.
 CONTENT_LIMIT = 2000

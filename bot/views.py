@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
-
-if TYPE_CHECKING:
-    from bot.client import DiffusionBot
 
 # Versioned and prefixed, so old messages keep working and other bots' ids never collide.
 PREFIX = "dc:1"
@@ -39,6 +36,27 @@ def job_custom_id(action: Action, job_id: str, index: int | None = None) -> str:
     custom_id = f"{PREFIX}:{action.value}:{job_id}{suffix}"
     assert len(custom_id) <= MAX_CUSTOM_ID
     return custom_id
+
+
+class ButtonHandler(Protocol):
+    """Where clicks go: the bot's ``actions`` (``bot.actions.ButtonActions``)."""
+
+    async def on_job_button(
+        self,
+        interaction: discord.Interaction[Any],
+        action: Action,
+        job_id: str,
+        index: int | None,
+    ) -> None: ...
+
+    async def on_page(
+        self, interaction: discord.Interaction[Any], kind: Pager, user_id: int, page: int
+    ) -> None: ...
+
+
+def _handler(interaction: discord.Interaction[Any]) -> ButtonHandler:
+    handler: ButtonHandler = interaction.client.actions
+    return handler
 
 
 class JobButton(
@@ -85,10 +103,8 @@ class JobButton(
         index = int(match["index"]) if match["index"] is not None else None
         return cls(action, match["job"], index)
 
-    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:  # type: ignore[override]
-        await interaction.client.actions.on_job_button(
-            interaction, self.action, self.job_id, self.index
-        )
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _handler(interaction).on_job_button(interaction, self.action, self.job_id, self.index)
 
 
 class PageButton(
@@ -123,8 +139,8 @@ class PageButton(
             kind = Pager.HISTORY  # an id from a future version: show something sensible
         return cls(kind, int(match["user"]), int(match["page"]), label="·")
 
-    async def callback(self, interaction: discord.Interaction[DiffusionBot]) -> None:  # type: ignore[override]
-        await interaction.client.actions.on_page(interaction, self.kind, self.user_id, self.page)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _handler(interaction).on_page(interaction, self.kind, self.user_id, self.page)
 
 
 def progress_view(job_id: str) -> discord.ui.View:

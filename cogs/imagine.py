@@ -11,11 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import downloads, render, textguard
+from bot import render
 from bot.actions import launch
-from bot.downloads import AllowedHost
-from bot.errors import UserError
-from bot.prompts import ASPECTS, parse_inline
+from core import downloads, textguard
+from core.downloads import AllowedHost
+from core.errors import UserError
+from core.prompts import ASPECTS, parse_inline
 from engine.types import GenerationRequest, Operation
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Imagine(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
         # ATTACHMENT_HOSTS replaces Discord's CDN hosts when set; the REST base URL's own
-        # origin is allowed too (see bot.downloads.download_hosts).
+        # origin is allowed too (see core.downloads.download_hosts).
         self.download_hosts = downloads.download_hosts(
             bot.settings.attachment_hosts, bot.settings.discord_api_base_url
         )

@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import require_moderator
-from bot.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot

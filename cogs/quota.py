@@ -12,9 +12,9 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import member_role_ids, require_moderator
-from bot.errors import UserError
-from bot.storage import UNSET
-from bot.storage.records import Priority, QuotaScope
+from core.errors import UserError
+from core.storage import UNSET
+from core.storage.records import Priority, QuotaScope
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot

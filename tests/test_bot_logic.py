@@ -12,11 +12,11 @@ import discord
 import pytest
 
 from bot.actions import issued_at
-from bot.config import DISCORD_API, SettingsError, load_settings
-from bot.errors import UserError
-from bot.prompts import closest_aspect, parse_inline
 from bot.render import clip, duration, progress_bar, progress_line, queued_line, seeds_text
 from bot.throttle import ThrottledEditor
+from core.config import DISCORD_API, SettingsError, load_settings
+from core.errors import UserError
+from core.prompts import closest_aspect, parse_inline
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.abcdefghijklmnopqrstuvwxyz012345678"
 

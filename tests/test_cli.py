@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot import cli
-from bot.storage.migrations import LATEST_VERSION
+from core.storage.migrations import LATEST_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.abcdefghijklmnopqrstuvwxyz012345678"
@@ -218,8 +218,8 @@ def test_healthcheck(
 
 
 def setting_names() -> list[str]:
-    """Every UPPER_CASE name that bot/config.py reads with get(...) or values.get(...)."""
-    tree = ast.parse((ROOT / "bot" / "config.py").read_text(encoding="utf-8"))
+    """Every UPPER_CASE name that core/config.py reads with get(...) or values.get(...)."""
+    tree = ast.parse((ROOT / "core" / "config.py").read_text(encoding="utf-8"))
     names: list[str] = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not node.args:
@@ -304,7 +304,7 @@ def start_bot(tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess[str
 
 def stored_data(data_dir: Path) -> Path:
     """A data folder with one image and a database holding records; returns the database."""
-    from bot.storage import Database
+    from core.storage import Database
 
     async def build() -> None:
         async with Database.open_data_dir(data_dir) as db:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.doctor import TorchInfo, hub_cache_dir, run_doctor
-from bot.storage.migrations import APPLICATION_ID, LATEST_VERSION
+from core.storage.migrations import APPLICATION_ID, LATEST_VERSION
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.abcdefghijklmnopqrstuvwxyz012345678"
 CPU = TorchInfo(version="2.13.0+cpu")
@@ -212,7 +212,7 @@ def _bot_database(tmp_path: Path) -> Path:
     """A database written by the bot's own storage, closed, with one stored image."""
     import asyncio
 
-    from bot.storage import Database
+    from core.storage import Database
 
     async def build() -> None:
         async with Database.open_data_dir(tmp_path / "data") as db:

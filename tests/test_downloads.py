@@ -19,8 +19,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from discord.http import HTTPClient
 from yarl import URL
 
-from bot import downloads
-from bot.downloads import (
+from cogs.imagine import read_upload
+from core import downloads
+from core.downloads import (
     AllowedHost,
     DownloadRefused,
     DownloadTooLarge,
@@ -29,8 +30,7 @@ from bot.downloads import (
     download_hosts,
     parse_allowed_host,
 )
-from bot.errors import UserError
-from cogs.imagine import read_upload
+from core.errors import UserError
 
 CAP = 1 * 2**20
 HUGE = 64 * 2**20

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from bot.metrics import (
+from core.metrics import (
     HealthReport,
     Metrics,
     bound_port,
@@ -185,7 +185,7 @@ async def test_no_engine_and_no_gpu_still_scrape() -> None:
 
 @pytest.mark.asyncio
 async def test_port_zero_in_settings_means_off() -> None:
-    from bot.config import load_settings
+    from core.config import load_settings
 
     settings = load_settings({}, env_file=None, require_token=False)
     assert settings.metrics_port == 0

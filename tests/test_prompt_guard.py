@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot import render, textguard
-from bot.errors import UserError
-from bot.prompts import parse_inline
-from bot.service import JobService
-from bot.storage import Database, LocalImageStore
+from bot import render
+from core import textguard
+from core.errors import UserError
+from core.prompts import parse_inline
+from core.service import JobService
+from core.storage import Database, LocalImageStore
 from engine.engine import Engine, EngineSettings
 from engine.registry import ModelRegistry
 from tests.fake_backend import FakeBackend

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.jobcodec import StoredRequest
-from bot.service import JobService, Requester
-from bot.storage import Database, LocalImageStore, Priority, QuotaScope
+from core.jobcodec import StoredRequest
+from core.service import JobService, Requester
+from core.storage import Database, LocalImageStore, Priority, QuotaScope
 from engine.engine import Engine, EngineSettings, JobHandle
 from engine.registry import ModelRegistry
 from engine.types import Done, GenerationRequest, Started

@@ -12,7 +12,7 @@ from typing import Any
 delay = float(os.environ.get("SLOW_JOB_CREATE_S", "0"))
 if delay:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bot.storage.jobs import JobRepository
+    from core.storage.jobs import JobRepository
 
     original = JobRepository.create
 

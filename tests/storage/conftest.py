@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 from storage_helpers import START
 
-from bot.storage import Database, LocalImageStore, ManualClock
+from core.storage import Database, LocalImageStore, ManualClock
 
 
 @pytest.fixture

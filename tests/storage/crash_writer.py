@@ -20,7 +20,7 @@ import sys
 async def writer(db: object, task: int, seed: int) -> None:
     from PIL import Image
 
-    from bot.storage import Database, GeneratedImage, NewJob, QuotaPolicy
+    from core.storage import Database, GeneratedImage, NewJob, QuotaPolicy
 
     assert isinstance(db, Database)
     rng = random.Random(seed * 100 + task)
@@ -56,7 +56,7 @@ async def writer(db: object, task: int, seed: int) -> None:
 async def main() -> None:
     repo, db_path, images_dir, synchronous, seed = sys.argv[1:6]
     sys.path.insert(0, repo)
-    from bot.storage import Database, LocalImageStore
+    from core.storage import Database, LocalImageStore
 
     db = await Database.open(
         db_path,

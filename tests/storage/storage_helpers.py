@@ -8,7 +8,7 @@ import json
 import random
 from typing import Any
 
-from bot.storage import NewJob
+from core.storage import NewJob
 
 UTC = dt.UTC
 START = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import Database, JobStatus, LocalImageStore
+from core.storage import Database, JobStatus, LocalImageStore
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("crash_writer.py")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import job_spec, make_png
 
-from bot.storage import (
+from core.storage import (
     Database,
     GeneratedImage,
     JobStatus,
@@ -17,8 +17,8 @@ from bot.storage import (
     ManualClock,
     migrate,
 )
-from bot.storage.migrations import MIGRATIONS
-from bot.storage.records import QuotaPolicy
+from core.storage.migrations import MIGRATIONS
+from core.storage.records import QuotaPolicy
 
 FREE = QuotaPolicy.unlimited()
 pytestmark = pytest.mark.asyncio

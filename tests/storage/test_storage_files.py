@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from storage_helpers import make_png
 
-from bot.storage import ImageNotFound, ImageStore, InvalidKey, LocalImageStore, content_key
-from bot.storage.errors import InvalidImage
-from bot.storage.files import inspect_image
+from core.storage import ImageNotFound, ImageStore, InvalidKey, LocalImageStore, content_key
+from core.storage.errors import InvalidImage
+from core.storage.files import inspect_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ async def test_no_partial_file_when_the_rename_fails(
     def crash(*args: object) -> None:
         raise OSError("disk vanished between write and rename")
 
-    monkeypatch.setattr("bot.storage.files.os.replace", crash)
+    monkeypatch.setattr("core.storage.files.os.replace", crash)
     with pytest.raises(OSError, match="disk vanished"):
         await store.put(data)
     assert not await store.exists(content_key(data))
@@ -125,8 +125,8 @@ async def test_no_partial_file_when_the_process_dies_mid_write(
         """
         import asyncio, os, sys
         sys.path.insert(0, sys.argv[1])
-        from bot.storage import LocalImageStore
-        import bot.storage.files as files
+        from core.storage import LocalImageStore
+        import core.storage.files as files
         def die(*args):
             os._exit(9)  # as abrupt as SIGKILL: no cleanup handlers run
         files.os.replace = die

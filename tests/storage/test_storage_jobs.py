@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import START, job_spec, make_png
 
-from bot.storage import (
+from core.storage import (
     Database,
     GeneratedImage,
     InvalidInput,

@@ -10,7 +10,7 @@ import aiosqlite
 import pytest
 from storage_helpers import START, job_spec
 
-from bot.storage import (
+from core.storage import (
     LATEST_VERSION,
     MIGRATIONS,
     Database,
@@ -23,7 +23,7 @@ from bot.storage import (
     SchemaTooNew,
     migrate,
 )
-from bot.storage.migrations import APPLICATION_ID, apply_migrations, backup_path
+from core.storage.migrations import APPLICATION_ID, apply_migrations, backup_path
 
 STAMP = "2025-03-10T11:00:00.000000+00:00"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import START, job_spec
 
-from bot.storage import (
+from core.storage import (
     Database,
     InvalidInput,
     LimitKind,
@@ -286,7 +286,7 @@ SPENDER = textwrap.dedent(
     import asyncio, sys
     sys.path.insert(0, sys.argv[2])
     sys.path.insert(0, sys.argv[3])
-    from bot.storage import Database, QuotaExceeded, QuotaPolicy, ManualClock
+    from core.storage import Database, QuotaExceeded, QuotaPolicy, ManualClock
     from storage_helpers import START, job_spec
 
     async def main():

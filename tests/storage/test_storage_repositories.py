@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from storage_helpers import job_spec, make_png
 
-from bot.storage import (
+from core.storage import (
     Database,
     GeneratedImage,
     GuildSettings,
@@ -56,7 +56,7 @@ async def test_banned_words(db: Database) -> None:
 
 @pytest.mark.asyncio
 async def test_banned_word_limit_is_atomic(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bot.storage.guilds.MAX_BANNED_WORDS", 3)
+    monkeypatch.setattr("core.storage.guilds.MAX_BANNED_WORDS", 3)
     await db.guilds.add_banned_words(100, ["a", "b"])
     with pytest.raises(InvalidInput, match="at most 3"):
         await db.guilds.add_banned_words(100, ["c", "d"])

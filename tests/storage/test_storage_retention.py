@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from storage_helpers import job_spec, make_png
 
-from bot.storage import (
+from core.storage import (
     Database,
     GeneratedImage,
     ImageNotFound,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import make_png
 
-from bot.storage import (
+from core.storage import (
     LATEST_VERSION,
     Database,
     DatabaseDamaged,

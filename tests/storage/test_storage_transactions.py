@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import START, job_spec
 
-from bot.storage import Database, DatabaseBusy, ManualClock, QuotaPolicy
+from core.storage import Database, DatabaseBusy, ManualClock, QuotaPolicy
 
 FREE = QuotaPolicy.unlimited()
 

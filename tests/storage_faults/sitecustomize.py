@@ -37,7 +37,7 @@ if full_disk or locked_db or broken_reads or slow_set_message:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 if full_disk:
-    from bot.storage.files import LocalImageStore
+    from core.storage.files import LocalImageStore
 
     original_put = LocalImageStore.put
 
@@ -49,8 +49,8 @@ if full_disk:
     LocalImageStore.put = put  # type: ignore[method-assign]
 
 if locked_db:
-    from bot.storage._base import Context
-    from bot.storage.errors import DatabaseBusy
+    from core.storage._base import Context
+    from core.storage.errors import DatabaseBusy
 
     original_write = Context.write
 
@@ -67,7 +67,7 @@ if locked_db:
     Context.write = write  # type: ignore[method-assign,assignment]
 
 if broken_reads:
-    from bot.storage._base import Context
+    from core.storage._base import Context
 
     original_read = Context.read
 
@@ -81,7 +81,7 @@ if broken_reads:
     Context.read = read  # type: ignore[method-assign,assignment]
 
 if slow_set_message:
-    from bot.storage.jobs import JobRepository
+    from core.storage.jobs import JobRepository
 
     original_set_message = JobRepository.set_message
 

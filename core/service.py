@@ -12,13 +12,13 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot import textguard
-from bot.errors import UserError
-from bot.jobcodec import StoredRequest
-from bot.storage.database import Database
-from bot.storage.errors import DatabaseBusy, QuotaExceeded
-from bot.storage.files import ImageStore, sniff_extension
-from bot.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
+from core import textguard
+from core.errors import UserError
+from core.jobcodec import StoredRequest
+from core.storage.database import Database
+from core.storage.errors import DatabaseBusy, QuotaExceeded
+from core.storage.files import ImageStore, sniff_extension
+from core.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
 from engine.registry import ModelRegistry

@@ -261,7 +261,7 @@ def _non_negative_int(raw: str) -> int:
 
 
 def _host_list(raw: str) -> tuple[str, ...]:
-    from bot.downloads import parse_allowed_host  # only when the setting is used
+    from core.downloads import parse_allowed_host  # only when the setting is used
 
     hosts = tuple(entry.strip() for entry in raw.split(",") if entry.strip())
     for host in hosts:

@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from bot.config import Settings
+    from core.config import Settings
     from engine.engine import EngineStatus
     from engine.types import JobResult
 

@@ -8,14 +8,14 @@ import os
 import sqlite3
 from pathlib import Path
 
-from bot.storage import (
+from core.storage import (
     DatabaseBusy,
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
     SchemaError,
     StorageError,
 )
-from bot.storage.database import DATABASE_FILE, IMAGES_DIR
+from core.storage.database import DATABASE_FILE, IMAGES_DIR
 
 # What opening storage can raise; anything else is a bug and keeps its traceback.
 STARTUP_STORAGE_ERRORS = (StorageError, sqlite3.Error, OSError)

@@ -12,7 +12,7 @@ import enum
 
 
 class StorageError(Exception):
-    """Base class of every error raised by ``bot.storage``."""
+    """Base class of every error raised by ``core.storage``."""
 
 
 class StorageUserError(StorageError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bot.errors import UserError
+from core.errors import UserError
 
 ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 9}
 # Phones and macOS turn a typed "--" into an em or en dash: those start a flag too.

@@ -1,0 +1,189 @@
+"""What the Discord adapter's parts (actions, delivery) need from the bot, apart from the
+client that composes them: shared state, job events, replies to errors, background retries.
+
+``DiffusionBot`` (``bot.client``) adds extensions, command sync and job tracking. The parts
+take a ``BotHost`` so they need not import the client that imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import discord
+from discord.ext import commands
+
+from bot.views import ButtonHandler
+from core.errors import UserError, incident_id
+from core.logs import job_log
+from core.service import STORAGE_ERRORS
+from core.storage.errors import DatabaseBusy
+from engine.types import JobResult, ResolvedRequest
+
+if TYPE_CHECKING:
+    from core.config import Settings
+    from core.service import JobService
+    from core.storage.records import Job
+    from engine.engine import JobHandle
+    from engine.registry import ModelRegistry
+
+log = logging.getLogger("bot")
+
+STORAGE_RETRY_MAX_S = 60.0
+
+
+class AnswerTarget(Protocol):
+    def answered(self, message_id: int | None) -> None: ...
+
+
+class Followed(Protocol):
+    """A job the bot follows to its end (a ``bot.delivery.JobReporter``)."""
+
+    @property
+    def target(self) -> AnswerTarget: ...
+
+
+class BotHost(commands.Bot):
+    actions: ButtonHandler
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: JobService,
+        registry: ModelRegistry,
+        *,
+        metrics: Any = None,
+    ) -> None:
+        # No privileged intents: slash commands and buttons need only the guilds intent.
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents(guilds=True),
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+        self.settings = settings
+        self.service = service
+        self.registry = registry
+        self.metrics = metrics
+        self._reporters: set[asyncio.Task[None]] = set()
+
+    def track(
+        self,
+        job: Job,
+        handle: JobHandle,
+        *,
+        answered: bool = True,
+        role_ids: tuple[int, ...] = (),
+    ) -> Followed:
+        """Follow a job to its end (see ``DiffusionBot.track``)."""
+        raise NotImplementedError
+
+    def cancel_job(self, job_id: str) -> bool | None:
+        """Cancel a followed job (see ``DiffusionBot.cancel_job``)."""
+        raise NotImplementedError
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str = "job-task") -> None:
+        """Run ``work`` beside the bot, cancelled when it closes."""
+        task = asyncio.create_task(work, name=name)
+        self._reporters.add(task)
+        task.add_done_callback(self._reporters.discard)
+
+    def keep_trying(self, attempt: Callable[[], Awaitable[None]], job_id: str) -> None:
+        """Retry a record that storage refuses now (disk full, database locked) with backoff
+        until it takes it, so the outcome is recorded once storage is back."""
+
+        async def retry() -> None:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await attempt()
+                    log.info("job %s: recorded after storage came back", job_id)
+                    return
+                except STORAGE_ERRORS as error:
+                    log.warning("job %s: storage still refuses (%s)", job_id, error)
+                    delay = min(delay * 2, STORAGE_RETRY_MAX_S)
+
+        self._in_background(retry(), name=f"record-{job_id}")
+
+    def can_upscale(self, request: ResolvedRequest) -> bool:
+        return self.can_upscale_size(request.model, request.width * 2, request.height * 2)
+
+    def can_upscale_size(self, model: str | None, width: int, height: int) -> bool:
+        try:
+            spec = self.registry.get(model or self.registry.default_name)
+        except Exception:
+            return False
+        return max(width, height) <= spec.presets.max_size
+
+    def job_event(
+        self,
+        event: str,
+        job: Job,
+        model: str | None,
+        *,
+        result: JobResult | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """One log line per job event, and the metrics that go with it."""
+        fields: dict[str, Any] = {}
+        if result is not None:
+            t = result.timings
+            fields = {
+                "queued_s": t.queued_s,
+                "load_s": t.load_s,
+                "generate_s": t.generate_s,
+                "total_s": t.total_s,
+                "images": len(result.images),
+                "cached": result.from_cache,
+            }
+        if reason is not None:
+            fields["reason"] = reason
+        job_log(
+            log,
+            event,
+            job_id=job.id,
+            user_id=job.user_id,
+            guild_id=job.guild_id,
+            model=model,
+            **fields,
+        )
+        if self.metrics is None:
+            return
+        if event == "queued":
+            self.metrics.job_submitted()
+        elif event in {"done", "failed", "cancelled"}:
+            self.metrics.job_finished(event, job, result=result, reason=reason)
+
+    # --- errors --------------------------------------------------------------------------
+
+    async def reply_error(self, interaction: discord.Interaction[Any], error: UserError) -> None:
+        await self._reply(interaction, str(error))
+
+    async def reply_unexpected(
+        self, interaction: discord.Interaction[Any], error: BaseException
+    ) -> None:
+        if isinstance(error, DatabaseBusy):
+            # Nothing was lost (a busy write is rolled back); the user just has to wait.
+            log.warning("database busy: %s", error)
+            await self._reply(
+                interaction,
+                "I'm busy right now (my database is locked). Please try again in a moment.",
+            )
+            return
+        ref = incident_id()
+        log.error("unexpected error (ref %s)", ref, exc_info=error)
+        await self._reply(
+            interaction, f"Something went wrong on our side. If it keeps happening, quote `{ref}`."
+        )
+
+    async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about an error", exc_info=True)
