@@ -122,7 +122,7 @@ async def launch(
     job = accepted.job
     bot.job_event("queued", job, accepted.request.model)
     # Followed from now on: whatever happens to the answer, the accepted job is delivered.
-    reporter = bot.track(job, accepted.handle, answered=False, role_ids=requester.role_ids)
+    reporter = bot.track(job, accepted.feed, answered=False, role_ids=requester.role_ids)
     message_id = None
     try:
         embed = status_embed(job.prompt, accepted.request.model, "⏳ Queued…")

@@ -20,9 +20,9 @@ from core.jobcodec import StoredRequest
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.feed import JobFeed
     from core.service import JobService
     from core.storage.records import Job
-    from engine.engine import JobHandle
     from engine.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class DiffusionBot(BotHost):
         outcome = await self.service.db.jobs.resume_unfinished()
         for job in outcome.resumed:
             try:
-                handle = await self.service.resubmit(job)
+                feed = await self.service.resubmit(job)
             except Exception as error:
                 log.warning("job %s could not be resumed: %s", job.id, error)
                 failed = await self.service.db.jobs.mark_failed(
@@ -119,7 +119,7 @@ class DiffusionBot(BotHost):
                 )
                 self._in_background(self._tell_failed(failed, "❌ This job could not be resumed."))
                 continue
-            self.track(job, handle, role_ids=StoredRequest.loads(job.request).role_ids)
+            self.track(job, feed, role_ids=StoredRequest.loads(job.request).role_ids)
         for job in outcome.abandoned:
             self._in_background(
                 self._tell_failed(job, "❌ This job failed after several restarts.")
@@ -176,7 +176,7 @@ class DiffusionBot(BotHost):
     def track(
         self,
         job: Job,
-        handle: JobHandle,
+        feed: JobFeed,
         *,
         answered: bool = True,
         role_ids: tuple[int, ...] = (),
@@ -189,7 +189,7 @@ class DiffusionBot(BotHost):
         reporter = JobReporter(
             self,
             job,
-            handle,
+            feed,
             target,
             edit_interval=self.settings.progress_edit_interval_s,
             role_ids=role_ids,
@@ -212,7 +212,7 @@ class DiffusionBot(BotHost):
         reporter = self._tracked.get(job_id)
         if reporter is None:
             return None
-        return reporter.handle.cancel()
+        return reporter.feed.cancel()
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Every click gets an answer. discord.py routes a button to its handler only when

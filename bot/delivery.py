@@ -38,7 +38,7 @@ from engine.types import (
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-    from engine.engine import JobHandle
+    from core.feed import JobFeed
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class JobReporter:
         self,
         bot: BotHost,
         job: Job,
-        handle: JobHandle,
+        feed: JobFeed,
         target: MessageTarget,
         *,
         edit_interval: float,
@@ -209,18 +209,18 @@ class JobReporter:
         self._bot = bot
         self._db = bot.service.db
         self.job = job
-        self.handle = handle
+        self.feed = feed
         self.target = target
         self._role_ids = role_ids
         self._editor: ThrottledEditor[ProgressState] = ThrottledEditor(
             self._send_progress, edit_interval
         )
-        self._model = handle.request.model
+        self._model = feed.request.model
 
     async def run(self) -> None:
         try:
-            async for event in self.handle:
-                await self._on_event(event)
+            async for item in self.feed.follow():
+                await self._on_event(item.event)
         except EngineStopped:
             # Shutting down: the job stays queued in the database and resumes on next start.
             await self._editor.close()

@@ -24,9 +24,9 @@ from engine.types import JobResult, ResolvedRequest
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.feed import JobFeed
     from core.service import JobService
     from core.storage.records import Job
-    from engine.engine import JobHandle
     from engine.registry import ModelRegistry
 
 log = logging.getLogger("bot")
@@ -72,7 +72,7 @@ class BotHost(commands.Bot):
     def track(
         self,
         job: Job,
-        handle: JobHandle,
+        feed: JobFeed,
         *,
         answered: bool = True,
         role_ids: tuple[int, ...] = (),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from core import textguard
 from core.errors import UserError
+from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, QuotaExceeded
@@ -47,7 +48,7 @@ class Requester:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     job: Job
-    handle: JobHandle
+    feed: JobFeed
     request: ResolvedRequest
 
 
@@ -66,6 +67,7 @@ class JobService:
         self.engine = engine
         self.registry = registry
         self.preview_every = preview_every
+        self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------
 
@@ -157,9 +159,19 @@ class JobService:
         except EngineError as error:
             await self.db.jobs.mark_failed(job.id, str(error))
             raise UserError(str(error)) from None
-        return Accepted(job, handle, resolved)
+        return Accepted(job, self._feed(handle), resolved)
 
-    async def resubmit(self, job: Job) -> JobHandle:
+    def feed(self, job_id: str) -> JobFeed | None:
+        """The live events of a job this process runs; None once it has ended (its outcome is
+        then in storage) or when it is not queued here."""
+        return self._feeds.get(job_id)
+
+    def _feed(self, handle: JobHandle) -> JobFeed:
+        feed = JobFeed.start(handle, on_end=lambda: self._feeds.pop(handle.job_id, None))
+        self._feeds[handle.job_id] = feed
+        return feed
+
+    async def resubmit(self, job: Job) -> JobFeed:
         """Queue an unfinished job again after a restart, with its stored seed."""
         stored = StoredRequest.loads(job.request)
         request = stored.request
@@ -167,13 +179,14 @@ class JobService:
             request = dataclasses.replace(
                 request, init_image=await self.images.get(stored.init_image_key)
             )
-        return await self.engine.submit(
+        handle = await self.engine.submit(
             request,
             user_id=str(job.user_id),
             job_id=job.id,
             tier=stored.priority,
             resumed=True,
         )
+        return self._feed(handle)
 
     # --- results -------------------------------------------------------------------------
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.service import JobService, Requester
 from core.storage import Database, LocalImageStore, Priority, QuotaScope
-from engine.engine import Engine, EngineSettings, JobHandle
+from engine.engine import Engine, EngineSettings
 from engine.registry import ModelRegistry
 from engine.types import Done, GenerationRequest, Started
 from tests.fake_backend import FakeBackend
@@ -47,23 +48,23 @@ async def service(tmp_path: Path) -> AsyncIterator[JobService]:
     await engine.stop()
 
 
-async def wait_started(handle: JobHandle) -> None:
+async def wait_started(feed: JobFeed) -> None:
     async with asyncio.timeout(10):
-        async for event in handle:
-            if isinstance(event, Started):
+        async for item in feed.follow():
+            if isinstance(item.event, Started):
                 return
 
 
-async def finish_order(handles: dict[str, JobHandle]) -> list[str]:
+async def finish_order(feeds: dict[str, JobFeed]) -> list[str]:
     order: list[str] = []
 
-    async def follow(name: str, handle: JobHandle) -> None:
-        async for event in handle:
-            if isinstance(event, Done):
+    async def follow(name: str, feed: JobFeed) -> None:
+        async for item in feed.follow():
+            if isinstance(item.event, Done):
                 order.append(name)
 
     async with asyncio.timeout(10):
-        await asyncio.gather(*(follow(name, handle) for name, handle in handles.items()))
+        await asyncio.gather(*(follow(name, feed) for name, feed in feeds.items()))
     return order
 
 
@@ -80,7 +81,7 @@ async def test_moderator_set_priority_decides_who_goes_first(service: JobService
     assert isinstance(backend, GatedBackend)
 
     blocker = await service.accept(Requester(9, GUILD, 1), prompt("busy", 2))
-    await wait_started(blocker.handle)
+    await wait_started(blocker.feed)
     low = await service.accept(Requester(1, GUILD, 1), prompt("low", 3))
     normal = await service.accept(Requester(2, GUILD, 1), prompt("normal", 4))
     high = await service.accept(Requester(3, GUILD, 1, role_ids=(PATRON_ROLE,)), prompt("hi", 5))
@@ -90,7 +91,7 @@ async def test_moderator_set_priority_decides_who_goes_first(service: JobService
 
     backend.gate.set()
     order = await finish_order(
-        {"busy": blocker.handle, "low": low.handle, "normal": normal.handle, "high": high.handle}
+        {"busy": blocker.feed, "low": low.feed, "normal": normal.feed, "high": high.feed}
     )
     assert order == ["busy", "high", "normal", "low"]
 
@@ -99,11 +100,11 @@ async def test_without_plans_the_queue_is_first_come_first_served(service: JobSe
     backend = service.engine._backend
     assert isinstance(backend, GatedBackend)
     blocker = await service.accept(Requester(9, GUILD, 1), prompt("busy", 2))
-    await wait_started(blocker.handle)
+    await wait_started(blocker.feed)
     first = await service.accept(Requester(1, GUILD, 1), prompt("first", 3))
     second = await service.accept(Requester(3, GUILD, 1, role_ids=(PATRON_ROLE,)), prompt("2", 5))
     backend.gate.set()
-    order = await finish_order({"first": first.handle, "second": second.handle})
+    order = await finish_order({"first": first.feed, "second": second.feed})
     assert order == ["first", "second"]
 
 
