@@ -56,6 +56,8 @@ COPY README.md ./
 COPY core ./core
 COPY bot ./bot
 COPY cogs ./cogs
+COPY api ./api
+COPY app ./app
 COPY engine ./engine
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf /src

@@ -1,3 +1,3 @@
-from bot.app import main
+from app.main import main
 
 raise SystemExit(main())

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
 
@@ -94,6 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="age in days above which an unfavourited image is deleted",
     )
+    apikey = commands.add_parser(
+        "apikey",
+        help="make, list and revoke keys for the HTTP API",
+        description="Keys for the HTTP API. Each key is an account with its own quotas.",
+    )
+    apikeys = apikey.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
+    create = apikeys.add_parser("create", help="make a key and print it (once)")
+    create.add_argument("name", help="what the key is for (shown in listings)")
+    # SUPPRESS: an option not given is absent, so the account keeps the default policy.
+    create.add_argument(
+        "--daily-images",
+        type=_limit,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="images a day, or 'unlimited' (default: DEFAULT_DAILY_IMAGES)",
+    )
+    create.add_argument(
+        "--concurrent-jobs",
+        type=_limit,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="unfinished jobs at once (default: DEFAULT_CONCURRENT_JOBS)",
+    )
+    create.add_argument(
+        "--priority",
+        choices=["low", "normal", "high"],
+        help="queue priority (default: normal)",
+    )
+    apikeys.add_parser("list", help="list the keys (never the keys themselves)")
+    revoke = apikeys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("id", type=int, help="the key's number, from `apikey list`")
     commands.add_parser(
         "healthcheck",
         help="ask a running bot's /healthz (for container health checks)",
@@ -141,6 +173,8 @@ def _dispatch(options: argparse.Namespace, passthrough: list[str]) -> int:
         return _cleanup(options.older_than_days)
     if command == "healthcheck":
         return _healthcheck()
+    if command == "apikey":
+        return _apikey(options)
     raise AssertionError(f"unhandled command {command!r}")
 
 
@@ -193,7 +227,7 @@ def _non_negative_float(raw: str) -> float:
 
 
 def _run() -> int:
-    from bot.app import main as app_main
+    from app.main import main as app_main
 
     return app_main(env_file=None)  # main() already loaded --env-file (or ./.env)
 
@@ -294,6 +328,73 @@ def _cleanup(older_than_days: float) -> int:
 
     try:
         print(asyncio.run(clean()))
+    except STARTUP_STORAGE_ERRORS as error:
+        raise CommandError(explain_storage_failure(error, settings.data_dir)) from None
+    return 0
+
+
+def _limit(raw: str) -> int | None:
+    if raw.strip().lower() in ("unlimited", "none"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more (or 'unlimited')")
+    return value
+
+
+def _apikey(options: argparse.Namespace) -> int:
+    from core.storage import (
+        Database,
+        InvalidInput,
+        LocalImageStore,
+        NotFound,
+        Priority,
+        QuotaScope,
+    )
+    from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+
+    settings = load_settings(env_file=None, require_token=False)
+    action: str = options.apikey_command
+
+    async def act() -> str:
+        async with Database.open(
+            settings.database_path, images=LocalImageStore(settings.images_dir)
+        ) as db:
+            if action == "create":
+                key, secret = await db.api_keys.create(options.name)
+                limits: dict[str, Any] = {
+                    name: getattr(options, name)
+                    for name in ("daily_images", "concurrent_jobs")
+                    if hasattr(options, name)
+                }
+                if options.priority is not None:
+                    limits["priority"] = Priority[options.priority.upper()]
+                if limits:
+                    await db.quotas.set_policy(None, QuotaScope.USER, key.user_id, **limits)
+                return (
+                    f"Key {key.id} ({key.name}) made. It is shown only now; keep it secret:\n"
+                    f"{secret}\n"
+                    "Send it as the header `Authorization: Bearer <key>`."
+                )
+            if action == "list":
+                keys = await db.api_keys.list()
+                if not keys:
+                    return "No API keys yet: make one with `diffusion-chat apikey create NAME`."
+                return "\n".join(
+                    f"{key.id:>4}  {key.prefix}…  {key.name}  made {key.created_at:%Y-%m-%d}"
+                    + (f"  REVOKED {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "")
+                    for key in keys
+                )
+            key = await db.api_keys.revoke(options.id)
+            return f"Key {key.id} ({key.name}) is revoked: requests with it are refused now."
+
+    try:
+        print(asyncio.run(act()))
+    except (InvalidInput, NotFound) as error:
+        raise CommandError(str(error)) from None
     except STARTUP_STORAGE_ERRORS as error:
         raise CommandError(explain_storage_failure(error, settings.data_dir)) from None
     return 0

@@ -62,7 +62,6 @@ class DiffusionBot(BotHost):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("extension %s failed to load; its commands are missing", extension)
-        await self.service.engine.start()
         await self.sync_commands_if_changed()
         await self.resume_unfinished()
 
@@ -108,7 +107,7 @@ class DiffusionBot(BotHost):
             return None
 
     async def resume_unfinished(self) -> None:
-        outcome = await self.service.db.jobs.resume_unfinished()
+        outcome = await self.service.db.jobs.resume_unfinished(sources={"discord"})
         for job in outcome.resumed:
             try:
                 feed = await self.service.resubmit(job)
@@ -166,7 +165,8 @@ class DiffusionBot(BotHost):
         self.gateway_connected = False
 
     async def close(self) -> None:
-        await self.service.engine.stop()
+        # The composition root stops the engine first: jobs followed here see it stop, and
+        # stay recorded as unfinished for the next start.
         for task in list(self._reporters):
             task.cancel()
         await super().close()

@@ -64,6 +64,13 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # the HTTP API
+    api_port: int = 0  # 0: off
+    api_host: str = "127.0.0.1"
+    api_allow_anonymous: bool = False
+    api_cors_origins: tuple[str, ...] = ()
+    api_requests_per_minute: int = 60
+    api_max_body_mb: int = 20
 
     @property
     def database_path(self) -> Path:
@@ -98,13 +105,15 @@ def load_settings(
             return default
 
     token = values.get("DISCORD_TOKEN", "").strip()
+    api_on = values.get("API_PORT", "").strip() not in ("", "0")
     if require_token:
-        if not token:
+        if not token and not api_on:
             problems.append(
                 "DISCORD_TOKEN is not set: copy your bot's token from the Discord developer "
-                "portal (Application > Bot > Reset Token) into .env as DISCORD_TOKEN=..."
+                "portal (Application > Bot > Reset Token) into .env as DISCORD_TOKEN=... "
+                "(or, to run only the HTTP API, set API_PORT=8080)"
             )
-        elif not TOKEN_SHAPE.match(token):
+        elif token and not TOKEN_SHAPE.match(token):
             problems.append(
                 "DISCORD_TOKEN does not look like a bot token (three dot-separated parts): "
                 "paste the token itself, without quotes or a 'Bot ' prefix"
@@ -219,6 +228,26 @@ def load_settings(
         log_format=get("LOG_FORMAT", _choice("text", "json"), d.log_format, "use text or json"),
         metrics_port=get("METRICS_PORT", _port, d.metrics_port, "use 0 (off) or a port number"),
         metrics_host=values.get("METRICS_HOST", "").strip() or d.metrics_host,
+        api_port=get("API_PORT", _port, d.api_port, "use 0 (off) or a port number such as 8080"),
+        api_host=values.get("API_HOST", "").strip() or d.api_host,
+        api_allow_anonymous=get(
+            "API_ALLOW_ANONYMOUS", _bool, d.api_allow_anonymous, "use true or false"
+        ),
+        api_cors_origins=get(
+            "API_CORS_ORIGINS",
+            _origin_list,
+            d.api_cors_origins,
+            "use origins such as https://app.example.com, separated by commas",
+        ),
+        api_requests_per_minute=get(
+            "API_REQUESTS_PER_MINUTE",
+            _positive_int,
+            d.api_requests_per_minute,
+            "use a whole number above 0",
+        ),
+        api_max_body_mb=get(
+            "API_MAX_BODY_MB", _positive_int, d.api_max_body_mb, "use a number of MiB above 0"
+        ),
     )
     if problems:
         raise SettingsError("Please fix these settings:\n" + "\n".join(f"- {p}" for p in problems))
@@ -274,6 +303,15 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0:
         raise ValueError(raw)
     return value
+
+
+def _origin_list(raw: str) -> tuple[str, ...]:
+    origins = tuple(entry.strip().rstrip("/") for entry in raw.split(",") if entry.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if origin != "*" and (not sep or scheme not in ("http", "https") or "/" in rest):
+            raise ValueError(origin)
+    return origins
 
 
 def _port(raw: str) -> int:

@@ -9,6 +9,15 @@ class UserError(Exception):
     """A problem the user caused or can fix. ``str(error)`` is shown to them (privately)."""
 
 
+class QuotaRefused(UserError):
+    """The job would break the user's quota. ``retry_after_s``: when trying again can work
+    (the daily reset), or None (a concurrent-jobs limit frees up when a job ends)."""
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 def incident_id() -> str:
     """A short id a user can quote and an operator can find in the logs."""
     return secrets.token_hex(4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ class JobFeed:
 
     def __init__(self, handle: JobHandle, *, on_end: Callable[[], object] | None = None) -> None:
         self.handle = handle
+        # Told apart from the feed of the same job in an earlier run of the process, whose
+        # sequence numbers a reconnecting client may still hold.
+        self.epoch = secrets.token_hex(4)
         self._on_end = on_end
         self._kept: list[FeedEvent] = []
         self._seq = 0
@@ -53,6 +57,11 @@ class JobFeed:
     @property
     def request(self) -> ResolvedRequest:
         return self.handle.request
+
+    @property
+    def latest(self) -> FeedEvent | None:
+        """The newest event: where the job is now."""
+        return self._kept[-1] if self._kept else None
 
     def cancel(self) -> bool:
         """Cancel the job; False when it had already finished."""

@@ -1,5 +1,6 @@
-"""The bot's domain service: accepting jobs (prompt rules, quotas, durable record, engine) and
-storing their results. It knows Discord ids, not Discord objects; cogs and buttons call it."""
+"""The job service every front door calls: accepting jobs (prompt rules, quotas, durable
+record, engine) and storing their results. It knows user ids (Discord's, or an API account's
+below zero), not Discord or HTTP objects."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core import textguard
-from core.errors import UserError
+from core.errors import QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
@@ -43,6 +44,7 @@ class Requester:
     role_ids: tuple[int, ...] = ()
     interaction_token: str | None = None
     token_expires_at: dt.datetime | None = None
+    source: str = "discord"  # the front door: "discord" or "api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,11 @@ class JobService:
             init_image_key = await self.images.put(
                 request.init_image, ext=sniff_extension(request.init_image)
             )
+        mask_image_key = None
+        if request.mask_image is not None:
+            mask_image_key = await self.images.put(
+                request.mask_image, ext=sniff_extension(request.mask_image)
+            )
         policy = await self.db.quotas.effective_policy(
             requester.guild_id, requester.user_id, requester.role_ids
         )
@@ -128,6 +135,7 @@ class JobService:
                 mask_image=None,
             ),
             init_image_key=init_image_key,
+            mask_image_key=mask_image_key,
             priority=policy.priority,
             role_ids=requester.role_ids,
         )
@@ -146,12 +154,14 @@ class JobService:
                     parent_image_index=parent[1] if parent else None,
                     interaction_token=requester.interaction_token,
                     token_expires_at=requester.token_expires_at,
+                    source=requester.source,
                 ),
                 policy=policy,
                 remember_prompt=request.operation is Operation.TXT2IMG,
             )
         except QuotaExceeded as error:
-            raise UserError(str(error)) from None
+            wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
+            raise QuotaRefused(str(error), wait) from None
         try:
             handle = await self.engine.submit(
                 resolved, user_id=str(requester.user_id), job_id=job.id, tier=policy.priority
@@ -178,6 +188,10 @@ class JobService:
         if stored.init_image_key:
             request = dataclasses.replace(
                 request, init_image=await self.images.get(stored.init_image_key)
+            )
+        if stored.mask_image_key:
+            request = dataclasses.replace(
+                request, mask_image=await self.images.get(stored.mask_image_key)
             )
         handle = await self.engine.submit(
             request,

@@ -128,11 +128,18 @@ def assert_no_problems(world: World) -> None:
     assert not problems, "\n".join(str(p) for p in problems) + "\n" + world.bot.output[-3000:]
 
 
+def hold(
+    world: World, prompt_piece: str, from_step: int
+) -> contextlib.AbstractContextManager[Callable[[], None]]:
+    """Hold the world's bot's jobs whose prompt contains ``prompt_piece`` before they report
+    ``from_step``; yields the release (also done on leaving the block)."""
+    return hold_jobs(world.data_dir, prompt_piece, from_step)
+
+
 @contextlib.contextmanager
-def hold(world: World, prompt_piece: str, from_step: int) -> Iterator[Callable[[], None]]:
-    """Hold jobs whose prompt contains ``prompt_piece`` before they report ``from_step``;
-    yields the release (also done on leaving the block)."""
-    folder = hold_dir(world.data_dir)
+def hold_jobs(data_dir: Path, prompt_piece: str, from_step: int) -> Iterator[Callable[[], None]]:
+    """``hold`` for any process started with ``bot_env(data_dir)``."""
+    folder = hold_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.hold"
     partial = path.with_suffix(".tmp")

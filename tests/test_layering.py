@@ -1,5 +1,6 @@
 """The layers, read from the source: the engine knows no front door, the core knows neither
-Discord nor HTTP, and no first-party modules import each other in a circle (imports made only
+Discord nor HTTP, the two adapters (bot/ with cogs/, api/) know nothing of each other, and
+no first-party modules import each other in a circle (imports made only
 for type checking count: they are the same coupling)."""
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "core", "bot", "cogs")
+PACKAGES = ("engine", "core", "bot", "cogs", "api", "app")
 WEB = {"fastapi", "starlette", "uvicorn", "sse_starlette"}
 FORBIDDEN = {
     "engine": {"core", "bot", "cogs", "api", "discord"} | WEB,
     "core": {"bot", "cogs", "api", "discord"} | WEB,
     "bot": {"api"} | WEB,
     "cogs": {"api"} | WEB,
+    "api": {"bot", "cogs", "discord"},
+    "app": set(),  # the composition root wires everything
 }
 
 

@@ -162,6 +162,7 @@ JOB_FIELDS = (
     "started_at",
     "finished_at",
     "delivered_at",
+    "source",
 )
 
 IMAGE_FIELDS = (
@@ -219,6 +220,7 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
         started_at=from_db_opt(get("started_at")),
         finished_at=from_db_opt(get("finished_at")),
         delivered_at=from_db_opt(get("delivered_at")),
+        source=get("source"),
     )
 
 

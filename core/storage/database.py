@@ -30,6 +30,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from ._base import Context
+from .apikeys import ApiKeyRepository
 from .clock import Clock, system_clock, to_db
 from .errors import (
     DatabaseDamaged,
@@ -219,8 +220,8 @@ class Database:
     """The bot's storage. Open with ``await Database.open(path, images=...)``.
 
     Repositories: ``jobs``, ``images``, ``favourites``, ``history`` (prompts), ``quotas``,
-    ``guilds``, ``users``. Cross-cutting operations (jobs with their files, retention) are
-    methods here.
+    ``guilds``, ``users``, ``api_keys``. Cross-cutting operations (jobs with their files,
+    retention) are methods here.
     """
 
     def __init__(self, ctx: Context, schema_version: int) -> None:
@@ -234,6 +235,7 @@ class Database:
         self.quotas = QuotaRepository(ctx)
         self.guilds = GuildRepository(ctx)
         self.users = UserRepository(ctx)
+        self.api_keys = ApiKeyRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:

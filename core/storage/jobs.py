@@ -34,6 +34,7 @@ from .errors import (
     QuotaExceeded,
 )
 from .images import insert_images
+from .prompts import fold
 from .quotas import active_jobs, refund_job, used_today
 from .records import (
     TRANSITIONS,
@@ -132,8 +133,8 @@ class JobRepository:
                                 id, user_id, guild_id, channel_id, message_id,
                                 interaction_token, token_expires_at, kind, request, prompt,
                                 image_count, private, parent_job_id, parent_image_index,
-                                status, attempts, created_at)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 1, ?)
+                                status, attempts, created_at, source)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 1, ?, ?)
                             RETURNING {JOB_COLUMNS}""",
                         (
                             job_id,
@@ -151,6 +152,7 @@ class JobRepository:
                             job.parent_job_id,
                             job.parent_image_index,
                             stamp,
+                            job.source,
                         ),
                     )
                     await tx.run(
@@ -277,11 +279,14 @@ class JobRepository:
         statuses: Collection[JobStatus] | None = None,
         offset: int = 0,
         limit: int = 10,
+        text: str | None = None,
+        model: str | None = None,
     ) -> Page[HistoryEntry]:
         """The user's jobs, newest first, with their images (for ``/history``).
 
         ``guild_id``: omit for every guild and DMs, ``None`` for DMs only.
-        ``statuses``: ``None`` for all.
+        ``statuses``: ``None`` for all. ``text``: only prompts that contain it (ignoring case
+        and accents). ``model``: only jobs that ran on that model.
         """
         if offset < 0 or not 1 <= limit <= 100:
             raise ValueError("offset must be >= 0 and limit in 1..100")
@@ -294,6 +299,12 @@ class JobRepository:
             wanted = [JobStatus(s).value for s in statuses]
             where.append(f"status IN ({placeholders(len(wanted))})" if wanted else "0")
             params.extend(wanted)
+        if text:
+            where.append("instr(dc_fold(prompt), ?) > 0")
+            params.append(fold(text))
+        if model:
+            where.append("json_extract(request, '$.model') = ?")
+            params.append(model)
         condition = " AND ".join(where)
         async with self._ctx.read(snapshot=True) as tx:
             total = await tx.scalar(f"SELECT count(*) FROM jobs WHERE {condition}", params)
@@ -489,6 +500,7 @@ class JobRepository:
         *,
         max_attempts: int | None = 3,
         undelivered_since: dt.timedelta = UNDELIVERED_WINDOW,
+        sources: Collection[str] | None = None,
     ) -> ResumeResult:
         """At start-up: every job left queued or running by the last run, and every finished
         job (within ``undelivered_since``) whose outcome was never shown.
@@ -498,17 +510,21 @@ class JobRepository:
         that crashes the bot must not crash it forever. The others go back to ``queued``
         with ``attempts + 1`` and ``started_at`` cleared; submit them again. Older finished
         jobs never shown are left as they are (marked delivered: too late to be useful).
+        ``sources``: only jobs taken by these front doors (the others wait for theirs).
         """
         now = self._ctx.now()
         stamp = to_db(now)
         async with self._ctx.write() as tx:
             rows = await tx.all(
-                "SELECT id, attempts, EXISTS (SELECT 1 FROM images WHERE images.job_id = jobs.id)"
+                "SELECT id, attempts, source,"
+                " EXISTS (SELECT 1 FROM images WHERE images.job_id = jobs.id)"
                 " FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id"
             )
             resumed, abandoned = [], []
             for row in rows:
-                job_id, attempts, has_images = row[0], row[1], bool(row[2])
+                job_id, attempts, source, has_images = row[0], row[1], row[2], bool(row[3])
+                if sources is not None and source not in sources:
+                    continue
                 if has_images:
                     await tx.run(
                         "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL"
@@ -543,7 +559,7 @@ class JobRepository:
                     f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivered_at IS NULL"
                     " AND status IN ('done', 'failed', 'cancelled') ORDER BY created_at, id"
                 )
-                if row["id"] not in told
+                if row["id"] not in told and (sources is None or row["source"] in sources)
             ]
         return ResumeResult(tuple(resumed), tuple(abandoned), tuple(undelivered))
 

@@ -189,12 +189,30 @@ V5_UNUSED_GUILD_SETTINGS = Migration(
     ),
 )
 
+V6_API = Migration(
+    6,
+    "API keys (accounts for the HTTP API), and which front door took each job",
+    (
+        """CREATE TABLE api_keys (
+            id         INTEGER PRIMARY KEY,
+            name       TEXT NOT NULL,
+            user_id    INTEGER NOT NULL REFERENCES users(id),
+            prefix     TEXT NOT NULL,
+            hash       TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        ) STRICT""",
+        "ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'discord'",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
     V3_PRIORITY,
     V4_DELIVERY,
     V5_UNUSED_GUILD_SETTINGS,
+    V6_API,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

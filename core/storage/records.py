@@ -138,6 +138,7 @@ class NewJob:
     interaction_token: str | None = field(default=None, repr=False)
     token_expires_at: dt.datetime | None = None
     id: str | None = None  # None: storage draws a fresh id
+    source: str = "discord"  # the front door that took it, and must show its outcome: "api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,7 @@ class Job:
     # When its outcome (result, failure, cancellation) was last shown to the user; a finished
     # job without it is shown again from storage after a restart.
     delivered_at: dt.datetime | None = None
+    source: str = "discord"
 
     @property
     def finished(self) -> bool:

@@ -50,8 +50,7 @@ async def build_at_version(path: Path, version: int) -> None:
         if version >= 1:
             statements = [
                 (
-                    "INSERT INTO guilds (id, default_model, created_at, updated_at) "
-                    "VALUES (100, 'sd15-tiny', ?, ?)",
+                    "INSERT INTO guilds (id, created_at, updated_at) VALUES (100, ?, ?)",
                     (STAMP, STAMP),
                 ),
                 ("INSERT INTO users (id, created_at) VALUES (1, ?)", (STAMP,)),

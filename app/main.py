@@ -1,4 +1,5 @@
-"""The composition root: settings, logging, storage, engine and client, wired in one place."""
+"""The composition root: settings, logging, storage, the engine, and the front doors that are
+configured (the Discord bot, the HTTP API), wired in one place and run in one event loop."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 from dotenv import load_dotenv
 
+from api.accounts import RateLimiter
+from api.app import ApiContext, create_app
+from api.server import ApiServer
 from bot.client import DiffusionBot
 from core.config import Settings, SettingsError, load_settings
 from core.logs import configure_logging, register_secret
@@ -89,33 +94,87 @@ async def run(settings: Settings) -> None:
     engine = build_engine(settings, registry)
     service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
     metrics = Metrics(engine_status=engine.status) if settings.metrics_port else None
-    bot = DiffusionBot(settings, service, registry, metrics=metrics)
-    metrics_runner = None
-    if metrics is not None:
-        metrics_runner = await start_metrics_server(
-            metrics,
-            settings.metrics_host,
-            settings.metrics_port,
-            health=lambda: HealthReport(
-                gateway_connected=bot.gateway_connected,
-                worker_alive=engine.status().worker_alive,
-            ),
-        )
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+    await engine.start()
+    doors = FrontDoors()
     try:
-        async with bot:
-            await bot.start(settings.discord_token)
+        if settings.discord_token:
+            doors.bot = DiffusionBot(settings, service, registry, metrics=metrics)
+        if settings.api_port:
+            context = ApiContext(
+                service, registry, settings, RateLimiter(settings.api_requests_per_minute)
+            )
+            doors.api_context = context
+            doors.api = ApiServer(create_app(context), settings.api_host, settings.api_port)
+            try:
+                await doors.api.start()
+            except OSError as error:
+                raise StartupError(
+                    f"API_PORT {settings.api_port} on {settings.api_host} cannot be used "
+                    f"({error.strerror}): is another program using it? Pick another port."
+                ) from None
+            await context.resume()
+            log.info("HTTP API on http://%s:%d/api/docs", settings.api_host, doors.api.port)
+        if metrics is not None:
+            doors.metrics = await start_metrics_server(
+                metrics,
+                settings.metrics_host,
+                settings.metrics_port,
+                health=lambda: HealthReport(
+                    gateway_connected=doors.bot.gateway_connected if doors.bot else True,
+                    worker_alive=engine.status().worker_alive,
+                ),
+            )
+        await doors.run_until_stopped(settings.discord_token)
     finally:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        await engine.stop()  # first: every follower sees the jobs stop, still unfinished
+        await doors.close()
         await db.close()
 
 
+class FrontDoors:
+    """The Discord client and the HTTP API, run side by side until a signal or a failure."""
+
+    def __init__(self) -> None:
+        self.bot: DiffusionBot | None = None
+        self.api: ApiServer | None = None
+        self.api_context: ApiContext | None = None
+        self.metrics: Any = None
+        self._stop = asyncio.Event()
+
+    async def run_until_stopped(self, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, self._stop.set)
+        running: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait(), name="stop")]
+        if self.bot is not None:
+            running.append(asyncio.create_task(self._run_bot(self.bot, token), name="discord"))
+        if self.api is not None and self.api.task is not None:
+            running.append(self.api.task)
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        running[0].cancel()
+
+    @staticmethod
+    async def _run_bot(bot: DiffusionBot, token: str) -> None:
+        async with bot:
+            await bot.start(token)
+
+    async def close(self) -> None:
+        if self.bot is not None and not self.bot.is_closed():
+            await self.bot.close()
+        if self.api is not None:
+            await self.api.stop()
+        if self.api_context is not None:
+            await self.api_context.close()
+        if self.metrics is not None:
+            await self.metrics.cleanup()
+
+
 def main(env_file: Path | None = Path(".env")) -> int:
-    """Start the bot. ``env_file=None``: the caller already loaded its settings file."""
+    """Start what is configured. ``env_file=None``: the caller already loaded its settings."""
     if env_file is not None:
         # Settings for libraries too (HF_HOME, CUDA_VISIBLE_DEVICES...) may live in .env.
         load_dotenv(env_file, override=False)

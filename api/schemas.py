@@ -1,0 +1,115 @@
+"""The API's request and response bodies (their JSON Schema is the OpenAPI document's)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.types import Operation
+
+MAX_PROMPT = 2000
+Aspect = Literal["1:1", "2:3", "3:2", "9:16", "16:9"]
+Side = Literal["left", "right", "top", "bottom"]
+
+
+def _image(value: str | None) -> str | None:
+    """Base64 (optionally a ``data:image/...;base64,`` URL); decoded later, checked here."""
+    if value is None:
+        return None
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 (or a data: URL) of a PNG, JPEG or WebP image") from None
+    return payload
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT, description="What to draw.")
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
+    model: str | None = Field(default=None, max_length=100, description="GET /models names")
+    operation: Operation = Operation.TXT2IMG
+    count: int = Field(default=1, ge=1, le=4)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    guidance: float | None = Field(default=None, ge=0, le=30)
+    width: int | None = Field(default=None, ge=64, le=4096)
+    height: int | None = Field(default=None, ge=64, le=4096)
+    aspect: Aspect | None = None
+    scheduler: str | None = Field(default=None, max_length=40)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    strength: float | None = Field(default=None, gt=0, le=1)
+    variation: Literal["subtle", "strong"] | None = None
+    init_image: str | None = Field(default=None, description="base64 or data: URL")
+    mask_image: str | None = Field(default=None, description="base64; white = repaint")
+    outpaint_sides: list[Side] = Field(default_factory=list, max_length=4)
+    outpaint_pixels: int = Field(default=128, ge=8, le=1024)
+
+    _check_images = field_validator("init_image", "mask_image")(_image)
+
+
+class Metrics(BaseModel):
+    queued_s: float | None = None
+    load_s: float | None = None
+    predict_time: float | None = Field(default=None, description="generation seconds")
+    total_s: float | None = None
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    events: str
+
+
+class JobResource(BaseModel):
+    """A job, shaped like a Replicate prediction."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    position: int | None = Field(default=None, description="1 = next to run")
+    eta_s: float | None = None
+    input: dict[str, object]
+    output: list[str] | None = Field(default=None, description="image URLs (PNG)")
+    seeds: list[int] | None = None
+    error: str | None = None
+    metrics: Metrics
+    created_at: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    urls: JobUrls
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    description: str
+    license: str
+    default: bool
+    steps: int
+    max_steps: int
+    guidance: float
+    width: int
+    height: int
+    max_size: int
+    scheduler: str
+
+
+class HistoryPage(BaseModel):
+    items: list[JobResource]
+    total: int
+    page: int
+    pages: int

@@ -1,0 +1,100 @@
+"""API keys: the HTTP API's accounts. A key is shown once, when it is made; only its SHA-256 is
+kept (the key is 256 random bits, so a fast hash is as good as a slow one). Each key is an
+account of its own, with a user id below zero that no Discord user can have, so quotas,
+history and the fair queue treat it like any user."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import sqlite3
+from dataclasses import dataclass
+
+from ._base import Context, ensure_user
+from .clock import from_db, from_db_opt, to_db
+from .errors import InvalidInput, NotFound
+
+KEY_PREFIX = "dc_"
+SHOWN_PREFIX = 10  # "dc_" and 7 characters: enough to tell keys apart in a listing
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: int
+    name: str
+    user_id: int
+    prefix: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ApiKeyRepository:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def create(self, name: str) -> tuple[ApiKey, str]:
+        """A new key and its account; returns the record and the key itself (shown once)."""
+        name = " ".join(name.split())
+        if not name or len(name) > 100:
+            raise InvalidInput("A key needs a name of 1 to 100 characters.")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = to_db(self._ctx.now())
+        async with self._ctx.write() as tx:
+            lowest = await tx.scalar("SELECT min(user_id) FROM api_keys")
+            user_id = min(-1, (lowest or 0) - 1)
+            await ensure_user(tx, user_id, now)
+            row = await tx.one(
+                "INSERT INTO api_keys (name, user_id, prefix, hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING *",
+                (name, user_id, secret[:SHOWN_PREFIX], hash_key(secret), now),
+            )
+        assert row is not None
+        return _key_from_row(row), secret
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key ``secret`` is, or None (unknown or revoked)."""
+        if not secret.startswith(KEY_PREFIX):
+            return None
+        async with self._ctx.read() as tx:
+            row = await tx.one(
+                "SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+                (hash_key(secret),),
+            )
+        return None if row is None else _key_from_row(row)
+
+    async def list(self) -> list[ApiKey]:
+        async with self._ctx.read() as tx:
+            rows = await tx.all("SELECT * FROM api_keys ORDER BY id")
+        return [_key_from_row(row) for row in rows]
+
+    async def revoke(self, key_id: int) -> ApiKey:
+        """Revoke a key (at once: its next request is refused). Revoking twice is harmless."""
+        now = to_db(self._ctx.now())
+        async with self._ctx.write() as tx:
+            row = await tx.one(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? RETURNING *",
+                (now, key_id),
+            )
+        if row is None:
+            raise NotFound(f"There is no API key {key_id}.")
+        return _key_from_row(row)
+
+
+def _key_from_row(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        user_id=row["user_id"],
+        prefix=row["prefix"],
+        created_at=from_db(row["created_at"]),
+        revoked_at=from_db_opt(row["revoked_at"]),
+    )

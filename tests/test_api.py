@@ -1,0 +1,280 @@
+"""The HTTP API over real HTTP, against the product run as its own process with only the API
+on: generate, follow the events to the end, download the PNG; reconnect, cancel, keys,
+quotas, rate limits, hostile input, and a kill -9 in the middle of a job."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from api_support import PREFIX, ApiProcess, ServerEvent, auth, events, start_api
+from e2e_support import hold_jobs
+from PIL import Image
+
+from engine.images import read_png_parameters
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiProcess]:
+    data_dir = tmp_path_factory.mktemp("api") / "data"
+    server = await start_api(data_dir)
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def key(api: ApiProcess) -> str:
+    return api.new_key("main")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def generate(
+    http: aiohttp.ClientSession, api: ApiProcess, key: str, **body: object
+) -> tuple[int, dict[str, object]]:
+    async with http.post(
+        f"{api.base}{PREFIX}/generate", json={"steps": 4, **body}, headers=auth(key)
+    ) as answer:
+        return answer.status, await answer.json()
+
+
+async def follow(
+    http: aiohttp.ClientSession, url: str, key: str, last_event_id: str | None = None
+) -> list[ServerEvent]:
+    headers = auth(key) | ({"Last-Event-ID": last_event_id} if last_event_id else {})
+    async with http.get(url, headers=headers) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        return [event async for event in events(answer)]
+
+
+async def test_generate_follow_the_events_and_download_the_png(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    status, job = await generate(http, api, key, prompt="a red fox, oil painting", count=2)
+    assert status == 202 and job["status"] in ("queued", "running", "succeeded")
+    urls = job["urls"]
+    assert isinstance(urls, dict)
+    stream = await follow(http, urls["events"], key)
+    names = [event.name for event in stream]
+    assert names[-1] == "succeeded" and "progress" in names
+    assert names.index("started") < names.index("progress")
+    ids = [event.id for event in stream]
+    assert all(ids) and len(set(ids)) == len(ids)
+    last_progress = [event.data for event in stream if event.name == "progress"][-1]
+    assert last_progress["percent"] == 100.0 and last_progress["total"] == 4
+    finished = stream[-1].data
+    assert finished["status"] == "succeeded" and finished["id"] == job["id"]
+    output = finished["output"]
+    assert isinstance(output, list) and len(output) == 2
+    async with http.get(output[0], headers=auth(key)) as answer:
+        assert answer.status == 200 and answer.content_type == "image/png"
+        png = await answer.read()
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+    parameters = read_png_parameters(png)
+    assert parameters is not None and "a red fox, oil painting" in parameters
+    async with http.get(urls["get"], headers=auth(key)) as answer:
+        assert (await answer.json())["output"] == output
+    async with http.get(f"{api.base}{PREFIX}/history?q=RED FOX", headers=auth(key)) as answer:
+        found = await answer.json()
+    assert [item["id"] for item in found["items"]] == [job["id"]]
+    async with http.get(f"{api.base}{PREFIX}/models", headers=auth(key)) as answer:
+        models = await answer.json()
+    assert {"tiny", "tiny-xl"} <= {model["name"] for model in models}
+
+
+async def test_prefer_wait_returns_the_finished_job(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{api.base}{PREFIX}/generate",
+        json={"prompt": "a quick sketch", "steps": 2},
+        headers={**auth(key), "Prefer": "wait=60"},
+    ) as answer:
+        assert answer.status == 200
+        job = await answer.json()
+        assert answer.headers["Location"] == job["urls"]["get"]
+    assert job["status"] == "succeeded" and len(job["output"]) == 1
+
+
+async def test_a_reconnecting_client_misses_nothing(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    with hold_jobs(api.data_dir, "a lighthouse", from_step=3) as release:
+        _, job = await generate(http, api, key, prompt="a lighthouse at dusk", steps=6)
+        first: list[ServerEvent] = []
+        async with http.get(job["urls"]["events"], headers=auth(key)) as answer:  # type: ignore[index]
+            async for event in events(answer):
+                first.append(event)
+                if event.name == "progress":
+                    break  # the connection drops here
+        release()
+        rest = await follow(http, job["urls"]["events"], key, last_event_id=first[-1].id)  # type: ignore[index]
+    assert rest[-1].name == "succeeded"
+    seq = [int(str(event.id).rsplit("-", 1)[1]) for event in first + rest[:-1]]
+    assert seq == sorted(seq) and len(set(seq)) == len(seq)  # nothing twice, in order
+    assert "started" not in [event.name for event in rest]  # it had that already
+
+
+async def test_cancel_while_running(api: ApiProcess, key: str, http: aiohttp.ClientSession) -> None:
+    with hold_jobs(api.data_dir, "never finished", from_step=2):
+        _, job = await generate(http, api, key, prompt="a never finished bridge", steps=6)
+        urls = job["urls"]
+        assert isinstance(urls, dict)
+        async with http.get(urls["events"], headers=auth(key)) as answer:
+            async for event in events(answer):
+                if event.name == "progress":
+                    break
+        async with http.post(urls["cancel"], headers=auth(key)) as answer:
+            assert answer.status == 200
+            cancelled = await answer.json()
+    assert cancelled["status"] == "canceled" and cancelled["output"] is None
+    stream = await follow(http, urls["events"], key)
+    assert [event.name for event in stream] == ["canceled"]
+
+
+async def test_keys_are_checked_and_jobs_are_private(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    url = f"{api.base}{PREFIX}/generate"
+    body = {"prompt": "a secret garden", "steps": 2}
+    async with http.post(url, json=body) as answer:
+        assert answer.status == 401 and answer.headers["WWW-Authenticate"] == "Bearer"
+        assert (await answer.json())["error"]["code"] == "missing_key"
+    async with http.post(url, json=body, headers=auth("dc_not-a-real-key")) as answer:
+        assert answer.status == 401 and (await answer.json())["error"]["code"] == "invalid_key"
+    other = api.new_key("other")
+    _, job = await generate(http, api, key, **body)
+    async with http.get(job["urls"]["get"], headers=auth(other)) as answer:  # type: ignore[index]
+        assert answer.status == 404  # someone else's job does not exist for you
+    listing = api.apikey("list")
+    other_id = next(line.split()[0] for line in listing.splitlines() if " other " in line)
+    api.apikey("revoke", other_id)
+    async with http.get(f"{api.base}{PREFIX}/models", headers=auth(other)) as answer:
+        assert answer.status == 401 and (await answer.json())["error"]["code"] == "invalid_key"
+
+
+async def test_quotas_apply_to_keys_as_to_users(
+    api: ApiProcess, http: aiohttp.ClientSession
+) -> None:
+    small = api.new_key("small", "--daily-images", "2")
+    status, _ = await generate(http, api, small, prompt="one of two", count=2)
+    assert status == 202
+    status, refused = await generate(http, api, small, prompt="one too many")
+    assert status == 429
+    error = refused["error"]
+    assert isinstance(error, dict) and error["code"] == "quota_exceeded"
+    assert "2 of your images" in str(error["message"]) or "all 2" in str(error["message"])
+
+
+HOSTILE: list[tuple[object, str | None]] = [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 5000}, "prompt"),
+    ({"prompt": "a cat", "count": 99}, "count"),
+    ({"prompt": "a cat", "count": "four"}, "count"),
+    ({"prompt": "a cat", "width": 100000}, "width"),
+    ({"prompt": "a cat", "width": 4000, "height": 4000}, "width"),
+    ({"prompt": "a cat", "seed": -1}, "seed"),
+    ({"prompt": "a cat", "model": "no-such-model"}, None),
+    ({"prompt": "a cat", "operation": "teleport"}, "operation"),
+    ({"prompt": "a cat", "init_image": "!!!not base64!!!"}, "init_image"),
+    ({"prompt": "a cat", "operation": "img2img"}, None),
+    (
+        {
+            "prompt": "a cat",
+            "operation": "img2img",
+            "init_image": base64.b64encode(b"GIF89a not really").decode(),
+        },
+        None,
+    ),
+    ({"prompt": "a cat", "surprise": True}, "surprise"),
+    ({"prompt": "\u202e\u0000\ud800"}, None),
+    (["not", "an", "object"], None),
+    ("not json at all", "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), HOSTILE)
+async def test_bad_input_gets_a_json_error_that_names_the_field(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession, body: object, field: str | None
+) -> None:
+    url = f"{api.base}{PREFIX}/generate"
+    headers = {**auth(key), "Content-Type": "application/json"}
+    raw = body if isinstance(body, str) else None
+    if raw is not None:
+        request = http.post(url, data=raw, headers=headers)
+    else:
+        request = http.post(url, json=body, headers=auth(key))
+    async with request as answer:
+        assert 400 <= answer.status < 500, await answer.text()
+        error = (await answer.json())["error"]
+    assert error["code"] and error["message"] and "Traceback" not in error["message"]
+    if field is not None:
+        assert error["field"] == field, error
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    api = await start_api(tmp_path / "data", API_MAX_BODY_MB="1", API_REQUESTS_PER_MINUTE="3")
+    try:
+        key = api.new_key()
+        big = {"prompt": "a cat", "init_image": "A" * (2 * 2**20)}
+        async with http.post(f"{api.base}{PREFIX}/generate", json=big, headers=auth(key)) as answer:
+            assert answer.status == 413
+            assert (await answer.json())["error"]["code"] == "body_too_large"
+        statuses = []
+        for _ in range(4):
+            async with http.get(f"{api.base}{PREFIX}/models", headers=auth(key)) as answer:
+                statuses.append(answer.status)
+                headers = answer.headers
+        assert statuses[-1] == 429 and 200 in statuses
+        assert int(headers["Retry-After"]) >= 1 and headers["RateLimit-Limit"] == "3"
+        assert headers["X-RateLimit-Remaining"] == "0"
+        async with http.get(f"{api.base}/api/openapi.json") as answer:
+            schema = await answer.json()
+        assert f"{PREFIX}/generate" in schema["paths"]
+        async with http.get(f"{api.base}/api/docs") as answer:
+            assert answer.status == 200 and "swagger" in (await answer.text()).lower()
+    finally:
+        await api.stop()
+
+
+async def test_killed_mid_job_the_restarted_server_finishes_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    data_dir = tmp_path / "data"
+    api = await start_api(data_dir)
+    key = api.new_key()
+    with hold_jobs(data_dir, "a phoenix", from_step=2):
+        _, job = await generate(http, api, key, prompt="a phoenix rising", steps=4)
+        async with http.get(job["urls"]["events"], headers=auth(key)) as answer:  # type: ignore[index]
+            async for event in events(answer):
+                if event.name == "progress":
+                    break
+        await api.stop(kill=True)
+    api.env["API_PORT"] = str(api.port)
+    await api.start()
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                async with http.get(job["urls"]["get"], headers=auth(key)) as answer:  # type: ignore[index]
+                    resumed = await answer.json()
+                if resumed["status"] in ("succeeded", "failed", "canceled"):
+                    break
+                await asyncio.sleep(0.2)
+        assert resumed["status"] == "succeeded" and len(resumed["output"]) == 1
+    finally:
+        await api.stop()
