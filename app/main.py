@@ -17,7 +17,8 @@ from discord.gateway import DiscordWebSocket
 from dotenv import load_dotenv
 
 from api.accounts import RateLimiter
-from api.app import ApiContext, create_app
+from api.app import create_app
+from api.context import ApiContext
 from api.server import ApiServer
 from bot.client import DiffusionBot
 from core.config import Settings, SettingsError, load_settings

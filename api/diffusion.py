@@ -1,0 +1,440 @@
+"""The job routes: generate, get, cancel, events, images, models, history."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from api.accounts import Account
+from api.context import ApiContext, Caller, not_found, with_rate_headers
+from api.schemas import (
+    GenerateBody,
+    HistoryPage,
+    JobResource,
+    JobUrls,
+    Metrics,
+    ModelInfo,
+)
+from core.feed import FeedEvent, JobFeed
+from core.jobcodec import StoredRequest
+from core.storage.records import Image, Job, JobStatus
+from engine.errors import EngineStopped
+from engine.types import (
+    Cancelled,
+    Done,
+    Failed,
+    GenerationRequest,
+    ModelLoading,
+    Progress,
+    Queued,
+    Started,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/cv/diffusion"
+MAX_WAIT_S = 60.0
+KEEPALIVE_S = 15.0
+PAGE_SIZE = 20
+STATUS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "running",
+    JobStatus.DONE: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "canceled",
+}
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def diffusion_routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/generate",
+        status_code=202,
+        response_model=JobResource,
+        responses={200: {"model": JobResource, "description": "finished within Prefer: wait"}},
+    )
+    async def generate(
+        body: GenerateBody,
+        request: Request,
+        account: Caller,
+        prefer: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Queue a job. `Prefer: wait=N` holds the answer up to N s (60 at most) and returns
+        the finished job (200) if it finishes by then."""
+        context: ApiContext = request.app.state.context
+        accepted = await context.accept(
+            account, _generation_request(body), fields=set(GenerateBody.model_fields)
+        )
+        wait_s = _prefer_wait(prefer)
+        if wait_s:
+            await context.recorded(accepted.job.id, wait_s)
+        job = await context.service.db.jobs.get(accepted.job.id)
+        resource = await _resource(context, request, job)
+        status = 200 if job.finished else 202
+        response = JSONResponse(
+            resource.model_dump(mode="json"),
+            status_code=status,
+            headers={"Location": resource.urls.get},
+        )
+        return with_rate_headers(request, response)
+
+    @router.get("/jobs/{job_id}", response_model=JobResource)
+    async def get_job(job_id: str, request: Request, account: Caller) -> Response:
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        resource = await _resource(context, request, job)
+        return with_rate_headers(request, JSONResponse(resource.model_dump(mode="json")))
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobResource)
+    async def cancel_job(job_id: str, request: Request, account: Caller) -> Response:
+        """Cancel a queued or running job; a finished one is returned as it is."""
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        feed = context.service.feed(job.id)
+        if feed is not None:
+            feed.cancel()
+            await context.recorded(job.id, 10)
+        elif not job.finished:
+            with contextlib.suppress(Exception):
+                await context.service.db.jobs.mark_cancelled(job.id, "cancelled by its owner")
+        job = await context.service.db.jobs.get(job.id)
+        resource = await _resource(context, request, job)
+        return with_rate_headers(request, JSONResponse(resource.model_dump(mode="json")))
+
+    @router.get(
+        "/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def job_events(
+        job_id: str,
+        request: Request,
+        account: Caller,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Server-sent events: `queued`, `loading`, `started`, `progress`, then one of
+        `succeeded`, `failed`, `canceled` (with the job). Reconnect with `Last-Event-ID`."""
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        stream = _event_stream(context, request, job, last_event_id)
+        response = StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        return with_rate_headers(request, response)
+
+    @router.get(
+        "/images/{image_id}.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def image_png(image_id: int, request: Request, account: Caller) -> Response:
+        """The full PNG, with its generation parameters in the `parameters` text chunk."""
+        context: ApiContext = request.app.state.context
+        image = await _own_image(context, image_id, account)
+        data = await context.service.image_bytes(image)
+        return with_rate_headers(
+            request, Response(data, media_type="image/png", headers=_private())
+        )
+
+    @router.get(
+        "/images/{image_id}/thumb.webp",
+        response_class=Response,
+        responses={200: {"content": {"image/webp": {}}}},
+    )
+    async def image_thumbnail(image_id: int, request: Request, account: Caller) -> Response:
+        context: ApiContext = request.app.state.context
+        image = await _own_image(context, image_id, account)
+        if image.thumbnail_key is None:
+            raise not_found("thumbnail")
+        data = await context.service.images.get(image.thumbnail_key)
+        return with_rate_headers(
+            request, Response(data, media_type="image/webp", headers=_private())
+        )
+
+    @router.get("/models", response_model=list[ModelInfo])
+    async def models(request: Request, account: Caller) -> Response:
+        context: ApiContext = request.app.state.context
+        listed = [
+            ModelInfo(
+                name=spec.name,
+                family=spec.family.value,
+                description=spec.description,
+                license=spec.license,
+                default=spec.name == context.registry.default_name,
+                steps=spec.presets.steps,
+                max_steps=spec.presets.max_steps,
+                guidance=spec.presets.guidance,
+                width=spec.presets.width,
+                height=spec.presets.height,
+                max_size=spec.presets.max_size,
+                scheduler=spec.presets.scheduler,
+            ).model_dump(mode="json")
+            for spec in context.registry.specs()
+        ]
+        return with_rate_headers(request, JSONResponse(listed))
+
+    @router.get("/history", response_model=HistoryPage)
+    async def history(
+        request: Request,
+        account: Caller,
+        page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+        q: Annotated[str | None, Query(max_length=200, description="text in the prompt")] = None,
+        model: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> Response:
+        """The caller's jobs, newest first, 20 a page; `q` searches the prompts."""
+        context: ApiContext = request.app.state.context
+        found = await context.service.db.jobs.history(
+            account.user_id,
+            offset=page * PAGE_SIZE,
+            limit=PAGE_SIZE,
+            text=q or None,
+            model=model or None,
+        )
+        items = [
+            await _resource(context, request, entry.job, list(entry.images))
+            for entry in found.items
+        ]
+        body = HistoryPage(
+            items=items,
+            total=found.total,
+            page=page,
+            pages=max(1, math.ceil(found.total / PAGE_SIZE)),
+        )
+        return with_rate_headers(request, JSONResponse(body.model_dump(mode="json")))
+
+    return router
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _generation_request(body: GenerateBody) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=body.prompt,
+        model=body.model,
+        operation=body.operation,
+        negative_prompt=body.negative_prompt,
+        count=body.count,
+        steps=body.steps,
+        guidance=body.guidance,
+        width=body.width,
+        height=body.height,
+        aspect=body.aspect,
+        scheduler=body.scheduler,
+        seed=body.seed,
+        strength=body.strength,
+        variation=body.variation,
+        init_image=base64.b64decode(body.init_image) if body.init_image else None,
+        mask_image=base64.b64decode(body.mask_image) if body.mask_image else None,
+        outpaint_sides=tuple(body.outpaint_sides),
+        outpaint_pixels=body.outpaint_pixels,
+    )
+
+
+def _prefer_wait(prefer: str | None) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 when absent."""
+    for part in (prefer or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, min(MAX_WAIT_S, float(value.strip())))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+async def _own_job(context: ApiContext, job_id: str, account: Account) -> Job:
+    if len(job_id) > 40:
+        raise not_found()
+    job = await context.service.db.jobs.find(job_id)
+    if job is None or job.user_id != account.user_id or job.source != "api":
+        raise not_found()
+    return job
+
+
+async def _own_image(context: ApiContext, image_id: int, account: Account) -> Image:
+    image = await context.service.db.images.find(image_id)
+    if image is None:
+        raise not_found("image")
+    await _own_job(context, image.job_id, account)  # 404 for someone else's, too
+    return image
+
+
+def _private() -> dict[str, str]:
+    return {"Cache-Control": "private, max-age=31536000, immutable"}
+
+
+def _when(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+async def _resource(
+    context: ApiContext, request: Request, job: Job, images: list[Image] | None = None
+) -> JobResource:
+    base = str(request.base_url).rstrip("/") + PREFIX
+    if images is None:
+        images = list(await context.service.job_images(job.id)) if job.finished else []
+    stored = StoredRequest.loads(job.request).request
+    status = STATUS[job.status]
+    position = eta = None
+    feed = context.service.feed(job.id)
+    latest = feed.latest.event if feed is not None and feed.latest is not None else None
+    if isinstance(latest, Queued):
+        position, eta = latest.position, latest.eta_s
+    elif isinstance(latest, (Started, ModelLoading, Progress)) and status == "queued":
+        status = "running"  # its record follows a moment later
+    if isinstance(latest, Progress):
+        eta = latest.eta_s
+    timings = job.timings or {}
+    return JobResource(
+        id=job.id,
+        status=status,  # type: ignore[arg-type]
+        position=position,
+        eta_s=eta,
+        input={
+            "prompt": stored.prompt,
+            "negative_prompt": stored.negative_prompt,
+            "model": stored.model,
+            "operation": stored.operation.value,
+            "count": stored.count,
+            "steps": stored.steps,
+            "guidance": stored.guidance,
+            "width": stored.width,
+            "height": stored.height,
+            "scheduler": stored.scheduler,
+            "seed": stored.seed,
+        },
+        output=image_urls(request, images) or None,
+        seeds=[image.seed for image in images] if images else None,
+        error=job.error if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None,
+        metrics=Metrics(
+            queued_s=timings.get("queued_s"),
+            load_s=timings.get("load_s"),
+            predict_time=job.generation_seconds,
+            total_s=timings.get("total_s"),
+        ),
+        created_at=job.created_at.isoformat(),
+        started_at=_when(job.started_at),
+        completed_at=_when(job.finished_at),
+        urls=JobUrls(
+            get=f"{base}/jobs/{job.id}",
+            cancel=f"{base}/jobs/{job.id}/cancel",
+            events=f"{base}/jobs/{job.id}/events",
+        ),
+    )
+
+
+def image_urls(request: Request, images: list[Image]) -> list[str]:
+    """Where each image's PNG is, as the caller reached us."""
+    base = str(request.base_url).rstrip("/") + PREFIX
+    return [f"{base}/images/{image.id}.png" for image in images]
+
+
+def _sse(name: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    lines = [f"id: {event_id}"] if event_id else []
+    lines += [f"event: {name}", f"data: {json.dumps(data, separators=(',', ':'))}", "", ""]
+    return "\n".join(lines).encode()
+
+
+def _resume_point(feed: JobFeed, last_event_id: str | None) -> int:
+    """The sequence number to continue after: the client's, if it came from this feed."""
+    epoch, _, seq = (last_event_id or "").partition("-")
+    return int(seq) if epoch == feed.epoch and seq.isdigit() else 0
+
+
+async def _event_stream(
+    context: ApiContext, request: Request, job: Job, last_event_id: str | None
+) -> AsyncIterator[bytes]:
+    feed = context.service.feed(job.id)
+    if feed is None:
+        # Not running here: finished (its outcome is in storage), or waiting for a resume.
+        yield await _final(context, request, job.id)
+        return
+    updates: asyncio.Queue[FeedEvent | BaseException | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in feed.follow(_resume_point(feed, last_event_id)):
+                await updates.put(item)
+        except EngineStopped as stopped:
+            await updates.put(stopped)
+        await updates.put(None)
+
+    reader = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(updates.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                yield _sse(
+                    "interrupted",
+                    {"message": "The server is restarting; the job resumes after it."},
+                )
+                return
+            event_id = f"{feed.epoch}-{item.seq}"
+            if isinstance(item.event, Done | Failed | Cancelled):
+                await context.recorded(job.id, 30)
+                yield await _final(context, request, job.id, event_id)
+                return
+            yield await _progress_event(item, event_id)
+    finally:
+        reader.cancel()
+
+
+async def _progress_event(item: FeedEvent, event_id: str) -> bytes:
+    event = item.event
+    if isinstance(event, Queued):
+        return _sse("queued", {"position": event.position, "eta_s": event.eta_s}, event_id)
+    if isinstance(event, ModelLoading):
+        data = {"model": event.model, "detail": event.detail, "stage": "loading model"}
+        return _sse("loading", data, event_id)
+    if isinstance(event, Started):
+        return _sse("started", {"stage": "starting"}, event_id)
+    assert isinstance(event, Progress)
+    progress: dict[str, Any] = {
+        "step": event.step,
+        "total": event.total,
+        "percent": round(100 * event.step / max(1, event.total), 1),
+        "eta_s": event.eta_s,
+        "stage": "decoding" if event.step >= event.total else "denoising",
+    }
+    if event.preview is not None:
+        progress["preview"] = await asyncio.to_thread(_data_url, event.preview)
+    return _sse("progress", progress, event_id)
+
+
+def _data_url(preview: Any) -> str:
+    buffer = io.BytesIO()
+    preview.convert("RGB").save(buffer, format="WEBP", quality=60)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def _final(
+    context: ApiContext, request: Request, job_id: str, event_id: str | None = None
+) -> bytes:
+    job = await context.service.db.jobs.get(job_id)
+    resource = await _resource(context, request, job)
+    name = resource.status if job.finished else "pending"
+    return _sse(name, resource.model_dump(mode="json"), event_id or f"end-{job.id}")
