@@ -40,10 +40,19 @@ def create_app(context: ApiContext) -> FastAPI:
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
+        # Every operation may answer with these; each body is an ErrorBody.
         responses={
-            401: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            429: {"model": ErrorBody},
+            status: {"model": ErrorBody, "description": meaning}
+            for status, meaning in (
+                (400, "the body could not be read (not UTF-8, or cut short)"),
+                (401, "no key, or a key that is unknown or revoked"),
+                (404, "no such job or image, or not the caller's"),
+                (409, "the job was cancelled before it finished (synchronous routes)"),
+                (413, "the body is over API_MAX_BODY_MB"),
+                (422, "invalid request: the error names the field"),
+                (429, "rate limit or quota: see Retry-After"),
+                (504, "still running after the synchronous routes' wait: poll the job"),
+            )
         },
     )
     app.state.context = context
@@ -133,9 +142,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(error.status_code, "http_error")
         return error_response(
-            ApiError(error.status_code, codes.get(error.status_code, "http_error"), error.detail)
+            ApiError(error.status_code, code, error.detail, headers=dict(error.headers or {}))
         )
 
     @app.exception_handler(Exception)

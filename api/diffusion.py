@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.accounts import Account
@@ -47,6 +47,8 @@ PREFIX = "/api/cv/diffusion"
 MAX_WAIT_S = 60.0
 KEEPALIVE_S = 15.0
 PAGE_SIZE = 20
+ImageId = Annotated[int, Path(ge=1, le=2**62)]  # SQLite integers end at 2**63
+JobId = Annotated[str, Path(min_length=1, max_length=40)]
 STATUS = {
     JobStatus.QUEUED: "queued",
     JobStatus.RUNNING: "running",
@@ -94,14 +96,14 @@ def diffusion_routes() -> APIRouter:
         return with_rate_headers(request, response)
 
     @router.get("/jobs/{job_id}", response_model=JobResource)
-    async def get_job(job_id: str, request: Request, account: Caller) -> Response:
+    async def get_job(job_id: JobId, request: Request, account: Caller) -> Response:
         context: ApiContext = request.app.state.context
         job = await _own_job(context, job_id, account)
         resource = await _resource(context, request, job)
         return with_rate_headers(request, JSONResponse(resource.model_dump(mode="json")))
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobResource)
-    async def cancel_job(job_id: str, request: Request, account: Caller) -> Response:
+    async def cancel_job(job_id: JobId, request: Request, account: Caller) -> Response:
         """Cancel a queued or running job; a finished one is returned as it is."""
         context: ApiContext = request.app.state.context
         job = await _own_job(context, job_id, account)
@@ -122,7 +124,7 @@ def diffusion_routes() -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def job_events(
-        job_id: str,
+        job_id: JobId,
         request: Request,
         account: Caller,
         last_event_id: Annotated[str | None, Header()] = None,
@@ -144,7 +146,7 @@ def diffusion_routes() -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    async def image_png(image_id: int, request: Request, account: Caller) -> Response:
+    async def image_png(image_id: ImageId, request: Request, account: Caller) -> Response:
         """The full PNG, with its generation parameters in the `parameters` text chunk."""
         context: ApiContext = request.app.state.context
         image = await _own_image(context, image_id, account)
@@ -158,7 +160,7 @@ def diffusion_routes() -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"image/webp": {}}}},
     )
-    async def image_thumbnail(image_id: int, request: Request, account: Caller) -> Response:
+    async def image_thumbnail(image_id: ImageId, request: Request, account: Caller) -> Response:
         context: ApiContext = request.app.state.context
         image = await _own_image(context, image_id, account)
         if image.thumbnail_key is None:
