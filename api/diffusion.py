@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.accounts import Account
-from api.context import ApiContext, Caller, not_found, with_rate_headers
+from api.context import ApiContext, ApiError, Caller, not_found, with_rate_headers
 from api.schemas import (
     GenerateBody,
     HistoryPage,
@@ -47,6 +48,7 @@ PREFIX = "/api/cv/diffusion"
 MAX_WAIT_S = 60.0
 KEEPALIVE_S = 15.0
 PAGE_SIZE = 20
+IDEMPOTENCY_POLLS = 50  # x 0.1 s: how long a retry waits for its first request's job
 ImageId = Annotated[int, Path(ge=1, le=2**62)]  # SQLite integers end at 2**63
 JobId = Annotated[str, Path(min_length=1, max_length=40)]
 STATUS = {
@@ -75,23 +77,38 @@ def diffusion_routes() -> APIRouter:
         request: Request,
         account: Caller,
         prefer: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
     ) -> Response:
         """Queue a job. `Prefer: wait=N` holds the answer up to N s (60 at most) and returns
-        the finished job (200) if it finishes by then."""
+        the finished job (200) if it finishes by then. A retry with the same
+        `Idempotency-Key` and body gets the same job (for 24 hours), not a second one."""
         context: ApiContext = request.app.state.context
-        accepted = await context.accept(
-            account, _generation_request(body), fields=set(GenerateBody.model_fields)
-        )
+        headers: dict[str, str] = {}
+        job_id = None
+        if idempotency_key is not None:
+            job_id = await _replayed_job(context, account, idempotency_key, body)
+            headers["Idempotent-Replayed"] = "true" if job_id else "false"
+        if job_id is None:
+            try:
+                accepted = await context.accept(
+                    account, _generation_request(body), fields=set(GenerateBody.model_fields)
+                )
+            except BaseException:
+                if idempotency_key is not None:
+                    await context.service.db.idempotency.release(account.user_id, idempotency_key)
+                raise
+            job_id = accepted.job.id
+            if idempotency_key is not None:
+                await context.service.db.idempotency.bind(account.user_id, idempotency_key, job_id)
         wait_s = _prefer_wait(prefer)
         if wait_s:
-            await context.recorded(accepted.job.id, wait_s)
-        job = await context.service.db.jobs.get(accepted.job.id)
+            await context.recorded(job_id, wait_s)
+        job = await context.service.db.jobs.get(job_id)
         resource = await _resource(context, request, job)
-        status = 200 if job.finished else 202
         response = JSONResponse(
             resource.model_dump(mode="json"),
-            status_code=status,
-            headers={"Location": resource.urls.get},
+            status_code=200 if job.finished else 202,
+            headers={"Location": resource.urls.get, **headers},
         )
         return with_rate_headers(request, response)
 
@@ -247,6 +264,35 @@ def _generation_request(body: GenerateBody) -> GenerationRequest:
         mask_image=base64.b64decode(body.mask_image) if body.mask_image else None,
         outpaint_sides=tuple(body.outpaint_sides),
         outpaint_pixels=body.outpaint_pixels,
+    )
+
+
+async def _replayed_job(
+    context: ApiContext, account: Account, key: str, body: GenerateBody
+) -> str | None:
+    """The job this key already made with this body, or None once the key is claimed for a
+    new one. The same key with another body is refused."""
+    digest = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+    for _ in range(IDEMPOTENCY_POLLS):
+        claim = await context.service.db.idempotency.claim(account.user_id, key, digest)
+        if claim is None:
+            return None
+        if not claim.same_body:
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request body.",
+                field="Idempotency-Key",
+            )
+        if claim.job_id is not None:
+            return claim.job_id
+        await asyncio.sleep(0.1)  # its first request is being accepted right now
+    raise ApiError(
+        409,
+        "idempotency_key_in_use",
+        "A request with this Idempotency-Key is still being accepted; retry in a moment.",
     )
 
 

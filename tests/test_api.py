@@ -278,3 +278,29 @@ async def test_killed_mid_job_the_restarted_server_finishes_it(
         assert resumed["status"] == "succeeded" and len(resumed["output"]) == 1
     finally:
         await api.stop()
+
+
+async def test_an_idempotent_retry_gets_the_same_job(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    url = f"{api.base}{PREFIX}/generate"
+    body = {"prompt": "a retried request", "steps": 2, "seed": 5}
+    headers = {**auth(key), "Idempotency-Key": "order-42"}
+
+    # Sent twice at once, then once more later: one job.
+    async def send() -> tuple[int, dict[str, object], str]:
+        async with http.post(url, json=body, headers=headers) as answer:
+            return answer.status, await answer.json(), answer.headers["Idempotent-Replayed"]
+
+    answers = await asyncio.gather(send(), send())
+    answers.append(await send())
+    assert len({str(job["id"]) for _, job, _ in answers}) == 1
+    assert sorted(replayed for _, _, replayed in answers) == ["false", "true", "true"]
+    async with http.post(
+        url, json={**body, "prompt": "another request"}, headers=headers
+    ) as answer:
+        assert answer.status == 422
+        error = (await answer.json())["error"]
+    assert error["code"] == "idempotency_key_reused" and error["field"] == "Idempotency-Key"
+    async with http.get(f"{api.base}{PREFIX}/history?q=retried", headers=auth(key)) as answer:
+        assert (await answer.json())["total"] == 1

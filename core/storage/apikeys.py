@@ -98,3 +98,59 @@ def _key_from_row(row: sqlite3.Row) -> ApiKey:
         created_at=from_db(row["created_at"]),
         revoked_at=from_db_opt(row["revoked_at"]),
     )
+
+
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What an ``Idempotency-Key`` holds: ``job_id`` None means its first request is still
+    being accepted; ``same_body`` False means the key was used with another body."""
+
+    job_id: str | None
+    same_body: bool
+
+
+class IdempotencyRepository:
+    """``Idempotency-Key``: the first request with a key makes the job; a retry with the
+    same key and body gets that job again; the same key with another body is refused."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def claim(self, user_id: int, key: str, body_hash: str) -> Claim | None:
+        """Take the key for a new job (None), or say what it already holds."""
+        now = self._ctx.now()
+        async with self._ctx.write() as tx:
+            await tx.run(
+                "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at < ?",
+                (user_id, key, to_db(now - IDEMPOTENCY_WINDOW)),
+            )
+            if await tx.run(
+                "INSERT INTO idempotency_keys (user_id, key, body_hash, job_id, created_at)"
+                " VALUES (?, ?, ?, NULL, ?) ON CONFLICT DO NOTHING",
+                (user_id, key, body_hash, to_db(now)),
+            ):
+                return None
+            row = await tx.one(
+                "SELECT body_hash, job_id FROM idempotency_keys WHERE user_id = ? AND key = ?",
+                (user_id, key),
+            )
+        assert row is not None
+        return Claim(row["job_id"], row["body_hash"] == body_hash)
+
+    async def bind(self, user_id: int, key: str, job_id: str) -> None:
+        async with self._ctx.write() as tx:
+            await tx.run(
+                "UPDATE idempotency_keys SET job_id = ? WHERE user_id = ? AND key = ?",
+                (job_id, user_id, key),
+            )
+
+    async def release(self, user_id: int, key: str) -> None:
+        """The first request failed before making a job: a retry may try again."""
+        async with self._ctx.write() as tx:
+            await tx.run(
+                "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND job_id IS NULL",
+                (user_id, key),
+            )

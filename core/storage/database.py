@@ -30,7 +30,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from ._base import Context
-from .apikeys import ApiKeyRepository
+from .apikeys import ApiKeyRepository, IdempotencyRepository
 from .clock import Clock, system_clock, to_db
 from .errors import (
     DatabaseDamaged,
@@ -236,6 +236,7 @@ class Database:
         self.guilds = GuildRepository(ctx)
         self.users = UserRepository(ctx)
         self.api_keys = ApiKeyRepository(ctx)
+        self.idempotency = IdempotencyRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:

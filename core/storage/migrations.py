@@ -203,6 +203,16 @@ V6_API = Migration(
             revoked_at TEXT
         ) STRICT""",
         "ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'discord'",
+        # An Idempotency-Key the account sent with the body it came with (hashed), and the
+        # job it made; job_id is NULL while that first request is being accepted.
+        """CREATE TABLE idempotency_keys (
+            user_id    INTEGER NOT NULL,
+            key        TEXT NOT NULL,
+            body_hash  TEXT NOT NULL,
+            job_id     TEXT REFERENCES jobs(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, key)
+        ) STRICT, WITHOUT ROWID""",
     ),
 )
 
