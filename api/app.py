@@ -14,9 +14,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.accounts import is_loopback
 from api.compat import compat_routes
 from api.context import ApiContext, ApiError, error_response
 from api.diffusion import PREFIX, diffusion_routes
@@ -74,6 +75,15 @@ def create_app(context: ApiContext) -> FastAPI:
         status = context.service.engine.status()
         body = {"status": "ok" if status.worker_alive else "down", **dataclasses.asdict(status)}
         return JSONResponse(body, status_code=200 if status.worker_alive else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics, to scrapers on this machine (elsewhere: METRICS_PORT)."""
+        collected = context.events.metrics
+        if collected is None or not is_loopback(request.client.host if request.client else None):
+            raise ApiError(404, "not_found", "Not here: scrape METRICS_PORT instead.")
+        body, content_type = collected.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from api.accounts import ANONYMOUS_USER_ID, Account, RateLimiter, is_loopback
 from core.config import Settings
 from core.errors import QuotaRefused, UserError
+from core.events import JobEvents
 from core.feed import JobFeed
 from core.recorder import record_outcome
 from core.service import Accepted, JobService, Requester
@@ -57,11 +58,14 @@ class ApiContext:
     registry: ModelRegistry
     settings: Settings
     limiter: RateLimiter
+    events: JobEvents
     recorders: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     owners: dict[str, int] = field(default_factory=dict)  # job id -> user id, while live
 
     def follow(self, job: Job, feed: JobFeed) -> None:
-        task = asyncio.create_task(record_outcome(self.service, job, feed), name=f"api-{job.id}")
+        task = asyncio.create_task(
+            record_outcome(self.service, job, feed, self.events), name=f"api-{job.id}"
+        )
         self.recorders[job.id] = task
         self.owners[job.id] = job.user_id
 
@@ -99,6 +103,7 @@ class ApiContext:
             raise ApiError(
                 422, "invalid_request", str(error), field=_field_named(str(error), fields)
             ) from None
+        self.events("queued", accepted.job, accepted.request.model)
         self.follow(accepted.job, accepted.feed)
         return accepted
 

@@ -22,6 +22,7 @@ from api.context import ApiContext
 from api.server import ApiServer
 from bot.client import DiffusionBot
 from core.config import Settings, SettingsError, load_settings
+from core.events import JobEvents
 from core.logs import configure_logging, register_secret
 from core.metrics import HealthReport, Metrics, start_metrics_server
 from core.service import JobService
@@ -94,7 +95,8 @@ async def run(settings: Settings) -> None:
         raise StartupError(explain_storage_failure(error, settings.data_dir)) from None
     engine = build_engine(settings, registry)
     service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
-    metrics = Metrics(engine_status=engine.status) if settings.metrics_port else None
+    serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
+    metrics = Metrics(engine_status=engine.status) if serve_metrics else None
     await engine.start()
     doors = FrontDoors()
     try:
@@ -102,7 +104,11 @@ async def run(settings: Settings) -> None:
             doors.bot = DiffusionBot(settings, service, registry, metrics=metrics)
         if settings.api_port:
             context = ApiContext(
-                service, registry, settings, RateLimiter(settings.api_requests_per_minute)
+                service,
+                registry,
+                settings,
+                RateLimiter(settings.api_requests_per_minute),
+                JobEvents(metrics),
             )
             doors.api_context = context
             doors.api = ApiServer(create_app(context), settings.api_host, settings.api_port)
@@ -115,7 +121,7 @@ async def run(settings: Settings) -> None:
                 ) from None
             await context.resume()
             log.info("HTTP API on http://%s:%d/api/docs", settings.api_host, doors.api.port)
-        if metrics is not None:
+        if metrics is not None and settings.metrics_port:
             doors.metrics = await start_metrics_server(
                 metrics,
                 settings.metrics_host,

@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from bot.views import ButtonHandler
 from core.errors import UserError, incident_id
-from core.logs import job_log
+from core.events import JobEvents
 from core.service import STORAGE_ERRORS
 from core.storage.errors import DatabaseBusy
 from engine.types import JobResult, ResolvedRequest
@@ -67,6 +67,7 @@ class BotHost(commands.Bot):
         self.service = service
         self.registry = registry
         self.metrics = metrics
+        self.events = JobEvents(metrics)
         self._reporters: set[asyncio.Task[None]] = set()
 
     def track(
@@ -127,35 +128,7 @@ class BotHost(commands.Bot):
         result: JobResult | None = None,
         reason: str | None = None,
     ) -> None:
-        """One log line per job event, and the metrics that go with it."""
-        fields: dict[str, Any] = {}
-        if result is not None:
-            t = result.timings
-            fields = {
-                "queued_s": t.queued_s,
-                "load_s": t.load_s,
-                "generate_s": t.generate_s,
-                "total_s": t.total_s,
-                "images": len(result.images),
-                "cached": result.from_cache,
-            }
-        if reason is not None:
-            fields["reason"] = reason
-        job_log(
-            log,
-            event,
-            job_id=job.id,
-            user_id=job.user_id,
-            guild_id=job.guild_id,
-            model=model,
-            **fields,
-        )
-        if self.metrics is None:
-            return
-        if event == "queued":
-            self.metrics.job_submitted()
-        elif event in {"done", "failed", "cancelled"}:
-            self.metrics.job_finished(event, job, result=result, reason=reason)
+        self.events(event, job, model, result=result, reason=reason)
 
     # --- errors --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from core.events import JobEvents
 from core.feed import JobFeed
 from core.service import STORAGE_ERRORS, JobService
 from core.storage.errors import InvalidTransition
@@ -22,25 +23,34 @@ log = logging.getLogger(__name__)
 RETRY_MAX_S = 60.0
 
 
-async def record_outcome(service: JobService, job: Job, feed: JobFeed) -> None:
-    """Follow ``feed`` to the end and write each change to storage. Storage that refuses a
-    write (a full disk, a locked database) is retried with backoff until it takes it: the
-    images already made are kept in memory meanwhile, and nothing is generated again."""
+async def record_outcome(
+    service: JobService, job: Job, feed: JobFeed, events: JobEvents | None = None
+) -> None:
+    """Follow ``feed`` to the end and write each change to storage (and report it to
+    ``events``: the log and the metrics). Storage that refuses a write (a full disk, a locked
+    database) is retried with backoff until it takes it: the images already made are kept in
+    memory meanwhile, and nothing is generated again."""
     jobs = service.db.jobs
+    model = feed.request.model
+    report = events or (lambda *args, **kwargs: None)
     try:
         async for item in feed.follow():
             match item.event:
                 case Started():
                     await _keep_trying(partial(jobs.mark_running, job.id), job.id)
+                    report("started", job, model)
                 case Done(result=result):
                     outputs = await service.encode_result(result)
                     await _keep_trying(partial(service.complete, job, outputs, result), job.id)
+                    report("done", job, model, result=result)
                 case Failed(reason=reason):
                     await _keep_trying(partial(jobs.mark_failed, job.id, reason), job.id)
+                    report("failed", job, model, reason=reason)
                 case Cancelled():
                     await _keep_trying(
                         partial(jobs.mark_cancelled, job.id, "cancelled by its owner"), job.id
                     )
+                    report("cancelled", job, model)
         await _keep_trying(partial(jobs.mark_delivered, job.id), job.id)
     except EngineStopped:
         pass  # shutting down: the job stays queued in storage and resumes at the next start

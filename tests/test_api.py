@@ -107,6 +107,14 @@ async def test_prefer_wait_returns_the_finished_job(
         job = await answer.json()
         assert answer.headers["Location"] == job["urls"]["get"]
     assert job["status"] == "succeeded" and len(job["output"]) == 1
+    # Counted and logged like a Discord job: /metrics (to this machine) and one line an event.
+    async with http.get(f"{api.base}/metrics") as answer:
+        exposition = await answer.text()
+    done = [line for line in exposition.splitlines() if 'jobs_total{status="done"}' in line]
+    assert done and float(done[0].split()[-1]) >= 1
+    assert any(
+        "job done" in line and f"job_id={job['id']}" in line for line in api.output.splitlines()
+    )
 
 
 async def test_a_reconnecting_client_misses_nothing(
