@@ -1,0 +1,108 @@
+"""Both front doors in one process: Discord users and API clients share one queue, one
+fairness scheduler and one quota system, and every accepted job is delivered exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+from api_support import PREFIX, auth, free_port
+from e2e_support import World, hold_jobs, is_result, stand_in
+
+from core.storage import Database
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PEOPLE = 25  # of each: 25 Discord users and 25 API keys
+
+
+async def make_keys(data_dir: Path, count: int) -> list[str]:
+    # Written beside the running bot, as `diffusion-chat apikey create` would.
+    async with Database.open_data_dir(data_dir) as db:
+        return [(await db.api_keys.create(f"client {n}"))[1] for n in range(count)]
+
+
+def jobs_by_prompt(data_dir: Path) -> dict[str, sqlite3.Row]:
+    with sqlite3.connect(f"file:{data_dir / 'diffusion-chat.sqlite3'}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute(
+            "SELECT id, prompt, status, source, created_at, started_at,"
+            " (SELECT count(*) FROM images WHERE images.job_id = jobs.id) AS images"
+            " FROM jobs WHERE prompt LIKE 'crowd %'"
+        ).fetchall()
+    return {row["prompt"]: row for row in rows}
+
+
+async def test_fifty_people_through_two_doors_one_queue(world: World, no_problems: None) -> None:
+    fake = world.fake
+    data_dir = world.data_dir.parent / "both-doors"
+    port = free_port()
+    users = [fake.add_member(f"crowd{n}") for n in range(PEOPLE)]
+    async with stand_in(world, DATA_DIR=str(data_dir), API_PORT=str(port)):
+        keys = await make_keys(data_dir, PEOPLE)
+        base = f"http://127.0.0.1:{port}{PREFIX}"
+        with hold_jobs(data_dir, "crowd blocker", from_step=1) as release:
+            blocker = await fake.send_slash_command(
+                "imagine", {"prompt": "crowd blocker", "steps": 2, "count": 1}
+            )
+            await blocker.response()
+            async with aiohttp.ClientSession() as http:
+
+                async def from_api(n: int) -> str:
+                    body = {"prompt": f"crowd api {n:02d}", "steps": 2}
+                    async with http.post(
+                        f"{base}/generate", json=body, headers=auth(keys[n])
+                    ) as answer:
+                        assert answer.status == 202, await answer.text()
+                        return str((await answer.json())["id"])
+
+                async def from_discord(n: int) -> object:
+                    ix = await fake.send_slash_command(
+                        "imagine",
+                        {"prompt": f"crowd discord {n:02d}", "steps": 2, "count": 1},
+                        user=users[n],
+                    )
+                    await ix.response()
+                    assert ix.ack_latency is not None and ix.ack_latency < 3.0
+                    return ix
+
+                # Interleaved, all at once.
+                arrivals = await asyncio.gather(
+                    *(call(n) for n in range(PEOPLE) for call in (from_api, from_discord))
+                )
+                release()
+                api_ids = [a for a in arrivals if isinstance(a, str)]
+                interactions = [a for a in arrivals if not isinstance(a, str)]
+                results = await asyncio.gather(
+                    *(ix.wait_for_original(is_result, timeout=240) for ix in interactions)  # type: ignore[attr-defined]
+                )
+                async with asyncio.timeout(240):
+                    while True:
+                        done = jobs_by_prompt(data_dir)
+                        if sum(row["status"] == "done" for row in done.values()) == 2 * PEOPLE + 1:
+                            break
+                        await asyncio.sleep(0.2)
+                for n, job_id in enumerate(api_ids):
+                    async with http.get(f"{base}/jobs/{job_id}", headers=auth(keys[n])) as answer:
+                        job = await answer.json()
+                    assert job["status"] == "succeeded" and len(job["output"]) == 1
+
+    assert len(results) == PEOPLE
+    for n in range(PEOPLE):
+        posted = [
+            m for m in fake.messages(results[0].channel_id) if f"crowd discord {n:02d}" in m.text()
+        ]
+        assert len(posted) == 1 and is_result(posted[0])  # delivered once, not twice
+    rows = jobs_by_prompt(data_dir)
+    assert {row["source"] for row in rows.values()} == {"api", "discord"}
+    assert all(row["images"] == 1 for row in rows.values())  # each stored once
+    # Fair: one job each, so the queue served them in the order they arrived, whichever door.
+    crowd = sorted(
+        (row for row in rows.values() if row["prompt"] != "crowd blocker"),
+        key=lambda row: row["created_at"],
+    )
+    started = [row["started_at"] for row in crowd]
+    assert started == sorted(started)
