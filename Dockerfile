@@ -80,7 +80,7 @@ ENV DATA_DIR=/data \
     METRICS_PORT=9464 \
     METRICS_HOST=0.0.0.0
 VOLUME ["/data", "/models"]
-EXPOSE 9464
+EXPOSE 9464 8080
 
 # Asks the bot's /healthz (gateway connected and GPU worker alive) with Python's urllib, so
 # the image needs no curl. It needs METRICS_PORT (set above); with METRICS_PORT=0 the check
