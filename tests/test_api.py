@@ -236,9 +236,22 @@ async def test_bad_input_gets_a_json_error_that_names_the_field(
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    api = await start_api(tmp_path / "data", API_MAX_BODY_MB="1", API_REQUESTS_PER_MINUTE="3")
+    api = await start_api(
+        tmp_path / "data",
+        API_MAX_BODY_MB="1",
+        API_REQUESTS_PER_MINUTE="3",
+        API_CORS_ORIGINS="https://app.example.com",
+    )
     try:
         key = api.new_key()
+        # A browser page on the allowed origin may call it; another origin gets no CORS grant.
+        preflight = {"Access-Control-Request-Method": "POST"}
+        for origin, allowed in (("https://app.example.com", True), ("https://evil.example", False)):
+            async with http.options(
+                f"{api.base}{PREFIX}/generate", headers={**preflight, "Origin": origin}
+            ) as answer:
+                granted = answer.headers.get("Access-Control-Allow-Origin")
+            assert (granted == origin) is allowed
         big = {"prompt": "a cat", "init_image": "A" * (2 * 2**20)}
         async with http.post(f"{api.base}{PREFIX}/generate", json=big, headers=auth(key)) as answer:
             assert answer.status == 413
