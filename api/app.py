@@ -21,7 +21,7 @@ from api.accounts import is_loopback
 from api.compat import compat_routes
 from api.context import ApiContext, ApiError, error_response
 from api.diffusion import PREFIX, diffusion_routes
-from api.schemas import ErrorBody
+from api.schemas import ErrorBody, GenerateBody
 from core.errors import incident_id
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def create_app(context: ApiContext) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(diffusion_routes(), prefix=PREFIX)
     app.include_router(compat_routes())
+    _document_generate_body(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -86,6 +87,22 @@ def create_app(context: ApiContext) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _document_generate_body(app: FastAPI) -> None:
+    """Put ``GenerateBody`` in the document's components: its route reads the body itself
+    (JSON or a multipart form), so FastAPI does not list the model on its own."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        body = GenerateBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(body.pop("$defs", {}))
+        schemas["GenerateBody"] = body
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyLimit:

@@ -14,8 +14,11 @@ import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from api.accounts import Account
 from api.context import ApiContext, ApiError, Caller, not_found, with_rate_headers
@@ -71,9 +74,10 @@ def diffusion_routes() -> APIRouter:
         status_code=202,
         response_model=JobResource,
         responses={200: {"model": JobResource, "description": "finished within Prefer: wait"}},
+        openapi_extra={"requestBody": GENERATE_BODY_DOC},
     )
     async def generate(
-        body: GenerateBody,
+        body: Annotated[GenerateBody, Depends(generate_body)],
         request: Request,
         account: Caller,
         prefer: Annotated[str | None, Header()] = None,
@@ -242,6 +246,57 @@ def diffusion_routes() -> APIRouter:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+IMAGE_FIELDS = ("init_image", "mask_image")
+GENERATE_BODY_DOC: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/GenerateBody"}},
+        "multipart/form-data": {
+            "schema": {
+                "$ref": "#/components/schemas/GenerateBody",
+                "description": "the same fields as form fields; init_image and mask_image "
+                "may be files",
+            },
+            "encoding": {name: {"contentType": "image/*"} for name in IMAGE_FIELDS},
+        },
+    },
+}
+
+
+async def generate_body(request: Request) -> GenerateBody:
+    """The generate body, as JSON or as a multipart form whose images may be uploaded files."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    data: Any
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=len(IMAGE_FIELDS), max_fields=40)
+        except Exception as error:  # a malformed or over-large form: the client's doing
+            raise ApiError(422, "invalid_form", f"The form could not be read ({error}).") from None
+        data = {}
+        for name in set(form.keys()):
+            values = form.getlist(name)
+            if name == "outpaint_sides":
+                data[name] = [str(value) for value in values]
+                continue
+            value = values[-1]
+            if isinstance(value, UploadFile):
+                if name not in IMAGE_FIELDS:
+                    raise ApiError(422, "invalid_request", "Only images may be files.", field=name)
+                value = base64.b64encode(await value.read()).decode()
+            data[name] = value
+    else:
+        try:
+            data = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(
+                422, "invalid_json", "The body is not valid JSON.", field="body"
+            ) from None
+    try:
+        return GenerateBody.model_validate(data)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
 
 
 def _generation_request(body: GenerateBody) -> GenerationRequest:

@@ -325,3 +325,31 @@ async def test_an_idempotent_retry_gets_the_same_job(
     assert error["code"] == "idempotency_key_reused" and error["field"] == "Idempotency-Key"
     async with http.get(f"{api.base}{PREFIX}/history?q=retried", headers=auth(key)) as answer:
         assert (await answer.json())["total"] == 1
+
+
+async def test_images_can_be_uploaded_as_a_multipart_form(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 220)).save(picture, format="PNG")
+    form = aiohttp.FormData()
+    form.add_field("prompt", "a blue square, remixed")
+    form.add_field("operation", "img2img")
+    form.add_field("steps", "4")
+    form.add_field("strength", "0.5")
+    form.add_field(
+        "init_image", picture.getvalue(), filename="square.png", content_type="image/png"
+    )
+    async with http.post(
+        f"{api.base}{PREFIX}/generate", data=form, headers={**auth(key), "Prefer": "wait=60"}
+    ) as answer:
+        job = await answer.json()
+    assert answer.status == 200, job
+    assert job["status"] == "succeeded" and job["input"]["operation"] == "img2img"
+    wrong = aiohttp.FormData()
+    wrong.add_field("prompt", "a cat")
+    wrong.add_field("steps", "many")
+    wrong.add_field("notes", b"a file where text belongs", filename="notes.txt")
+    async with http.post(f"{api.base}{PREFIX}/generate", data=wrong, headers=auth(key)) as answer:
+        assert answer.status == 422
+        assert (await answer.json())["error"]["field"] in ("notes", "steps")
