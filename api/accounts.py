@@ -17,10 +17,6 @@ class Account:
     user_id: int
     key_id: int | None  # None: anonymous
 
-    @property
-    def label(self) -> str:
-        return "anonymous" if self.key_id is None else f"key {self.key_id}"
-
 
 def is_loopback(host: str | None) -> bool:
     if not host:

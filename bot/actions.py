@@ -120,7 +120,7 @@ async def launch(
         await bot.reply_error(interaction, error)
         return
     job = accepted.job
-    bot.job_event("queued", job, accepted.request.model)
+    bot.events("queued", job, accepted.request.model)
     # Followed from now on: whatever happens to the answer, the accepted job is delivered.
     reporter = bot.track(job, accepted.feed, answered=False, role_ids=requester.role_ids)
     message_id = None

@@ -250,7 +250,7 @@ class JobReporter:
                 self._editor.update(ProgressState(render.loading_line(model, detail)))
             case Started():
                 await self._settle("running")
-                self._bot.job_event("started", self.job, self._model)
+                self._bot.events("started", self.job, self._model)
                 self._editor.update(ProgressState(render.progress_line(0, 1, None)))
             case Progress(step=step, total=total, eta_s=eta, preview=preview):
                 data = self._editor_pending_preview()
@@ -265,14 +265,14 @@ class JobReporter:
                     self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None, attachments=[]
                 )
                 await mark_delivered(self._bot, self.job)
-                self._bot.job_event("failed", self.job, self._model, reason=reason)
+                self._bot.events("failed", self.job, self._model, reason=reason)
             case Cancelled():
                 await self._settle("cancelled", "cancelled by a user")
                 await self._final(
                     self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None, attachments=[]
                 )
                 await mark_delivered(self._bot, self.job)
-                self._bot.job_event("cancelled", self.job, self._model)
+                self._bot.events("cancelled", self.job, self._model)
 
     def _editor_pending_preview(self) -> bytes | None:
         pending = self._editor.pending
@@ -320,7 +320,7 @@ class JobReporter:
         try:
             await self._final(embed, view, attachments=[grid_file])
         finally:
-            self._bot.job_event("done", self.job, self._model, result=result)
+            self._bot.events("done", self.job, self._model, result=result)
         await mark_delivered(self._bot, self.job)
 
     async def _save(self, outputs: list[GeneratedImage], result: JobResult) -> bool:
@@ -367,7 +367,7 @@ class JobReporter:
         try:
             await self._final(embed, None, attachments=[grid_file])
         finally:
-            self._bot.job_event("failed", self.job, self._model, reason="storage")
+            self._bot.events("failed", self.job, self._model, reason="storage")
             self._bot.keep_trying(lambda: record_failure(self._bot, self.job, reason), self.job.id)
 
 

@@ -20,7 +20,7 @@ from core.errors import UserError, incident_id
 from core.events import JobEvents
 from core.service import STORAGE_ERRORS
 from core.storage.errors import DatabaseBusy
-from engine.types import JobResult, ResolvedRequest
+from engine.types import ResolvedRequest
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -118,17 +118,6 @@ class BotHost(commands.Bot):
         except Exception:
             return False
         return max(width, height) <= spec.presets.max_size
-
-    def job_event(
-        self,
-        event: str,
-        job: Job,
-        model: str | None,
-        *,
-        result: JobResult | None = None,
-        reason: str | None = None,
-    ) -> None:
-        self.events(event, job, model, result=result, reason=reason)
 
     # --- errors --------------------------------------------------------------------------
 
