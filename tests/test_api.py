@@ -85,11 +85,19 @@ async def test_generate_follow_the_events_and_download_the_png(
     assert Image.open(io.BytesIO(png)).size == (64, 64)
     parameters = read_png_parameters(png)
     assert parameters is not None and "a red fox, oil painting" in parameters
+    thumbnail = output[0].replace(".png", "/thumb.webp")
+    async with http.get(thumbnail, headers=auth(key)) as answer:
+        assert answer.status == 200 and answer.content_type == "image/webp"
     async with http.get(urls["get"], headers=auth(key)) as answer:
         assert (await answer.json())["output"] == output
     async with http.get(f"{api.base}{PREFIX}/history?q=RED FOX", headers=auth(key)) as answer:
         found = await answer.json()
     assert [item["id"] for item in found["items"]] == [job["id"]]
+    for model, expected in (("tiny", [job["id"]]), ("tiny-xl", [])):
+        async with http.get(
+            f"{api.base}{PREFIX}/history?q=red fox&model={model}", headers=auth(key)
+        ) as answer:
+            assert [item["id"] for item in (await answer.json())["items"]] == expected
     async with http.get(f"{api.base}{PREFIX}/models", headers=auth(key)) as answer:
         models = await answer.json()
     assert {"tiny", "tiny-xl"} <= {model["name"] for model in models}
@@ -178,14 +186,29 @@ async def test_quotas_apply_to_keys_as_to_users(
     api: ApiProcess, http: aiohttp.ClientSession
 ) -> None:
     small = api.new_key("small", "--daily-images", "2")
-    status, _ = await generate(http, api, small, prompt="one of two", count=2)
+    with hold_jobs(api.data_dir, "one of two", from_step=1):
+        status, held = await generate(http, api, small, prompt="one of two", count=2)
+        assert status == 202
+        status, refused = await generate(http, api, small, prompt="one too many")
+        assert status == 429
+        error = refused["error"]
+        assert isinstance(error, dict) and error["code"] == "quota_exceeded"
+        assert "all 2 of your images" in str(error["message"])
+        # A cancelled job gives its images back, as on Discord.
+        async with http.post(held["urls"]["cancel"], headers=auth(small)) as answer:  # type: ignore[index]
+            assert (await answer.json())["status"] == "canceled"
+    status, _ = await generate(http, api, small, prompt="refunded, so allowed", count=2)
     assert status == 202
-    status, refused = await generate(http, api, small, prompt="one too many")
-    assert status == 429
-    error = refused["error"]
-    assert isinstance(error, dict) and error["code"] == "quota_exceeded"
-    assert "2 of your images" in str(error["message"]) or "all 2" in str(error["message"])
 
+
+def huge_png() -> str:
+    """A 20000x20000 picture in a few kilobytes: a decompression bomb for a careless server."""
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+HUGE_PNG = huge_png()
 
 HOSTILE: list[tuple[object, str | None]] = [
     ({"prompt": ""}, "prompt"),
@@ -209,6 +232,7 @@ HOSTILE: list[tuple[object, str | None]] = [
     ),
     ({"prompt": "a cat", "surprise": True}, "surprise"),
     ({"prompt": "\u202e\u0000\ud800"}, None),
+    ({"prompt": "a cat", "operation": "img2img", "init_image": HUGE_PNG}, None),
     (["not", "an", "object"], None),
     ("not json at all", "body"),
 ]
