@@ -123,7 +123,7 @@ class ApiContext:
             except Exception as error:
                 log.warning("job %s could not be resumed: %s", job.id, error)
                 await self.service.db.jobs.mark_failed(job.id, "Could not resume after a restart.")
-        for job in outcome.undelivered:
+        for job in (*outcome.abandoned, *outcome.undelivered):
             await self.service.db.jobs.mark_delivered(job.id)  # clients read it from storage
 
     async def close(self) -> None:

@@ -36,7 +36,7 @@ from engine.errors import EngineError
 from engine.loader import LoaderOptions, ModelManager
 from engine.registry import ModelRegistry
 
-log = logging.getLogger("bot")
+log = logging.getLogger("diffusion_chat")
 
 
 class StartupError(Exception):
