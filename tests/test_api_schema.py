@@ -63,7 +63,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         server.wait(30)
 
 
-def test_schemathesis_finds_nothing(live_api: tuple[str, str]) -> None:
+def test_schemathesis_finds_nothing(live_api: tuple[str, str], tmp_path: Path) -> None:
     """All of schemathesis's phases (examples, boundary coverage, fuzzing, stateful links),
     valid and invalid data, deterministic so a failure is reproducible."""
     base, key = live_api
@@ -86,6 +86,7 @@ def test_schemathesis_finds_nothing(live_api: tuple[str, str]) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # its cache folder goes there, not into the repository
     )
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
