@@ -367,7 +367,7 @@ async def _own_job(context: ApiContext, job_id: str, account: Account) -> Job:
     if len(job_id) > 40:
         raise not_found()
     job = await context.service.db.jobs.find(job_id)
-    if job is None or job.user_id != account.user_id or job.source != "api":
+    if job is None or job.user_id != account.user_id:
         raise not_found()
     return job
 

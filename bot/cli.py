@@ -380,7 +380,7 @@ def _apikey(options: argparse.Namespace) -> int:
                     "Send it as the header `Authorization: Bearer <key>`."
                 )
             if action == "list":
-                keys = await db.api_keys.list()
+                keys = await db.api_keys.all()
                 if not keys:
                     return "No API keys yet: make one with `diffusion-chat apikey create NAME`."
                 return "\n".join(

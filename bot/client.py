@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation")
+EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation", "cogs.account")
 BUTTONS = (JobButton, PageButton)
 
 # The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)

@@ -4,13 +4,14 @@ fairness scheduler and one quota system, and every accepted job is delivered exa
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 from api_support import PREFIX, auth, free_port
-from e2e_support import World, hold_jobs, is_result, stand_in
+from e2e_support import World, hold_jobs, is_result, reply_text, stand_in
 
 from core.storage import Database
 
@@ -106,3 +107,31 @@ async def test_fifty_people_through_two_doors_one_queue(world: World, no_problem
     )
     started = [row["started_at"] for row in crowd]
     assert started == sorted(started)
+
+
+async def test_a_personal_key_shares_history_and_quota_with_discord(
+    world: World, no_problems: None
+) -> None:
+    fake = world.fake
+    member = fake.add_member("keyholder")
+    port = free_port()
+    async with stand_in(world, API_PORT=str(port)), aiohttp.ClientSession() as http:
+        made = await reply_text(await fake.send_slash_command("apikey create", user=member))
+        assert made.ephemeral
+        found = re.search(r"`(dc_[\w-]+)`", made.content)
+        assert found is not None, made.content
+        key = found[1]
+        async with http.post(
+            f"http://127.0.0.1:{port}{PREFIX}/generate",
+            json={"prompt": "made over http by a discord user", "steps": 2},
+            headers={**auth(key), "Prefer": "wait=60"},
+        ) as answer:
+            assert (await answer.json())["status"] == "succeeded"
+        history = await reply_text(await fake.send_slash_command("history", user=member))
+        assert "made over http by a discord user" in history.text()
+        someone_else = await reply_text(await fake.send_slash_command("history"))
+        assert "made over http" not in someone_else.text()
+        revoked = await reply_text(await fake.send_slash_command("apikey revoke", user=member))
+        assert revoked.ephemeral and "Revoked 1 key" in revoked.content
+        async with http.get(f"http://127.0.0.1:{port}{PREFIX}/models", headers=auth(key)) as answer:
+            assert answer.status == 401

@@ -41,16 +41,20 @@ class ApiKeyRepository:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def create(self, name: str) -> tuple[ApiKey, str]:
-        """A new key and its account; returns the record and the key itself (shown once)."""
+    async def create(self, name: str, *, user_id: int | None = None) -> tuple[ApiKey, str]:
+        """A new key; returns the record and the key itself (shown once). ``user_id``: the
+        Discord user it acts for (one account everywhere); None: an account of its own."""
         name = " ".join(name.split())
         if not name or len(name) > 100:
             raise InvalidInput("A key needs a name of 1 to 100 characters.")
+        if user_id is not None and user_id <= 0:
+            raise InvalidInput("A personal key belongs to a Discord user id.")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:
-            lowest = await tx.scalar("SELECT min(user_id) FROM api_keys")
-            user_id = min(-1, (lowest or 0) - 1)
+            if user_id is None:
+                lowest = await tx.scalar("SELECT min(user_id) FROM api_keys WHERE user_id < 0")
+                user_id = min(-1, (lowest or 0) - 1)
             await ensure_user(tx, user_id, now)
             row = await tx.one(
                 "INSERT INTO api_keys (name, user_id, prefix, hash, created_at)"
@@ -71,10 +75,24 @@ class ApiKeyRepository:
             )
         return None if row is None else _key_from_row(row)
 
-    async def list(self) -> list[ApiKey]:
+    async def all(self) -> list[ApiKey]:
         async with self._ctx.read() as tx:
             rows = await tx.all("SELECT * FROM api_keys ORDER BY id")
         return [_key_from_row(row) for row in rows]
+
+    async def for_user(self, user_id: int) -> list[ApiKey]:
+        """The keys that act for this account, active or not."""
+        async with self._ctx.read() as tx:
+            rows = await tx.all("SELECT * FROM api_keys WHERE user_id = ? ORDER BY id", (user_id,))
+        return [_key_from_row(row) for row in rows]
+
+    async def revoke_all(self, user_id: int) -> int:
+        """Revoke every active key of the account; returns how many."""
+        async with self._ctx.write() as tx:
+            return await tx.run(
+                "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+                (to_db(self._ctx.now()), user_id),
+            )
 
     async def revoke(self, key_id: int) -> ApiKey:
         """Revoke a key (at once: its next request is refused). Revoking twice is harmless."""

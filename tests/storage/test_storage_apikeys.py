@@ -35,7 +35,7 @@ async def test_each_key_is_its_own_account_and_revoking_is_immediate(db: Databas
     assert await db.api_keys.authenticate(first_secret) is None
     assert await db.api_keys.authenticate(second_secret) == second
     assert (await db.api_keys.revoke(first.id)).revoked_at == revoked.revoked_at
-    assert [key.name for key in await db.api_keys.list()] == ["a", "b"]
+    assert [key.name for key in await db.api_keys.all()] == ["a", "b"]
     with pytest.raises(NotFound):
         await db.api_keys.revoke(999)
     with pytest.raises(InvalidInput):

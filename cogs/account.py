@@ -1,0 +1,69 @@
+"""/apikey: a personal key for the HTTP API that acts as you, so the API (and any tool on it)
+shares your history, favourites and quota with Discord."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.client import DiffusionBot
+
+Interaction = discord.Interaction["DiffusionBot"]
+
+MAX_ACTIVE_KEYS = 5
+
+
+class ApiKeys(commands.GroupCog, group_name="apikey"):
+    """Your key for the HTTP API."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        # Private answers, after a database write: acknowledge inside Discord's 3 s first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        return True
+
+    @app_commands.command(name="create")
+    async def create(self, interaction: Interaction) -> None:
+        """Make a key for the HTTP API that acts as you (shown to you once)."""
+        keys = self.bot.service.db.api_keys
+        active = [key for key in await keys.for_user(interaction.user.id) if key.active]
+        if len(active) >= MAX_ACTIVE_KEYS:
+            await interaction.followup.send(
+                f"You already have {len(active)} keys. Revoke them with `/apikey revoke` first.",
+                ephemeral=True,
+            )
+            return
+        _, secret = await keys.create(f"{interaction.user} (Discord)", user_id=interaction.user.id)
+        where = (
+            f" at {self.bot.settings.api_host}:{self.bot.settings.api_port}"
+            if self.bot.settings.api_port
+            else " (the HTTP API is off on this bot for now)"
+        )
+        await interaction.followup.send(
+            f"Your API key{where}, shown only now: keep it secret.\n||`{secret}`||\n"
+            "Send it as `Authorization: Bearer <key>`. Jobs made with it count against your "
+            "quota and appear in your /history. `/apikey revoke` turns it off.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="revoke")
+    async def revoke(self, interaction: Interaction) -> None:
+        """Turn off every API key that acts as you, at once."""
+        count = await self.bot.service.db.api_keys.revoke_all(interaction.user.id)
+        text = (
+            f"Revoked {count} key{'s' if count != 1 else ''}: requests with them are refused now."
+            if count
+            else "You have no active API keys."
+        )
+        await interaction.followup.send(text, ephemeral=True)
+
+
+async def setup(bot: DiffusionBot) -> None:
+    await bot.add_cog(ApiKeys(bot))
