@@ -22,7 +22,7 @@ from bot.views import Action, JobButton, Pager, pager_view, progress_view
 from core.errors import UserError
 from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
-from core.storage.errors import ImageNotFound, JobNotFound
+from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
 from core.storage.records import Image, Job
 from engine.types import GenerationRequest, Operation
 
@@ -356,6 +356,27 @@ class ButtonActions:
             )
         except UserError as error:
             await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+    async def on_forget(self, interaction: Interaction, user_id: int) -> None:
+        """The confirmed /forget: delete everything of the user's, then say what went."""
+        try:
+            if interaction.user.id != user_id:
+                raise UserError("Only the person who asked can confirm this.")
+            await interaction.response.defer()  # deleting many files can take a while
+            report = await self._bot.service.db.forget_user(user_id)
+            await interaction.edit_original_response(
+                content=(
+                    f"Done. Deleted {report.jobs} job(s) with {report.images} image(s) "
+                    f"({report.files_deleted} file(s)), {report.favourites} favourite(s), "
+                    f"{report.prompts} remembered prompt(s) and {report.api_keys} API key(s), "
+                    "in every server and DM."
+                ),
+                view=None,
+            )
+        except (UserError, InvalidInput) as error:
+            await self._bot.reply_error(interaction, UserError(str(error)))
         except Exception as error:
             await self._bot.reply_unexpected(interaction, error)
 

@@ -14,7 +14,7 @@ from discord import app_commands
 from bot.actions import ButtonActions, Pages
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
-from bot.views import JobButton, PageButton
+from bot.views import ForgetButton, JobButton, PageButton
 from core.errors import UserError
 from core.jobcodec import StoredRequest
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation", "cogs.account")
-BUTTONS = (JobButton, PageButton)
+BUTTONS = (JobButton, PageButton, ForgetButton)
 
 # The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)
 # are missing concern nobody who runs it.

@@ -53,6 +53,8 @@ class ButtonHandler(Protocol):
         self, interaction: discord.Interaction[Any], kind: Pager, user_id: int, page: int
     ) -> None: ...
 
+    async def on_forget(self, interaction: discord.Interaction[Any], user_id: int) -> None: ...
+
 
 def _handler(interaction: discord.Interaction[Any]) -> ButtonHandler:
     handler: ButtonHandler = interaction.client.actions
@@ -141,6 +143,40 @@ class PageButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _handler(interaction).on_page(interaction, self.kind, self.user_id, self.page)
+
+
+class ForgetButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    # "forget-me" has a hyphen, so JobButton's "<action>:<job>" ids never match it.
+    template=re.compile(rf"{PREFIX}:forget-me:(?P<user>\d{{1,20}})"),
+):
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        super().__init__(
+            discord.ui.Button(
+                label="Delete everything",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"{PREFIX}:forget-me:{user_id}",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> ForgetButton:
+        return cls(int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _handler(interaction).on_forget(interaction, self.user_id)
+
+
+def forget_view(user_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton(user_id))
+    return view
 
 
 def progress_view(job_id: str) -> discord.ui.View:

@@ -1,5 +1,5 @@
-"""/apikey: a personal key for the HTTP API that acts as you, so the API (and any tool on it)
-shares your history, favourites and quota with Discord."""
+"""Your account: /apikey, a personal key for the HTTP API that acts as you (so the API shares
+your history, favourites and quota with Discord), and /forget, which deletes your data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 from discord.ext import commands
+
+from bot.views import forget_view
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -48,7 +50,7 @@ class ApiKeys(commands.GroupCog, group_name="apikey"):
         )
         await interaction.followup.send(
             f"Your API key{where}, shown only now: keep it secret.\n||`{secret}`||\n"
-            "Send it as `Authorization: Bearer <key>`. Jobs made with it count against your "
+            "Send it as `Authorization: Bearer <key>`. Jobs made with it count against your DM "
             "quota and appear in your /history. `/apikey revoke` turns it off.",
             ephemeral=True,
         )
@@ -65,5 +67,23 @@ class ApiKeys(commands.GroupCog, group_name="apikey"):
         await interaction.followup.send(text, ephemeral=True)
 
 
+class Forget(commands.Cog):
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+
+    @app_commands.command()
+    async def forget(self, interaction: Interaction) -> None:
+        """Delete everything this bot keeps about you, in every server (asks first)."""
+        jobs = await self.bot.service.db.jobs.history(interaction.user.id, limit=1)
+        await interaction.response.send_message(
+            f"This deletes, in every server and in DMs: your {jobs.total} job(s) and their "
+            "images, your favourites, your remembered prompts and your API keys. It cannot be "
+            "undone. (Moderators' limits on you, and today's image count, stay.)",
+            view=forget_view(interaction.user.id),
+            ephemeral=True,
+        )
+
+
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(ApiKeys(bot))
+    await bot.add_cog(Forget(bot))

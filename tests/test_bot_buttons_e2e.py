@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import sqlite3
 
 import pytest
 from e2e_support import (
@@ -340,3 +342,36 @@ async def test_slow_discord_answers_do_not_stall_other_users(world: World) -> No
 def replies_to(message: StoredMessage, parent: StoredMessage) -> bool:
     reference = message.message_reference or {}
     return message.type == 19 and reference.get("message_id") == str(parent.id)
+
+
+async def test_forget_asks_then_deletes_everything_of_the_user_only(world: World) -> None:
+    fake = world.fake
+    leaver = fake.add_member("leaver")
+    _, grid = await imagine(world, user=leaver, prompt="a farewell lighthouse", count=1)
+    await reply_text(await fake.click_button(grid, emoji="⭐", user=leaver))
+    _, stays = await imagine(world, prompt="someone else's meadow", count=1)
+    asked = await reply_text(await fake.send_slash_command("forget", user=leaver))
+    assert asked.ephemeral and "cannot be undone" in asked.content and "1 job" in asked.content
+    # Nothing happens until they confirm, and only they can.
+    assert job_count(world, leaver.user.id) == 1
+    refused = await reply_text(
+        await fake.click_button(asked, label="Delete everything", user=fake.bob)
+    )
+    assert refused.ephemeral and "Only the person who asked" in refused.content
+    confirm = await fake.click_button(asked, label="Delete everything", user=leaver)
+    await confirm.response()
+    done = await confirm.wait_for_original(lambda m: "Deleted" in m.content, timeout=30)
+    assert "Deleted 1 job(s) with 1 image(s)" in done.content and "1 favourite(s)" in done.content
+    assert not done.buttons
+    assert job_count(world, leaver.user.id) == 0
+    history = await reply_text(await fake.send_slash_command("history", user=leaver))
+    assert "farewell lighthouse" not in history.text()
+    assert job_count(world, fake.alice.user.id) >= 1 and stays.attachments
+
+
+def job_count(world: World, user_id: int) -> int:
+    path = world.data_dir / "diffusion-chat.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM jobs WHERE user_id = ?", (user_id,)).fetchone()[0]
+        )

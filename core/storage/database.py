@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -35,6 +36,7 @@ from .clock import Clock, system_clock, to_db
 from .errors import (
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
+    InvalidInput,
     InvalidTransition,
     NotOurDatabase,
     SchemaOutdated,
@@ -58,6 +60,7 @@ from .records import (
     DEFAULT_POLICY,
     CleanupReport,
     CompletedJob,
+    ForgetReport,
     GeneratedImage,
     Job,
     NewImage,
@@ -490,6 +493,76 @@ class Database:
             orphan_files_deleted=orphans,
             temp_files_deleted=temp,
             tokens_cleared=tokens_cleared,
+        )
+
+    async def forget_user(self, user_id: int) -> ForgetReport:
+        """Delete everything of this user's, in every server and DM: jobs, their images and
+        files (and uploads), favourites, prompt history, API keys. Refused (``InvalidInput``)
+        while one of their jobs is unfinished. Kept: moderators' quota settings about them,
+        and today's image count (without the jobs it names), so forgetting is no way round a
+        limit. Other people's upscales of their public images stay, without the link back."""
+        async with self._ctx.write() as tx:
+            unfinished = await tx.scalar(
+                "SELECT count(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
+                (user_id,),
+            )
+            if unfinished:
+                raise InvalidInput(
+                    f"You have {unfinished} unfinished job(s). Cancel them or let them finish, "
+                    "then ask again."
+                )
+            jobs = await tx.all("SELECT id, request FROM jobs WHERE user_id = ?", (user_id,))
+            ids = [row["id"] for row in jobs]
+            keys: set[str] = set()
+            for row in await tx.all(
+                "SELECT file_key, thumbnail_key FROM images JOIN jobs ON jobs.id = images.job_id"
+                " WHERE jobs.user_id = ?",
+                (user_id,),
+            ):
+                keys.update(key for key in (row["file_key"], row["thumbnail_key"]) if key)
+            for row in jobs:
+                stored = json.loads(row["request"])
+                keys.update(
+                    stored[name]
+                    for name in ("init_image_key", "mask_image_key")
+                    if isinstance(stored.get(name), str)
+                )
+            image_count = await tx.scalar(
+                "SELECT count(*) FROM images JOIN jobs ON jobs.id = images.job_id"
+                " WHERE jobs.user_id = ?",
+                (user_id,),
+            )
+            await tx.run(
+                "UPDATE jobs SET parent_job_id = NULL, parent_image_index = NULL"
+                " WHERE parent_job_id IN (SELECT id FROM jobs WHERE user_id = ?)",
+                (user_id,),
+            )
+            await tx.run("UPDATE usage_ledger SET job_id = NULL WHERE user_id = ?", (user_id,))
+            favourites = await tx.run("DELETE FROM favourites WHERE user_id = ?", (user_id,))
+            prompts = await tx.run("DELETE FROM prompt_history WHERE user_id = ?", (user_id,))
+            await tx.run("DELETE FROM idempotency_keys WHERE user_id = ?", (user_id,))
+            api_keys = await tx.run("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            await tx.run("DELETE FROM jobs WHERE user_id = ?", (user_id,))  # images cascade
+            await tx.run("DELETE FROM users WHERE id = ?", (user_id,))
+            # An upload another job still names (the same picture, content-addressed) stays.
+            keys = {
+                key
+                for key in keys
+                if not await tx.scalar(
+                    "SELECT 1 FROM jobs WHERE instr(request, ?) > 0 LIMIT 1", (key,)
+                )
+            }
+        files_deleted = 0
+        if self._ctx.files is not None and keys:
+            everything = dt.datetime.max.replace(tzinfo=dt.UTC)  # however recently written
+            files_deleted, _, _ = await self._delete_unreferenced(sorted(keys), everything)
+        return ForgetReport(
+            jobs=len(ids),
+            images=int(image_count),
+            favourites=favourites,
+            prompts=prompts,
+            api_keys=api_keys,
+            files_deleted=files_deleted,
         )
 
     async def _delete_unreferenced(

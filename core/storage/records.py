@@ -381,6 +381,18 @@ class GuildStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetReport:
+    """What ``Database.forget_user`` removed."""
+
+    jobs: int = 0
+    images: int = 0
+    favourites: int = 0
+    prompts: int = 0
+    api_keys: int = 0
+    files_deleted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class CleanupReport:
     images_deleted: int = 0  # image records
     files_deleted: int = 0  # image and thumbnail files
