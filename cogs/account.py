@@ -1,15 +1,22 @@
 """Your account: /apikey, a personal key for the HTTP API that acts as you (so the API shares
-your history, favourites and quota with Discord), and /forget, which deletes your data."""
+your history, favourites and quota with Discord); /export, your data to take away; /forget,
+which deletes it."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.delivery import UPLOAD_LIMIT
 from bot.views import forget_view
+from core.export import MANIFEST, export_user
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -67,9 +74,37 @@ class ApiKeys(commands.GroupCog, group_name="apikey"):
         await interaction.followup.send(text, ephemeral=True)
 
 
-class Forget(commands.Cog):
+class YourData(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
+
+    @app_commands.command()
+    async def export(self, interaction: Interaction) -> None:
+        """Get your images (PNGs with their settings) and your job list as zip files."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dc-export-"))
+        try:
+            made = await export_user(
+                self.bot.service.db,
+                self.bot.service.images,
+                interaction.user.id,
+                folder,
+                part_limit=UPLOAD_LIMIT,
+            )
+            if not made.parts:
+                await interaction.followup.send("You have nothing to export yet.", ephemeral=True)
+                return
+            for number, part in enumerate(made.parts, start=1):
+                head = (
+                    f"Your data: {made.jobs} job(s), {made.images} image(s)"
+                    f"{'' if len(made.parts) == 1 else f', in {len(made.parts)} parts'}. "
+                    f"The job list is `{MANIFEST}` in the last part."
+                    if number == 1
+                    else f"Part {number} of {len(made.parts)}."
+                )
+                await interaction.followup.send(head, file=discord.File(part), ephemeral=True)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     @app_commands.command()
     async def forget(self, interaction: Interaction) -> None:
@@ -86,4 +121,4 @@ class Forget(commands.Cog):
 
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(ApiKeys(bot))
-    await bot.add_cog(Forget(bot))
+    await bot.add_cog(YourData(bot))

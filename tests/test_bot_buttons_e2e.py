@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import sqlite3
+import zipfile
 
 import pytest
 from e2e_support import (
@@ -375,3 +377,27 @@ def job_count(world: World, user_id: int) -> int:
         return int(
             conn.execute("SELECT count(*) FROM jobs WHERE user_id = ?", (user_id,)).fetchone()[0]
         )
+
+
+async def test_export_sends_the_images_with_their_settings_and_the_job_list(
+    world: World,
+) -> None:
+    fake = world.fake
+    keeper = fake.add_member("keeper")
+    await imagine(world, user=keeper, prompt="an exported comet", count=2, seed=77)
+    ix = await fake.send_slash_command("export", user=keeper)
+    await ix.response()
+    sent = await ix.wait_for_message(lambda m: bool(m.attachments), timeout=60)
+    assert sent.ephemeral and "1 job(s), 2 image(s)" in sent.content
+    with zipfile.ZipFile(io.BytesIO(sent.attachments[0].data)) as archive:
+        names = archive.namelist()
+        manifest = json.loads(archive.read("diffusion-chat-export.json"))
+        pngs = [archive.read(name) for name in names if name.endswith(".png")]
+    assert [job["prompt"] for job in manifest["jobs"]] == ["an exported comet"]
+    assert len(pngs) == 2
+    for png in pngs:
+        parameters = read_png_parameters(png)
+        assert parameters is not None and "an exported comet" in parameters
+        assert parse_parameters(parameters).seed in (77, 78)
+    nothing = await reply_text(await fake.send_slash_command("export", user=fake.add_member("new")))
+    assert "nothing to export" in nothing.content
