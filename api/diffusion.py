@@ -9,7 +9,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import logging
 import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from api.schemas import (
 )
 from core.feed import FeedEvent, JobFeed
 from core.jobcodec import StoredRequest
+from core.storage.errors import InvalidTransition
 from core.storage.records import Image, Job, JobStatus
 from engine.errors import EngineStopped
 from engine.types import (
@@ -44,8 +44,6 @@ from engine.types import (
     Queued,
     Started,
 )
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/api/cv/diffusion"
 MAX_WAIT_S = 60.0
@@ -133,7 +131,8 @@ def diffusion_routes() -> APIRouter:
             feed.cancel()
             await context.recorded(job.id, 10)
         elif not job.finished:
-            with contextlib.suppress(Exception):
+            # Queued in storage but not running here (waiting for its front door's resume).
+            with contextlib.suppress(InvalidTransition):
                 await context.service.db.jobs.mark_cancelled(job.id, "cancelled by its owner")
         job = await context.service.db.jobs.get(job.id)
         resource = await _resource(context, request, job)
