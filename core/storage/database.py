@@ -542,6 +542,11 @@ class Database:
             prompts = await tx.run("DELETE FROM prompt_history WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM idempotency_keys WHERE user_id = ?", (user_id,))
             api_keys = await tx.run("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            await tx.run(
+                "INSERT INTO jobs_fts (jobs_fts, rowid, prompt)"
+                " SELECT 'delete', rowid, prompt FROM jobs WHERE user_id = ?",
+                (user_id,),
+            )
             await tx.run("DELETE FROM jobs WHERE user_id = ?", (user_id,))  # images cascade
             await tx.run("DELETE FROM users WHERE id = ?", (user_id,))
             # An upload another job still names (the same picture, content-addressed) stays.

@@ -34,7 +34,6 @@ from .errors import (
     QuotaExceeded,
 )
 from .images import insert_images
-from .prompts import fold
 from .quotas import active_jobs, refund_job, used_today
 from .records import (
     TRANSITIONS,
@@ -91,6 +90,17 @@ def _validate(job: NewJob) -> None:
         raise InvalidInput("A parent image index needs a parent job.")
     if job.token_expires_at is not None:
         require_aware(job.token_expires_at)
+
+
+def match_words(text: str) -> str:
+    """An FTS5 query for prompts holding every word of ``text`` (the last as a prefix, as
+    someone types); quoted, so nothing in ``text`` is read as query syntax."""
+    words = re.findall(r"\w+", text)
+    if not words:
+        return '""'  # matches nothing
+    quoted = [f'"{word}"' for word in words]
+    quoted[-1] += "*"
+    return " ".join(quoted)
 
 
 class JobRepository:
@@ -154,6 +164,11 @@ class JobRepository:
                             stamp,
                             job.source,
                         ),
+                    )
+                    await tx.run(
+                        "INSERT INTO jobs_fts (rowid, prompt) SELECT rowid, prompt FROM jobs"
+                        " WHERE id = ?",
+                        (job_id,),
                     )
                     await tx.run(
                         """INSERT INTO usage_ledger
@@ -285,8 +300,9 @@ class JobRepository:
         """The user's jobs, newest first, with their images (for ``/history``).
 
         ``guild_id``: omit for every guild and DMs, ``None`` for DMs only.
-        ``statuses``: ``None`` for all. ``text``: only prompts that contain it (ignoring case
-        and accents). ``model``: only jobs that ran on that model.
+        ``statuses``: ``None`` for all. ``text``: only prompts with every word of it, or a word
+        starting so (full-text indexed; case and accents ignored). ``model``: only jobs that ran
+        on that model.
         """
         if offset < 0 or not 1 <= limit <= 100:
             raise ValueError("offset must be >= 0 and limit in 1..100")
@@ -299,9 +315,9 @@ class JobRepository:
             wanted = [JobStatus(s).value for s in statuses]
             where.append(f"status IN ({placeholders(len(wanted))})" if wanted else "0")
             params.extend(wanted)
-        if text:
-            where.append("instr(dc_fold(prompt), ?) > 0")
-            params.append(fold(text))
+        if text is not None:
+            where.append("rowid IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?)")
+            params.append(match_words(text))
         if model:
             where.append("json_extract(request, '$.model') = ?")
             params.append(model)

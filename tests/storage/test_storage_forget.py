@@ -72,6 +72,10 @@ async def test_forget_removes_everything_of_one_user_and_nothing_else(
     assert (await db.jobs.history(OTHER)).total == 2
     assert (await db.quotas.usage(100, ME)).used == used_before  # still counted today
     assert await db.integrity_check() == []
+    with sqlite3.connect(db_path) as conn:  # the search index lost my prompts with my jobs
+        conn.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('integrity-check')")
+    assert (await db.jobs.history(OTHER, text="forest")).total == 1
+    assert (await db.jobs.history(ME, text="castle")).total == 0
 
 
 async def test_forget_waits_for_unfinished_jobs(db: Database) -> None:
@@ -79,3 +83,12 @@ async def test_forget_waits_for_unfinished_jobs(db: Database) -> None:
     with pytest.raises(InvalidInput, match="unfinished"):
         await db.forget_user(ME)
     assert (await db.jobs.history(ME)).total == 1
+
+
+async def test_a_forgotten_prompt_is_not_found_through_a_reused_row(db: Database) -> None:
+    await finished_job(db, ME, 5, prompt="my secret castle")
+    await db.forget_user(ME)
+    # SQLite gives the next row the freed number: the index must not still hold my words.
+    await finished_job(db, OTHER, 6, prompt="a plain field")
+    assert (await db.jobs.history(OTHER, text="castle")).total == 0
+    assert (await db.jobs.history(OTHER, text="plain")).total == 1
