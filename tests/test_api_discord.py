@@ -105,8 +105,11 @@ async def test_fifty_people_through_two_doors_one_queue(world: World, no_problem
         (row for row in rows.values() if row["prompt"] != "crowd blocker"),
         key=lambda row: row["created_at"],
     )
-    started = [row["started_at"] for row in crowd]
-    assert started == sorted(started)
+    # Jobs of one batch start together and record it in any order, so allow a batch's worth
+    # of shuffling; a door served first would move the other door's jobs 25 places.
+    by_start = sorted(crowd, key=lambda row: row["started_at"])
+    place = {row["id"]: n for n, row in enumerate(by_start)}
+    assert all(abs(place[row["id"]] - n) <= 8 for n, row in enumerate(crowd))
 
 
 async def test_a_personal_key_shares_history_and_quota_with_discord(
