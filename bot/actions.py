@@ -343,11 +343,18 @@ class ButtonActions:
         if files and self._bot.metrics is not None:
             self._bot.metrics.image_served(len(files))
 
-    async def on_page(self, interaction: Interaction, kind: Pager, user_id: int, page: int) -> None:
+    async def on_page(
+        self,
+        interaction: Interaction,
+        kind: Pager,
+        user_id: int,
+        page: int,
+        search: str | None = None,
+    ) -> None:
         try:
             if interaction.user.id != user_id:
                 raise UserError("These pages belong to someone else. Use the command yourself.")
-            shown = await self._pages.render(kind, user_id, page)
+            shown = await self._pages.render(kind, user_id, page, search=search)
             await interaction.response.edit_message(
                 content=shown.content,
                 embeds=shown.embeds,
@@ -395,7 +402,10 @@ class Pages:
     def __init__(self, bot: BotHost) -> None:
         self._bot = bot
 
-    async def render(self, kind: Pager, user_id: int, page: int) -> RenderedPage:
+    async def render(
+        self, kind: Pager, user_id: int, page: int, *, search: str | None = None
+    ) -> RenderedPage:
+        """One page; ``search`` (history only) keeps the jobs whose prompt has its words."""
         db = self._bot.service.db
         offset = page * PAGE_SIZE
         embeds: list[discord.Embed] = []
@@ -414,8 +424,10 @@ class Pages:
             title = f"⭐ Your favourites ({total})" if total else "You have no favourites yet."
             view = pager_view(kind, user_id, page, page_count)
         else:
-            history = await db.jobs.history(user_id, limit=PAGE_SIZE, offset=offset)
-            view = pager_view(kind, user_id, page, history.page_count)
+            history = await db.jobs.history(
+                user_id, limit=PAGE_SIZE, offset=offset, text=search or None
+            )
+            view = pager_view(kind, user_id, page, history.page_count, search)
             for number, entry in enumerate(history.items, start=1):
                 embed = discord.Embed(
                     title=f"{number}. "
@@ -432,6 +444,13 @@ class Pages:
                 )
             total = history.total
             title = f"🕘 Your recent generations ({total})" if total else "No generations yet."
+            if search:
+                quoted = render.clip(search, 60)
+                title = (
+                    f"🔎 Your generations matching “{quoted}” ({total})"
+                    if total
+                    else f"None of your generations match “{quoted}”."
+                )
         return RenderedPage(f"{title} — page {page + 1}", embeds, view, files)
 
     async def _with_thumbnail(

@@ -3,6 +3,8 @@ holds the state. Clicks are routed to the bot's ``ButtonActions`` (see ``bot.act
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 from typing import Any, Protocol
@@ -50,7 +52,12 @@ class ButtonHandler(Protocol):
     ) -> None: ...
 
     async def on_page(
-        self, interaction: discord.Interaction[Any], kind: Pager, user_id: int, page: int
+        self,
+        interaction: discord.Interaction[Any],
+        kind: Pager,
+        user_id: int,
+        page: int,
+        search: str | None = None,
     ) -> None: ...
 
     async def on_forget(self, interaction: discord.Interaction[Any], user_id: int) -> None: ...
@@ -111,20 +118,34 @@ class JobButton(
 
 class PageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=re.compile(rf"{PREFIX}:pg:(?P<kind>[a-z]+):(?P<user>\d{{1,20}}):(?P<page>\d{{1,5}})"),
+    # The search, when there is one, rides along base64url-encoded (ids from before searches
+    # existed have none).
+    template=re.compile(
+        rf"{PREFIX}:pg:(?P<kind>[a-z]+):(?P<user>\d{{1,20}}):(?P<page>\d{{1,5}})"
+        r"(?::(?P<search>[A-Za-z0-9_-]{1,56}))?"
+    ),
 ):
     def __init__(
-        self, kind: Pager, user_id: int, page: int, *, label: str, disabled: bool = False
+        self,
+        kind: Pager,
+        user_id: int,
+        page: int,
+        *,
+        label: str,
+        disabled: bool = False,
+        search: str | None = None,
     ) -> None:
         self.kind = kind
         self.user_id = user_id
         self.page = page
+        self.search = search
+        carried = f":{encode_search(search)}" if search else ""
         super().__init__(
             discord.ui.Button(
                 label=label,
                 style=discord.ButtonStyle.secondary,
                 disabled=disabled,
-                custom_id=f"{PREFIX}:pg:{kind.value}:{user_id}:{page}",
+                custom_id=f"{PREFIX}:pg:{kind.value}:{user_id}:{page}{carried}",
             )
         )
 
@@ -139,10 +160,29 @@ class PageButton(
             kind = Pager(match["kind"])
         except ValueError:
             kind = Pager.HISTORY  # an id from a future version: show something sensible
-        return cls(kind, int(match["user"]), int(match["page"]), label="·")
+        search = decode_search(match["search"]) if match["search"] else None
+        return cls(kind, int(match["user"]), int(match["page"]), label="·", search=search)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _handler(interaction).on_page(interaction, self.kind, self.user_id, self.page)
+        await _handler(interaction).on_page(
+            interaction, self.kind, self.user_id, self.page, self.search
+        )
+
+
+MAX_SEARCH_BYTES = 42  # base64url of 42 bytes is 56 characters: the id stays under 100
+
+
+def encode_search(text: str) -> str:
+    data = text.encode("utf-8")[:MAX_SEARCH_BYTES]
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def decode_search(encoded: str) -> str | None:
+    try:
+        data = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    return data.decode("utf-8", errors="ignore") or None
 
 
 class ForgetButton(
@@ -223,12 +263,28 @@ def _add_common(view: discord.ui.View, job_id: str, *, row: int, reroll: bool) -
     view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=row))
 
 
-def pager_view(kind: Pager, user_id: int, page: int, page_count: int) -> discord.ui.View:
+def pager_view(
+    kind: Pager, user_id: int, page: int, page_count: int, search: str | None = None
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(
-        PageButton(kind, user_id, max(0, page - 1), label="◀ Previous", disabled=page <= 0)
+        PageButton(
+            kind,
+            user_id,
+            max(0, page - 1),
+            label="◀ Previous",
+            disabled=page <= 0,
+            search=search,
+        )
     )
     view.add_item(
-        PageButton(kind, user_id, page + 1, label="Next ▶", disabled=page + 1 >= page_count)
+        PageButton(
+            kind,
+            user_id,
+            page + 1,
+            label="Next ▶",
+            disabled=page + 1 >= page_count,
+            search=search,
+        )
     )
     return view

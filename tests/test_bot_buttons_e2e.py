@@ -401,3 +401,28 @@ async def test_export_sends_the_images_with_their_settings_and_the_job_list(
         assert parse_parameters(parameters).seed in (77, 78)
     nothing = await reply_text(await fake.send_slash_command("export", user=fake.add_member("new")))
     assert "nothing to export" in nothing.content
+
+
+async def test_history_search_finds_by_words_and_pages_keep_the_search(world: World) -> None:
+    fake = world.fake
+    seeker = fake.add_member("seeker")
+    for n in range(6):
+        await imagine(world, user=seeker, prompt=f"a glass castle number {n}", count=1, steps=2)
+    await imagine(world, user=seeker, prompt="a wooden boat", count=1, steps=2)
+    first = await reply_text(
+        await fake.send_slash_command("history", {"search": "CASTLE"}, user=seeker)
+    )
+    assert "matching “CASTLE” (6)" in first.content
+    assert "wooden boat" not in first.text() and first.text().count("glass castle") == 5
+    turn = await fake.click_button(first, label="Next ▶", user=seeker)
+    await turn.response()
+    second = await turn.wait_for_original(lambda m: "page 2" in m.content, timeout=15)
+    assert "matching “CASTLE” (6)" in second.content and second.text().count("glass castle") == 1
+    none = await reply_text(
+        await fake.send_slash_command("history", {"search": "submarine"}, user=seeker)
+    )
+    assert "None of your generations match" in none.content
+    too_long = await reply_text(
+        await fake.send_slash_command("history", {"search": "성" * 20}, user=seeker)
+    )
+    assert too_long.ephemeral and "too long" in too_long.content
