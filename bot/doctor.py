@@ -133,7 +133,13 @@ def _sections(
     torch_probe: Callable[[], TorchInfo],
 ) -> Iterator[Section]:
     settings_section = Section("Settings")
-    _check_token(settings_section, values.get("DISCORD_TOKEN", ""))
+    api_only = not values.get("DISCORD_TOKEN", "").strip() and values.get(
+        "API_PORT", ""
+    ).strip() not in ("", "0")
+    if api_only:
+        settings_section.info("DISCORD_TOKEN is not set: only the HTTP API runs")
+    else:
+        _check_token(settings_section, values.get("DISCORD_TOKEN", ""))
     settings: Settings | None
     try:
         settings = load_settings(environ, env_file, require_token=False)
@@ -150,6 +156,15 @@ def _sections(
             )
         else:
             settings_section.info("metrics are off (set METRICS_PORT to serve /metrics, /healthz)")
+        if settings.api_port:
+            settings_section.info(
+                f"HTTP API on http://{settings.api_host}:{settings.api_port}/api/docs"
+                + (
+                    " (anonymous use from this machine allowed)"
+                    if settings.api_allow_anonymous
+                    else ""
+                )
+            )
     yield settings_section
 
     hardware = Section("Hardware")

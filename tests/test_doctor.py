@@ -268,3 +268,12 @@ def test_the_documented_doctor_output_matches_this_code() -> None:
     assert f"database schema is up to date (version {LATEST_VERSION})" in sample
     shown = re.findall(r"^  [✔⚠✘] ([\w-]+): ", sample, re.MULTILINE)
     assert shown == ModelRegistry.load().names()
+
+
+def test_the_api_alone_needs_no_discord_token(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, DISCORD_TOKEN="", API_PORT="8080")
+    assert code == 0, output
+    assert "only the HTTP API runs" in output
+    assert "HTTP API on http://127.0.0.1:8080/api/docs" in output
+    code, output = doctor(tmp_path, DISCORD_TOKEN="")
+    assert code == 1 and "DISCORD_TOKEN is not set" in output
