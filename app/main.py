@@ -11,17 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import discord
-import yarl
-from discord.gateway import DiscordWebSocket
 from dotenv import load_dotenv
 
 from api.accounts import RateLimiter
 from api.app import create_app
 from api.context import ApiContext
 from api.server import ApiServer
-from bot.client import DiffusionBot
+from bot.client import DiffusionBot, point_discord_at
 from core.config import Settings, SettingsError, load_settings
+from core.errors import StartupError
 from core.events import JobEvents
 from core.logs import configure_logging, register_secret
 from core.metrics import HealthReport, Metrics, start_metrics_server
@@ -37,16 +35,6 @@ from engine.loader import LoaderOptions, ModelManager
 from engine.registry import ModelRegistry
 
 log = logging.getLogger("diffusion_chat")
-
-
-class StartupError(Exception):
-    """Start-up failed for a reason the operator can fix; ``str()`` is the one line to show."""
-
-
-def point_discord_at(settings: Settings) -> None:
-    """Use the configured REST base and gateway (Discord's own by default, or a proxy)."""
-    discord.http.Route.BASE = settings.discord_api_base_url
-    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
 def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
@@ -79,7 +67,6 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
 
 
 async def run(settings: Settings) -> None:
-    point_discord_at(settings)
     registry = ModelRegistry.load(settings.models_file, default_name=settings.default_model)
     images = LocalImageStore(settings.images_dir)
     try:
@@ -101,6 +88,7 @@ async def run(settings: Settings) -> None:
     doors = FrontDoors()
     try:
         if settings.discord_token:
+            point_discord_at(settings.discord_api_base_url, settings.discord_gateway_url)
             doors.bot = DiffusionBot(settings, service, registry, metrics=metrics)
         if settings.api_port:
             context = ApiContext(
@@ -155,7 +143,7 @@ class FrontDoors:
                 loop.add_signal_handler(signum, self._stop.set)
         running: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait(), name="stop")]
         if self.bot is not None:
-            running.append(asyncio.create_task(self._run_bot(self.bot, token), name="discord"))
+            running.append(asyncio.create_task(self.bot.serve(token), name="discord"))
         if self.api is not None and self.api.task is not None:
             running.append(self.api.task)
         done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -163,11 +151,6 @@ class FrontDoors:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         running[0].cancel()
-
-    @staticmethod
-    async def _run_bot(bot: DiffusionBot, token: str) -> None:
-        async with bot:
-            await bot.start(token)
 
     async def close(self) -> None:
         if self.bot is not None and not self.bot.is_closed():
@@ -196,9 +179,6 @@ def main(env_file: Path | None = Path(".env")) -> int:
         asyncio.run(run(settings))
     except StartupError as error:
         log.error("could not start: %s", error)
-        return 1
-    except discord.LoginFailure:
-        log.error("Discord refused the token: check DISCORD_TOKEN (Bot > Reset Token).")
         return 1
     except (EngineError, OSError) as error:
         log.error("could not start: %s", error)

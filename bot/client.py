@@ -9,13 +9,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import discord
+import yarl
 from discord import app_commands
+from discord.gateway import DiscordWebSocket
 
 from bot.actions import ButtonActions, Pages
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
 from bot.views import ForgetButton, JobButton, PageButton
-from core.errors import UserError
+from core.errors import StartupError, UserError
 from core.jobcodec import StoredRequest
 
 if TYPE_CHECKING:
@@ -36,6 +38,12 @@ discord.VoiceClient.warn_nacl = False
 discord.VoiceClient.warn_dave = False
 
 
+def point_discord_at(api_base_url: str, gateway_url: str) -> None:
+    """Use this REST base and gateway (Discord's own by default, or a compatible proxy)."""
+    discord.http.Route.BASE = api_base_url
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
 class DiffusionBot(BotHost):
     def __init__(
         self,
@@ -53,6 +61,16 @@ class DiffusionBot(BotHost):
         self.synced_scopes: list[str] = []
 
     # --- start-up ------------------------------------------------------------------------
+
+    async def serve(self, token: str) -> None:
+        """Log in and run until closed. A token Discord refuses is a ``StartupError``."""
+        async with self:
+            try:
+                await self.start(token)
+            except discord.LoginFailure:
+                raise StartupError(
+                    "Discord refused the token: check DISCORD_TOKEN (Bot > Reset Token)."
+                ) from None
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(*BUTTONS)

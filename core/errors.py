@@ -18,6 +18,10 @@ class QuotaRefused(UserError):
         self.retry_after_s = retry_after_s
 
 
+class StartupError(Exception):
+    """Start-up failed for a reason the operator can fix; ``str()`` is the one line to show."""
+
+
 def incident_id() -> str:
     """A short id a user can quote and an operator can find in the logs."""
     return secrets.token_hex(4)

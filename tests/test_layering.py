@@ -20,7 +20,7 @@ FORBIDDEN = {
     "bot": {"api"} | WEB,
     "cogs": {"api"} | WEB,
     "api": {"bot", "cogs", "discord"},
-    "app": set(),  # the composition root wires everything
+    "app": {"discord"} | WEB,  # the composition root wires the adapters, not their libraries
 }
 
 
