@@ -18,7 +18,7 @@ from discord.ext import commands
 from bot.views import ButtonHandler
 from core.errors import UserError, incident_id
 from core.events import JobEvents
-from core.service import STORAGE_ERRORS
+from core.service import store_when_possible
 from core.storage.errors import DatabaseBusy
 from engine.types import ResolvedRequest
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from engine.registry import ModelRegistry
 
 log = logging.getLogger("bot")
-
-STORAGE_RETRY_MAX_S = 60.0
 
 
 class AnswerTarget(Protocol):
@@ -95,19 +93,7 @@ class BotHost(commands.Bot):
         """Retry a record that storage refuses now (disk full, database locked) with backoff
         until it takes it, so the outcome is recorded once storage is back."""
 
-        async def retry() -> None:
-            delay = 0.5
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await attempt()
-                    log.info("job %s: recorded after storage came back", job_id)
-                    return
-                except STORAGE_ERRORS as error:
-                    log.warning("job %s: storage still refuses (%s)", job_id, error)
-                    delay = min(delay * 2, STORAGE_RETRY_MAX_S)
-
-        self._in_background(retry(), name=f"record-{job_id}")
+        self._in_background(store_when_possible(attempt, job_id), name=f"record-{job_id}")
 
     def can_upscale(self, request: ResolvedRequest) -> bool:
         return self.can_upscale_size(request.model, request.width * 2, request.height * 2)

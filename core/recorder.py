@@ -4,23 +4,14 @@ adapter does the same in ``bot.delivery`` while it also edits the job's message.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 from core.events import JobEvents
 from core.feed import JobFeed
-from core.service import STORAGE_ERRORS, JobService
-from core.storage.errors import InvalidTransition
+from core.service import JobService, store_when_possible
 from core.storage.records import Job
 from engine.errors import EngineStopped
 from engine.types import Cancelled, Done, Failed, Started
-
-log = logging.getLogger(__name__)
-
-RETRY_MAX_S = 60.0
 
 
 async def record_outcome(
@@ -37,34 +28,22 @@ async def record_outcome(
         async for item in feed.follow():
             match item.event:
                 case Started():
-                    await _keep_trying(partial(jobs.mark_running, job.id), job.id)
+                    await store_when_possible(partial(jobs.mark_running, job.id), job.id)
                     report("started", job, model)
                 case Done(result=result):
                     outputs = await service.encode_result(result)
-                    await _keep_trying(partial(service.complete, job, outputs, result), job.id)
+                    await store_when_possible(
+                        partial(service.complete, job, outputs, result), job.id
+                    )
                     report("done", job, model, result=result)
                 case Failed(reason=reason):
-                    await _keep_trying(partial(jobs.mark_failed, job.id, reason), job.id)
+                    await store_when_possible(partial(jobs.mark_failed, job.id, reason), job.id)
                     report("failed", job, model, reason=reason)
                 case Cancelled():
-                    await _keep_trying(
+                    await store_when_possible(
                         partial(jobs.mark_cancelled, job.id, "cancelled by its owner"), job.id
                     )
                     report("cancelled", job, model)
-        await _keep_trying(partial(jobs.mark_delivered, job.id), job.id)
+        await store_when_possible(partial(jobs.mark_delivered, job.id), job.id)
     except EngineStopped:
         pass  # shutting down: the job stays queued in storage and resumes at the next start
-
-
-async def _keep_trying(write: Callable[[], Awaitable[Any]], job_id: str) -> None:
-    delay = 0.5
-    while True:
-        try:
-            await write()
-            return
-        except InvalidTransition:
-            return  # it ended another way meanwhile (cancelled while finishing): keep that
-        except STORAGE_ERRORS as error:
-            log.warning("job %s: storage refuses the record (%s); retrying", job_id, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)

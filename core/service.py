@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from core import textguard
@@ -18,7 +18,7 @@ from core.errors import QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
-from core.storage.errors import DatabaseBusy, QuotaExceeded
+from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
 from core.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
 from engine.engine import Engine, JobHandle
@@ -32,6 +32,29 @@ INTERACTION_TOKEN_LIFETIME = dt.timedelta(minutes=15)
 # What storage raises when it cannot take a write now (a full disk, a locked database): worth
 # retrying once it is back, unlike a bug.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error, DatabaseBusy)
+STORAGE_RETRY_MAX_S = 60.0
+
+
+async def store_when_possible(write: Callable[[], Awaitable[object]], job_id: str) -> None:
+    """Run ``write`` until storage takes it: retried with backoff while storage refuses it
+    (a full disk, a locked database), so an outcome is recorded once storage is back. A job
+    that ended another way meanwhile (``InvalidTransition``) keeps that ending."""
+    delay = 0.5
+    refused = False
+    while True:
+        try:
+            await write()
+        except InvalidTransition:
+            return
+        except STORAGE_ERRORS as error:
+            log.warning("job %s: storage refuses the record (%s); retrying", job_id, error)
+            refused = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORAGE_RETRY_MAX_S)
+            continue
+        if refused:
+            log.info("job %s: recorded after storage came back", job_id)
+        return
 
 
 @dataclass(frozen=True, slots=True)
