@@ -5,9 +5,9 @@ quotas, and answer when the job has finished, as those APIs do."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
 import json
 from typing import Annotated, Any, Literal
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.accounts import Account
 from api.context import ApiContext, ApiError, Caller, with_rate_headers
-from api.diffusion import image_urls
+from api.diffusion import encode_preview_base64, image_urls
 from api.schemas import MAX_PROMPT
 from core.storage.records import Image, Job, JobStatus
 from engine.images import read_png_parameters, sampler_to_scheduler, scheduler_to_sampler
@@ -148,7 +148,7 @@ def compat_routes() -> APIRouter:
             if isinstance(latest, Progress):
                 step, total, eta = latest.step, latest.total, latest.eta_s or 0.0
                 if latest.preview is not None and not skip_current_image:
-                    image = _png_b64(latest.preview)
+                    image, _ = await encode_preview_base64(latest.preview)
                 break
         body = A1111Progress(
             progress=round(step / total, 4) if total else 0.0,
@@ -313,7 +313,7 @@ async def _a1111_answer(
     fields = set(type(body).model_fields)
     job, images = await _run(context, account, generation, fields)
     data = [await context.service.image_bytes(image) for image in images]
-    infotexts = [read_png_parameters(png) or "" for png in data]
+    infotexts, encoded = await asyncio.to_thread(_describe_pngs, data)
     seeds = [image.seed for image in images]
     info = {
         "prompt": generation.prompt,
@@ -331,7 +331,7 @@ async def _a1111_answer(
         "infotexts": infotexts,
     }
     answer = A1111Response(
-        images=[base64.b64encode(png).decode() for png in data] if body.send_images else [],
+        images=encoded if body.send_images else [],
         parameters=body.model_dump(exclude={"init_images", "mask"}),
         info=json.dumps(info),
     )
@@ -354,7 +354,9 @@ async def _run(
     raise ApiError(504, "timeout", f"The job {job.id} is still {job.status.value}; poll it.")
 
 
-def _png_b64(preview: Any) -> str:
-    buffer = io.BytesIO()
-    preview.convert("RGB").save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+def _describe_pngs(pngs: list[bytes]) -> tuple[list[str], list[str]]:
+    """Each PNG's parameters text and its base64 (off the loop: the PNGs may be large)."""
+    return (
+        [read_png_parameters(png) or "" for png in pngs],
+        [base64.b64encode(png).decode() for png in pngs],
+    )

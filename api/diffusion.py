@@ -7,7 +7,6 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import json
 import math
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image as PILImage
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -34,6 +34,7 @@ from core.jobcodec import StoredRequest
 from core.storage.errors import InvalidTransition
 from core.storage.records import Image, Job, JobStatus
 from engine.errors import EngineStopped
+from engine.images import encode_preview
 from engine.types import (
     Cancelled,
     Done,
@@ -390,7 +391,7 @@ def _when(moment: dt.datetime | None) -> str | None:
 async def _resource(
     context: ApiContext, request: Request, job: Job, images: list[Image] | None = None
 ) -> JobResource:
-    base = str(request.base_url).rstrip("/") + PREFIX
+    base = _routes_url(request)
     if images is None:
         images = list(await context.service.job_images(job.id)) if job.finished else []
     stored = StoredRequest.loads(job.request).request
@@ -445,8 +446,12 @@ async def _resource(
 
 def image_urls(request: Request, images: list[Image]) -> list[str]:
     """Where each image's PNG is, as the caller reached us."""
-    base = str(request.base_url).rstrip("/") + PREFIX
-    return [f"{base}/images/{image.id}.png" for image in images]
+    return [f"{_routes_url(request)}/images/{image.id}.png" for image in images]
+
+
+def _routes_url(request: Request) -> str:
+    """Where these routes are, as the caller reached us."""
+    return str(request.base_url).rstrip("/") + PREFIX
 
 
 def _sse(name: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
@@ -523,14 +528,15 @@ async def _progress_event(item: FeedEvent, event_id: str) -> bytes:
         "stage": "decoding" if event.step >= event.total else "denoising",
     }
     if event.preview is not None:
-        progress["preview"] = await asyncio.to_thread(_data_url, event.preview)
+        encoded, media_type = await encode_preview_base64(event.preview)
+        progress["preview"] = f"data:{media_type};base64,{encoded}"
     return _sse("progress", progress, event_id)
 
 
-def _data_url(preview: Any) -> str:
-    buffer = io.BytesIO()
-    preview.convert("RGB").save(buffer, format="WEBP", quality=60)
-    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
+async def encode_preview_base64(preview: PILImage.Image) -> tuple[str, str]:
+    """A live preview as base64 and its media type (WebP or JPEG), encoded off the loop."""
+    data, extension = await asyncio.to_thread(encode_preview, preview)
+    return base64.b64encode(data).decode(), "image/jpeg" if extension == "jpg" else "image/webp"
 
 
 async def _final(
