@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from engine.engine import EngineStopped, JobHandle
 from engine.types import TERMINAL_EVENTS, Event, Progress, Queued, ResolvedRequest
-
-log = logging.getLogger(__name__)
 
 # Events that only say "where it is now": a newer one makes the one before it worthless.
 _STATE_EVENTS = (Progress, Queued)

@@ -9,65 +9,35 @@ refused, correctly, with a 422 that names the field.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_support import free_port, product_env
-from e2e_support import ROOT
+from api_support import start_api
 
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "15"))
 
 
-@pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    data_dir = tmp_path_factory.mktemp("schema") / "data"
-    port = free_port()
-    env = product_env(data_dir, API_PORT=str(port), API_REQUESTS_PER_MINUTE="100000")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bot"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "the API exited"
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.1)
-        made = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "apikey", "create", "fuzz"],
-            cwd=Path(data_dir).parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        yield base, made.stdout.splitlines()[1].strip()
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
-def test_schemathesis_finds_nothing(live_api: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     """All of schemathesis's phases (examples, boundary coverage, fuzzing, stateful links),
     valid and invalid data, deterministic so a failure is reproducible."""
-    base, key = live_api
-    result = subprocess.run(
+    api = await start_api(tmp_path / "data", API_REQUESTS_PER_MINUTE="100000")
+    try:
+        base, key = api.base, api.new_key("fuzz")
+        result = await asyncio.to_thread(run_schemathesis, base, key, tmp_path)
+    finally:
+        await api.stop()
+    report = result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, report
+    assert "Tested: " in result.stdout and "failures" not in result.stdout.split("SUMMARY")[-1]
+
+
+def run_schemathesis(base: str, key: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             str(Path(sys.executable).parent / "st"),
             "run",
@@ -86,8 +56,5 @@ def test_schemathesis_finds_nothing(live_api: tuple[str, str], tmp_path: Path) -
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,  # its cache folder goes there, not into the repository
+        cwd=folder,  # its cache folder goes there, not into the repository
     )
-    report = result.stdout[-6000:] + result.stderr[-2000:]
-    assert result.returncode == 0, report
-    assert "Tested: " in result.stdout and "failures" not in result.stdout.split("SUMMARY")[-1]
