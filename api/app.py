@@ -21,6 +21,7 @@ from api.accounts import is_loopback
 from api.compat import compat_routes
 from api.context import ApiContext, ApiError, error_response
 from api.diffusion import PREFIX, diffusion_routes
+from api.library import library_routes, share_routes
 from api.schemas import ErrorBody, GenerateBody
 from core.errors import incident_id
 
@@ -68,6 +69,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=context.settings.api_max_body_mb * 2**20)
     _add_error_handlers(app)
     app.include_router(diffusion_routes(), prefix=PREFIX)
+    app.include_router(library_routes(), prefix=PREFIX)
+    app.include_router(share_routes())
     app.include_router(compat_routes())
     _document_generate_body(app)
 

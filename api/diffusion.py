@@ -1,4 +1,4 @@
-"""The job routes: generate, get, cancel, events, images, models, history."""
+"""The job routes: generate, get, cancel, events, images, models."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image as PILImage
@@ -23,7 +22,6 @@ from api.accounts import Account
 from api.context import ApiContext, ApiError, Caller, not_found, with_rate_headers
 from api.schemas import (
     GenerateBody,
-    HistoryPage,
     JobResource,
     JobUrls,
     Metrics,
@@ -49,7 +47,6 @@ from engine.types import (
 PREFIX = "/api/cv/diffusion"
 MAX_WAIT_S = 60.0
 KEEPALIVE_S = 15.0
-PAGE_SIZE = 20
 IDEMPOTENCY_POLLS = 50  # x 0.1 s: how long a retry waits for its first request's job
 ImageId = Annotated[int, Path(ge=1, le=2**62)]  # SQLite integers end at 2**63
 JobId = Annotated[str, Path(min_length=1, max_length=40)]
@@ -213,35 +210,6 @@ def diffusion_routes() -> APIRouter:
         ]
         return with_rate_headers(request, JSONResponse(listed))
 
-    @router.get("/history", response_model=HistoryPage)
-    async def history(
-        request: Request,
-        account: Caller,
-        page: Annotated[int, Query(ge=0, le=100_000)] = 0,
-        q: Annotated[str | None, Query(max_length=200, description="text in the prompt")] = None,
-        model: Annotated[str | None, Query(max_length=100)] = None,
-    ) -> Response:
-        """The caller's jobs, newest first, 20 a page; `q` searches the prompts."""
-        context: ApiContext = request.app.state.context
-        found = await context.service.db.jobs.history(
-            account.user_id,
-            offset=page * PAGE_SIZE,
-            limit=PAGE_SIZE,
-            text=q or None,
-            model=model or None,
-        )
-        items = [
-            await _resource(context, request, entry.job, list(entry.images))
-            for entry in found.items
-        ]
-        body = HistoryPage(
-            items=items,
-            total=found.total,
-            page=page,
-            pages=max(1, math.ceil(found.total / PAGE_SIZE)),
-        )
-        return with_rate_headers(request, JSONResponse(body.model_dump(mode="json")))
-
     return router
 
 
@@ -373,11 +341,27 @@ async def _own_job(context: ApiContext, job_id: str, account: Account) -> Job:
 
 
 async def _own_image(context: ApiContext, image_id: int, account: Account) -> Image:
-    image = await context.service.db.images.find(image_id)
+    """An image the caller may see: theirs, one they starred (they saw it where it was
+    public), or a shared one. Anything else is a 404, as if it did not exist."""
+    db = context.service.db
+    image = await db.images.find(image_id)
     if image is None:
         raise not_found("image")
-    await _own_job(context, image.job_id, account)  # 404 for someone else's, too
+    job = await db.jobs.find(image.job_id)
+    if job is None:
+        raise not_found("image")
+    if (
+        job.user_id != account.user_id
+        and not is_shared(job)
+        and not await db.favourites.is_favourite(account.user_id, image.id)
+    ):
+        raise not_found("image")
     return image
+
+
+def is_shared(job: Job) -> bool:
+    """Shared by its owner, and not taken down by a moderator: public to anyone."""
+    return job.shared_at is not None and not job.private and job.gallery_removed_at is None
 
 
 def _private() -> dict[str, str]:

@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import io
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -18,12 +17,14 @@ from bot import render
 from bot.delivery import status_embed
 from bot.errors import PermissionDenied
 from bot.host import BotHost
-from bot.views import Action, JobButton, Pager, pager_view, progress_view
+from bot.library import PAGE_SIZE as LIBRARY_PAGE_SIZE
+from bot.library import Library, RenderedPage
+from bot.views import Action, Pager, progress_view
 from core.errors import UserError
 from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
-from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
-from core.storage.records import Image, Job
+from core.storage.errors import InvalidInput, JobNotFound
+from core.storage.records import Job, LibraryQuery, LibraryScope
 from engine.types import GenerationRequest, Operation
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ Interaction = discord.Interaction[BotHost]
 INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
 ANSWER_BUDGET_S = 2.0  # Discord fails an interaction not answered within 3 s
 CLOCK_TRUST_S = 60.0
-PAGE_SIZE = 5
+LEGACY_PAGE_SIZE = 5  # page buttons from before saved views counted five to a page
 
 
 def member_role_ids(user: discord.abc.User) -> tuple[int, ...]:
@@ -172,9 +173,9 @@ def _require_visible(interaction: Interaction, job: Job) -> None:
 
 
 class ButtonActions:
-    def __init__(self, bot: BotHost, pages: Pages) -> None:
+    def __init__(self, bot: BotHost, library: Library) -> None:
         self._bot = bot
-        self._pages = pages
+        self._library = library
 
     @property
     def _db(self) -> Any:
@@ -189,32 +190,64 @@ class ButtonActions:
             except JobNotFound:
                 raise UserError("This job no longer exists.") from None
             _require_visible(interaction, job)
-            await self._dispatch(interaction, action, job, index or 0)
+            await self._dispatch(interaction, action, job, index)
         except UserError as error:
             await self._bot.reply_error(interaction, error)
         except Exception as error:
             await self._bot.reply_unexpected(interaction, error)
 
     async def _dispatch(
-        self, interaction: Interaction, action: Action, job: Job, index: int
+        self, interaction: Interaction, action: Action, job: Job, index: int | None
     ) -> None:
         match action:
             case Action.CANCEL:
                 await self._cancel(interaction, job)
             case Action.UPSCALE:
-                await self._derive(interaction, job, index, Operation.UPSCALE, None)
+                await self._derive(interaction, job, index or 0, Operation.UPSCALE, None)
             case Action.VARIATION | Action.VARY_STRONG:
-                await self._derive(interaction, job, index, Operation.VARIATION, "strong")
+                await self._derive(interaction, job, index or 0, Operation.VARIATION, "strong")
             case Action.VARY_SUBTLE:
-                await self._derive(interaction, job, index, Operation.VARIATION, "subtle")
+                await self._derive(interaction, job, index or 0, Operation.VARIATION, "subtle")
             case Action.REROLL:
                 await self._reroll(interaction, job)
             case Action.FAVOURITE:
-                await self._favourite(interaction, job)
+                await self._favourite(interaction, job, index)
             case Action.DELETE:
                 await self._delete(interaction, job)
             case Action.INFO:
                 await self._info(interaction, job)
+            case Action.OPEN | Action.BROWSE:
+                await self._open(interaction, job, index, in_place=action is Action.BROWSE)
+            case Action.SHARE:
+                await self._library.share(interaction, job)
+            case Action.GALLERY_REMOVE:
+                await self._library.remove_from_gallery(interaction, job)
+
+    async def _open(
+        self, interaction: Interaction, job: Job, index: int | None, *, in_place: bool
+    ) -> None:
+        """A library entry at full size: a message of its own, or (stepping between a job's
+        images) the same message."""
+        if in_place:
+            await interaction.response.defer()
+        else:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        permissions = interaction.permissions
+        shown = await self._library.entry(
+            job,
+            index,
+            interaction.user.id,
+            moderator_here=interaction.guild_id == job.guild_id
+            and (permissions.manage_guild or permissions.manage_messages),
+        )
+        if in_place:
+            await interaction.edit_original_response(
+                embeds=shown.embeds, view=shown.view, attachments=shown.files
+            )
+        else:
+            await interaction.followup.send(
+                embeds=shown.embeds, view=shown.view, files=shown.files, ephemeral=True
+            )
 
     def _require_owner_or_moderator(self, interaction: Interaction, job: Job, verb: str) -> None:
         if interaction.user.id != job.user_id and not is_moderator(interaction):
@@ -295,8 +328,13 @@ class ButtonActions:
             interaction, request, private=job.private, init_image_key=stored.init_image_key
         )
 
-    async def _favourite(self, interaction: Interaction, job: Job) -> None:
+    async def _favourite(self, interaction: Interaction, job: Job, index: int | None) -> None:
+        """⭐ under a grid stars its images; under one image (an opened entry), that one."""
         images = await self._finished_images(job)
+        if index is not None:
+            images = [image for image in images if image.index == index]
+            if not images:
+                raise UserError("That image no longer exists.")
         added = await self._db.favourites.toggle(interaction.user.id, [i.id for i in images])
         noun = "this image" if len(images) == 1 else f"these {len(images)} images"
         text = (
@@ -351,20 +389,37 @@ class ButtonActions:
         page: int,
         search: str | None = None,
     ) -> None:
+        """A page button from before saved views: ask its question again as a saved view."""
         try:
             if interaction.user.id != user_id:
                 raise UserError("These pages belong to someone else. Use the command yourself.")
-            shown = await self._pages.render(kind, user_id, page, search=search)
-            await interaction.response.edit_message(
-                content=shown.content,
-                embeds=shown.embeds,
-                view=shown.view,
-                attachments=shown.files,
+            scope = LibraryScope.FAVOURITES if kind is Pager.FAVOURITES else LibraryScope.HISTORY
+            saved = await self._db.library.save_view(
+                scope, user_id, interaction.guild_id, LibraryQuery(text=search)
             )
+            page = page * LEGACY_PAGE_SIZE // LIBRARY_PAGE_SIZE
+            await self._show_page(interaction, await self._library.render(saved, page))
         except UserError as error:
             await self._bot.reply_error(interaction, error)
         except Exception as error:
             await self._bot.reply_unexpected(interaction, error)
+
+    async def on_library_page(self, interaction: Interaction, view_id: str, page: int) -> None:
+        try:
+            saved = await self._library.saved(view_id, interaction.user.id)
+            await self._show_page(interaction, await self._library.render(saved, page))
+        except UserError as error:
+            await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+    async def _show_page(self, interaction: Interaction, shown: RenderedPage) -> None:
+        await interaction.response.edit_message(
+            content=shown.content or None,
+            embeds=shown.embeds,
+            view=shown.view,
+            attachments=shown.files,
+        )
 
     async def on_forget(self, interaction: Interaction, user_id: int) -> None:
         """The confirmed /forget: delete everything of the user's, then say what went."""
@@ -386,83 +441,3 @@ class ButtonActions:
             await self._bot.reply_error(interaction, UserError(str(error)))
         except Exception as error:
             await self._bot.reply_unexpected(interaction, error)
-
-
-@dataclass
-class RenderedPage:
-    content: str
-    embeds: list[discord.Embed]
-    view: discord.ui.View
-    files: list[discord.File]  # the thumbnails the embeds show
-
-
-class Pages:
-    """Paginated /favorites and /history, each entry with its thumbnail."""
-
-    def __init__(self, bot: BotHost) -> None:
-        self._bot = bot
-
-    async def render(
-        self, kind: Pager, user_id: int, page: int, *, search: str | None = None
-    ) -> RenderedPage:
-        """One page; ``search`` (history only) keeps the jobs whose prompt has its words."""
-        db = self._bot.service.db
-        offset = page * PAGE_SIZE
-        embeds: list[discord.Embed] = []
-        files: list[discord.File] = []
-        if kind is Pager.FAVOURITES:
-            favourites = await db.favourites.list(user_id, limit=PAGE_SIZE, offset=offset)
-            for favourite in favourites.items:
-                embed = discord.Embed(
-                    title=render.embed_title(favourite.job.prompt),
-                    description=f"seed {favourite.image.seed} · "
-                    f"{favourite.image.width}×{favourite.image.height} · "
-                    f"{render.discord_time(favourite.created_at)}",
-                )
-                embeds.append(await self._with_thumbnail(embed, favourite.image, files))
-            total, page_count = favourites.total, favourites.page_count
-            title = f"⭐ Your favourites ({total})" if total else "You have no favourites yet."
-            view = pager_view(kind, user_id, page, page_count)
-        else:
-            history = await db.jobs.history(
-                user_id, limit=PAGE_SIZE, offset=offset, text=search or None
-            )
-            view = pager_view(kind, user_id, page, history.page_count, search)
-            for number, entry in enumerate(history.items, start=1):
-                embed = discord.Embed(
-                    title=f"{number}. "
-                    + render.clip(render.quoted_prompt(entry.job.prompt, 240), 250),
-                    description=f"{entry.job.status.value} · "
-                    f"{render.discord_time(entry.job.created_at)}",
-                )
-                first = entry.images[0] if entry.images else None
-                embeds.append(await self._with_thumbnail(embed, first, files))
-                view.add_item(
-                    JobButton(
-                        Action.REROLL, entry.job.id, label=f"Run {number} again", emoji="🔄", row=1
-                    )
-                )
-            total = history.total
-            title = f"🕘 Your recent generations ({total})" if total else "No generations yet."
-            if search:
-                quoted = render.clip(search, 60)
-                title = (
-                    f"🔎 Your generations matching “{quoted}” ({total})"
-                    if total
-                    else f"None of your generations match “{quoted}”."
-                )
-        return RenderedPage(f"{title} — page {page + 1}", embeds, view, files)
-
-    async def _with_thumbnail(
-        self, embed: discord.Embed, image: Image | None, files: list[discord.File]
-    ) -> discord.Embed:
-        """Show ``image``'s thumbnail in ``embed``, its file added to ``files`` for upload."""
-        if image is None or not image.thumbnail_key:
-            return embed
-        try:
-            data = await self._bot.service.images.get(image.thumbnail_key)
-        except ImageNotFound:
-            return embed  # cleaned up meanwhile: the entry goes without a picture
-        name = f"thumb{len(files) + 1}.webp"
-        files.append(discord.File(io.BytesIO(data), name))
-        return embed.set_thumbnail(url=f"attachment://{name}")

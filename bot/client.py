@@ -13,10 +13,11 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from bot.actions import ButtonActions, Pages
+from bot.actions import ButtonActions
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
-from bot.views import ForgetButton, JobButton, PageButton
+from bot.library import Library
+from bot.views import ForgetButton, JobButton, LibraryPageButton, PageButton
 from core.errors import StartupError, UserError
 from core.jobcodec import StoredRequest
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation", "cogs.account")
-BUTTONS = (JobButton, PageButton, ForgetButton)
+BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton)
 
 # The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)
 # are missing concern nobody who runs it.
@@ -54,8 +55,8 @@ class DiffusionBot(BotHost):
         metrics: Any = None,
     ) -> None:
         super().__init__(settings, service, registry, metrics=metrics)
-        self.pages = Pages(self)
-        self.actions = ButtonActions(self, self.pages)
+        self.library = Library(self)
+        self.actions = ButtonActions(self, self.library)
         self._tracked: dict[str, JobReporter] = {}
         self.gateway_connected = False
         self.synced_scopes: list[str] = []

@@ -26,9 +26,15 @@ class Action(enum.StrEnum):
     DELETE = "del"
     INFO = "info"
     CANCEL = "cancel"
+    OPEN = "open"  # a library entry, in a message of its own
+    BROWSE = "see"  # another image of an opened entry, in the same message
+    SHARE = "share"
+    GALLERY_REMOVE = "unlist"
 
 
 class Pager(enum.StrEnum):
+    """The lists of page buttons from before saved library views (their ids still work)."""
+
     FAVOURITES = "favs"
     HISTORY = "hist"
 
@@ -58,6 +64,10 @@ class ButtonHandler(Protocol):
         user_id: int,
         page: int,
         search: str | None = None,
+    ) -> None: ...
+
+    async def on_library_page(
+        self, interaction: discord.Interaction[Any], view_id: str, page: int
     ) -> None: ...
 
     async def on_forget(self, interaction: discord.Interaction[Any], user_id: int) -> None: ...
@@ -114,6 +124,38 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _handler(interaction).on_job_button(interaction, self.action, self.job_id, self.index)
+
+
+class LibraryPageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    # The saved view holds the question (search, filters, sort); the id only says which page.
+    # "lib-pg" has a hyphen, so JobButton's "<action>:<job>:<index>" ids never match it.
+    template=re.compile(rf"{PREFIX}:lib-pg:(?P<view>[A-Za-z0-9_-]{{1,24}}):(?P<page>\d{{1,5}})"),
+):
+    def __init__(self, view_id: str, page: int, *, label: str, disabled: bool = False) -> None:
+        self.view_id = view_id
+        self.page = page
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=discord.ButtonStyle.secondary,
+                disabled=disabled,
+                custom_id=f"{PREFIX}:lib-pg:{view_id}:{page}",
+            ),
+            row=2,
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> LibraryPageButton:
+        return cls(match["view"], int(match["page"]), label="·")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _handler(interaction).on_library_page(interaction, self.view_id, self.page)
 
 
 class PageButton(
@@ -261,30 +303,76 @@ def _add_common(view: discord.ui.View, job_id: str, *, row: int, reroll: bool) -
     view.add_item(JobButton(Action.FAVOURITE, job_id, emoji="⭐", row=row))
     view.add_item(JobButton(Action.DELETE, job_id, emoji="🗑", row=row))
     view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=row))
+    view.add_item(JobButton(Action.SHARE, job_id, emoji="📤", row=row))
 
 
-def pager_view(
-    kind: Pager, user_id: int, page: int, page_count: int, search: str | None = None
+def library_page_view(
+    view_id: str, page: int, page_count: int, entries: list[tuple[str, int | None]]
 ) -> discord.ui.View:
+    """Numbered buttons opening each entry (job id, image index), then previous and next."""
+    view = discord.ui.View(timeout=None)
+    for number, (job_id, index) in enumerate(entries, start=1):
+        view.add_item(
+            JobButton(Action.OPEN, job_id, index, label=str(number), row=(number - 1) // 5)
+        )
+    view.add_item(
+        LibraryPageButton(view_id, max(0, page - 1), label="◀ Previous", disabled=page <= 0)
+    )
+    view.add_item(
+        LibraryPageButton(view_id, page + 1, label="Next ▶", disabled=page + 1 >= page_count)
+    )
+    return view
+
+
+def entry_view(
+    job_id: str,
+    index: int,
+    *,
+    indexes: list[int],
+    can_upscale: bool,
+    owner: bool,
+    removable: bool,
+) -> discord.ui.View:
+    """An opened library entry: act on this image, step to the job's other images, share
+    it (its owner), take it out of the gallery (a moderator)."""
     view = discord.ui.View(timeout=None)
     view.add_item(
-        PageButton(
-            kind,
-            user_id,
-            max(0, page - 1),
-            label="◀ Previous",
-            disabled=page <= 0,
-            search=search,
-        )
+        JobButton(Action.VARY_SUBTLE, job_id, index, label="Vary (subtle)", emoji="🪄", row=0)
     )
     view.add_item(
-        PageButton(
-            kind,
-            user_id,
-            page + 1,
-            label="Next ▶",
-            disabled=page + 1 >= page_count,
-            search=search,
-        )
+        JobButton(Action.VARY_STRONG, job_id, index, label="Vary (strong)", emoji="🌀", row=0)
     )
+    if can_upscale:
+        view.add_item(JobButton(Action.UPSCALE, job_id, index, label="Upscale", emoji="⬆", row=0))
+    view.add_item(JobButton(Action.FAVOURITE, job_id, index, emoji="⭐", row=0))
+    view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=0))
+    position = indexes.index(index) if index in indexes else 0
+    if len(indexes) > 1:
+        before, after = indexes[position - 1], indexes[(position + 1) % len(indexes)]
+        if before != after:  # with two images both ways lead to the other one
+            view.add_item(JobButton(Action.BROWSE, job_id, before, emoji="◀", row=1))
+        view.add_item(
+            JobButton(
+                Action.BROWSE,
+                job_id,
+                after,
+                label=f"{position + 1}/{len(indexes)}",
+                emoji="▶",
+                row=1,
+            )
+        )
+    view.add_item(JobButton(Action.REROLL, job_id, emoji="🔄", row=1))
+    if owner:
+        view.add_item(JobButton(Action.SHARE, job_id, label="Share", emoji="📤", row=1))
+    if removable:
+        view.add_item(
+            JobButton(
+                Action.GALLERY_REMOVE,
+                job_id,
+                label="Remove from gallery",
+                emoji="🚫",
+                style=discord.ButtonStyle.danger,
+                row=1,
+            )
+        )
     return view

@@ -138,12 +138,7 @@ class Imagine(commands.Cog):
     async def model_autocomplete(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        choices = []
-        for spec in self.bot.registry.specs():
-            label = f"{spec.name} — {spec.description}"
-            if current.lower() in label.lower():
-                choices.append(app_commands.Choice(name=render.clip(label, 100), value=spec.name))
-        return choices[:25]
+        return model_choices(self.bot, current)
 
     @imagine.autocomplete("prompt")
     async def prompt_autocomplete(
@@ -186,6 +181,16 @@ class Imagine(commands.Cog):
         await interaction.response.send_message(
             render.clip("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
         )
+
+
+def model_choices(bot: DiffusionBot, current: str) -> list[app_commands.Choice[str]]:
+    """The registry's models whose name or description holds what was typed so far."""
+    choices = []
+    for spec in bot.registry.specs():
+        label = f"{spec.name} — {spec.description}"
+        if current.lower() in label.lower():
+            choices.append(app_commands.Choice(name=render.clip(label, 100), value=spec.name))
+    return choices[:25]
 
 
 async def setup(bot: DiffusionBot) -> None:

@@ -1,4 +1,5 @@
-"""/banned: the words this server does not allow in prompts."""
+"""/banned: the words this server does not allow in prompts. /settings: the server's gallery
+channel and how long its images are kept."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from discord.ext import commands
 from bot import render
 from bot.actions import require_moderator
 from core.errors import UserError
+from core.storage.guilds import MAX_RETENTION_DAYS
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -77,5 +79,82 @@ class Banned(commands.GroupCog, group_name="banned"):
         await interaction.followup.send(render.clip(text, render.CONTENT_LIMIT), ephemeral=True)
 
 
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class Settings(commands.GroupCog, group_name="settings"):
+    """This server's settings for the bot."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        require_moderator(interaction, "change the bot's settings")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        return True
+
+    @app_commands.command(name="gallery-channel")
+    @app_commands.describe(channel="Where shared results go; leave empty to turn sharing off")
+    async def gallery_channel(
+        self,
+        interaction: Interaction,
+        channel: discord.TextChannel | None = None,
+    ) -> None:
+        """Choose the channel the Share button posts results to."""
+        assert interaction.guild_id is not None
+        if channel is not None and interaction.guild is not None:
+            mine = channel.permissions_for(interaction.guild.me) if interaction.guild.me else None
+            if mine is not None and not (mine.send_messages and mine.attach_files):
+                raise UserError(
+                    f"I cannot post images in {channel.mention}: give me Send Messages, Embed "
+                    "Links and Attach Files there first."
+                )
+        await self.bot.service.db.guilds.update_settings(
+            interaction.guild_id, gallery_channel_id=None if channel is None else channel.id
+        )
+        await interaction.followup.send(
+            f"📤 Shared results now go to {channel.mention}."
+            if channel is not None
+            else "Sharing to a channel is off in this server.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="retention")
+    @app_commands.describe(
+        days="Days to keep this server's images (favourites stay); leave empty for the default"
+    )
+    async def retention(
+        self,
+        interaction: Interaction,
+        days: app_commands.Range[int, 1, MAX_RETENTION_DAYS] | None = None,
+    ) -> None:
+        """How long this server's images are kept before the clean-up deletes them."""
+        assert interaction.guild_id is not None
+        await self.bot.service.db.guilds.update_settings(interaction.guild_id, retention_days=days)
+        await interaction.followup.send(
+            f"🗓 This server's images are now kept {days} day(s), then deleted by the daily "
+            "clean-up; favourited images stay until they are unfavourited."
+            if days is not None
+            else "🗓 This server's images are kept as long as the operator's clean-up default.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="show")
+    async def show(self, interaction: Interaction) -> None:
+        """Show this server's settings."""
+        settings = await self.bot.service.db.guilds.settings(interaction.guild_id)
+        channel = f"<#{settings.gallery_channel_id}>" if settings.gallery_channel_id else "off"
+        kept = (
+            f"{settings.retention_days} day(s)"
+            if settings.retention_days is not None
+            else "the operator's default"
+        )
+        await interaction.followup.send(
+            f"**Gallery channel:** {channel}\n**Images kept:** {kept} (favourites stay)",
+            ephemeral=True,
+        )
+
+
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(Banned(bot))
+    await bot.add_cog(Settings(bot))

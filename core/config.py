@@ -71,6 +71,9 @@ class Settings:
     api_cors_origins: tuple[str, ...] = ()
     api_requests_per_minute: int = 60
     api_max_body_mb: int = 20
+    # Where people reach the API from outside (behind the TLS proxy), for share links; None:
+    # no links, sharing only posts to a server's gallery channel.
+    api_public_url: str | None = None
 
     @property
     def database_path(self) -> Path:
@@ -247,6 +250,12 @@ def load_settings(
         ),
         api_max_body_mb=get(
             "API_MAX_BODY_MB", _positive_int, d.api_max_body_mb, "use a number of MiB above 0"
+        ),
+        api_public_url=get(
+            "API_PUBLIC_URL",
+            lambda raw: _url(("http", "https"))(raw).rstrip("/"),
+            d.api_public_url,
+            "use the address people open, such as https://chat.example.com",
         ),
     )
     if problems:

@@ -9,6 +9,15 @@ class UserError(Exception):
     """A problem the user caused or can fix. ``str(error)`` is shown to them (privately)."""
 
 
+class InvalidField(UserError):
+    """A request field the user filled in wrongly; ``field`` names it the way the caller's
+    front door does (an option or a query parameter of the same name)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class QuotaRefused(UserError):
     """The job would break the user's quota. ``retry_after_s``: when trying again can work
     (the daily reset), or None (a concurrent-jobs limit frees up when a job ends)."""

@@ -741,6 +741,55 @@ def make_grid(
     return grid
 
 
+SHEET_CELL: Final = 192
+SHEET_GAP: Final = 6
+SHEET_BACKGROUND: Final = (32, 34, 37)
+SHEET_EMPTY: Final = (64, 68, 75)
+
+
+def make_contact_sheet(
+    tiles: Sequence[Image.Image | None],
+    *,
+    columns: int = 5,
+    cell: int = SHEET_CELL,
+) -> Image.Image:
+    """A gallery page: the tiles in rows of ``columns``, each fitted into a square cell and
+    numbered from 1 in its corner; ``None`` (an entry without a picture) is an empty cell
+    with its number, so numbers always match the page's buttons."""
+    if not tiles:
+        raise ValueError("A contact sheet needs at least one tile.")
+    from PIL import ImageDraw, ImageFont
+
+    cols = max(1, min(columns, len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    sheet = Image.new(
+        "RGB",
+        (cols * cell + (cols + 1) * SHEET_GAP, rows * cell + (rows + 1) * SHEET_GAP),
+        SHEET_BACKGROUND,
+    )
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=max(12, cell // 7))
+    for number, tile in enumerate(tiles, start=1):
+        row, col = divmod(number - 1, cols)
+        left = SHEET_GAP + col * (cell + SHEET_GAP)
+        top = SHEET_GAP + row * (cell + SHEET_GAP)
+        if tile is None:
+            draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill=SHEET_EMPTY)
+        else:
+            fitted = _flatten_rgb(tile).copy()
+            fitted.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+            sheet.paste(
+                fitted, (left + (cell - fitted.width) // 2, top + (cell - fitted.height) // 2)
+            )
+        label = str(number)
+        box = draw.textbbox((0, 0), label, font=font)
+        pad = max(3, cell // 40)
+        badge = (left, top, left + box[2] - box[0] + 2 * pad, top + box[3] - box[1] + 2 * pad)
+        draw.rectangle(badge, fill=(0, 0, 0))
+        draw.text((left + pad - box[0], top + pad - box[1]), label, fill=(255, 255, 255), font=font)
+    return sheet
+
+
 # --- previews and thumbnails --------------------------------------------------------------
 
 # Measured on the 2-core CI machine for a 2056x2056 grid: WebP method 0 takes ~70-130 ms on

@@ -194,3 +194,12 @@ async def imagine(
 async def reply_text(ix: InteractionHandle) -> StoredMessage:
     await ix.response()
     return await ix.wait_for_message(timeout=15)
+
+
+async def click_id(world: World, message: StoredMessage, custom_id: str, user: Any) -> Any:
+    """Click a button id that is not (or no longer) on the message: a client showing an older
+    version of it, or a crafted interaction."""
+    fake = world.fake
+    data = {"custom_id": custom_id, "component_type": 2}
+    handle, _ = fake._component_payload(message, fake._resolve_user(user), "en-US", data)
+    return await fake._dispatch(handle, wait_connected=True, timeout=10)

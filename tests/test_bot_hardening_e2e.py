@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import ROOT, World, imagine, is_grid, is_result, reply_text, stand_in
+from e2e_support import (
+    ROOT,
+    World,
+    click_id,
+    imagine,
+    is_grid,
+    is_result,
+    reply_text,
+    stand_in,
+)
 from fakediscord.faults import RequestInfo, Routes
 from fakediscord.interactions import InteractionHandle
 from fakediscord.models import StoredMessage
@@ -49,15 +58,6 @@ def job_id_of(message: StoredMessage) -> str:
             if match := re.fullmatch(r"dc:1:[a-z]+:([A-Za-z0-9_-]+)(:\d)?", button["custom_id"]):
                 return match[1]
     raise AssertionError(f"no job button on {message!r}")
-
-
-async def click_id(world: World, message: StoredMessage, custom_id: str, user: Any) -> Any:
-    """Click a button id that is not (or no longer) on the message: a client showing an older
-    version of it, or a crafted interaction."""
-    fake = world.fake
-    data = {"custom_id": custom_id, "component_type": 2}
-    handle, _ = fake._component_payload(message, fake._resolve_user(user), "en-US", data)
-    return await fake._dispatch(handle, wait_connected=True, timeout=10)
 
 
 def shows_progress(embeds: list[dict[str, Any]]) -> bool:
@@ -200,8 +200,8 @@ async def test_crafted_buttons_cannot_reach_someone_elses_private_job(world: Wor
     assert secret.ephemeral
     secret_id = job_id_of(secret)
     _, mine = await imagine(world, prompt="bob's own picture", count=1, user=fake.bob)
-    for action in ("info", "fav", "re", "up", "var"):
-        suffix = ":0" if action in ("up", "var") else ""
+    for action in ("info", "fav", "re", "up", "var", "open", "see", "share", "unlist"):
+        suffix = ":0" if action in ("up", "var", "open", "see") else ""
         click: InteractionHandle = await click_id(
             world, mine, f"dc:1:{action}:{secret_id}{suffix}", fake.bob
         )

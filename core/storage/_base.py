@@ -163,6 +163,10 @@ JOB_FIELDS = (
     "finished_at",
     "delivered_at",
     "source",
+    "shared_at",
+    "share_channel_id",
+    "share_message_id",
+    "gallery_removed_at",
 )
 
 IMAGE_FIELDS = (
@@ -221,6 +225,10 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
         finished_at=from_db_opt(get("finished_at")),
         delivered_at=from_db_opt(get("delivered_at")),
         source=get("source"),
+        shared_at=from_db_opt(get("shared_at")),
+        share_channel_id=get("share_channel_id"),
+        share_message_id=get("share_message_id"),
+        gallery_removed_at=from_db_opt(get("gallery_removed_at")),
     )
 
 

@@ -47,6 +47,7 @@ from .files import ImageStore, LocalImageStore
 from .guilds import GuildRepository, UserRepository
 from .images import ImageRepository, store_file_and_thumbnail
 from .jobs import JobRepository
+from .library import VIEW_LIFETIME, LibraryRepository
 from .migrations import (
     LATEST_VERSION,
     apply_migrations,
@@ -223,8 +224,8 @@ class Database:
     """The bot's storage. Open with ``await Database.open(path, images=...)``.
 
     Repositories: ``jobs``, ``images``, ``favourites``, ``history`` (prompts), ``quotas``,
-    ``guilds``, ``users``, ``api_keys``. Cross-cutting operations (jobs with their files,
-    retention) are methods here.
+    ``guilds``, ``users``, ``api_keys``, ``library``. Cross-cutting operations (jobs with
+    their files, retention) are methods here.
     """
 
     def __init__(self, ctx: Context, schema_version: int) -> None:
@@ -240,6 +241,7 @@ class Database:
         self.users = UserRepository(ctx)
         self.api_keys = ApiKeyRepository(ctx)
         self.idempotency = IdempotencyRepository(ctx)
+        self.library = LibraryRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -429,44 +431,54 @@ class Database:
         """Delete images older than ``older_than_days`` that nobody favourited, and their
         files unless another image record still uses them (content-addressed files are
         shared by identical images). Favourited images, their files and their thumbnails stay.
+        A server with its own retention (``/settings retention``) has its images kept that
+        many days instead, longer or shorter.
 
-        Also: forgets expired interaction tokens of finished jobs; with ``sweep_orphans``
-        deletes stored files that no record points at (a crash between storing a file and
-        recording it leaves those); removes temporary files a crash left mid-write. Files
-        modified within ``file_grace`` are never deleted: a job may be about to record them.
-        Job records stay (``/history`` still lists them, without images).
+        Also: forgets expired interaction tokens of finished jobs and expired library views;
+        with ``sweep_orphans`` deletes stored files that no record points at (a crash between
+        storing a file and recording it leaves those); removes temporary files a crash left
+        mid-write. Files modified within ``file_grace`` are never deleted: a job may be about
+        to record them. Job records stay (``/history`` still lists them, without images).
         """
         if older_than_days < 0:
             raise ValueError("older_than_days must be 0 or more")
         ctx = self._ctx
         now = ctx.now()
-        cutoff = to_db(now - dt.timedelta(days=older_than_days))
-        images_deleted = 0
-        candidates: dict[str, None] = {}
-        while True:
-            async with ctx.write() as tx:
-                rows = await tx.all(
-                    """SELECT id, file_key, thumbnail_key FROM images
-                       WHERE created_at < ?
-                         AND NOT EXISTS (SELECT 1 FROM favourites WHERE image_id = images.id)
-                       ORDER BY created_at LIMIT ?""",
-                    (cutoff, _CLEANUP_BATCH),
+
+        def cutoff(days: float) -> str:
+            return to_db(now - dt.timedelta(days=days))
+
+        async with ctx.read() as tx:
+            own_retention = {
+                row[0]: row[1]
+                for row in await tx.all(
+                    "SELECT id, retention_days FROM guilds WHERE retention_days IS NOT NULL"
                 )
-                if not rows:
-                    break
-                ids = [row[0] for row in rows]
-                await tx.run(f"DELETE FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids)
-            images_deleted += len(rows)
-            for row in rows:
-                candidates[row[1]] = None
-                if row[2]:
-                    candidates[row[2]] = None
+            }
+        candidates: dict[str, None] = {}
+        rules = [
+            (
+                "(jobs.guild_id IS NULL OR jobs.guild_id NOT IN "
+                f"({', '.join('?' * len(own_retention))}))",
+                [*own_retention],
+                cutoff(older_than_days),
+            )
+        ]
+        rules += [
+            ("jobs.guild_id = ?", [guild], cutoff(days)) for guild, days in own_retention.items()
+        ]
+        images_deleted = 0
+        for condition, params, before in rules:
+            images_deleted += await self._delete_old_images(condition, params, before, candidates)
         async with ctx.write() as tx:
             tokens_cleared = await tx.run(
                 """UPDATE jobs SET interaction_token = NULL
                    WHERE interaction_token IS NOT NULL AND token_expires_at < ?
                      AND status IN ('done', 'failed', 'cancelled')""",
                 (to_db(now),),
+            )
+            await tx.run(
+                "DELETE FROM library_views WHERE created_at < ?", (to_db(now - VIEW_LIFETIME),)
             )
         report = CleanupReport(images_deleted=images_deleted, tokens_cleared=tokens_cleared)
         files = ctx.files
@@ -494,6 +506,32 @@ class Database:
             temp_files_deleted=temp,
             tokens_cleared=tokens_cleared,
         )
+
+    async def _delete_old_images(
+        self, condition: str, params: list[Any], before: str, candidates: dict[str, None]
+    ) -> int:
+        """Delete (in batches) unfavourited images created before ``before`` whose job meets
+        ``condition``; their file keys are added to ``candidates``. Returns how many."""
+        deleted = 0
+        while True:
+            async with self._ctx.write() as tx:
+                rows = await tx.all(
+                    f"""SELECT images.id, images.file_key, images.thumbnail_key FROM images
+                        JOIN jobs ON jobs.id = images.job_id
+                        WHERE images.created_at < ? AND {condition}
+                          AND NOT EXISTS (SELECT 1 FROM favourites WHERE image_id = images.id)
+                        ORDER BY images.created_at LIMIT ?""",
+                    (before, *params, _CLEANUP_BATCH),
+                )
+                if not rows:
+                    return deleted
+                ids = [row[0] for row in rows]
+                await tx.run(f"DELETE FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids)
+            deleted += len(rows)
+            for row in rows:
+                candidates[row[1]] = None
+                if row[2]:
+                    candidates[row[2]] = None
 
     async def forget_user(self, user_id: int) -> ForgetReport:
         """Delete everything of this user's, in every server and DM: jobs, their images and
@@ -542,6 +580,7 @@ class Database:
             prompts = await tx.run("DELETE FROM prompt_history WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM idempotency_keys WHERE user_id = ?", (user_id,))
             api_keys = await tx.run("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            await tx.run("DELETE FROM library_views WHERE user_id = ?", (user_id,))
             await tx.run(
                 "INSERT INTO jobs_fts (jobs_fts, rowid, prompt)"
                 " SELECT 'delete', rowid, prompt FROM jobs WHERE user_id = ?",

@@ -14,6 +14,7 @@ from .records import BannedWord, Guild, GuildSettings, User
 
 MAX_BANNED_WORD_LENGTH = 100
 MAX_BANNED_WORDS = 1000
+MAX_RETENTION_DAYS = 36500  # the schema's CHECK: a hundred years is "keep"
 
 
 def normalise_word(word: str) -> str:
@@ -33,6 +34,8 @@ def _guild_from_row(row: sqlite3.Row) -> Guild:
         id=row["id"],
         settings=GuildSettings(
             extra=json.loads(row["extra"]),
+            gallery_channel_id=row["gallery_channel_id"],
+            retention_days=row["retention_days"],
         ),
         created_at=from_db(row["created_at"]),
         updated_at=from_db(row["updated_at"]),
@@ -68,11 +71,19 @@ class GuildRepository:
         guild_id: int,
         *,
         extra: Mapping[str, Any] | _Unset = UNSET,
+        gallery_channel_id: int | _Unset | None = UNSET,
+        retention_days: int | _Unset | None = UNSET,
     ) -> GuildSettings:
         """Change the named settings (others stay); returns the settings now in force."""
         changes: dict[str, Any] = {}
         if extra is not UNSET:
             changes["extra"] = json.dumps(dict(extra), ensure_ascii=False, sort_keys=True)
+        if gallery_channel_id is not UNSET:
+            changes["gallery_channel_id"] = gallery_channel_id
+        if retention_days is not UNSET:
+            if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
+                raise InvalidInput(f"Images can be kept for 1 to {MAX_RETENTION_DAYS} days.")
+            changes["retention_days"] = retention_days
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:
             await ensure_guild(tx, guild_id, now)

@@ -34,6 +34,7 @@ from .errors import (
     QuotaExceeded,
 )
 from .images import insert_images
+from .library import query_conditions
 from .quotas import active_jobs, refund_job, used_today
 from .records import (
     TRANSITIONS,
@@ -44,6 +45,7 @@ from .records import (
     Image,
     Job,
     JobStatus,
+    LibraryQuery,
     NewImage,
     NewJob,
     Page,
@@ -90,17 +92,6 @@ def _validate(job: NewJob) -> None:
         raise InvalidInput("A parent image index needs a parent job.")
     if job.token_expires_at is not None:
         require_aware(job.token_expires_at)
-
-
-def match_words(text: str) -> str:
-    """An FTS5 query for prompts holding every word of ``text`` (the last as a prefix, as
-    someone types); quoted, so nothing in ``text`` is read as query syntax."""
-    words = re.findall(r"\w+", text)
-    if not words:
-        return '""'  # matches nothing
-    quoted = [f'"{word}"' for word in words]
-    quoted[-1] += "*"
-    return " ".join(quoted)
 
 
 class JobRepository:
@@ -315,12 +306,9 @@ class JobRepository:
             wanted = [JobStatus(s).value for s in statuses]
             where.append(f"status IN ({placeholders(len(wanted))})" if wanted else "0")
             params.extend(wanted)
-        if text is not None:
-            where.append("rowid IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?)")
-            params.append(match_words(text))
-        if model:
-            where.append("json_extract(request, '$.model') = ?")
-            params.append(model)
+        filters, filter_params = query_conditions(LibraryQuery(text=text, model=model))
+        where.extend(filters)
+        params.extend(filter_params)
         condition = " AND ".join(where)
         async with self._ctx.read(snapshot=True) as tx:
             total = await tx.scalar(f"SELECT count(*) FROM jobs WHERE {condition}", params)

@@ -228,6 +228,33 @@ V7_PROMPT_SEARCH = Migration(
     ),
 )
 
+V8_LIBRARY = Migration(
+    8,
+    "the library: per-server gallery channel and image retention, shared and gallery-removed"
+    " results, saved library views (the filters a page of /history or /gallery shows)",
+    (
+        "ALTER TABLE guilds ADD COLUMN gallery_channel_id INTEGER",
+        "ALTER TABLE guilds ADD COLUMN retention_days INTEGER"
+        " CHECK (retention_days BETWEEN 1 AND 36500)",
+        "ALTER TABLE jobs ADD COLUMN shared_at TEXT",
+        "ALTER TABLE jobs ADD COLUMN share_channel_id INTEGER",
+        "ALTER TABLE jobs ADD COLUMN share_message_id INTEGER",
+        "ALTER TABLE jobs ADD COLUMN gallery_removed_at TEXT",
+        "ALTER TABLE jobs ADD COLUMN gallery_removed_by INTEGER",
+        # Page buttons carry a view's id (Discord caps a button id at 100 characters, too
+        # few for a search and its filters); the view keeps what the page shows.
+        """CREATE TABLE library_views (
+            id         TEXT PRIMARY KEY,
+            user_id    INTEGER NOT NULL,
+            guild_id   INTEGER,
+            scope      TEXT NOT NULL,
+            query      TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT""",
+        "CREATE INDEX library_views_created ON library_views(created_at)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -236,6 +263,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V5_UNUSED_GUILD_SETTINGS,
     V6_API,
     V7_PROMPT_SEARCH,
+    V8_LIBRARY,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -90,9 +90,13 @@ class PolicySource(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GuildSettings:
-    """Per-guild settings, kept as one JSON object until a setting needs a column of its own."""
+    """Per-guild settings. ``extra``: a JSON object for settings without a column yet."""
 
-    extra: Mapping[str, Any] = field(default_factory=dict)  # JSON object, for settings to come
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    # Where results shared with the Share button go; None: sharing is off in this server.
+    gallery_channel_id: int | None = None
+    # How long this server's images are kept (favourites stay); None: the operator's default.
+    retention_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,12 @@ class Job:
     # job without it is shown again from storage after a restart.
     delivered_at: dt.datetime | None = None
     source: str = "discord"
+    # Posted to the server's gallery channel by its owner (and so public from then on).
+    shared_at: dt.datetime | None = None
+    share_channel_id: int | None = None
+    share_message_id: int | None = None
+    # Taken out of the server's /gallery by a moderator (the job itself stays its owner's).
+    gallery_removed_at: dt.datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -236,6 +246,95 @@ class HistoryEntry:
 
     job: Job
     images: tuple[Image, ...]
+
+
+class LibraryScope(enum.StrEnum):
+    """Which results a library page lists."""
+
+    HISTORY = "history"  # the viewer's own jobs, every server and DM
+    FAVOURITES = "favourites"  # jobs with images the viewer starred (theirs or public ones)
+    GALLERY = "gallery"  # one server's public results
+
+
+class LibrarySort(enum.StrEnum):
+    NEWEST = "newest"  # for favourites: most recently starred
+    OLDEST = "oldest"
+    MOST_FAVOURITED = "most-favourited"
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryQuery:
+    """Filters and order for a library page. Every field narrows; the defaults show all."""
+
+    text: str | None = None  # every word in the prompt (full-text; the last word a prefix)
+    model: str | None = None
+    operation: str | None = None  # the job's kind: txt2img, img2img, upscale, variation...
+    status: JobStatus | None = None
+    since: dt.datetime | None = None  # created at or after
+    until: dt.datetime | None = None  # created before
+    favourites_only: bool = False  # only jobs with an image the viewer starred
+    sort: LibrarySort = LibrarySort.NEWEST
+
+    def __post_init__(self) -> None:
+        for moment in (self.since, self.until):
+            if moment is not None and moment.tzinfo is None:
+                raise InvalidInput("Library dates must carry a time zone.")
+        if self.since and self.until and self.since >= self.until:
+            raise InvalidInput("The start of the date range must come before its end.")
+
+    @property
+    def filtered(self) -> bool:
+        return self != LibraryQuery(sort=self.sort)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": self.model,
+            "operation": self.operation,
+            "status": None if self.status is None else self.status.value,
+            "since": None if self.since is None else self.since.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+            "favourites_only": self.favourites_only,
+            "sort": self.sort.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LibraryQuery:
+        def moment(value: Any) -> dt.datetime | None:
+            return None if value is None else dt.datetime.fromisoformat(value)
+
+        return cls(
+            text=data.get("text"),
+            model=data.get("model"),
+            operation=data.get("operation"),
+            status=None if data.get("status") is None else JobStatus(data["status"]),
+            since=moment(data.get("since")),
+            until=moment(data.get("until")),
+            favourites_only=bool(data.get("favourites_only")),
+            sort=LibrarySort(data.get("sort", LibrarySort.NEWEST.value)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryEntry:
+    """One job on a library page: its images (for favourites, the ones the viewer starred)
+    and how many stars all its images have, from everyone."""
+
+    job: Job
+    images: tuple[Image, ...]
+    favourite_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryView:
+    """A saved library page's question (page buttons carry its id)."""
+
+    id: str
+    user_id: int
+    guild_id: int | None
+    scope: LibraryScope
+    query: LibraryQuery
+    created_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)

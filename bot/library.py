@@ -1,0 +1,388 @@
+"""The library in Discord: /history, /favorites and /gallery as numbered contact sheets with
+a button per entry; an entry opened at full size; sharing to the gallery channel; moderators
+taking an entry out of the gallery. Storage answers the questions; this renders them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from PIL import Image as PILImage
+
+from bot import render
+from bot.delivery import UPLOAD_LIMIT, render_grid
+from bot.errors import PermissionDenied
+from bot.host import BotHost
+from bot.views import Action, JobButton, entry_view, library_page_view
+from core.errors import UserError
+from core.jobcodec import StoredRequest
+from core.storage.errors import ImageNotFound
+from core.storage.records import (
+    Image,
+    Job,
+    JobStatus,
+    LibraryEntry,
+    LibraryQuery,
+    LibraryScope,
+    LibrarySort,
+    LibraryView,
+    Page,
+)
+from engine.images import encode_preview, make_contact_sheet
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 10  # two rows of five numbered buttons
+SHEET_MAX_BYTES = 2 * 2**20
+
+_TITLES = {
+    LibraryScope.HISTORY: ("🕘 Your generations", "No generations yet: try /imagine."),
+    LibraryScope.FAVOURITES: (
+        "⭐ Your favourites",
+        "You have no favourites yet: press ⭐ under an image.",
+    ),
+    LibraryScope.GALLERY: (
+        "🖼 This server's gallery",
+        "This server's gallery is empty: public results show up here.",
+    ),
+}
+
+
+@dataclass
+class RenderedPage:
+    content: str
+    embeds: list[discord.Embed]
+    view: discord.ui.View
+    files: list[discord.File]
+
+
+def describe_query(query: LibraryQuery) -> str:
+    """The filters in force, as one line people can read back."""
+    parts = []
+    if query.text:
+        parts.append(f"“{render.clip(query.text, 60)}”")
+    if query.model:
+        parts.append(f"model `{render.clip(query.model, 40)}`")
+    if query.operation:
+        parts.append(query.operation)
+    if query.status is not None:
+        parts.append(query.status.value)
+    if query.since is not None:
+        parts.append(f"since {render.discord_time(query.since, 'd')}")
+    if query.until is not None:
+        parts.append(f"before {render.discord_time(query.until, 'd')}")
+    if query.favourites_only:
+        parts.append("⭐ only")
+    if query.sort is not LibrarySort.NEWEST:
+        parts.append(f"sorted {query.sort.value.replace('-', ' ')}")
+    return " · ".join(parts)
+
+
+def _entry_line(number: int, entry: LibraryEntry, scope: LibraryScope) -> str:
+    job = entry.job
+    if job.status is JobStatus.DONE:
+        state = f"{len(entry.images)} image{'s' if len(entry.images) != 1 else ''}"
+        if not entry.images:
+            state = "images cleaned up"
+    else:
+        state = job.status.value
+    line = (
+        f"**{number}.** {render.quoted_prompt(job.prompt, 70)} · {state} · "
+        f"{render.discord_time(job.created_at)}"
+    )
+    if entry.favourite_count:
+        line += f" · ⭐ {entry.favourite_count}"
+    if scope is LibraryScope.GALLERY:
+        line += f" · by <@{job.user_id}>"
+    return line
+
+
+def _decode_tile(data: bytes | None) -> PILImage.Image | None:
+    if data is None:
+        return None
+    try:
+        with PILImage.open(io.BytesIO(data)) as tile:
+            return tile.convert("RGB")
+    except (OSError, ValueError):
+        return None  # a damaged thumbnail: the cell stays empty, the number stays
+
+
+def _sheet(tiles: list[bytes | None]) -> tuple[bytes, str]:
+    sheet = make_contact_sheet([_decode_tile(data) for data in tiles])
+    return encode_preview(sheet, max_bytes=SHEET_MAX_BYTES)
+
+
+class Library:
+    def __init__(self, bot: BotHost) -> None:
+        self._bot = bot
+
+    @property
+    def _db(self) -> Any:
+        return self._bot.service.db
+
+    # --- pages ---------------------------------------------------------------------------
+
+    async def first_page(
+        self, scope: LibraryScope, user_id: int, guild_id: int | None, query: LibraryQuery
+    ) -> RenderedPage:
+        """Save the question (page buttons carry its id) and show its first page."""
+        saved = await self._db.library.save_view(scope, user_id, guild_id, query)
+        return await self.render(saved, 0)
+
+    async def saved(self, view_id: str, user_id: int) -> LibraryView:
+        saved: LibraryView | None = await self._db.library.view(view_id)
+        if saved is None:
+            raise UserError("These pages have expired. Run the command again.")
+        if saved.user_id != user_id:
+            raise UserError("These pages belong to someone else. Use the command yourself.")
+        return saved
+
+    async def render(self, saved: LibraryView, page: int) -> RenderedPage:
+        found = await self._page(saved, page)
+        if not found.items and found.total:  # the list shrank under this page: its last one
+            page = found.page_count - 1
+            found = await self._page(saved, page)
+        heading, empty = _TITLES[saved.scope]
+        filters = describe_query(saved.query)
+        embed = discord.Embed(
+            title=f"{heading} ({found.total})" if found.total else heading,
+            colour=discord.Colour.blurple(),
+        )
+        lines = [f"🔎 {filters}"] if filters else []
+        if not found.items:
+            lines.append("Nothing matches these filters." if saved.query.filtered else empty)
+        lines += [
+            _entry_line(number, entry, saved.scope)
+            for number, entry in enumerate(found.items, start=1)
+        ]
+        embed.description = render.clip("\n".join(lines), 4096)
+        files: list[discord.File] = []
+        if found.items:
+            tiles = [await self._thumbnail(entry.images) for entry in found.items]
+            data, ext = await asyncio.to_thread(_sheet, tiles)
+            files.append(discord.File(io.BytesIO(data), f"page.{ext}"))
+            embed.set_image(url=f"attachment://page.{ext}")
+            embed.set_footer(
+                text=f"Page {page + 1} of {found.page_count} · press a number to open it"
+            )
+        view = library_page_view(
+            saved.id,
+            page,
+            found.page_count,
+            [
+                (entry.job.id, entry.images[0].index if entry.images else None)
+                for entry in found.items
+            ],
+        )
+        return RenderedPage("", [embed], view, files)
+
+    async def _page(self, saved: LibraryView, page: int) -> Page[LibraryEntry]:
+        result: Page[LibraryEntry] = await self._db.library.page(
+            saved.scope,
+            saved.user_id,
+            saved.query,
+            guild_id=saved.guild_id,
+            offset=page * PAGE_SIZE,
+            limit=PAGE_SIZE,
+        )
+        return result
+
+    async def _thumbnail(self, images: tuple[Image, ...]) -> bytes | None:
+        if not images or not images[0].thumbnail_key:
+            return None
+        try:
+            data: bytes = await self._bot.service.images.get(images[0].thumbnail_key)
+        except ImageNotFound:
+            return None  # cleaned up meanwhile: an empty cell
+        return data
+
+    # --- one entry -----------------------------------------------------------------------
+
+    async def entry(
+        self, job: Job, index: int | None, viewer_id: int, *, moderator_here: bool
+    ) -> RenderedPage:
+        """One image of ``job`` at full size (the first when ``index`` is None) with what the
+        viewer may do to it."""
+        images = sorted(await self._bot.service.job_images(job.id), key=lambda i: i.index)
+        stored = StoredRequest.loads(job.request).request
+        model = stored.model or self._bot.registry.default_name
+        embed = discord.Embed(title=render.embed_title(job.prompt), colour=discord.Colour.green())
+        removable = (
+            moderator_here
+            and not job.private
+            and job.guild_id is not None
+            and job.gallery_removed_at is None
+        )
+        if not images:
+            reason = job.error or (
+                "cleaned up" if job.status is JobStatus.DONE else job.status.value
+            )
+            embed.description = f"by <@{job.user_id}> · `{model}` · no images ({reason})"
+            view = discord.ui.View(timeout=None)
+            if viewer_id == job.user_id:
+                view.add_item(JobButton(Action.REROLL, job.id, label="Run again", emoji="🔄"))
+            view.add_item(JobButton(Action.INFO, job.id, emoji="ℹ"))
+            return RenderedPage("", [embed], view, [])
+        image = next((i for i in images if i.index == index), images[0])
+        starred = await self._db.favourites.favourited_among(viewer_id, [image.id])
+        embed.description = (
+            f"by <@{job.user_id}> · `{model}` · seed {image.seed} · "
+            f"{image.width}×{image.height} · {render.discord_time(job.created_at)}"
+            + (" · ⭐ in your favourites" if starred else "")
+            + ("\n📤 Shared" if job.shared_at else "")
+        )
+        data = await self._bot.service.image_bytes(image)
+        name = f"{job.id}-{image.index + 1}.png"
+        if len(data) > UPLOAD_LIMIT:
+            picture = await asyncio.to_thread(_decode_tile, data)
+            if picture is not None:
+                data, ext = await asyncio.to_thread(
+                    encode_preview, picture, max_bytes=UPLOAD_LIMIT, prefer="jpeg"
+                )
+                name = f"{job.id}-{image.index + 1}.{ext}"
+        embed.set_image(url=f"attachment://{name}")
+        view = entry_view(
+            job.id,
+            image.index,
+            indexes=[i.index for i in images],
+            can_upscale=self._bot.can_upscale_size(model, image.width * 2, image.height * 2),
+            owner=viewer_id == job.user_id,
+            removable=removable,
+        )
+        return RenderedPage("", [embed], view, [discord.File(io.BytesIO(data), name)])
+
+    # --- sharing and the gallery ---------------------------------------------------------
+
+    def share_link(self, job: Job) -> str | None:
+        base = self._bot.settings.api_public_url
+        return None if base is None else f"{base}/share/{job.id}"
+
+    async def share(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        """Post the owner's result to the server's gallery channel (crediting them) and make
+        it public; with a public API address, answer with its share page too."""
+        if interaction.user.id != job.user_id:
+            raise PermissionDenied("Only the person who made this image can share it.")
+        images = sorted(await self._bot.service.job_images(job.id), key=lambda i: i.index)
+        if not images:
+            raise UserError("This job has no images to share.")
+        channel_id = None
+        if job.guild_id is not None:
+            channel_id = (await self._db.guilds.settings(job.guild_id)).gallery_channel_id
+        link = self.share_link(job)
+        if channel_id is None and link is None:
+            raise UserError(
+                "There is nowhere to share this: this server has no gallery channel. A "
+                "moderator can choose one with `/settings gallery-channel`."
+                if job.guild_id is not None
+                else "Results made in a DM can be shared only where the bot's operator has "
+                "set up share links (API_PUBLIC_URL)."
+            )
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not await self._db.library.claim_share(job.id):
+            shared = await self._db.jobs.get(job.id)
+            await _send_shared(interaction, self._shared_text(shared, link, again=True), link)
+            return
+        message_id = None
+        try:
+            if channel_id is not None:
+                message_id = await self._post(channel_id, job, images)
+            await self._db.library.record_share(job.id, channel_id, message_id)
+        except BaseException:
+            await self._db.library.release_share(job.id)
+            raise
+        shared = await self._db.jobs.get(job.id)
+        await _send_shared(interaction, self._shared_text(shared, link), link)
+
+    def _shared_text(self, job: Job, link: str | None, *, again: bool = False) -> str:
+        lines = ["📤 Already shared." if again else "📤 Shared: it is public now."]
+        if job.share_channel_id and job.share_message_id and job.guild_id:
+            lines.append(
+                f"In <#{job.share_channel_id}>: https://discord.com/channels/"
+                f"{job.guild_id}/{job.share_channel_id}/{job.share_message_id}"
+            )
+        if link:
+            lines.append(f"Share page (copy this link): {link}")
+        return "\n".join(lines)
+
+    async def _post(self, channel_id: int, job: Job, images: list[Image]) -> int:
+        channel = self._bot.get_channel(channel_id)
+        try:
+            if channel is None:
+                channel = await self._bot.fetch_channel(channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                raise UserError("The gallery channel is not a text channel. Ask a moderator.")
+            pictures = [
+                picture
+                for picture in [
+                    await asyncio.to_thread(
+                        _decode_tile, await self._bot.service.image_bytes(image)
+                    )
+                    for image in images
+                ]
+                if picture is not None
+            ]
+            if not pictures:
+                raise UserError("This job's images cannot be read any more.")
+            file = await render_grid(job, pictures)
+            model = (
+                StoredRequest.loads(job.request).request.model or self._bot.registry.default_name
+            )
+            embed = discord.Embed(
+                title=render.embed_title(job.prompt),
+                description=f"by <@{job.user_id}> · `{model}` · "
+                + render.seeds_text([image.seed for image in images]),
+                colour=discord.Colour.gold(),
+            )
+            embed.set_image(url=f"attachment://{file.filename}")
+            view = discord.ui.View(timeout=None)
+            view.add_item(JobButton(Action.FAVOURITE, job.id, emoji="⭐"))
+            view.add_item(JobButton(Action.INFO, job.id, emoji="ℹ"))
+            message = await channel.send(
+                embed=embed,
+                file=file,
+                view=view,
+                allowed_mentions=discord.AllowedMentions.none(),  # credit without a ping
+            )
+        except (discord.Forbidden, discord.NotFound):
+            raise UserError(
+                f"I cannot post in <#{channel_id}>. A moderator can give me Send Messages, "
+                "Embed Links and Attach Files there, or choose another channel with "
+                "`/settings gallery-channel`."
+            ) from None
+        return message.id
+
+    async def remove_from_gallery(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        if interaction.guild_id is None or interaction.guild_id != job.guild_id:
+            raise PermissionDenied("Only this server's moderators can remove it.")
+        permissions = interaction.permissions
+        if not (permissions.manage_guild or permissions.manage_messages):
+            raise PermissionDenied(
+                "Only moderators (Manage Server or Manage Messages) can remove gallery entries."
+            )
+        removed = await self._db.library.remove_from_gallery(job.id, interaction.user.id)
+        if removed and job.share_channel_id and job.share_message_id:
+            post = self._bot.get_partial_messageable(job.share_channel_id).get_partial_message(
+                job.share_message_id
+            )
+            with contextlib.suppress(discord.HTTPException):
+                await post.delete()  # already deleted by hand, or no permission: fine
+        await interaction.response.send_message(
+            "🚫 Removed from this server's gallery (and its share page)."
+            if removed
+            else "It was already out of the gallery.",
+            ephemeral=True,
+        )
+
+
+async def _send_shared(interaction: discord.Interaction[Any], text: str, link: str | None) -> None:
+    if link is None:
+        await interaction.followup.send(text, ephemeral=True)
+        return
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Open share page", url=link, emoji="🔗"))
+    await interaction.followup.send(text, view=view, ephemeral=True)
