@@ -167,6 +167,7 @@ JOB_FIELDS = (
     "share_channel_id",
     "share_message_id",
     "gallery_removed_at",
+    "favourite_count",
 )
 
 IMAGE_FIELDS = (
@@ -229,6 +230,7 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
         share_channel_id=get("share_channel_id"),
         share_message_id=get("share_message_id"),
         gallery_removed_at=from_db_opt(get("gallery_removed_at")),
+        favourite_count=get("favourite_count"),
     )
 
 

@@ -42,7 +42,7 @@ from .errors import (
     SchemaOutdated,
     StorageError,
 )
-from .favourites import FavouriteRepository
+from .favourites import FavouriteRepository, recount_stars
 from .files import ImageStore, LocalImageStore
 from .guilds import GuildRepository, UserRepository
 from .images import ImageRepository, store_file_and_thumbnail
@@ -576,7 +576,14 @@ class Database:
                 (user_id,),
             )
             await tx.run("UPDATE usage_ledger SET job_id = NULL WHERE user_id = ?", (user_id,))
+            starred = [
+                row[0]
+                for row in await tx.all(
+                    "SELECT image_id FROM favourites WHERE user_id = ?", (user_id,)
+                )
+            ]
             favourites = await tx.run("DELETE FROM favourites WHERE user_id = ?", (user_id,))
+            await recount_stars(tx, starred)
             prompts = await tx.run("DELETE FROM prompt_history WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM idempotency_keys WHERE user_id = ?", (user_id,))
             api_keys = await tx.run("DELETE FROM api_keys WHERE user_id = ?", (user_id,))

@@ -20,6 +20,20 @@ from .errors import ImageNotFound
 from .records import Favourite, Page
 
 
+async def recount_stars(tx: Tx, image_ids: Sequence[int]) -> None:
+    """Bring ``jobs.favourite_count`` up to date for the jobs of these images."""
+    for start in range(0, len(image_ids), 500):  # SQLite caps the parameters of a statement
+        chunk = list(image_ids[start : start + 500])
+        await tx.run(
+            f"""UPDATE jobs SET favourite_count = (
+                    SELECT count(*) FROM favourites JOIN images ON images.id = favourites.image_id
+                    WHERE images.job_id = jobs.id)
+                WHERE id IN (SELECT job_id FROM images
+                             WHERE id IN ({placeholders(len(chunk))}))""",
+            chunk,
+        )
+
+
 class FavouriteRepository:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -39,11 +53,13 @@ class FavouriteRepository:
         if not ids:
             return 0
         async with self._ctx.write() as tx:
-            return await tx.run(
+            removed = await tx.run(
                 f"DELETE FROM favourites WHERE user_id = ? "
                 f"AND image_id IN ({placeholders(len(ids))})",
                 (user_id, *ids),
             )
+            await recount_stars(tx, ids)
+            return removed
 
     async def toggle(self, user_id: int, image_ids: int | Iterable[int]) -> bool:
         """⭐ on one image or on a grid's set: if every image is already a favourite,
@@ -66,6 +82,7 @@ class FavouriteRepository:
                     f"AND image_id IN ({placeholders(len(ids))})",
                     (user_id, *ids),
                 )
+                await recount_stars(tx, ids)
                 return False
             await ensure_user(tx, user_id, now)
             await self._add(tx, user_id, ids, now)
@@ -147,4 +164,5 @@ class FavouriteRepository:
                 "ON CONFLICT DO NOTHING",
                 (user_id, image_id, now),
             )
+        await recount_stars(tx, ids)
         return added

@@ -134,8 +134,9 @@ class JobRepository:
                                 id, user_id, guild_id, channel_id, message_id,
                                 interaction_token, token_expires_at, kind, request, prompt,
                                 image_count, private, parent_job_id, parent_image_index,
-                                status, attempts, created_at, source)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 1, ?, ?)
+                                status, attempts, created_at, source, model)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 1, ?, ?,
+                                    json_extract(?, '$.model'))
                             RETURNING {JOB_COLUMNS}""",
                         (
                             job_id,
@@ -154,6 +155,7 @@ class JobRepository:
                             job.parent_image_index,
                             stamp,
                             job.source,
+                            job.request,
                         ),
                     )
                     await tx.run(

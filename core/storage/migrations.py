@@ -241,6 +241,23 @@ V8_LIBRARY = Migration(
         "ALTER TABLE jobs ADD COLUMN share_message_id INTEGER",
         "ALTER TABLE jobs ADD COLUMN gallery_removed_at TEXT",
         "ALTER TABLE jobs ADD COLUMN gallery_removed_by INTEGER",
+        # Stars on the job's images, kept by the code that adds and removes favourites, so
+        # "most favourited" needs no count per job per page.
+        "ALTER TABLE jobs ADD COLUMN favourite_count INTEGER NOT NULL DEFAULT 0",
+        """UPDATE jobs SET favourite_count = (
+               SELECT count(*) FROM favourites JOIN images ON images.id = favourites.image_id
+               WHERE images.job_id = jobs.id)
+           WHERE id IN (SELECT images.job_id FROM favourites
+                        JOIN images ON images.id = favourites.image_id)""",
+        # The model a job asked for (its request's), as a column: filtering on it then reads
+        # no JSON. Written with the job; NULL means the default model.
+        "ALTER TABLE jobs ADD COLUMN model TEXT",
+        "UPDATE jobs SET model = json_extract(request, '$.model')",
+        # A server's gallery, newest and most favourited, without reading other jobs.
+        "CREATE INDEX jobs_gallery ON jobs(guild_id, created_at)"
+        " WHERE private = 0 AND status = 'done' AND gallery_removed_at IS NULL",
+        "CREATE INDEX jobs_gallery_stars ON jobs(guild_id, favourite_count, created_at)"
+        " WHERE private = 0 AND status = 'done' AND gallery_removed_at IS NULL",
         # Page buttons carry a view's id (Discord caps a button id at 100 characters, too
         # few for a search and its filters); the view keeps what the page shows.
         """CREATE TABLE library_views (

@@ -179,6 +179,7 @@ class Job:
     share_message_id: int | None = None
     # Taken out of the server's /gallery by a moderator (the job itself stays its owner's).
     gallery_removed_at: dt.datetime | None = None
+    favourite_count: int = 0  # stars on its images, from everyone
 
     @property
     def finished(self) -> bool:

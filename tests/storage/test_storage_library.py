@@ -205,3 +205,27 @@ async def test_cleanup_honours_each_servers_retention_and_keeps_favourites(
         await db.guilds.update_settings(SERVER, retention_days=0)
     settings = await db.guilds.update_settings(SERVER, retention_days=None)
     assert settings.retention_days is None
+
+
+async def test_star_counts_follow_every_change_to_favourites(db: Database) -> None:
+    first, second = await finished(db, "counted stars", images=2)
+
+    async def stars() -> int:
+        job = (await db.library.page(LibraryScope.HISTORY, ME)).items[0].job
+        return job.favourite_count
+
+    await db.favourites.toggle(ME, [first, second])
+    await db.favourites.add(OTHER, [first])
+    assert await stars() == 3
+    await db.favourites.toggle(ME, [first, second])  # all mine were stars: all go
+    assert await stars() == 1
+    await db.favourites.add(ME, [second])
+    await db.favourites.remove(OTHER, [first])
+    assert await stars() == 1
+    await db.forget_user(ME)  # my stars on others' images go too
+    [theirs] = await finished(db, "their picture", user_id=OTHER)
+    await db.favourites.add(ME, [theirs])
+    await db.favourites.add(OTHER, [theirs])
+    await db.forget_user(ME)
+    page = await db.library.page(LibraryScope.HISTORY, OTHER)
+    assert page.items[0].job.favourite_count == 1

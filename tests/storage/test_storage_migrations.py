@@ -24,6 +24,7 @@ from core.storage import (
     migrate,
 )
 from core.storage.migrations import APPLICATION_ID, apply_migrations, backup_path
+from core.storage.records import LibraryScope
 
 STAMP = "2025-03-10T11:00:00.000000+00:00"
 
@@ -162,6 +163,10 @@ async def test_migrate_from_each_earlier_version(tmp_path: Path, version: int) -
         assert (usage.used, usage.daily_limit, usage.active_jobs) == (3, 10, 1)
         assert usage.policy.priority is Priority.NORMAL  # v3: old policies keep normal priority
         assert [job.id for job in await db.jobs.unfinished()] == ["oldjob000002"]
+        # v8: stars counted on the job, and the old result is in its server's gallery.
+        assert old.job.favourite_count == 1
+        gallery = await db.library.page(LibraryScope.GALLERY, 1, guild_id=100)
+        assert [entry.job.id for entry in gallery.items] == ["oldjob000001"]
         # v2 features work on the upgraded file.
         assert await db.guilds.add_banned_words(100, ["Bad Word"]) == ["bad word"]
         job = await db.create_job(job_spec(guild_id=100), QuotaPolicy(None, None))
