@@ -428,12 +428,18 @@ class ButtonActions:
                 raise UserError("Only the person who asked can confirm this.")
             await interaction.response.defer()  # deleting many files can take a while
             report = await self._bot.service.db.forget_user(user_id)
+            posts = 0
+            for channel_id, message_id in report.shared_posts:
+                post = self._bot.get_partial_messageable(channel_id).get_partial_message(message_id)
+                with contextlib.suppress(discord.HTTPException):  # deleted by hand already
+                    await post.delete()
+                    posts += 1
             await interaction.edit_original_response(
                 content=(
                     f"Done. Deleted {report.jobs} job(s) with {report.images} image(s) "
                     f"({report.files_deleted} file(s)), {report.favourites} favourite(s), "
-                    f"{report.prompts} remembered prompt(s) and {report.api_keys} API key(s), "
-                    "in every server and DM."
+                    f"{report.prompts} remembered prompt(s), {report.api_keys} API key(s) "
+                    f"and {posts} shared post(s), in every server and DM."
                 ),
                 view=None,
             )

@@ -320,6 +320,32 @@ async def test_share_posts_to_the_gallery_channel_and_moderators_can_take_it_dow
     assert "shy heron" in listing(await command(world, "history", {"search": "heron"}, user=sharer))
 
 
+async def test_forget_takes_down_shared_posts_and_share_pages(world: World) -> None:
+    fake = world.fake
+    gallery_channel = fake.guild.channels[1]
+    await command(
+        world,
+        "settings",
+        {"channel": gallery_channel},
+        subcommand="gallery-channel",
+        user=fake.moderator,
+    )
+    leaver = fake.add_member("sharingleaver")
+    _, result = await imagine(world, user=leaver, prompt="a parting comet", count=1)
+    await click(world, result, emoji="📤", user=leaver)
+    [post] = [m for m in fake.messages(gallery_channel) if "parting comet" in m.text()]
+    link = f"{base_url(world)}/share/{job_of(world, 'a parting comet')}"
+    asked = await command(world, "forget", user=leaver)
+    confirm = await fake.click_button(asked, label="Delete everything", user=leaver)
+    await confirm.response()
+    done = await confirm.wait_for_original(lambda m: "Deleted" in m.content, timeout=30)
+    assert "1 shared post(s)" in done.content
+    assert post.deleted
+    async with aiohttp.ClientSession() as http, http.get(link) as answer:
+        assert answer.status == 404
+    assert _read(world, "SELECT count(*) FROM jobs WHERE user_id = ?", leaver.user.id) == 0
+
+
 async def test_settings_show_retention_and_gallery_channel(world: World) -> None:
     fake = world.fake
     kept = await command(

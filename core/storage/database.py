@@ -549,7 +549,16 @@ class Database:
                     f"You have {unfinished} unfinished job(s). Cancel them or let them finish, "
                     "then ask again."
                 )
-            jobs = await tx.all("SELECT id, request FROM jobs WHERE user_id = ?", (user_id,))
+            jobs = await tx.all(
+                "SELECT id, request, share_channel_id, share_message_id FROM jobs"
+                " WHERE user_id = ?",
+                (user_id,),
+            )
+            shared_posts = tuple(
+                (row["share_channel_id"], row["share_message_id"])
+                for row in jobs
+                if row["share_channel_id"] and row["share_message_id"]
+            )
             ids = [row["id"] for row in jobs]
             keys: set[str] = set()
             for row in await tx.all(
@@ -614,6 +623,7 @@ class Database:
             prompts=prompts,
             api_keys=api_keys,
             files_deleted=files_deleted,
+            shared_posts=shared_posts,
         )
 
     async def _delete_unreferenced(

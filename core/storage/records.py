@@ -490,6 +490,9 @@ class ForgetReport:
     prompts: int = 0
     api_keys: int = 0
     files_deleted: int = 0
+    # (channel id, message id) of the results they had shared to a gallery channel: the
+    # posts live in Discord, so the caller deletes them.
+    shared_posts: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
