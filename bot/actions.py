@@ -294,7 +294,11 @@ class ButtonActions:
         if operation is Operation.UPSCALE and not self._bot.can_upscale_size(
             parent.model, image.width * 2, image.height * 2
         ):
-            raise UserError("This image is already as large as this model can make it.")
+            limit = self._bot.upscale_limit(parent.model)
+            raise UserError(
+                "This image is already as large as this model can upscale"
+                + (f" ({limit} px on its longer side)." if limit else ".")
+            )
         request = GenerationRequest(
             prompt=parent.prompt,
             model=parent.model,

@@ -513,9 +513,13 @@ async def result_embed_and_view(
     if facts.operation is Operation.TXT2IMG:
         view = grid_view(job.id, len(facts.seeds))
     else:
-        view = single_view(
-            job.id, can_upscale=bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
-        )
+        can_upscale = bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
+        if not can_upscale:
+            limit = bot.upscale_limit(facts.model)
+            embed.description = (embed.description or "") + (
+                f"\n⬆ No further upscale: {facts.model} upscales to {limit} px at most."
+            )
+        view = single_view(job.id, can_upscale=can_upscale)
     return embed, view
 
 

@@ -20,6 +20,7 @@ from core.errors import UserError, incident_id
 from core.events import JobEvents
 from core.service import store_when_possible
 from core.storage.errors import DatabaseBusy
+from engine.registry import upscale_limit
 from engine.types import ResolvedRequest
 
 if TYPE_CHECKING:
@@ -99,11 +100,17 @@ class BotHost(commands.Bot):
         return self.can_upscale_size(request.model, request.width * 2, request.height * 2)
 
     def can_upscale_size(self, model: str | None, width: int, height: int) -> bool:
+        """Whether an upscale to ``width`` x ``height`` is within the model's reach (drawn
+        in tiles beyond what it draws at once: see ``engine.registry.upscale_limit``)."""
+        limit = self.upscale_limit(model)
+        return limit is not None and max(width, height) <= limit
+
+    def upscale_limit(self, model: str | None) -> int | None:
         try:
             spec = self.registry.get(model or self.registry.default_name)
         except Exception:
-            return False
-        return max(width, height) <= spec.presets.max_size
+            return None
+        return upscale_limit(spec.presets)
 
     # --- errors --------------------------------------------------------------------------
 

@@ -29,7 +29,14 @@ from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
 from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry, outpaint_padding
 from engine.ops.upscale import DEFAULT_UPSCALE_STRENGTH, UPSCALE_FACTOR
 from engine.ops.variation import DEFAULT_VARIATION, VARIATION_STRENGTHS
-from engine.registry import ASPECT_RATIOS, SCHEDULERS, ModelRegistry, ModelSpec, Presets
+from engine.registry import (
+    ASPECT_RATIOS,
+    SCHEDULERS,
+    ModelRegistry,
+    ModelSpec,
+    Presets,
+    upscale_limit,
+)
 from engine.types import (
     MAX_IMAGES_PER_REQUEST,
     MAX_SEED,
@@ -289,12 +296,23 @@ class DiffusersBackend:
         """(width, height, outpaint pixels) of an image operation's output, validated."""
         presets = spec.presets
         if operation is Operation.UPSCALE:
-            width, height = fit_size(input_size, presets)
-            width, height = width * UPSCALE_FACTOR, height * UPSCALE_FACTOR
-            if max(width, height) > presets.max_size:
+            limit = upscale_limit(presets)
+            # The source as it is (down to the limit's half), not shrunk to what the model
+            # draws at once: beyond that the upscale is drawn in tiles.
+            fit = min(1.0, limit / UPSCALE_FACTOR / max(input_size))
+            # A source too small for the model's smallest drawing is enlarged to it first.
+            fit = max(fit, presets.min_size / UPSCALE_FACTOR / min(input_size))
+            width = max(8, int(input_size[0] * fit) // 8 * 8) * UPSCALE_FACTOR
+            height = max(8, int(input_size[1] * fit) // 8 * 8) * UPSCALE_FACTOR
+            if max(width, height) <= max(input_size):
                 raise ValidationError(
-                    f"This image is already as large as {spec.name} can make it: upscaled it "
-                    f"would be {width}×{height}, over its {presets.max_size} px limit."
+                    f"This image is already as large as {spec.name} can upscale: "
+                    f"{limit} px on its longer side at most."
+                )
+            if max(width, height) > limit:
+                raise ValidationError(
+                    f"This image's shape is too long and thin to upscale with {spec.name}: "
+                    f"it would be {width}×{height}, over its {limit} px limit."
                 )
             return width, height, 0
         if operation is Operation.OUTPAINT:
@@ -411,7 +429,7 @@ def pipeline_input_size(
     if operation is Operation.OUTPAINT:
         left, top, right, bottom = outpaint_padding(request.outpaint_sides, outpaint_pixels)
         return width - left - right, height - top - bottom
-    if operation is Operation.UPSCALE and spec.upscaler:
+    if operation is Operation.UPSCALE and spec.upscaler and max(output) <= spec.presets.max_size:
         return width // UPSCALE_FACTOR, height // UPSCALE_FACTOR
     return width, height
 

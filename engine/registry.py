@@ -165,6 +165,15 @@ class ModelSpec:
         return {aspect: self.size_for_aspect(aspect) for aspect in ASPECT_RATIOS}
 
 
+MAX_UPSCALE_SIDE = 4096  # beyond this, an upscale would not fit Discord or most screens
+
+
+def upscale_limit(presets: Presets) -> int:
+    """The longest side an upscale may reach on a model: up to 4x its largest drawing, in
+    tiles beyond ``max_size`` (see ``engine.ops.upscale``), and never over 4096 pixels."""
+    return max(presets.max_size, min(MAX_UPSCALE_SIDE, presets.max_size * 4))
+
+
 def _clamp_size(value: float, presets: Presets) -> int:
     rounded = max(8, math.floor(value / 8 + 0.5) * 8)
     return min(max(rounded, presets.min_size), presets.max_size)

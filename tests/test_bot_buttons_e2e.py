@@ -54,10 +54,14 @@ async def test_upscale_variation_and_their_own_buttons(world: World) -> None:
     assert size_of(await subtle.wait_for_message(is_single, timeout=60)) == (128, 128)
     again = await fake.click_button(upscaled, label="Upscale")
     await again.response()
-    biggest = await again.wait_for_message(is_single, timeout=60)
-    assert size_of(biggest) == (256, 256)
-    # 256 is the tiny model's largest size: no further upscale is offered.
-    assert "Upscale" not in biggest.button_labels
+    bigger = await again.wait_for_message(is_single, timeout=60)
+    assert size_of(bigger) == (256, 256)
+    # 256 px is the most the tiny model draws at once: beyond it the upscale goes in tiles.
+    tiled = await fake.click_button(bigger, label="Upscale")
+    await tiled.response()
+    biggest = await tiled.wait_for_message(is_single, timeout=120)
+    assert size_of(biggest) == (512, 512)
+    assert "Upscale" in biggest.button_labels  # up to 1024 px, 4x what it draws at once
 
 
 async def test_reroll_gives_new_seeds_with_the_same_settings(world: World) -> None:

@@ -1,8 +1,13 @@
-"""Inpaint: repaint the white part of a mask, keep the black part."""
+"""Inpaint: repaint the white part of a mask, keep the black part.
+
+The model redraws the whole canvas (its VAE alone shifts every pixel a little), so the
+result is put back over the input through the mask, widened and softened by ``FEATHER``
+pixels: outside that border the input's pixels come back exactly.
+"""
 
 from __future__ import annotations
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageFilter
 
 from engine.loader import PipelineKind
 from engine.ops.common import (
@@ -19,6 +24,22 @@ from engine.ops.common import (
 )
 
 DEFAULT_INPAINT_STRENGTH = 0.85
+FEATHER = 8  # pixels over which the repainted area fades into the kept one
+
+
+def keep_outside(
+    original: Image.Image, repainted: Image.Image, mask: Image.Image, feather: int = FEATHER
+) -> Image.Image:
+    """``repainted`` inside the mask, ``original`` outside it, blended across a border of
+    ``feather`` pixels beyond the mask's edge; farther out, ``original`` exactly."""
+    if feather <= 0:
+        alpha = mask.convert("L")
+    else:
+        half = max(1, feather // 2)
+        widened = mask.convert("L").filter(ImageFilter.MaxFilter(2 * half + 1))
+        alpha = widened.filter(ImageFilter.BoxBlur(half))  # support: half pixels more
+        alpha = ImageChops.lighter(alpha, mask.convert("L"))  # the mask itself stays full
+    return Image.composite(repainted.convert("RGB"), original.convert("RGB"), alpha)
 
 
 def inpaint(ctx: OpContext) -> OpResult:
@@ -38,7 +59,7 @@ def run_inpaint(
     use_scheduler(pipe, ctx)
     generators = seeded_generators(ctx.slots)
     progress = BatchProgress(ctx, generators, shrinkable=can_shrink(pipe, PipelineKind.INPAINT))
-    return run_pipeline(
+    results = run_pipeline(
         pipe,
         progress,
         image=images,
@@ -48,3 +69,7 @@ def run_inpaint(
         strength=strength,
         **common_kwargs(ctx, generators),
     )
+    return [
+        None if result is None else keep_outside(image, result, mask)
+        for image, mask, result in zip(images, masks, results, strict=True)
+    ]

@@ -124,7 +124,15 @@ def test_image_operations_take_the_input_size_and_default_strengths(
     assert (subtle.strength, strong.strength) == (0.35, 0.7)
     upscale = resolver.resolve(request(operation=Operation.UPSCALE, init_image=IMAGE))
     assert (upscale.width, upscale.height) == (128, 128)
-    largest = png(noise_image((256, 256)))  # the tiny model's max_size
+    # Beyond the tiny model's 256 px max_size, upscales are drawn in tiles, up to 4x that.
+    drawn_whole = png(noise_image((256, 256)))
+    tiled = resolver.resolve(request(operation=Operation.UPSCALE, init_image=drawn_whole))
+    assert (tiled.width, tiled.height) == (512, 512)
+    widest = resolver.resolve(
+        request(operation=Operation.UPSCALE, init_image=png(noise_image((512, 256))))
+    )
+    assert (widest.width, widest.height) == (1024, 512)
+    largest = png(noise_image((1024, 512)))  # already at the 1024 px upscale limit
     with pytest.raises(ValidationError, match="already as large"):
         resolver.resolve(request(operation=Operation.UPSCALE, init_image=largest))
     inpaint = resolver.resolve(
