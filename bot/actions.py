@@ -13,18 +13,27 @@ from typing import Any
 
 import discord
 
-from bot import render
+from bot import editing, render
 from bot.delivery import status_embed
 from bot.errors import PermissionDenied
 from bot.host import BotHost
 from bot.library import PAGE_SIZE as LIBRARY_PAGE_SIZE
 from bot.library import Library, RenderedPage
-from bot.views import Action, Pager, progress_view
+from bot.views import (
+    Action,
+    Pager,
+    PromptModal,
+    favourite_picker_view,
+    progress_view,
+    region_view,
+)
 from core.errors import UserError
 from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
-from core.storage.errors import InvalidInput, JobNotFound
-from core.storage.records import Job, LibraryQuery, LibraryScope
+from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
+from core.storage.records import Image, Job, LibraryQuery, LibraryScope
+from engine import edits
+from engine.errors import ValidationError
 from engine.types import GenerationRequest, Operation
 
 log = logging.getLogger(__name__)
@@ -33,6 +42,24 @@ Interaction = discord.Interaction[BotHost]
 INFO_UPLOAD_BUDGET = 10 * 2**20 - 256 * 1024
 ANSWER_BUDGET_S = 2.0  # Discord fails an interaction not answered within 3 s
 CLOCK_TRUST_S = 60.0
+# The actions that, in remix mode, first open a modal to edit the prompt.
+REMIXABLE = frozenset(
+    {
+        Action.REROLL,
+        Action.VARIATION,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        Action.ZOOM_OUT_2,
+        Action.ZOOM_OUT_15,
+        Action.ZOOM_CUSTOM,
+        Action.PAN_LEFT,
+        Action.PAN_RIGHT,
+        Action.PAN_UP,
+        Action.PAN_DOWN,
+    }
+)
+ZOOM_FIELD = ("Zoom out by", "a number from 1.1 to 4, such as 1.8", "2")
+BOX_FIELD = ("Box: left top width height (%)", "for example 25 25 50 50", "")
 LEGACY_PAGE_SIZE = 5  # page buttons from before saved views counted five to a page
 
 
@@ -199,17 +226,12 @@ class ButtonActions:
     async def _dispatch(
         self, interaction: Interaction, action: Action, job: Job, index: int | None
     ) -> None:
+        if action in REMIXABLE and await self._db.users.remix(interaction.user.id):
+            await self._ask_remix(interaction, action, job, index or 0)
+            return
         match action:
             case Action.CANCEL:
                 await self._cancel(interaction, job)
-            case Action.UPSCALE:
-                await self._derive(interaction, job, index or 0, Operation.UPSCALE, None)
-            case Action.VARIATION | Action.VARY_STRONG:
-                await self._derive(interaction, job, index or 0, Operation.VARIATION, "strong")
-            case Action.VARY_SUBTLE:
-                await self._derive(interaction, job, index or 0, Operation.VARIATION, "subtle")
-            case Action.REROLL:
-                await self._reroll(interaction, job)
             case Action.FAVOURITE:
                 await self._favourite(interaction, job, index)
             case Action.DELETE:
@@ -222,6 +244,218 @@ class ButtonActions:
                 await self._library.share(interaction, job)
             case Action.GALLERY_REMOVE:
                 await self._library.remove_from_gallery(interaction, job)
+            case Action.VARY_REGION:
+                await self._finished_image(job, index or 0)
+                await interaction.response.send_message(
+                    "🖌 Which part should change? Then say what to put there.",
+                    view=region_view(job.id, index or 0),
+                    ephemeral=True,
+                )
+            case Action.ZOOM_CUSTOM:
+                await self._ask(interaction, action, job, index or 0, "Custom Zoom", ZOOM_FIELD)
+            case _ if action.value in editing.REGIONS:
+                extra = BOX_FIELD if action is Action.REGION_BOX else None
+                await self._ask(interaction, action, job, index or 0, "Vary (Region)", extra)
+            case Action.COMPARE:
+                await self._compare(interaction, job, index or 0)
+            case _:
+                await self._run(interaction, action, job, index or 0)
+
+    async def _run(
+        self,
+        interaction: Interaction,
+        action: Action,
+        job: Job,
+        index: int,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+        extra: str | None = None,
+    ) -> None:
+        """The actions that start a job: run with the job's prompt, or one the user edited."""
+        match action:
+            case Action.UPSCALE:
+                await self._derive(
+                    interaction,
+                    job,
+                    index,
+                    Operation.UPSCALE,
+                    None,
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case Action.VARIATION | Action.VARY_STRONG:
+                await self._derive(
+                    interaction,
+                    job,
+                    index,
+                    Operation.VARIATION,
+                    "strong",
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case Action.VARY_SUBTLE:
+                await self._derive(
+                    interaction,
+                    job,
+                    index,
+                    Operation.VARIATION,
+                    "subtle",
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case Action.REROLL:
+                await self._reroll(interaction, job, prompt=prompt, negative=negative)
+            case Action.ZOOM_OUT_2 | Action.ZOOM_OUT_15 | Action.ZOOM_CUSTOM:
+                factor = (
+                    editing.zoom_factor(extra or "")
+                    if action is Action.ZOOM_CUSTOM
+                    else editing.ZOOMS[action.value]
+                )
+                await self._repaint(
+                    interaction,
+                    job,
+                    index,
+                    lambda image: edits.zoom_out(image, factor),
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case _ if action.value in editing.PANS:
+                direction = editing.PANS[action.value]
+                spec = self._bot.registry.get(self._model_of(job))
+                await self._repaint(
+                    interaction,
+                    job,
+                    index,
+                    lambda image: edits.pan(image, direction, max_size=spec.presets.max_size),
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case _ if action.value in editing.REGIONS:
+                region = editing.REGIONS[action.value]
+                try:
+                    box = edits.parse_box(extra or "") if region is edits.Region.BOX else None
+                except ValidationError as error:
+                    raise UserError(str(error)) from None
+                await self._repaint(
+                    interaction,
+                    job,
+                    index,
+                    lambda image: edits.Canvas(image, edits.region_mask(image.size, region, box)),
+                    strength=editing.REGION_STRENGTH,
+                    prompt=prompt,
+                    negative=negative,
+                )
+            case _:
+                raise UserError("This button does nothing any more.")
+
+    def _model_of(self, job: Job) -> str:
+        return StoredRequest.loads(job.request).request.model or self._bot.registry.default_name
+
+    async def _ask(
+        self,
+        interaction: Interaction,
+        action: Action,
+        job: Job,
+        index: int,
+        title: str,
+        extra: tuple[str, str, str] | None,
+    ) -> None:
+        """Open the modal for a prompt (and ``extra``) before running ``action``."""
+        await self._finished_image(job, index)
+        stored = StoredRequest.loads(job.request).request
+        await interaction.response.send_modal(
+            PromptModal(
+                title=title,
+                action=action,
+                job_id=job.id,
+                index=index,
+                prompt=stored.prompt,
+                negative=stored.negative_prompt,
+                extra=extra,
+            )
+        )
+
+    async def _ask_remix(
+        self, interaction: Interaction, action: Action, job: Job, index: int
+    ) -> None:
+        extra = ZOOM_FIELD if action is Action.ZOOM_CUSTOM else None
+        await self._ask(interaction, action, job, index, "Remix", extra)
+
+    async def on_prompt_modal(
+        self,
+        interaction: Interaction,
+        action: Action,
+        job_id: str,
+        index: int,
+        prompt: str,
+        negative: str,
+        extra: str | None,
+    ) -> None:
+        try:
+            try:
+                job = await self._db.jobs.get(job_id)
+            except JobNotFound:
+                raise UserError("This job no longer exists.") from None
+            _require_visible(interaction, job)
+            await self._run(
+                interaction, action, job, index, prompt=prompt, negative=negative, extra=extra
+            )
+        except UserError as error:
+            await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+    async def _finished_image(self, job: Job, index: int) -> Image:
+        images = await self._finished_images(job)
+        # By the image's own index: clean-up may have kept only some of a grid's images.
+        image = next((i for i in images if i.index == index), None)
+        if image is None:
+            raise UserError("That image no longer exists.")
+        return image
+
+    async def _repaint(
+        self,
+        interaction: Interaction,
+        job: Job,
+        index: int,
+        build: editing.Build,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+        strength: float = 1.0,
+    ) -> None:
+        """Zoom Out, Pan, Vary (Region): the model paints the canvas ``build`` makes."""
+        image = await self._finished_image(job, index)
+        request = await editing.repaint_request(
+            self._bot, job, image, build, prompt=prompt, negative=negative, strength=strength
+        )
+        await launch(interaction, request, private=job.private, parent=(job.id, image.index))
+
+    async def _compare(self, interaction: Interaction, job: Job, index: int) -> None:
+        """This image beside the one it was made from."""
+        image = await self._finished_image(job, index)
+        if job.parent_job_id is None:
+            raise UserError("This image was not made from another one: nothing to compare.")
+        parent_job = await self._db.jobs.find(job.parent_job_id)
+        if parent_job is None:
+            raise UserError("The image it was made from has been deleted.")
+        _require_visible(interaction, parent_job)
+        parent = next(
+            (
+                i
+                for i in await self._bot.service.job_images(parent_job.id)
+                if i.index == (job.parent_image_index or 0)
+            ),
+            None,
+        )
+        if parent is None:
+            raise UserError("The image it was made from has been cleaned up.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        file = await editing.compare_file(self._bot, parent, image, job)
+        embed = discord.Embed(title="Before and after", description=render.embed_title(job.prompt))
+        embed.set_image(url=f"attachment://{file.filename}")
+        await interaction.followup.send(embed=embed, file=file, ephemeral=True)
 
     async def _open(
         self, interaction: Interaction, job: Job, index: int | None, *, in_place: bool
@@ -284,12 +518,11 @@ class ButtonActions:
         index: int,
         operation: Operation,
         strength: str | None,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
     ) -> None:
-        images = await self._finished_images(job)
-        # By the image's own index: clean-up may have kept only some of a grid's images.
-        image = next((i for i in images if i.index == index), None)
-        if image is None:
-            raise UserError("That image no longer exists.")
+        image = await self._finished_image(job, index)
         parent = StoredRequest.loads(job.request).request
         if operation is Operation.UPSCALE and not self._bot.can_upscale_size(
             parent.model, image.width * 2, image.height * 2
@@ -299,16 +532,25 @@ class ButtonActions:
                 "This image is already as large as this model can upscale"
                 + (f" ({limit} px on its longer side)." if limit else ".")
             )
+        width, height = image.width, image.height
+        if operation is Operation.VARIATION:
+            # A tiled upscale is larger than the model paints at once: vary it at that size.
+            max_size = self._bot.registry.get(self._model_of(job)).presets.max_size
+            scale = min(1.0, max_size / max(width, height))
+            width, height = (
+                max(8, int(width * scale) // 8 * 8),
+                max(8, int(height * scale) // 8 * 8),
+            )
         request = GenerationRequest(
-            prompt=parent.prompt,
+            prompt=parent.prompt if prompt is None else prompt,
             model=parent.model,
             operation=operation,
-            negative_prompt=parent.negative_prompt,
+            negative_prompt=parent.negative_prompt if negative is None else negative,
             count=1,
             steps=parent.steps,
             guidance=parent.guidance,
-            width=image.width * 2 if operation is Operation.UPSCALE else image.width,
-            height=image.height * 2 if operation is Operation.UPSCALE else image.height,
+            width=width,
+            height=height,
             scheduler=parent.scheduler,
             variation=strength if operation is Operation.VARIATION else None,  # type: ignore[arg-type]
             init_image=await self._bot.service.image_bytes(image),
@@ -321,24 +563,53 @@ class ButtonActions:
             init_image_key=image.file_key,
         )
 
-    async def _reroll(self, interaction: Interaction, job: Job) -> None:
+    async def _reroll(
+        self,
+        interaction: Interaction,
+        job: Job,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+    ) -> None:
         stored = StoredRequest.loads(job.request)
         request = dataclasses.replace(stored.request, seed=None)
+        if prompt is not None:
+            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative or "")
+        images = self._bot.service.images
         if stored.init_image_key:
             request = dataclasses.replace(
-                request, init_image=await self._bot.service.images.get(stored.init_image_key)
+                request, init_image=await images.get(stored.init_image_key)
+            )
+        if stored.mask_image_key:  # a zoom, pan or region: the same canvas, a new painting
+            request = dataclasses.replace(
+                request, mask_image=await images.get(stored.mask_image_key)
             )
         await launch(
             interaction, request, private=job.private, init_image_key=stored.init_image_key
         )
 
     async def _favourite(self, interaction: Interaction, job: Job, index: int | None) -> None:
-        """⭐ under a grid stars its images; under one image (an opened entry), that one."""
+        """⭐ under one image (a single result, an opened entry) stars it; under a grid it
+        asks which of the grid's images to star."""
         images = await self._finished_images(job)
         if index is not None:
             images = [image for image in images if image.index == index]
             if not images:
                 raise UserError("That image no longer exists.")
+        elif len(images) > 1:
+            starred = await self._db.favourites.favourited_among(
+                interaction.user.id, [i.id for i in images]
+            )
+            await interaction.response.send_message(
+                "⭐ Which of these images do you want in your favourites?",
+                view=favourite_picker_view(
+                    job.id,
+                    max(i.index for i in images) + 1,
+                    frozenset(i.index for i in images if i.id in starred),
+                ),
+                ephemeral=True,
+            )
+            return
         added = await self._db.favourites.toggle(interaction.user.id, [i.id for i in images])
         noun = "this image" if len(images) == 1 else f"these {len(images)} images"
         text = (
@@ -356,6 +627,8 @@ class ButtonActions:
             raise UserError("This button does not belong to this message.")
         await interaction.response.defer()
         await interaction.delete_original_response()
+        if interaction.user.id == job.user_id:  # its owner: gone from their lists too
+            await self._db.library.hide(job.id)
 
     async def _info(self, interaction: Interaction, job: Job) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -424,6 +697,30 @@ class ButtonActions:
             view=shown.view,
             attachments=shown.files,
         )
+
+    async def on_favourite_pick(
+        self, interaction: Interaction, job_id: str, chosen: list[int]
+    ) -> None:
+        try:
+            try:
+                job = await self._db.jobs.get(job_id)
+            except JobNotFound:
+                raise UserError("This job no longer exists.") from None
+            _require_visible(interaction, job)
+            images = await self._finished_images(job)
+            count = await self._db.favourites.choose(
+                interaction.user.id,
+                [i.id for i in images],
+                [i.id for i in images if i.index in chosen],
+            )
+            numbers = ", ".join(str(index + 1) for index in sorted(chosen)) or "none"
+            await interaction.response.edit_message(
+                content=f"⭐ Starred from this grid: {numbers} ({count} image(s)).", view=None
+            )
+        except (UserError, ImageNotFound) as error:
+            await self._bot.reply_error(interaction, UserError(str(error)))
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
 
     async def on_forget(self, interaction: Interaction, user_id: int) -> None:
         """The confirmed /forget: delete everything of the user's, then say what went."""

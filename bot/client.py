@@ -17,7 +17,7 @@ from bot.actions import ButtonActions
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
 from bot.library import Library
-from bot.views import ForgetButton, JobButton, LibraryPageButton, PageButton
+from bot.views import FavouritePicker, ForgetButton, JobButton, LibraryPageButton, PageButton
 from core.errors import StartupError, UserError
 from core.jobcodec import StoredRequest
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation", "cogs.account")
-BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton)
+BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton, FavouritePicker)
 
 # The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)
 # are missing concern nobody who runs it.

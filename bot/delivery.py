@@ -510,7 +510,7 @@ async def result_embed_and_view(
     usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
     footer = f"{facts.model} · " + render.quota_footer(usage.remaining, usage.resets_at)
     embed.set_footer(text=footer)
-    if facts.operation is Operation.TXT2IMG:
+    if facts.operation is Operation.TXT2IMG or len(facts.seeds) > 1:
         view = grid_view(job.id, len(facts.seeds))
     else:
         can_upscale = bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
@@ -519,7 +519,9 @@ async def result_embed_and_view(
             embed.description = (embed.description or "") + (
                 f"\n⬆ No further upscale: {facts.model} upscales to {limit} px at most."
             )
-        view = single_view(job.id, can_upscale=can_upscale)
+        view = single_view(
+            job.id, can_upscale=can_upscale, has_parent=job.parent_job_id is not None
+        )
     return embed, view
 
 

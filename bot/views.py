@@ -26,6 +26,21 @@ class Action(enum.StrEnum):
     DELETE = "del"
     INFO = "info"
     CANCEL = "cancel"
+    VARY_REGION = "vreg"  # opens the region chooser
+    REGION_LEFT = "rgl"  # the chooser's buttons: each opens the "what goes there" modal
+    REGION_RIGHT = "rgr"
+    REGION_TOP = "rgt"
+    REGION_BOTTOM = "rgb"
+    REGION_CENTRE = "rgc"
+    REGION_BOX = "rgx"
+    ZOOM_OUT_2 = "zoom"
+    ZOOM_OUT_15 = "zoomh"
+    ZOOM_CUSTOM = "zoomc"
+    PAN_LEFT = "panl"
+    PAN_RIGHT = "panr"
+    PAN_UP = "panu"
+    PAN_DOWN = "pand"
+    COMPARE = "cmp"
     OPEN = "open"  # a library entry, in a message of its own
     BROWSE = "see"  # another image of an opened entry, in the same message
     SHARE = "share"
@@ -71,6 +86,21 @@ class ButtonHandler(Protocol):
     ) -> None: ...
 
     async def on_forget(self, interaction: discord.Interaction[Any], user_id: int) -> None: ...
+
+    async def on_favourite_pick(
+        self, interaction: discord.Interaction[Any], job_id: str, chosen: list[int]
+    ) -> None: ...
+
+    async def on_prompt_modal(
+        self,
+        interaction: discord.Interaction[Any],
+        action: Action,
+        job_id: str,
+        index: int,
+        prompt: str,
+        negative: str,
+        extra: str | None,
+    ) -> None: ...
 
 
 def _handler(interaction: discord.Interaction[Any]) -> ButtonHandler:
@@ -282,19 +312,159 @@ def grid_view(job_id: str, count: int) -> discord.ui.View:
     return view
 
 
-def single_view(job_id: str, *, can_upscale: bool) -> discord.ui.View:
-    """For an upscale or a variation: favourite, vary, upscale again where the size allows."""
+def single_view(job_id: str, *, can_upscale: bool, has_parent: bool) -> discord.ui.View:
+    """One image (an upscale, a variation, a zoom...), as Midjourney users expect: vary it,
+    upscale it again where the size allows, zoom out, pan, and compare it with its parent."""
     view = discord.ui.View(timeout=None)
-    view.add_item(
-        JobButton(Action.VARY_SUBTLE, job_id, 0, label="Vary (subtle)", emoji="🪄", row=0)
-    )
-    view.add_item(
-        JobButton(Action.VARY_STRONG, job_id, 0, label="Vary (strong)", emoji="🌀", row=0)
-    )
+    for action, label, emoji in (
+        (Action.VARY_SUBTLE, "Vary (Subtle)", "🪄"),
+        (Action.VARY_STRONG, "Vary (Strong)", "🌀"),
+        (Action.VARY_REGION, "Vary (Region)", "🖌"),
+    ):
+        view.add_item(JobButton(action, job_id, 0, label=label, emoji=emoji, row=0))
     if can_upscale:
-        view.add_item(JobButton(Action.UPSCALE, job_id, 0, label="Upscale", emoji="⬆", row=0))
-    _add_common(view, job_id, row=1, reroll=False)
+        view.add_item(JobButton(Action.UPSCALE, job_id, 0, label="Upscale", emoji="🔼", row=0))
+    for action, label in (
+        (Action.ZOOM_OUT_2, "Zoom Out 2x"),
+        (Action.ZOOM_OUT_15, "Zoom Out 1.5x"),
+        (Action.ZOOM_CUSTOM, "Custom Zoom"),
+    ):
+        view.add_item(JobButton(action, job_id, 0, label=label, emoji="🔍", row=1))
+    for action, emoji in (
+        (Action.PAN_LEFT, "⬅"),
+        (Action.PAN_RIGHT, "➡"),
+        (Action.PAN_UP, "⬆"),
+        (Action.PAN_DOWN, "⬇"),
+    ):
+        view.add_item(JobButton(action, job_id, 0, emoji=emoji, row=2))
+    _add_common(view, job_id, row=3, reroll=False)
+    if has_parent:
+        view.add_item(JobButton(Action.COMPARE, job_id, 0, label="Compare", emoji="🆚", row=3))
     return view
+
+
+REGION_CHOICES = (
+    (Action.REGION_LEFT, "Left half"),
+    (Action.REGION_RIGHT, "Right half"),
+    (Action.REGION_TOP, "Top half"),
+    (Action.REGION_BOTTOM, "Bottom half"),
+    (Action.REGION_CENTRE, "Centre"),
+    (Action.REGION_BOX, "A box…"),
+)
+
+
+def region_view(job_id: str, index: int) -> discord.ui.View:
+    """Vary (Region): which part of the image to repaint."""
+    view = discord.ui.View(timeout=None)
+    for number, (action, label) in enumerate(REGION_CHOICES):
+        view.add_item(JobButton(action, job_id, index, label=label, row=number // 3))
+    return view
+
+
+class FavouritePicker(
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=re.compile(rf"{PREFIX}:fav-pick:(?P<job>[A-Za-z0-9_-]{{1,40}})"),
+):
+    """⭐ under a grid: choose which of its images to keep as favourites."""
+
+    def __init__(self, job_id: str, count: int = 4, starred: frozenset[int] = frozenset()) -> None:
+        self.job_id = job_id
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"{PREFIX}:fav-pick:{job_id}",
+                placeholder="Choose the images to star",
+                min_values=0,
+                max_values=count,
+                options=[
+                    discord.SelectOption(
+                        label=f"Image {index + 1}", value=str(index), default=index in starred
+                    )
+                    for index in range(count)
+                ],
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> FavouritePicker:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        data: dict[str, Any] = dict(interaction.data or {})
+        values: list[Any] = list(data.get("values") or [])
+        chosen = [int(value) for value in values if str(value).isdigit()]
+        await _handler(interaction).on_favourite_pick(interaction, self.job_id, chosen)
+
+
+def favourite_picker_view(job_id: str, count: int, starred: frozenset[int]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(FavouritePicker(job_id, count, starred))
+    return view
+
+
+class PromptModal(discord.ui.Modal):
+    """Remix, Custom Zoom and Vary (Region): the prompt to use (and, for some, one more
+    field), then the action runs with it. A modal lives minutes: it needs no persistence."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        action: Action,
+        job_id: str,
+        index: int,
+        prompt: str,
+        negative: str,
+        extra: tuple[str, str, str] | None = None,  # label, placeholder, default
+    ) -> None:
+        super().__init__(
+            title=title, timeout=900, custom_id=f"{PREFIX}:modal-{action.value}:{job_id}"
+        )
+        self.action = action
+        self.job_id = job_id
+        self.index = index
+        self.prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label="Prompt",
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:4000],
+            max_length=4000,
+        )
+        self.negative: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label="Negative prompt",
+            custom_id="negative",
+            required=False,
+            default=negative[:1000] or None,
+            max_length=1000,
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.negative)
+        self.extra: discord.ui.TextInput[Any] | None = None
+        if extra is not None:
+            label, placeholder, default = extra
+            self.extra = discord.ui.TextInput(
+                label=label,
+                custom_id="extra",
+                placeholder=placeholder,
+                default=default or None,
+                max_length=40,
+            )
+            self.add_item(self.extra)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await _handler(interaction).on_prompt_modal(
+            interaction,
+            self.action,
+            self.job_id,
+            self.index,
+            self.prompt.value,
+            self.negative.value,
+            None if self.extra is None else self.extra.value,
+        )
 
 
 def _add_common(view: discord.ui.View, job_id: str, *, row: int, reroll: bool) -> None:
@@ -337,13 +507,13 @@ def entry_view(
     it (its owner), take it out of the gallery (a moderator)."""
     view = discord.ui.View(timeout=None)
     view.add_item(
-        JobButton(Action.VARY_SUBTLE, job_id, index, label="Vary (subtle)", emoji="🪄", row=0)
+        JobButton(Action.VARY_SUBTLE, job_id, index, label="Vary (Subtle)", emoji="🪄", row=0)
     )
     view.add_item(
-        JobButton(Action.VARY_STRONG, job_id, index, label="Vary (strong)", emoji="🌀", row=0)
+        JobButton(Action.VARY_STRONG, job_id, index, label="Vary (Strong)", emoji="🌀", row=0)
     )
     if can_upscale:
-        view.add_item(JobButton(Action.UPSCALE, job_id, index, label="Upscale", emoji="⬆", row=0))
+        view.add_item(JobButton(Action.UPSCALE, job_id, index, label="Upscale", emoji="🔼", row=0))
     view.add_item(JobButton(Action.FAVOURITE, job_id, index, emoji="⭐", row=0))
     view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=0))
     position = indexes.index(index) if index in indexes else 0

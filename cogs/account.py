@@ -1,6 +1,6 @@
 """Your account: /apikey, a personal key for the HTTP API that acts as you (so the API shares
 your history, favourites and quota with Discord); /export, your data to take away; /forget,
-which deletes it."""
+which deletes it; /remix, your remix mode."""
 
 from __future__ import annotations
 
@@ -119,6 +119,35 @@ class YourData(commands.Cog):
         )
 
 
+class Preferences(commands.Cog):
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+
+    @app_commands.command()
+    @app_commands.describe(mode="on: edit the prompt before each reroll, variation, zoom or pan")
+    @app_commands.choices(
+        mode=[
+            app_commands.Choice(name="on", value="on"),
+            app_commands.Choice(name="off", value="off"),
+        ]
+    )
+    async def remix(self, interaction: Interaction, mode: str | None = None) -> None:
+        """Remix mode: change the prompt when you reroll, vary, zoom or pan (or see if it is on)."""
+        users = self.bot.service.db.users
+        if mode is None:
+            on = await users.remix(interaction.user.id)
+        else:
+            on = mode == "on"
+            await users.set_remix(interaction.user.id, on)
+        await interaction.response.send_message(
+            "🎛 Remix mode is **on**: rerolls, variations, zooms and pans first ask for the prompt."
+            if on
+            else "🎛 Remix mode is **off**: buttons reuse the prompt as it was.",
+            ephemeral=True,
+        )
+
+
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(ApiKeys(bot))
     await bot.add_cog(YourData(bot))
+    await bot.add_cog(Preferences(bot))

@@ -169,7 +169,7 @@ def is_grid(message: StoredMessage | None) -> bool:
 
 
 def is_single(message: StoredMessage | None) -> bool:
-    return bool(message and message.attachments and "Vary (subtle)" in message.button_labels)
+    return bool(message and message.attachments and "Vary (Subtle)" in message.button_labels)
 
 
 def is_result(message: StoredMessage | None) -> bool:

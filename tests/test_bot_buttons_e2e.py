@@ -44,12 +44,12 @@ async def test_upscale_variation_and_their_own_buttons(world: World) -> None:
     upscaled = await upscale.wait_for_message(is_single, timeout=60)
     assert size_of(upscaled) == (128, 128)
     assert replies_to(upscaled, grid)
-    assert set(upscaled.button_labels) >= {"Vary (subtle)", "Vary (strong)", "Upscale", "⭐"}
+    assert set(upscaled.button_labels) >= {"Vary (Subtle)", "Vary (Strong)", "Upscale", "⭐"}
     variation = await fake.click_button(grid, label="V2")
     await variation.response()
     varied = await variation.wait_for_message(is_single, timeout=60)
     assert size_of(varied) == (64, 64)
-    subtle = await fake.click_button(upscaled, label="Vary (subtle)")
+    subtle = await fake.click_button(upscaled, label="Vary (Subtle)")
     await subtle.response()
     assert size_of(await subtle.wait_for_message(is_single, timeout=60)) == (128, 128)
     again = await fake.click_button(upscaled, label="Upscale")

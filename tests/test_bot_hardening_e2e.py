@@ -333,5 +333,5 @@ async def test_every_button_works_on_every_shipped_models_presets(world: World) 
             grid = await ix.wait_for_original(is_result, timeout=120)
             upscaled = await outcome_of(world, grid, label="U1")
             await outcome_of(world, grid, label="V1")  # the strong variation
-            for label in ("Vary (subtle)", "Upscale"):
+            for label in ("Vary (Subtle)", "Upscale"):
                 await outcome_of(world, upscaled, label=label)

@@ -131,7 +131,7 @@ async def test_open_an_entry_step_through_its_images_and_star_one(world: World) 
     assert entry.ephemeral and entry.id != page.id
     parameters = read_png_parameters(entry.attachments[0].data)
     assert parameters is not None and "Seed: 41" in parameters
-    assert {"Vary (subtle)", "Vary (strong)", "⭐", "ℹ", "Share"} <= set(entry.button_labels)
+    assert {"Vary (Subtle)", "Vary (Strong)", "⭐", "ℹ", "Share"} <= set(entry.button_labels)
     assert "1/2" in entry.button_labels
     stepped = await click(world, entry, label="1/2", user=opener)
     assert stepped.id == entry.id and "seed 42" in listing(stepped)

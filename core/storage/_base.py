@@ -168,6 +168,7 @@ JOB_FIELDS = (
     "share_message_id",
     "gallery_removed_at",
     "favourite_count",
+    "hidden_at",
 )
 
 IMAGE_FIELDS = (
@@ -231,6 +232,7 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
         share_message_id=get("share_message_id"),
         gallery_removed_at=from_db_opt(get("gallery_removed_at")),
         favourite_count=get("favourite_count"),
+        hidden_at=from_db_opt(get("hidden_at")),
     )
 
 

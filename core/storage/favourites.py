@@ -88,6 +88,25 @@ class FavouriteRepository:
             await self._add(tx, user_id, ids, now)
             return True
 
+    async def choose(self, user_id: int, among: Sequence[int], chosen: Iterable[int]) -> int:
+        """Make exactly ``chosen`` the user's favourites among ``among`` (a grid's images):
+        star those, unstar the rest. Returns how many are starred now."""
+        pick = [image_id for image_id in dict.fromkeys(chosen) if image_id in among]
+        others = [image_id for image_id in among if image_id not in pick]
+        now = to_db(self._ctx.now())
+        async with self._ctx.write() as tx:
+            await self._check_images(tx, pick)
+            if others:
+                await tx.run(
+                    f"DELETE FROM favourites WHERE user_id = ? "
+                    f"AND image_id IN ({placeholders(len(others))})",
+                    (user_id, *others),
+                )
+            await ensure_user(tx, user_id, now)
+            await self._add(tx, user_id, pick, now)
+            await recount_stars(tx, list(among))
+        return len(pick)
+
     async def is_favourite(self, user_id: int, image_id: int) -> bool:
         async with self._ctx.read() as tx:
             return bool(

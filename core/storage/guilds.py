@@ -174,3 +174,13 @@ class UserRepository:
             row = await tx.one("SELECT id, created_at FROM users WHERE id = ?", (user_id,))
         assert row is not None
         return User(row[0], from_db(row[1]))
+
+    async def remix(self, user_id: int) -> bool:
+        """Whether the user has remix mode on (off for someone never seen)."""
+        async with self._ctx.read() as tx:
+            return bool(await tx.scalar("SELECT remix FROM users WHERE id = ?", (user_id,)))
+
+    async def set_remix(self, user_id: int, on: bool) -> None:
+        async with self._ctx.write() as tx:
+            await ensure_user(tx, user_id, to_db(self._ctx.now()))
+            await tx.run("UPDATE users SET remix = ? WHERE id = ?", (int(on), user_id))

@@ -108,6 +108,7 @@ class LibraryRepository:
             raise ValueError("offset must be >= 0 and limit in 1..100")
         query = query or LibraryQuery()
         where, params = query_conditions(query)
+        where.append("jobs.hidden_at IS NULL")
         source, source_params = "jobs", []
         if scope is LibraryScope.HISTORY:
             where.insert(0, "jobs.user_id = ?")
@@ -241,6 +242,15 @@ class LibraryRepository:
                 "UPDATE jobs SET shared_at = NULL WHERE id = ? AND share_message_id IS NULL"
                 " AND share_channel_id IS NULL",
                 (job_id,),
+            )
+
+    async def hide(self, job_id: str) -> None:
+        """Its owner deleted the result: it leaves their lists and the gallery (its record
+        and images stay until /forget or retention)."""
+        async with self._ctx.write() as tx:
+            await tx.run(
+                "UPDATE jobs SET hidden_at = ? WHERE id = ? AND hidden_at IS NULL",
+                (to_db(self._ctx.now()), job_id),
             )
 
     async def remove_from_gallery(self, job_id: str, moderator_id: int) -> bool:

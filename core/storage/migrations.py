@@ -230,8 +230,9 @@ V7_PROMPT_SEARCH = Migration(
 
 V8_LIBRARY = Migration(
     8,
-    "the library: per-server gallery channel and image retention, shared and gallery-removed"
-    " results, saved library views (the filters a page of /history or /gallery shows)",
+    "the library and the editing loop: per-server gallery channel and image retention, shared,"
+    " gallery-removed and hidden results, star counts, saved library views (the filters a"
+    " page of /history or /gallery shows), remix mode per user",
     (
         "ALTER TABLE guilds ADD COLUMN gallery_channel_id INTEGER",
         "ALTER TABLE guilds ADD COLUMN retention_days INTEGER"
@@ -258,6 +259,10 @@ V8_LIBRARY = Migration(
         " WHERE private = 0 AND status = 'done' AND gallery_removed_at IS NULL",
         "CREATE INDEX jobs_gallery_stars ON jobs(guild_id, favourite_count, created_at)"
         " WHERE private = 0 AND status = 'done' AND gallery_removed_at IS NULL",
+        # 🗑 by its owner hides a job from their lists (the record stays until /forget).
+        "ALTER TABLE jobs ADD COLUMN hidden_at TEXT",
+        # Remix mode: the user edits the prompt before a reroll, variation, zoom or pan.
+        "ALTER TABLE users ADD COLUMN remix INTEGER NOT NULL DEFAULT 0 CHECK (remix IN (0, 1))",
         # Page buttons carry a view's id (Discord caps a button id at 100 characters, too
         # few for a search and its filters); the view keeps what the page shows.
         """CREATE TABLE library_views (

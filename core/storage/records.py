@@ -180,6 +180,7 @@ class Job:
     # Taken out of the server's /gallery by a moderator (the job itself stays its owner's).
     gallery_removed_at: dt.datetime | None = None
     favourite_count: int = 0  # stars on its images, from everyone
+    hidden_at: dt.datetime | None = None  # its owner deleted its message: not listed
 
     @property
     def finished(self) -> bool:

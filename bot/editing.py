@@ -1,0 +1,124 @@
+"""The single-image view's edits that start from a canvas: Zoom Out, Pan and Vary (Region)
+(an inpainting job of the image's model on a canvas and mask from ``engine.edits``), and
+Compare (a picture of an image beside the one it came from). Image work runs off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+
+import discord
+from PIL import Image as PILImage
+
+from bot.host import BotHost
+from core.errors import UserError
+from core.jobcodec import StoredRequest
+from core.storage.records import Image, Job
+from engine import edits
+from engine.errors import ValidationError
+from engine.images import encode_preview
+from engine.types import GenerationRequest, Operation
+
+ZOOMS = {"zoom": 2.0, "zoomh": 1.5}
+PANS = {
+    "panl": edits.PanDirection.LEFT,
+    "panr": edits.PanDirection.RIGHT,
+    "panu": edits.PanDirection.UP,
+    "pand": edits.PanDirection.DOWN,
+}
+REGIONS = {
+    "rgl": edits.Region.LEFT,
+    "rgr": edits.Region.RIGHT,
+    "rgt": edits.Region.TOP,
+    "rgb": edits.Region.BOTTOM,
+    "rgc": edits.Region.CENTRE,
+    "rgx": edits.Region.BOX,
+}
+REGION_STRENGTH = 0.9  # a new thing in the region, still lit and coloured like the rest
+COMPARE_MAX_BYTES = 8 * 2**20
+
+Build = Callable[[PILImage.Image], edits.Canvas]
+
+
+def zoom_factor(text: str) -> float:
+    """Custom Zoom's field: a factor such as 1.8 (or 1.8x)."""
+    try:
+        factor = float(text.strip().lower().rstrip("x").strip())
+    except ValueError:
+        raise UserError(
+            f"Zoom out by a number from {edits.MIN_ZOOM:g} to {edits.MAX_ZOOM:g}, such as 1.8."
+        ) from None
+    if not edits.MIN_ZOOM <= factor <= edits.MAX_ZOOM:
+        raise UserError(f"Zoom out by {edits.MIN_ZOOM:g} to {edits.MAX_ZOOM:g} times.")
+    return factor
+
+
+def _canvas_pngs(data: bytes, build: Build, max_size: int) -> tuple[bytes, bytes, tuple[int, int]]:
+    with PILImage.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    if max(image.size) > max_size:  # an upscale beyond what the model paints at once
+        scale = max_size / max(image.size)
+        image = image.resize(
+            (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8)),
+            PILImage.Resampling.LANCZOS,
+        )
+    canvas = build(image)
+    pictures = []
+    for picture in (canvas.image, canvas.mask):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", compress_level=1)
+        pictures.append(buffer.getvalue())
+    return pictures[0], pictures[1], canvas.image.size
+
+
+async def repaint_request(
+    bot: BotHost,
+    job: Job,
+    image: Image,
+    build: Build,
+    *,
+    prompt: str | None = None,
+    negative: str | None = None,
+    strength: float = 1.0,
+) -> GenerationRequest:
+    """An inpainting request of ``job``'s model on the canvas ``build`` makes of ``image``."""
+    parent = StoredRequest.loads(job.request).request
+    spec = bot.registry.get(parent.model or bot.registry.default_name)
+    data = await bot.service.image_bytes(image)
+    try:
+        canvas, mask, (width, height) = await asyncio.to_thread(
+            _canvas_pngs, data, build, spec.presets.max_size
+        )
+    except ValidationError as error:
+        raise UserError(str(error)) from None
+    return GenerationRequest(
+        prompt=parent.prompt if prompt is None else prompt,
+        negative_prompt=parent.negative_prompt if negative is None else negative,
+        model=parent.model,
+        operation=Operation.INPAINT,
+        count=1,
+        steps=parent.steps,
+        guidance=parent.guidance,
+        scheduler=parent.scheduler,
+        width=width,
+        height=height,
+        init_image=canvas,
+        mask_image=mask,
+        strength=strength,
+    )
+
+
+def _compare_picture(before: bytes, after: bytes) -> tuple[bytes, str]:
+    with PILImage.open(io.BytesIO(before)) as first, PILImage.open(io.BytesIO(after)) as second:
+        sheet = edits.compare(first, second)
+    return encode_preview(sheet, max_bytes=COMPARE_MAX_BYTES)
+
+
+async def compare_file(bot: BotHost, parent: Image, child: Image, job: Job) -> discord.File:
+    data, ext = await asyncio.to_thread(
+        _compare_picture,
+        await bot.service.image_bytes(parent),
+        await bot.service.image_bytes(child),
+    )
+    return discord.File(io.BytesIO(data), f"{job.id}-compare.{ext}")
