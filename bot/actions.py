@@ -12,20 +12,23 @@ import logging
 from typing import Any
 
 import discord
+from PIL import Image as PILImage
 
 from bot import editing, render
-from bot.delivery import status_embed
+from bot.delivery import render_grid, status_embed
 from bot.errors import PermissionDenied
 from bot.host import BotHost
 from bot.library import PAGE_SIZE as LIBRARY_PAGE_SIZE
 from bot.library import Library, RenderedPage
 from bot.views import (
     Action,
+    EditModal,
     Pager,
     PromptModal,
     favourite_picker_view,
     progress_view,
     region_view,
+    single_view,
 )
 from core.errors import UserError
 from core.jobcodec import StoredRequest
@@ -173,6 +176,46 @@ async def launch(
         await interaction.followup.send("\n".join(notes), ephemeral=True)
 
 
+async def post_edit(
+    interaction: Interaction,
+    request: GenerationRequest,
+    png: bytes,
+    picture: PILImage.Image,
+    seed: int,
+    description: str,
+    *,
+    private: bool,
+    parent: tuple[str, int] | None,
+) -> None:
+    """Record a plain edit (deferred already) as a finished job of its own and post it with
+    the single-image view, as its answer."""
+    bot = interaction.client
+    completed = await bot.service.record_edit(
+        requester_from(interaction), request, png, seed, private=private, parent=parent
+    )
+    edited = completed.job
+    shown = await render_grid(edited, [picture])
+    model = request.model or bot.registry.default_name
+    embed = discord.Embed(
+        title=render.embed_title(request.prompt),
+        description=f"<@{edited.user_id}> ✂ {description} · {picture.width}×{picture.height}",
+        colour=discord.Colour.green(),
+    )
+    embed.set_image(url=f"attachment://{shown.filename}")
+    view = single_view(
+        edited.id,
+        can_upscale=bot.can_upscale_size(model, picture.width * 2, picture.height * 2),
+        has_parent=parent is not None,
+    )
+    message = await interaction.followup.send(
+        embed=embed, file=shown, view=view, ephemeral=private, wait=True
+    )
+    await bot.service.db.jobs.set_message(
+        edited.id, channel_id=interaction.channel_id, message_id=message.id
+    )
+    await bot.service.db.jobs.mark_delivered(edited.id)
+
+
 def _answer_budget_s(interaction: Interaction) -> float:
     """How long accepting may take before a placeholder answers: Discord wants the answer
     within 3 s of the interaction, and an upload may already have used some of that."""
@@ -258,6 +301,9 @@ class ButtonActions:
                 await self._ask(interaction, action, job, index or 0, "Vary (Region)", extra)
             case Action.COMPARE:
                 await self._compare(interaction, job, index or 0)
+            case Action.EDIT:
+                await self._finished_image(job, index or 0)
+                await interaction.response.send_modal(EditModal(job.id, index or 0))
             case _:
                 await self._run(interaction, action, job, index or 0)
 
@@ -400,6 +446,59 @@ class ButtonActions:
             _require_visible(interaction, job)
             await self._run(
                 interaction, action, job, index, prompt=prompt, negative=negative, extra=extra
+            )
+        except UserError as error:
+            await self._bot.reply_error(interaction, error)
+        except Exception as error:
+            await self._bot.reply_unexpected(interaction, error)
+
+    async def on_edit_modal(
+        self,
+        interaction: Interaction,
+        job_id: str,
+        index: int,
+        fields: tuple[str, str, str, str],
+    ) -> None:
+        """✂ Edit submitted: apply it off the loop, record it as a finished job of its own
+        (no model runs), and post it with the single-image view."""
+        try:
+            try:
+                job = await self._db.jobs.get(job_id)
+            except JobNotFound:
+                raise UserError("This job no longer exists.") from None
+            _require_visible(interaction, job)
+            adjustments = editing.parse_adjustments(*fields)
+            image = await self._finished_image(job, index)
+            await interaction.response.defer(ephemeral=job.private, thinking=True)
+            parent = StoredRequest.loads(job.request).request
+            model = parent.model or self._bot.registry.default_name
+            description = adjustments.describe()
+            data = await self._bot.service.image_bytes(image)
+            try:
+                png, picture = await asyncio.to_thread(
+                    editing.edited_png,
+                    data,
+                    adjustments,
+                    editing.edit_parameters(parent, image.seed, model, description),
+                )
+            except ValidationError as error:
+                raise UserError(str(error)) from None
+            request = dataclasses.replace(
+                parent,
+                operation=Operation.IMG2IMG,
+                width=picture.width,
+                height=picture.height,
+                seed=image.seed,
+            )
+            await post_edit(
+                interaction,
+                request,
+                png,
+                picture,
+                image.seed,
+                description,
+                private=job.private,
+                parent=(job.id, image.index),
             )
         except UserError as error:
             await self._bot.reply_error(interaction, error)

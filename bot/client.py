@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.quota", "cogs.library", "cogs.moderation", "cogs.account")
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.quota",
+    "cogs.library",
+    "cogs.moderation",
+    "cogs.account",
+    "cogs.edit",
+)
 BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton, FavouritePicker)
 
 # The bot never joins voice, so discord.py's notices that voice libraries (PyNaCl, davey)

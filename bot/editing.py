@@ -17,7 +17,7 @@ from core.jobcodec import StoredRequest
 from core.storage.records import Image, Job
 from engine import edits
 from engine.errors import ValidationError
-from engine.images import encode_preview
+from engine.images import encode_png, encode_preview, format_parameters, scheduler_to_sampler
 from engine.types import GenerationRequest, Operation
 
 ZOOMS = {"zoom": 2.0, "zoomh": 1.5}
@@ -107,6 +107,83 @@ async def repaint_request(
         mask_image=mask,
         strength=strength,
     )
+
+
+def parse_adjustments(crop: str, turn: str, tone: str, look: str) -> edits.Adjustments:
+    """The Edit modal's four fields (each may be empty) as ``edits.Adjustments``."""
+    crop, turn, tone, look = (field.strip().lower() for field in (crop, turn, tone, look))
+    try:
+        crop_aspect = crop if crop in edits.ASPECTS else None
+        crop_box = edits.parse_box(crop) if crop and crop_aspect is None else None
+        rotate, flip = 0, None
+        for word in turn.replace(",", " ").split():
+            if word.rstrip("°").isdigit():
+                rotate = int(word.rstrip("°")) % 360
+            elif word in ("horizontal", "h", "mirror"):
+                flip = "horizontal"
+            elif word in ("vertical", "v"):
+                flip = "vertical"
+            else:
+                raise ValidationError(
+                    f"Turn: use 90, 180 or 270 and/or horizontal or vertical, not {word!r}."
+                )
+        numbers = tone.replace(",", " ").split()
+        if len(numbers) > 3:
+            raise ValidationError("Tone: at most three numbers (brightness contrast saturation).")
+        try:
+            levels = [float(number) for number in numbers] + [1.0] * (3 - len(numbers))
+        except ValueError:
+            raise ValidationError(
+                "Tone: numbers such as 1.2 1 0.8 (brightness contrast saturation)."
+            ) from None
+        try:
+            chosen = edits.Filter(look) if look else None
+        except ValueError:
+            names = ", ".join(f.value for f in edits.Filter)
+            raise ValidationError(f"Filter: one of {names}.") from None
+        adjustments = edits.Adjustments(
+            crop_aspect=crop_aspect,
+            crop_box=crop_box,
+            rotate=rotate,
+            flip=flip,
+            brightness=levels[0],
+            contrast=levels[1],
+            saturation=levels[2],
+            filter=chosen,
+        )
+    except ValidationError as error:
+        raise UserError(str(error)) from None
+    if adjustments.neutral:
+        raise UserError("Nothing to change: fill in at least one field.")
+    return adjustments
+
+
+def edit_parameters(
+    request: GenerationRequest, seed: int, model: str, description: str
+) -> Callable[[int, int], str]:
+    """The PNG parameters of an edited image of a given size: its source's settings, and
+    the edit."""
+    return lambda width, height: format_parameters(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=request.steps or 0,
+        sampler=scheduler_to_sampler(request.scheduler or ""),
+        cfg_scale=request.guidance or 0.0,
+        seed=seed,
+        width=width,
+        height=height,
+        model=model,
+        extra={"Edit": description},
+    )
+
+
+def edited_png(
+    data: bytes, adjustments: edits.Adjustments, parameters: Callable[[int, int], str]
+) -> tuple[bytes, PILImage.Image]:
+    """The edited picture as a PNG carrying its ``parameters``, and the picture itself."""
+    with PILImage.open(io.BytesIO(data)) as opened:
+        picture = edits.adjust(opened, adjustments)
+    return encode_png(picture, parameters(picture.width, picture.height)), picture
 
 
 def _compare_picture(before: bytes, after: bytes) -> tuple[bytes, str]:

@@ -41,6 +41,7 @@ class Action(enum.StrEnum):
     PAN_UP = "panu"
     PAN_DOWN = "pand"
     COMPARE = "cmp"
+    EDIT = "edit"  # crop, rotate, flip, tone, filter: opens the Edit modal
     OPEN = "open"  # a library entry, in a message of its own
     BROWSE = "see"  # another image of an opened entry, in the same message
     SHARE = "share"
@@ -89,6 +90,14 @@ class ButtonHandler(Protocol):
 
     async def on_favourite_pick(
         self, interaction: discord.Interaction[Any], job_id: str, chosen: list[int]
+    ) -> None: ...
+
+    async def on_edit_modal(
+        self,
+        interaction: discord.Interaction[Any],
+        job_id: str,
+        index: int,
+        fields: tuple[str, str, str, str],
     ) -> None: ...
 
     async def on_prompt_modal(
@@ -330,6 +339,7 @@ def single_view(job_id: str, *, can_upscale: bool, has_parent: bool) -> discord.
         (Action.ZOOM_CUSTOM, "Custom Zoom"),
     ):
         view.add_item(JobButton(action, job_id, 0, label=label, emoji="🔍", row=1))
+    view.add_item(JobButton(Action.EDIT, job_id, 0, label="Edit", emoji="✂", row=1))
     for action, emoji in (
         (Action.PAN_LEFT, "⬅"),
         (Action.PAN_RIGHT, "➡"),
@@ -546,3 +556,36 @@ def entry_view(
             )
         )
     return view
+
+
+class EditModal(discord.ui.Modal):
+    """✂ Edit: crop, turn, tone and filter, each optional; no model runs."""
+
+    FIELDS = (
+        ("crop", "Crop", "1:1, 16:9, 3:4... or a box: left top width height (%)"),
+        ("turn", "Rotate or flip", "90, 180, 270, horizontal, vertical"),
+        ("tone", "Brightness contrast saturation", "1 is unchanged: 1.2 1 0.8"),
+        ("filter", "Filter", "grayscale, sepia, sharpen, blur, autocontrast"),
+    )
+
+    def __init__(self, job_id: str, index: int) -> None:
+        super().__init__(title="Edit", timeout=900, custom_id=f"{PREFIX}:modal-edit:{job_id}")
+        self.job_id = job_id
+        self.index = index
+        self.inputs: list[discord.ui.TextInput[Any]] = []
+        for custom_id, label, placeholder in self.FIELDS:
+            field: discord.ui.TextInput[Any] = discord.ui.TextInput(
+                label=label,
+                custom_id=custom_id,
+                placeholder=placeholder,
+                required=False,
+                max_length=60,
+            )
+            self.inputs.append(field)
+            self.add_item(field)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        crop, turn, tone, look = (field.value for field in self.inputs)
+        await _handler(interaction).on_edit_modal(
+            interaction, self.job_id, self.index, (crop, turn, tone, look)
+        )

@@ -11,7 +11,7 @@ from core.storage.errors import InvalidInput
 from core.storage.records import JobStatus, LibraryQuery, LibrarySort
 
 MAX_SEARCH_CHARS = 200
-OPERATIONS = ("txt2img", "img2img", "variation", "upscale", "inpaint", "outpaint")
+OPERATIONS = ("txt2img", "img2img", "variation", "upscale", "inpaint", "outpaint", "edit")
 _AGO = re.compile(r"^(\d{1,4})\s*(d|w|m|y)$")
 _AGO_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
 

@@ -70,6 +70,9 @@ class Requester:
     source: str = "discord"  # the front door: "discord" or "api"
 
 
+EDIT_KIND = "edit"  # a job made by a plain edit: no model ran
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     job: Job
@@ -193,6 +196,50 @@ class JobService:
             await self.db.jobs.mark_failed(job.id, str(error))
             raise UserError(str(error)) from None
         return Accepted(job, self._feed(handle), resolved)
+
+    async def record_edit(
+        self,
+        requester: Requester,
+        request: GenerationRequest,
+        png: bytes,
+        seed: int,
+        *,
+        private: bool = False,
+        parent: tuple[str, int] | None = None,
+    ) -> CompletedJob:
+        """A plain edit (crop, rotate, filters: no model runs), recorded as a finished job of
+        its own, with ``parent`` the image it was made from; it spends one image of quota
+        like any result. ``request`` describes the picture (its prompt and settings);
+        ``png`` carries its parameters."""
+        policy = await self.db.quotas.effective_policy(
+            requester.guild_id, requester.user_id, requester.role_ids
+        )
+        stored = StoredRequest(
+            dataclasses.replace(request, count=1, init_image=None, mask_image=None),
+            priority=policy.priority,
+            role_ids=requester.role_ids,
+        )
+        try:
+            job = await self.db.jobs.create(
+                NewJob(
+                    user_id=requester.user_id,
+                    kind=EDIT_KIND,
+                    request=stored.dumps(),
+                    prompt=request.prompt,
+                    image_count=1,
+                    guild_id=requester.guild_id,
+                    channel_id=requester.channel_id,
+                    private=private,
+                    parent_job_id=parent[0] if parent else None,
+                    parent_image_index=parent[1] if parent else None,
+                    source=requester.source,
+                ),
+                policy=policy,
+            )
+        except QuotaExceeded as error:
+            wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
+            raise QuotaRefused(str(error), wait) from None
+        return await self.db.complete_job(job.id, [GeneratedImage(0, seed, png)])
 
     def feed(self, job_id: str) -> JobFeed | None:
         """The live events of a job this process runs; None once it has ended (its outcome is

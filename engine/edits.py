@@ -210,6 +210,24 @@ class Adjustments:
     def neutral(self) -> bool:
         return self == Adjustments()
 
+    def describe(self) -> str:
+        """What the edit does, in a few words (shown with the result and in its PNG)."""
+        parts = []
+        if self.crop_box is not None:
+            parts.append("crop " + " ".join(f"{value:g}" for value in self.crop_box) + " %")
+        elif self.crop_aspect is not None:
+            parts.append(f"crop {self.crop_aspect}")
+        if self.rotate:
+            parts.append(f"rotate {self.rotate}°")
+        if self.flip:
+            parts.append(f"flip {self.flip}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) != 1.0:
+                parts.append(f"{name} {getattr(self, name):g}")
+        if self.filter is not None:
+            parts.append(self.filter.value)
+        return ", ".join(parts) or "no change"
+
 
 def _sepia(image: Image.Image) -> Image.Image:
     grey = ImageOps.grayscale(image)

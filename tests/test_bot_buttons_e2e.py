@@ -74,11 +74,14 @@ async def test_reroll_gives_new_seeds_with_the_same_settings(world: World) -> No
     assert "3 steps" in description and "seeds 1000–1001" not in description
 
 
-async def test_favourite_toggles_and_favorites_lists_them(world: World) -> None:
+async def test_favourite_picks_from_a_grid_and_favorites_lists_them(world: World) -> None:
     fake = world.fake
     _, grid = await imagine(world, prompt="a golden pear", count=2, user=fake.bob)
-    added = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
-    assert added.ephemeral and "Added these 2 images" in added.content
+    asked = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
+    assert asked.ephemeral and "Which of these images" in asked.content
+    chosen = await fake.select(asked, ["0", "1"], user=fake.bob)
+    await chosen.response()
+    await chosen.wait_for_message(lambda m: "Starred from this grid: 1, 2" in m.content)
     listing = await reply_text(await fake.send_slash_command("favorites", user=fake.bob))
     assert listing.ephemeral and "(1)" in listing.embeds[0]["title"]
     assert "golden pear" in listing.text() and "2 images" in listing.text()
@@ -86,8 +89,14 @@ async def test_favourite_toggles_and_favorites_lists_them(world: World) -> None:
     sheet = Image.open(io.BytesIO(listing.attachments[0].data))
     assert sheet.format == "WEBP" and listing.embeds[0]["image"]["url"] == "attachment://page.webp"
     assert [label for label in listing.button_labels if label.isdigit()] == ["1"]
-    removed = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
-    assert "Removed" in removed.content
+    again = await reply_text(await fake.click_button(grid, emoji="⭐", user=fake.bob))
+    picker = next(c for c in again.all_components if c.get("type") == 3)
+    assert {o["value"] for o in picker["options"] if o.get("default")} == {"0", "1"}
+    none = await fake.select(again, [], user=fake.bob)
+    await none.response()
+    await none.wait_for_message(lambda m: "Starred from this grid: none" in m.content)
+    emptied = await reply_text(await fake.send_slash_command("favorites", user=fake.bob))
+    assert "golden pear" not in emptied.text()
 
 
 async def test_info_shows_settings_and_full_pngs_with_metadata(world: World) -> None:

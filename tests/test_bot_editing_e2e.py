@@ -253,3 +253,99 @@ async def test_img2img_with_several_images_gets_a_grid(world: World) -> None:
     await ix.response()
     grid = await ix.wait_for_original(is_grid, timeout=120)
     assert {"U1", "U2", "U3", "V3", "🔄"} <= set(grid.button_labels)
+
+
+async def full_png(world: World, message: StoredMessage, user: Any = None) -> bytes:
+    info = await reply_text(await world.fake.click_button(message, emoji="ℹ", user=user))
+    return next(a.data for a in info.attachments if a.filename.endswith(".png"))
+
+
+async def test_edit_crops_and_filters_into_a_result_of_its_own(world: World) -> None:
+    fake = world.fake
+    grid = await grid_of(world, "turbo-tiny", "a windmill", seed=21)
+    single = await result_of(world, grid, label="U1")
+    click = await fake.click_button(single, label="Edit")
+    submitted = await fake.submit_modal(click, {"crop": "16:9", "filter": "grayscale"})
+    await submitted.response()
+    edited = await submitted.wait_for_message(is_single, timeout=60)
+    assert "crop 16:9, grayscale" in edited.text()
+    png = await full_png(world, edited)
+    picture = Image.open(io.BytesIO(png)).convert("RGB")
+    assert abs(picture.width / picture.height - 16 / 9) < 0.05
+    red, green, blue = picture.getpixel((picture.width // 2, picture.height // 2))
+    assert red == green == blue
+    parameters = read_png_parameters(png)
+    assert parameters is not None and "Edit: " in parameters and "a windmill" in parameters
+    compare = await reply_text(await fake.click_button(edited, label="Compare"))
+    assert compare.attachments  # its parent is the upscale it was made from
+    for fields, complaint in (
+        ({"turn": "45"}, "Rotate by 90"),
+        ({"tone": "bright"}, "Tone:"),
+        ({"filter": "vaporwave"}, "Filter:"),
+        ({}, "Nothing to change"),
+    ):
+        click = await fake.click_button(single, label="Edit")
+        answer = await reply_text(await fake.submit_modal(click, fields))
+        assert answer.ephemeral and complaint in answer.content, (fields, answer.content)
+
+
+async def test_edit_region_repaints_only_the_attached_masks_area(world: World) -> None:
+    fake = world.fake
+    source = Image.fromarray(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 24, 64))
+    files = {}
+    for name, picture in (("photo.png", source), ("mask.png", mask)):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        files[name] = buffer.getvalue()
+    ix = await fake.send_slash_command(
+        "edit region",
+        {
+            "image": ("photo.png", files["photo.png"]),
+            "mask": ("mask.png", files["mask.png"]),
+            "prompt": "a green door",
+        },
+    )
+    await ix.response()
+    result = await ix.wait_for_original(is_single, timeout=120)
+    after = np.asarray(Image.open(io.BytesIO(await full_png(world, result))).convert("RGB"))
+    before = np.asarray(source)
+    assert np.array_equal(after[:, 24 + 16 :], before[:, 24 + 16 :])
+    assert not np.array_equal(after[:, :24], before[:, :24])
+    empty = Image.new("L", (64, 64), 0)
+    buffer = io.BytesIO()
+    empty.save(buffer, format="PNG")
+    refused = await reply_text(
+        await fake.send_slash_command(
+            "edit region",
+            {
+                "image": ("photo.png", files["photo.png"]),
+                "mask": ("mask.png", buffer.getvalue()),
+                "prompt": "a green door",
+            },
+        )
+    )
+    assert refused.ephemeral and "mask is empty" in refused.content
+
+
+async def test_params_reads_a_png_and_runs_it_again(world: World) -> None:
+    fake = world.fake
+    grid = await grid_of(world, "turbo-tiny", "an old clock tower", seed=77, count=1)
+    png = await full_png(world, grid)
+    shown = await reply_text(await fake.send_slash_command("params", {"image": ("clock.png", png)}))
+    assert shown.ephemeral and "an old clock tower" in shown.content and "77" in shown.content
+    ix = await fake.send_slash_command("params", {"image": ("clock.png", png), "run": "again"})
+    await ix.response()
+    again = await ix.wait_for_original(is_grid, timeout=120)
+    assert "seed 77" in again.text()
+    assert np.array_equal(  # the same settings and seed make the same picture
+        np.asarray(Image.open(io.BytesIO(await full_png(world, again)))),
+        np.asarray(Image.open(io.BytesIO(png))),
+    )
+    jpeg = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(jpeg, format="JPEG")
+    refused = await reply_text(
+        await fake.send_slash_command("params", {"image": ("photo.jpg", jpeg.getvalue())})
+    )
+    assert refused.ephemeral and "no generation settings" in refused.content

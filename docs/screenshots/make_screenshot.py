@@ -11,10 +11,11 @@ screenshots that page.
     apt-get install chromium fonts-noto-color-emoji fonts-open-sans   # once, as root
     python docs/screenshots/make_screenshot.py
 
-writes ``docs/screenshots/result-message.png`` (the finished message) and
+writes ``docs/screenshots/result-message.png`` (the finished message),
 ``docs/screenshots/progress-message.png`` (an earlier version of the same message, mid-way
-through generation, with its progress bar and preview). ``--html-only`` writes the HTML pages
-instead, for a browser.
+through generation, with its progress bar and preview), ``single-image.png`` (U1's upscale,
+with the single-image view's buttons) and ``compare.png`` (its Compare answer: the grid image
+beside its upscale). ``--html-only`` writes the HTML pages instead, for a browser.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ async def wait_until(predicate: Any, bot: BotProcess, limit_s: float, what: str)
         await asyncio.sleep(0.05)
 
 
-async def capture(args: argparse.Namespace) -> tuple[Snapshot, Snapshot | None]:
-    """Run the bot against the fake Discord; return the finished message and a progress state."""
+async def capture(args: argparse.Namespace) -> dict[str, Snapshot]:
+    """Run the bot against the fake Discord; return its messages to picture, by file name."""
     with tempfile.TemporaryDirectory(prefix="dc-screenshot-") as tmp:
         registry = Path(tmp) / "models.toml"
         registry.write_text(REGISTRY_TOML.format(size=args.size), encoding="utf-8")
@@ -131,6 +132,14 @@ async def capture(args: argparse.Namespace) -> tuple[Snapshot, Snapshot | None]:
                 ix = await fake.send_slash_command("imagine", options, user=fake.alice)
                 await ix.response()
                 message = await ix.wait_for_original(is_result, timeout=300)
+                upscale = await fake.click_button(message, label="U1", user=fake.alice)
+                await upscale.response()
+                single = await upscale.wait_for_message(
+                    lambda m: bool(m.attachments) and "Compare" in m.button_labels, timeout=300
+                )
+                compare = await fake.click_button(single, label="Compare", user=fake.alice)
+                await compare.response()
+                compared = await compare.wait_for_message(lambda m: bool(m.attachments), 120)
                 problems = list(fake.problems)
             finally:
                 await bot.stop()
@@ -149,27 +158,34 @@ async def capture(args: argparse.Namespace) -> tuple[Snapshot, Snapshot | None]:
             "created": message.created_at.astimezone(),
             "names": names,
         }
-        final = Snapshot(
-            content=message.content,
-            embeds=message.embeds,
-            components=message.components,
-            files={a.filename: a.data for a in message.attachments},
-            **common,
-        )
+        snaps = {
+            name: Snapshot(
+                content=shown.content,
+                embeds=shown.embeds,
+                components=shown.components,
+                files={a.filename: a.data for a in shown.attachments},
+                **common,
+            )
+            for name, shown in (
+                ("result-message", message),
+                ("single-image", single),
+                ("compare", compared),
+            )
+        }
         # Earlier versions of the same message: the progress edits, some with a preview image.
         with_preview = [v for v in message.versions if progress_of(v) and v.attachments]
         if not with_preview:
             print("warning: no progress edit with a preview was recorded; no progress picture")
-            return final, None
+            return snaps
         version = min(with_preview, key=lambda v: abs((progress_of(v) or 0) - 50))
-        progress = Snapshot(
+        snaps["progress-message"] = Snapshot(
             content=version.content,
             embeds=version.embeds,
             components=version.components,
             files={a.filename: a.data for a in version.attachments},
             **common,
         )
-        return final, progress
+        return snaps
 
 
 # -- rendering as Discord does ----------------------------------------------------------------
@@ -456,10 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--html-only", action="store_true", help="write the HTML pages only")
     args = parser.parse_args(argv)
 
-    final, progress = asyncio.run(capture(args))
-    pages = {"result-message": final}
-    if progress is not None:
-        pages["progress-message"] = progress
+    pages = asyncio.run(capture(args))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     chromium = None if args.html_only else find_chromium(args.chromium)
     for name, snap in pages.items():
