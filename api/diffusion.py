@@ -360,8 +360,14 @@ async def _own_image(context: ApiContext, image_id: int, account: Account) -> Im
 
 
 def is_shared(job: Job) -> bool:
-    """Shared by its owner, and not taken down by a moderator: public to anyone."""
-    return job.shared_at is not None and not job.private and job.gallery_removed_at is None
+    """Shared by its owner, and neither deleted by them since nor taken down by a
+    moderator: public to anyone."""
+    return (
+        job.shared_at is not None
+        and not job.private
+        and job.gallery_removed_at is None
+        and job.hidden_at is None
+    )
 
 
 def _private() -> dict[str, str]:

@@ -21,6 +21,7 @@ from bot.host import BotHost
 from bot.views import Action, JobButton, entry_view, library_page_view
 from core.errors import UserError
 from core.jobcodec import StoredRequest
+from core.service import EDIT_KIND
 from core.storage.errors import ImageNotFound
 from core.storage.records import (
     Image,
@@ -253,6 +254,7 @@ class Library:
             can_upscale=self._bot.can_upscale_size(model, image.width * 2, image.height * 2),
             owner=viewer_id == job.user_id,
             removable=removable,
+            rerollable=job.kind != EDIT_KIND,
         )
         return RenderedPage("", [embed], view, [discord.File(io.BytesIO(data), name)])
 

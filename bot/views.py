@@ -512,6 +512,7 @@ def entry_view(
     can_upscale: bool,
     owner: bool,
     removable: bool,
+    rerollable: bool = True,
 ) -> discord.ui.View:
     """An opened library entry: act on this image, step to the job's other images, share
     it (its owner), take it out of the gallery (a moderator)."""
@@ -541,7 +542,8 @@ def entry_view(
                 row=1,
             )
         )
-    view.add_item(JobButton(Action.REROLL, job_id, emoji="🔄", row=1))
+    if rerollable:  # a plain edit has no generation to run again
+        view.add_item(JobButton(Action.REROLL, job_id, emoji="🔄", row=1))
     if owner:
         view.add_item(JobButton(Action.SHARE, job_id, label="Share", emoji="📤", row=1))
     if removable:
