@@ -16,6 +16,7 @@ ANONYMOUS_USER_ID = 0  # no Discord user and no API key has it
 class Account:
     user_id: int
     key_id: int | None  # None: anonymous
+    operator: bool = False  # may read the operator dashboard
 
 
 def is_loopback(host: str | None) -> bool:

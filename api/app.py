@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.accounts import is_loopback
 from api.compat import compat_routes
 from api.context import ApiContext, ApiError, error_response
+from api.dashboard import dashboard_routes
 from api.diffusion import PREFIX, diffusion_routes
 from api.library import library_routes, share_routes
 from api.schemas import ErrorBody, GenerateBody
@@ -70,6 +71,7 @@ def create_app(context: ApiContext) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(diffusion_routes(), prefix=PREFIX)
     app.include_router(library_routes(), prefix=PREFIX)
+    app.include_router(dashboard_routes(), prefix=PREFIX)
     app.include_router(share_routes())
     app.include_router(compat_routes())
     _document_generate_body(app)

@@ -164,7 +164,7 @@ async def caller(
                 "This API key is not valid (unknown or revoked).",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        account = Account(key.user_id, key.id)
+        account = Account(key.user_id, key.id, key.operator)
     elif context.settings.api_allow_anonymous and is_loopback(
         request.client.host if request.client else None
     ):

@@ -301,6 +301,8 @@ class ButtonActions:
                 await self._ask(interaction, action, job, index or 0, "Vary (Region)", extra)
             case Action.COMPARE:
                 await self._compare(interaction, job, index or 0)
+            case Action.GOOD | Action.BAD:
+                await self._vote(interaction, job, 1 if action is Action.GOOD else -1)
             case Action.EDIT:
                 await self._finished_image(job, index or 0)
                 await interaction.response.send_modal(EditModal(job.id, index or 0))
@@ -530,6 +532,17 @@ class ButtonActions:
             self._bot, job, image, build, prompt=prompt, negative=negative, strength=strength
         )
         await launch(interaction, request, private=job.private, parent=(job.id, image.index))
+
+    async def _vote(self, interaction: Interaction, job: Job, value: int) -> None:
+        """👍/👎: the quality signal, counted per model in /stats; again to take it back."""
+        await self._finished_images(job)
+        now = await self._db.usage.vote(interaction.user.id, job.id, value)
+        text = {
+            1: "👍 Thanks: counted as a good result.",
+            -1: "👎 Thanks: counted as a poor result.",
+            0: "Your vote on this result is taken back.",
+        }[now]
+        await interaction.response.send_message(text, ephemeral=True)
 
     async def _compare(self, interaction: Interaction, job: Job, index: int) -> None:
         """This image beside the one it was made from."""

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["low", "normal", "high"],
         help="queue priority (default: normal)",
     )
+    create.add_argument(
+        "--operator",
+        action="store_true",
+        help="may read the operator dashboard (/api/cv/diffusion/admin/usage)",
+    )
     apikeys.add_parser("list", help="list the keys (never the keys themselves)")
     revoke = apikeys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id", type=int, help="the key's number, from `apikey list`")
@@ -364,7 +369,7 @@ def _apikey(options: argparse.Namespace) -> int:
             settings.database_path, images=LocalImageStore(settings.images_dir)
         ) as db:
             if action == "create":
-                key, secret = await db.api_keys.create(options.name)
+                key, secret = await db.api_keys.create(options.name, operator=options.operator)
                 limits: dict[str, Any] = {
                     name: getattr(options, name)
                     for name in ("daily_images", "concurrent_jobs")
@@ -385,6 +390,7 @@ def _apikey(options: argparse.Namespace) -> int:
                     return "No API keys yet: make one with `diffusion-chat apikey create NAME`."
                 return "\n".join(
                     f"{key.id:>4}  {key.prefix}…  {key.name}  made {key.created_at:%Y-%m-%d}"
+                    + ("  OPERATOR" if key.operator else "")
                     + (f"  REVOKED {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "")
                     for key in keys
                 )

@@ -42,6 +42,8 @@ class Action(enum.StrEnum):
     PAN_DOWN = "pand"
     COMPARE = "cmp"
     EDIT = "edit"  # crop, rotate, flip, tone, filter: opens the Edit modal
+    GOOD = "good"  # 👍: the result is good (feedback on quality, counted per model)
+    BAD = "bad"  # 👎
     OPEN = "open"  # a library entry, in a message of its own
     BROWSE = "see"  # another image of an opened entry, in the same message
     SHARE = "share"
@@ -318,6 +320,7 @@ def grid_view(job_id: str, count: int) -> discord.ui.View:
     for i in range(count):
         view.add_item(JobButton(Action.VARIATION, job_id, i, label=f"V{i + 1}", row=1))
     _add_common(view, job_id, row=2, reroll=True)
+    _add_feedback(view, job_id, row=3)
     return view
 
 
@@ -350,7 +353,13 @@ def single_view(job_id: str, *, can_upscale: bool, has_parent: bool) -> discord.
     _add_common(view, job_id, row=3, reroll=False)
     if has_parent:
         view.add_item(JobButton(Action.COMPARE, job_id, 0, label="Compare", emoji="🆚", row=3))
+    _add_feedback(view, job_id, row=4)
     return view
+
+
+def _add_feedback(view: discord.ui.View, job_id: str, *, row: int) -> None:
+    view.add_item(JobButton(Action.GOOD, job_id, emoji="👍", row=row))
+    view.add_item(JobButton(Action.BAD, job_id, emoji="👎", row=row))
 
 
 REGION_CHOICES = (

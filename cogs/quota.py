@@ -3,7 +3,8 @@ the bot is used."""
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import io
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,9 +13,11 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import member_role_ids, require_moderator
+from core.charts import PERIOD_DAYS, period_range, usage_chart
 from core.errors import UserError
 from core.storage import UNSET
 from core.storage.records import Priority, QuotaScope
+from core.storage.usage import merged, server_key
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -151,23 +154,63 @@ class Stats(commands.Cog):
     @app_commands.command()
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
-    async def stats(self, interaction: Interaction) -> None:
-        """Today's jobs, images, generation times and failures in this server."""
+    @app_commands.describe(period="Today (default), the last 7 days or the last 30 days")
+    @app_commands.choices(
+        period=[app_commands.Choice(name=name, value=name) for name in PERIOD_DAYS]
+    )
+    async def stats(self, interaction: Interaction, period: str = "day") -> None:
+        """This server's generations, people, speed, failures and feedback, with a chart."""
         require_moderator(interaction, "see statistics")
         assert interaction.guild_id is not None
-        now = discord.utils.utcnow()
-        since = now.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=dt.UTC)
-        stats = await self.bot.service.db.jobs.stats(interaction.guild_id, since)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        first, last = period_range(period, discord.utils.utcnow().date())
+        days = await self.bot.service.db.usage.days(first, last, server_key(interaction.guild_id))
+        stats = merged(days)
+        summary = stats.summary()
+        active = stats.jobs - stats.done - stats.failed - stats.cancelled
+        label = {"day": "Today (since 00:00 UTC)", "week": "Last 7 days", "month": "Last 30 days"}
         lines = [
-            f"**Today** (since 00:00 UTC): {stats.jobs} jobs, {stats.images} images",
+            f"**{label[period]}**: {stats.jobs} jobs, {stats.images} images\n"
             f"Done {stats.done} · failed {stats.failed} · cancelled {stats.cancelled}"
-            f" · in progress {stats.active}",
-            f"Generation time: average {render.duration(stats.avg_seconds)},"
-            f" p95 {render.duration(stats.p95_seconds)}",
+            f" · in progress {active}",
+            f"People: {stats.active_users} · errors {_share(stats.error_rate)}"
+            f" · cancelled {_share(stats.cancel_rate)}",
+            f"Request to result: median {render.duration(summary['total_p50_s'])},"
+            f" p95 {render.duration(summary['total_p95_s'])} (queue p95"
+            f" {render.duration(summary['wait_p95_s'])}, generation p95"
+            f" {render.duration(summary['generation_p95_s'])})",
+            "Advanced settings: "
+            + ", ".join(
+                f"{name.replace('_', ' ')} {_share(share)}"
+                for name, share in summary["advanced_share"].items()
+                if share
+            )
+            + f" · saved to favourites {_share(summary['favourited_share'])}",
         ]
-        for reason, count in stats.failures[:5]:
+        if stats.from_buttons:
+            lines.append(
+                "Buttons: "
+                + ", ".join(f"{kind} {n}" for kind, n in stats.from_buttons.most_common())
+            )
+        if stats.feedback_by_model:
+            lines.append(
+                "Feedback: "
+                + ", ".join(
+                    f"`{model}` 👍 {up} 👎 {down}"
+                    for model, (up, down) in sorted(stats.feedback_by_model.items())
+                )
+            )
+        for reason, count in stats.failure_reasons.most_common(5):
             lines.append(f"• {count}× {render.clip(reason, 120)}")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        chart = await asyncio.to_thread(usage_chart, days, f"{label[period]}: generations and p95")
+        file = discord.File(io.BytesIO(chart), "stats.png")
+        await interaction.followup.send(
+            render.clip("\n".join(lines), render.CONTENT_LIMIT), file=file, ephemeral=True
+        )
+
+
+def _share(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{fraction:.0%}"
 
 
 async def setup(bot: DiffusionBot) -> None:

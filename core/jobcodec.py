@@ -22,6 +22,8 @@ class StoredRequest:
     # the quota footer under the result).
     priority: int = 0
     role_ids: tuple[int, ...] = ()
+    # The settings the user chose (the others took the model's presets), for usage figures.
+    explicit: tuple[str, ...] = ()
 
     def dumps(self) -> str:
         fields = {
@@ -35,6 +37,7 @@ class StoredRequest:
         fields["mask_image_key"] = self.mask_image_key
         fields["priority"] = self.priority
         fields["role_ids"] = list(self.role_ids)
+        fields["explicit"] = list(self.explicit)
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -44,9 +47,10 @@ class StoredRequest:
         mask_key = data.pop("mask_image_key", None)
         priority = int(data.pop("priority", 0))
         role_ids = tuple(int(role_id) for role_id in data.pop("role_ids", ()))
+        explicit = tuple(str(name) for name in data.pop("explicit", ()))
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
-        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids)
+        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids, explicit)

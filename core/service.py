@@ -73,6 +73,16 @@ class Requester:
 EDIT_KIND = "edit"  # a job made by a plain edit: no model ran
 
 
+def explicit_settings(request: GenerationRequest) -> tuple[str, ...]:
+    """The settings of ``request`` its user chose rather than left to the model."""
+    chosen = [
+        name
+        for name in ("model", "steps", "guidance", "scheduler", "seed", "width", "height")
+        if getattr(request, name) is not None
+    ]
+    return tuple(chosen)
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     job: Job
@@ -164,6 +174,7 @@ class JobService:
             mask_image_key=mask_image_key,
             priority=policy.priority,
             role_ids=requester.role_ids,
+            explicit=explicit_settings(request),
         )
         try:
             job = await self.db.jobs.create(

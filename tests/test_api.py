@@ -377,3 +377,38 @@ async def test_images_can_be_uploaded_as_a_multipart_form(
     async with http.post(f"{api.base}{PREFIX}/generate", data=wrong, headers=auth(key)) as answer:
         assert answer.status == 422
         assert (await answer.json())["error"]["field"] in ("notes", "steps")
+
+
+async def test_the_operator_dashboard_is_for_operator_keys_only(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    operator = api.new_key("dashboard", "--operator")
+    assert "OPERATOR" in api.apikey("list")
+    status, job = await generate(http, api, key, prompt="a counted lamp", count=2)
+    assert status == 202
+    await follow(http, str(job["urls"]["events"]), key)  # type: ignore[index]
+    for path in ("/admin/usage", "/admin/usage/chart.png"):
+        async with http.get(f"{api.base}{PREFIX}{path}", headers=auth(key)) as answer:
+            body = await answer.json()
+            assert answer.status == 403 and body["error"]["code"] == "forbidden"
+    async with http.get(
+        f"{api.base}{PREFIX}/admin/usage", params={"period": "day"}, headers=auth(operator)
+    ) as answer:
+        usage = await answer.json()
+    assert answer.status == 200
+    assert usage["summary"]["jobs"] >= 1 and usage["summary"]["images"] >= 2
+    assert usage["summary"]["active_users"] >= 1 and len(usage["days"]) == 1
+    assert usage["summary"]["total_p95_s"] is not None
+    async with http.get(
+        f"{api.base}{PREFIX}/admin/usage", params={"server": "dm"}, headers=auth(operator)
+    ) as answer:
+        assert answer.status == 200 and len((await answer.json())["days"]) == 7
+    async with http.get(
+        f"{api.base}{PREFIX}/admin/usage", params={"period": "year"}, headers=auth(operator)
+    ) as answer:
+        assert answer.status == 422 and (await answer.json())["error"]["field"] == "period"
+    async with http.get(
+        f"{api.base}{PREFIX}/admin/usage/chart.png", headers=auth(operator)
+    ) as answer:
+        assert answer.status == 200 and answer.headers["Content-Type"] == "image/png"
+        assert (await answer.read()).startswith(b"\x89PNG")

@@ -169,6 +169,8 @@ async def test_queue_shows_positions_and_stats_count_todays_jobs(world: World) -
     async def stats() -> dict[str, int]:
         reply = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
         assert reply.ephemeral and "p95" in reply.content
+        chart = Image.open(io.BytesIO(reply.attachment("stats.png").data))
+        assert chart.format == "PNG" and chart.width > chart.height
         found = re.search(
             r"(?P<jobs>\d+) jobs, (?P<images>\d+) images\nDone (?P<done>\d+) · failed "
             r"(?P<failed>\d+) · cancelled (?P<cancelled>\d+) · in progress (?P<active>\d+)",
@@ -202,6 +204,10 @@ async def test_queue_shows_positions_and_stats_count_todays_jobs(world: World) -
         await first.wait_for_original(is_result, timeout=60)
         await second.wait_for_original(is_result, timeout=60)
     after = await stats()
+    month = await reply_text(
+        await fake.send_slash_command("stats", {"period": "month"}, user=fake.moderator)
+    )
+    assert "Last 30 days" in month.content and "People:" in month.content
     assert after["jobs"] == before["jobs"] + 2 and after["images"] == before["images"] + 3
     assert after["done"] == before["done"] + 2 and after["active"] == before["active"]
     assert (after["failed"], after["cancelled"]) == (before["failed"], before["cancelled"])

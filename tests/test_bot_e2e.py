@@ -49,7 +49,7 @@ async def test_imagine_to_finished_grid_with_progress_and_previews(world: World)
     ix, message = await imagine(world, prompt="a red fox in snow --ar 3:2", seed=42, steps=40)
     assert ix.ack_latency is not None and ix.ack_latency < 3.0
     assert message.button_labels[:8] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
-    assert set(message.button_labels[8:]) == {"🔄", "⭐", "🗑", "ℹ", "📤"}
+    assert set(message.button_labels[8:]) == {"🔄", "⭐", "🗑", "ℹ", "📤", "👍", "👎"}
     grid = Image.open(io.BytesIO(message.attachments[0].data))
     grid.load()
     assert grid.width > grid.height  # 3:2 images in a 2x2 grid

@@ -349,3 +349,15 @@ async def test_params_reads_a_png_and_runs_it_again(world: World) -> None:
         await fake.send_slash_command("params", {"image": ("photo.jpg", jpeg.getvalue())})
     )
     assert refused.ephemeral and "no generation settings" in refused.content
+
+
+async def test_thumbs_count_per_model_in_stats(world: World) -> None:
+    fake = world.fake
+    grid = await grid_of(world, "tiny-xl", "a rated sunset", count=1)
+    good = await reply_text(await fake.click_button(grid, emoji="👍", user=fake.bob))
+    assert good.ephemeral and "good result" in good.content
+    again = await reply_text(await fake.click_button(grid, emoji="👍", user=fake.bob))
+    assert "taken back" in again.content
+    await reply_text(await fake.click_button(grid, emoji="👎", user=fake.bob))
+    stats = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
+    assert "`tiny-xl` 👍 0 👎 1" in stats.content

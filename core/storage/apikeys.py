@@ -27,6 +27,7 @@ class ApiKey:
     prefix: str
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    operator: bool = False  # may read the operator dashboard (usage of every server)
 
     @property
     def active(self) -> bool:
@@ -41,9 +42,12 @@ class ApiKeyRepository:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def create(self, name: str, *, user_id: int | None = None) -> tuple[ApiKey, str]:
+    async def create(
+        self, name: str, *, user_id: int | None = None, operator: bool = False
+    ) -> tuple[ApiKey, str]:
         """A new key; returns the record and the key itself (shown once). ``user_id``: the
-        Discord user it acts for (one account everywhere); None: an account of its own."""
+        Discord user it acts for (one account everywhere); None: an account of its own.
+        ``operator``: it may read the operator dashboard."""
         name = " ".join(name.split())
         if not name or len(name) > 100:
             raise InvalidInput("A key needs a name of 1 to 100 characters.")
@@ -57,9 +61,9 @@ class ApiKeyRepository:
                 user_id = min(-1, (lowest or 0) - 1)
             await ensure_user(tx, user_id, now)
             row = await tx.one(
-                "INSERT INTO api_keys (name, user_id, prefix, hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING *",
-                (name, user_id, secret[:SHOWN_PREFIX], hash_key(secret), now),
+                "INSERT INTO api_keys (name, user_id, prefix, hash, created_at, operator)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                (name, user_id, secret[:SHOWN_PREFIX], hash_key(secret), now, int(operator)),
             )
         assert row is not None
         return _key_from_row(row), secret
@@ -115,6 +119,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKey:
         prefix=row["prefix"],
         created_at=from_db(row["created_at"]),
         revoked_at=from_db_opt(row["revoked_at"]),
+        operator=bool(row["operator"]),
     )
 
 

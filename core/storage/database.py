@@ -68,6 +68,7 @@ from .records import (
     NewJob,
     QuotaPolicy,
 )
+from .usage import UsageRepository
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 DATABASE_FILE = "diffusion-chat.sqlite3"
@@ -224,8 +225,8 @@ class Database:
     """The bot's storage. Open with ``await Database.open(path, images=...)``.
 
     Repositories: ``jobs``, ``images``, ``favourites``, ``history`` (prompts), ``quotas``,
-    ``guilds``, ``users``, ``api_keys``, ``library``. Cross-cutting operations (jobs with
-    their files, retention) are methods here.
+    ``guilds``, ``users``, ``api_keys``, ``library``, ``usage``. Cross-cutting operations
+    (jobs with their files, retention) are methods here.
     """
 
     def __init__(self, ctx: Context, schema_version: int) -> None:
@@ -242,6 +243,7 @@ class Database:
         self.api_keys = ApiKeyRepository(ctx)
         self.idempotency = IdempotencyRepository(ctx)
         self.library = LibraryRepository(ctx)
+        self.usage = UsageRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -597,6 +599,8 @@ class Database:
             await tx.run("DELETE FROM idempotency_keys WHERE user_id = ?", (user_id,))
             api_keys = await tx.run("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM library_views WHERE user_id = ?", (user_id,))
+            await tx.run("DELETE FROM feedback WHERE user_id = ?", (user_id,))
+            await tx.run("DELETE FROM daily_stats")  # recounted without them when next read
             await tx.run(
                 "INSERT INTO jobs_fts (jobs_fts, rowid, prompt)"
                 " SELECT 'delete', rowid, prompt FROM jobs WHERE user_id = ?",

@@ -24,6 +24,12 @@ async def recount_stars(tx: Tx, image_ids: Sequence[int]) -> None:
     """Bring ``jobs.favourite_count`` up to date for the jobs of these images."""
     for start in range(0, len(image_ids), 500):  # SQLite caps the parameters of a statement
         chunk = list(image_ids[start : start + 500])
+        await tx.run(  # a finished day's kept figures count favourited jobs: recount it
+            f"""DELETE FROM daily_stats WHERE day IN (
+                    SELECT substr(jobs.created_at, 1, 10) FROM jobs JOIN images
+                    ON images.job_id = jobs.id WHERE images.id IN ({placeholders(len(chunk))}))""",
+            chunk,
+        )
         await tx.run(
             f"""UPDATE jobs SET favourite_count = (
                     SELECT count(*) FROM favourites JOIN images ON images.id = favourites.image_id

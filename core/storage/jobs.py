@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -40,7 +39,6 @@ from .records import (
     TRANSITIONS,
     ActiveCounts,
     CompletedJob,
-    GuildStats,
     HistoryEntry,
     Image,
     Job,
@@ -59,14 +57,6 @@ ABANDONED_ERROR = "The bot restarted during this job {attempts} times; it was gi
 UNDELIVERED_WINDOW = dt.timedelta(days=1)
 
 EnsureFiles = Callable[[], Awaitable[None]]
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of already sorted values (``None`` for none)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _validate(job: NewJob) -> None:
@@ -330,51 +320,6 @@ class JobRepository:
                     by_job[row["job_id"]].append(image_from_row(row))
         entries = tuple(HistoryEntry(job, tuple(by_job[job.id])) for job in jobs)
         return Page(entries, int(total), offset, limit)
-
-    async def stats(self, guild_id: int | None, since: dt.datetime) -> GuildStats:
-        """For ``/stats``: jobs created in the guild (``None``: DMs) since ``since``, counted
-        by status; images made by the done ones; average and p95 (nearest rank) generation
-        seconds of the done ones; the ten most frequent failure texts."""
-        start = to_db(since)
-        async with self._ctx.read(snapshot=True) as tx:
-            counts = await tx.one(
-                """SELECT count(*),
-                          coalesce(sum(status = 'done'), 0),
-                          coalesce(sum(status = 'failed'), 0),
-                          coalesce(sum(status = 'cancelled'), 0),
-                          coalesce(sum(status IN ('queued', 'running')), 0),
-                          coalesce(sum(CASE WHEN status = 'done' THEN image_count END), 0)
-                   FROM jobs WHERE guild_id IS ? AND created_at >= ?""",
-                (guild_id, start),
-            )
-            seconds = await tx.all(
-                """SELECT generation_seconds FROM jobs
-                   WHERE guild_id IS ? AND created_at >= ? AND status = 'done'
-                     AND generation_seconds IS NOT NULL
-                   ORDER BY generation_seconds""",
-                (guild_id, start),
-            )
-            failures = await tx.all(
-                """SELECT coalesce(error, 'unknown error') AS reason, count(*) AS n FROM jobs
-                   WHERE guild_id IS ? AND created_at >= ? AND status = 'failed'
-                   GROUP BY reason ORDER BY n DESC, reason LIMIT 10""",
-                (guild_id, start),
-            )
-        assert counts is not None
-        values = [float(row[0]) for row in seconds]
-        return GuildStats(
-            guild_id=guild_id,
-            since=since,
-            jobs=counts[0],
-            done=counts[1],
-            failed=counts[2],
-            cancelled=counts[3],
-            active=counts[4],
-            images=counts[5],
-            avg_seconds=sum(values) / len(values) if values else None,
-            p95_seconds=percentile(values, 0.95),
-            failures=tuple((row[0], row[1]) for row in failures),
-        )
 
     # -- changes
 

@@ -277,6 +277,31 @@ V8_LIBRARY = Migration(
     ),
 )
 
+V9_USAGE = Migration(
+    9,
+    "success metrics: 👍/👎 feedback on results, finished days' figures kept, operator keys",
+    (
+        """CREATE TABLE feedback (
+            user_id    INTEGER NOT NULL,
+            job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            value      INTEGER NOT NULL CHECK (value IN (-1, 1)),
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, job_id)
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX feedback_job ON feedback(job_id)",
+        """CREATE TABLE daily_stats (
+            day         TEXT NOT NULL,
+            guild_key   INTEGER NOT NULL,
+            stats       TEXT NOT NULL,
+            computed_at TEXT NOT NULL,
+            PRIMARY KEY (day, guild_key)
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX jobs_created ON jobs(created_at)",
+        "ALTER TABLE api_keys ADD COLUMN operator INTEGER NOT NULL DEFAULT 0"
+        " CHECK (operator IN (0, 1))",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -286,6 +311,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V6_API,
     V7_PROMPT_SEARCH,
     V8_LIBRARY,
+    V9_USAGE,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

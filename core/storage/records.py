@@ -467,21 +467,6 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class GuildStats:
-    guild_id: int | None
-    since: dt.datetime
-    jobs: int  # created since ``since``
-    done: int
-    failed: int
-    cancelled: int
-    active: int  # of those, still queued or running
-    images: int  # images made by the done jobs
-    avg_seconds: float | None  # generation time of done jobs
-    p95_seconds: float | None
-    failures: tuple[tuple[str, int], ...]  # (error text, count), most frequent first
-
-
-@dataclass(frozen=True, slots=True)
 class ForgetReport:
     """What ``Database.forget_user`` removed."""
 

@@ -264,30 +264,6 @@ async def test_active_counts(db: Database, clock: ManualClock) -> None:
     assert [job.id for job in active][:1] == [a.id]
 
 
-@pytest.mark.asyncio
-async def test_guild_stats(db: Database, clock: ManualClock) -> None:
-    since = clock.now
-    durations = [1.0, 2.0, 3.0, 4.0, 100.0]
-    for seconds in durations:
-        job = await db.create_job(job_spec(image_count=2), FREE)
-        await db.jobs.mark_done(job.id, generation_seconds=seconds)
-    for error in ("Out of memory.", "Out of memory.", "Model failed to load."):
-        job = await db.create_job(job_spec(), FREE)
-        await db.jobs.mark_failed(job.id, error)
-    await db.jobs.mark_cancelled((await db.create_job(job_spec(), FREE)).id)
-    await db.create_job(job_spec(), FREE)  # still queued
-    await db.create_job(job_spec(guild_id=555), FREE)  # another guild
-
-    stats = await db.jobs.stats(100, since)
-    counts = (stats.jobs, stats.done, stats.failed, stats.cancelled, stats.active)
-    assert counts == (10, 5, 3, 1, 1)
-    assert stats.images == 10
-    assert stats.avg_seconds == pytest.approx(22.0)
-    assert stats.p95_seconds == 100.0
-    assert stats.failures == (("Out of memory.", 2), ("Model failed to load.", 1))
-    assert (await db.jobs.stats(100, since + dt.timedelta(days=1))).jobs == 0
-
-
 HOSTILE = [
     'it\'s "quoted" `back` \\slash\\',
     "'); DROP TABLE jobs;--",

@@ -1,0 +1,102 @@
+"""Success metrics (issue 22): the kept daily figures add up to a recount from the raw jobs,
+a finished day is counted once and kept, and votes and stars recount the days they touch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from storage_helpers import USAGE_DAYS, USAGE_GUILDS, USAGE_START, fill_usage, job_spec, make_png
+
+from core.storage import Database, GeneratedImage, ManualClock, QuotaPolicy
+from core.storage.usage import ALL_SERVERS, BUCKET_EDGES, bucket_of, percentile_of, server_key
+
+pytestmark = pytest.mark.asyncio
+START, DAYS, GUILDS = USAGE_START, USAGE_DAYS, USAGE_GUILDS
+
+
+def recount(path: Path, guild: object = ALL_SERVERS) -> dict[str, object]:
+    """The same figures counted straight from the raw rows, independently of the code."""
+    where = "" if guild is ALL_SERVERS else "WHERE guild_id IS ?"
+    params: tuple[object, ...] = () if guild is ALL_SERVERS else (guild,)
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute(
+            f"""SELECT count(*) AS jobs, sum(status = 'done') AS done,
+                       sum(status = 'failed') AS failed, sum(status = 'cancelled') AS cancelled,
+                       sum(CASE WHEN status = 'done' THEN image_count ELSE 0 END) AS images,
+                       count(DISTINCT user_id) AS users,
+                       sum(status = 'done' AND favourite_count > 0) AS favourited,
+                       sum(parent_job_id IS NOT NULL) AS from_buttons
+                FROM jobs {where}""",
+            params,
+        ).fetchone()
+        waits = [
+            json.loads(t)["queued_s"]
+            for (t,) in conn.execute(
+                f"SELECT timings FROM jobs {where} {'AND' if where else 'WHERE'} status = 'done'",
+                params,
+            )
+        ]
+        votes = conn.execute(
+            "SELECT sum(value = 1), sum(value = -1) FROM feedback JOIN jobs"
+            f" ON jobs.id = feedback.job_id {where.replace('guild_id', 'jobs.guild_id')}",
+            params,
+        ).fetchone()
+    return {**dict(row), "waits": sorted(waits), "up": votes[0] or 0, "down": votes[1] or 0}
+
+
+async def test_kept_daily_figures_equal_a_recount_from_the_raw_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    clock = ManualClock(START + dt.timedelta(days=DAYS + 1, hours=2))
+    async with Database.open(path, clock=clock):
+        pass
+    fill_usage(path, 20_000)
+    first, last = START.date(), (START + dt.timedelta(days=DAYS - 1)).date()
+    async with Database.open(path, clock=clock) as db:
+        for guild in (ALL_SERVERS, None, 100):
+            key = ALL_SERVERS if guild is ALL_SERVERS else server_key(guild)  # type: ignore[arg-type]
+            stats = await db.usage.period(first, last, key)
+            raw = recount(path, guild)
+            assert (stats.jobs, stats.done, stats.failed, stats.cancelled) == (
+                raw["jobs"],
+                raw["done"],
+                raw["failed"],
+                raw["cancelled"],
+            )
+            assert stats.images == raw["images"] and stats.active_users == raw["users"]
+            assert stats.favourited == raw["favourited"]
+            assert sum(stats.from_buttons.values()) == raw["from_buttons"]
+            assert (stats.thumbs_up, stats.thumbs_down) == (raw["up"], raw["down"])
+            waits = raw["waits"]
+            assert isinstance(waits, list)
+            exact = waits[max(0, -(-95 * len(waits) // 100) - 1)]
+            assert percentile_of(stats.wait, 0.95) == BUCKET_EDGES[bucket_of(exact)]
+            assert stats.failure_reasons == {"CUDA out of memory": raw["failed"]}
+        async with db._ctx.read() as tx:
+            kept = await tx.scalar("SELECT count(*) FROM daily_stats")
+        assert kept == DAYS * (len(GUILDS) + 1)  # every finished day kept, per server and all
+        # Kept days are read, not recounted: change the raw jobs behind the code's back.
+        counted = await db.usage.period(first, last)
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE jobs SET status = 'failed' WHERE status = 'done'")
+        again = await db.usage.period(first, last)
+        assert (again.done, again.failed) == (counted.done, counted.failed)
+
+
+async def test_a_vote_or_a_star_recounts_its_day(db: Database, clock: ManualClock) -> None:
+    job = await db.create_job(job_spec(prompt="rated"), QuotaPolicy.unlimited())
+    done = await db.complete_job(job.id, [GeneratedImage(0, 1, make_png(1))])
+    day = clock.now.date()
+    clock.advance(days=2)
+    before = await db.usage.period(day, day)
+    assert (before.thumbs_up, before.favourited) == (0, 0)
+    assert await db.usage.vote(7, job.id, 1) == 1
+    await db.favourites.add(7, [done.images[0].id])
+    after = await db.usage.period(day, day)
+    assert (after.thumbs_up, after.favourited) == (1, 1)
+    assert await db.usage.vote(7, job.id, 1) == 0  # the same vote again takes it back
+    assert (await db.usage.period(day, day)).thumbs_up == 0
