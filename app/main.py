@@ -90,6 +90,9 @@ async def run(settings: Settings) -> None:
         if settings.discord_token:
             point_discord_at(settings.discord_api_base_url, settings.discord_gateway_url)
             doors.bot = DiffusionBot(settings, service, registry, metrics=metrics)
+            if metrics is not None:
+                bot = doors.bot
+                metrics.gateway_connected = lambda: bot.gateway_connected
         if settings.api_port:
             context = ApiContext(
                 service,

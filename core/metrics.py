@@ -160,6 +160,12 @@ class _LiveCollector(Collector):
             if status.loaded_model:
                 loaded.add_metric([status.loaded_model], 1)
         yield from (queue, running, alive, restarts, hits, misses, loaded)
+        gateway = GaugeMetricFamily(
+            f"{PREFIX}_gateway_connected",
+            "1 while the Discord gateway is connected (and when Discord is not used).",
+        )
+        gateway.add_metric([], 1 if self._metrics.gateway_connected() else 0)
+        yield gateway
 
         allocated = GaugeMetricFamily(
             f"{PREFIX}_gpu_memory_allocated_bytes",
@@ -197,11 +203,19 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._engine_status = engine_status
         self.gpu_memory = gpu_memory
+        # Set by the composition root once the Discord client exists.
+        self.gateway_connected: Callable[[], bool] = lambda: True
         self.jobs = Counter(
             f"{PREFIX}_jobs",
             "Jobs by status: submitted (accepted), rejected (quota, queue full, bad input), "
             "done, failed, cancelled.",
             ["status"],
+            registry=self.registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a finished job waited in the queue before the GPU took it.",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
             registry=self.registry,
         )
         self.generation_seconds = Histogram(
@@ -310,6 +324,8 @@ class Metrics:
         the engine's result carries the model and the timings.
         """
         if status == "done" and result is not None:
+            if not result.from_cache and math.isfinite(result.timings.queued_s):
+                self.queue_wait_seconds.observe(max(0.0, result.timings.queued_s))
             self.job_done(
                 result.request.model,
                 generate_s=result.timings.generate_s,
