@@ -183,7 +183,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         ref = incident_id()
-        log.error("unexpected API error (ref %s)", ref, exc_info=error)
+        log.error("unexpected API error (ref %s)", ref, exc_info=error, extra={"incident": ref})
         return error_response(
             ApiError(
                 500,

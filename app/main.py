@@ -17,6 +17,7 @@ from api.accounts import RateLimiter
 from api.app import create_app
 from api.context import ApiContext
 from api.server import ApiServer
+from app.observability import start_error_tracking
 from bot.client import DiffusionBot, point_discord_at
 from core.config import Settings, SettingsError, load_settings
 from core.errors import StartupError
@@ -28,6 +29,7 @@ from core.storage.database import Database
 from core.storage.files import LocalImageStore
 from core.storage.records import QuotaPolicy
 from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+from core.tracing import JobTracer
 from engine.backend import DiffusersBackend
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
@@ -84,12 +86,17 @@ async def run(settings: Settings) -> None:
     service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None
+    tracer = (
+        JobTracer.to_collector(settings.otel_endpoint, settings.otel_service_name)
+        if settings.otel_endpoint
+        else None
+    )
     await engine.start()
     doors = FrontDoors()
     try:
         if settings.discord_token:
             point_discord_at(settings.discord_api_base_url, settings.discord_gateway_url)
-            doors.bot = DiffusionBot(settings, service, registry, metrics=metrics)
+            doors.bot = DiffusionBot(settings, service, registry, metrics=metrics, tracer=tracer)
             if metrics is not None:
                 bot = doors.bot
                 metrics.gateway_connected = lambda: bot.gateway_connected
@@ -99,7 +106,7 @@ async def run(settings: Settings) -> None:
                 registry,
                 settings,
                 RateLimiter(settings.api_requests_per_minute),
-                JobEvents(metrics),
+                JobEvents(metrics, tracer),
             )
             doors.api_context = context
             doors.api = ApiServer(create_app(context), settings.api_host, settings.api_port)
@@ -127,6 +134,8 @@ async def run(settings: Settings) -> None:
         await engine.stop()  # first: every follower sees the jobs stop, still unfinished
         await doors.close()
         await db.close()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)  # sends the last traces
 
 
 class FrontDoors:
@@ -178,6 +187,8 @@ def main(env_file: Path | None = Path(".env")) -> int:
         return 2
     register_secret(settings.discord_token)
     configure_logging(settings.log_level, settings.log_format)
+    if start_error_tracking(settings):
+        log.info("unexpected errors are sent to Sentry (%s)", settings.sentry_environment)
     try:
         asyncio.run(run(settings))
     except StartupError as error:

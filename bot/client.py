@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from core.feed import JobFeed
     from core.service import JobService
     from core.storage.records import Job
+    from core.tracing import JobTracer
     from engine.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class DiffusionBot(BotHost):
         registry: ModelRegistry,
         *,
         metrics: Any = None,
+        tracer: JobTracer | None = None,
     ) -> None:
-        super().__init__(settings, service, registry, metrics=metrics)
+        super().__init__(settings, service, registry, metrics=metrics, tracer=tracer)
         self.library = Library(self)
         self.actions = ButtonActions(self, self.library)
         self._tracked: dict[str, JobReporter] = {}

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from core.feed import JobFeed
     from core.service import JobService
     from core.storage.records import Job
+    from core.tracing import JobTracer
     from engine.registry import ModelRegistry
 
 log = logging.getLogger("bot")
@@ -54,6 +55,7 @@ class BotHost(commands.Bot):
         registry: ModelRegistry,
         *,
         metrics: Any = None,
+        tracer: JobTracer | None = None,
     ) -> None:
         # No privileged intents: slash commands and buttons need only the guilds intent.
         super().__init__(
@@ -66,7 +68,7 @@ class BotHost(commands.Bot):
         self.service = service
         self.registry = registry
         self.metrics = metrics
-        self.events = JobEvents(metrics)
+        self.events = JobEvents(metrics, tracer)
         self._reporters: set[asyncio.Task[None]] = set()
 
     def track(
@@ -129,7 +131,7 @@ class BotHost(commands.Bot):
             )
             return
         ref = incident_id()
-        log.error("unexpected error (ref %s)", ref, exc_info=error)
+        log.error("unexpected error (ref %s)", ref, exc_info=error, extra={"incident": ref})
         await self._reply(
             interaction, f"Something went wrong on our side. If it keeps happening, quote `{ref}`."
         )

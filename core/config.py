@@ -74,6 +74,12 @@ class Settings:
     # Where people reach the API from outside (behind the TLS proxy), for share links; None:
     # no links, sharing only posts to a server's gallery channel.
     api_public_url: str | None = None
+    # Error tracking and traces, both off unless set.
+    sentry_dsn: str | None = None
+    sentry_environment: str = "production"
+    sentry_send_prompts: bool = False
+    otel_endpoint: str | None = None
+    otel_service_name: str = "diffusion-chat"
 
     @property
     def database_path(self) -> Path:
@@ -251,6 +257,23 @@ def load_settings(
         api_max_body_mb=get(
             "API_MAX_BODY_MB", _positive_int, d.api_max_body_mb, "use a number of MiB above 0"
         ),
+        sentry_dsn=get(
+            "SENTRY_DSN",
+            _url(("http", "https")),
+            d.sentry_dsn,
+            "use the DSN from your Sentry project's settings (https://KEY@HOST/PROJECT)",
+        ),
+        sentry_environment=values.get("SENTRY_ENVIRONMENT", "").strip() or d.sentry_environment,
+        sentry_send_prompts=get(
+            "SENTRY_SEND_PROMPTS", _bool, d.sentry_send_prompts, "use true or false"
+        ),
+        otel_endpoint=get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            _url(("http", "https")),
+            d.otel_endpoint,
+            "use the OTLP/HTTP collector's address, such as http://127.0.0.1:4318",
+        ),
+        otel_service_name=values.get("OTEL_SERVICE_NAME", "").strip() or d.otel_service_name,
         api_public_url=get(
             "API_PUBLIC_URL",
             lambda raw: _url(("http", "https"))(raw).rstrip("/"),
@@ -264,7 +287,7 @@ def load_settings(
 
 
 def _shown(name: str, raw: str) -> str:
-    return "<hidden>" if "TOKEN" in name else raw
+    return "<hidden>" if "TOKEN" in name or name == "SENTRY_DSN" else raw
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:

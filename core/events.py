@@ -1,5 +1,5 @@
-"""One log line per job event, and the metrics that go with it, whichever front door took
-the job (a Discord command or button, an HTTP request)."""
+"""One log line per job event, and the metrics and trace that go with it, whichever front
+door took the job (a Discord command or button, an HTTP request)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from typing import Any
 from core.logs import job_log
 from core.metrics import Metrics
 from core.storage.records import Job
+from core.tracing import JobTracer
 from engine.types import JobResult
 
 log = logging.getLogger("jobs")
 
 
 class JobEvents:
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self, metrics: Metrics | None, tracer: JobTracer | None = None) -> None:
         self.metrics = metrics
+        self.tracer = tracer
 
     def __call__(
         self,
@@ -49,6 +51,11 @@ class JobEvents:
             model=model,
             **fields,
         )
+        if self.tracer is not None:
+            if event == "queued":
+                self.tracer.accepted(job)
+            elif event in {"done", "failed", "cancelled"}:
+                self.tracer.finished(job, event, model, result, reason)
         if self.metrics is None:
             return
         if event == "queued":
