@@ -273,7 +273,11 @@ def test_compose_file_reserves_a_gpu_and_keeps_the_volumes() -> None:
     assert bot["env_file"] == ".env"
     assert {"data:/data", "models:/models"} <= set(bot["volumes"])
     assert bot["restart"] == "unless-stopped"
-    assert set(compose["volumes"]) == {"data", "models"}
+    assert {"data", "models"} <= set(compose["volumes"])
+    # The monitoring profile's Prometheus evaluates the shipped rules and starts only on request.
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert any("alerts.yml" in volume for volume in prometheus["volumes"])
 
 
 # --- starting the bot on storage it must not use ------------------------------------------
