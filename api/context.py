@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.accounts import ANONYMOUS_USER_ID, Account, RateLimiter, is_loopback
 from core.config import Settings
-from core.errors import QuotaRefused, UserError
+from core.errors import InvalidField, QuotaRefused, UserError
 from core.events import JobEvents
 from core.feed import JobFeed
 from core.recorder import record_outcome
@@ -83,7 +83,12 @@ class ApiContext:
         return [feed for feed in feeds if feed is not None]
 
     async def accept(
-        self, account: Account, generation: GenerationRequest, *, fields: set[str]
+        self,
+        account: Account,
+        generation: GenerationRequest,
+        *,
+        fields: set[str],
+        style: str | None = None,
     ) -> Accepted:
         """Queue a job for ``account`` and keep its record as it runs. A refusal is an
         ``ApiError``: 429 over a quota, else 422 naming the field when it can (one of
@@ -93,12 +98,15 @@ class ApiContext:
                 Requester(user_id=account.user_id, guild_id=None, channel_id=None, source="api"),
                 generation,
                 private=True,
+                style=style,
             )
         except QuotaRefused as error:
             wait = math.ceil(error.retry_after_s) if error.retry_after_s else 30
             raise ApiError(
                 429, "quota_exceeded", str(error), headers={"Retry-After": str(wait)}
             ) from None
+        except InvalidField as error:
+            raise ApiError(422, "invalid_request", str(error), field=error.field) from None
         except UserError as error:
             raise ApiError(
                 422, "invalid_request", str(error), field=_field_named(str(error), fields)

@@ -91,7 +91,10 @@ def diffusion_routes() -> APIRouter:
         if job_id is None:
             try:
                 accepted = await context.accept(
-                    account, _generation_request(body), fields=set(GenerateBody.model_fields)
+                    account,
+                    _generation_request(body),
+                    fields=set(GenerateBody.model_fields),
+                    style=body.style,
                 )
             except BaseException:
                 if idempotency_key is not None:

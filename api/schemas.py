@@ -48,6 +48,9 @@ class GenerateBody(BaseModel):
     mask_image: str | None = Field(default=None, description="base64; white = repaint")
     outpaint_sides: list[Side] = Field(default_factory=list, max_length=4)
     outpaint_pixels: int = Field(default=128, ge=8, le=1024)
+    style: str | None = Field(
+        default=None, max_length=32, description="a built-in style: photo, cinematic, anime..."
+    )
 
     _check_images = field_validator("init_image", "mask_image")(_image)
 

@@ -116,6 +116,7 @@ async def launch(
     parent: tuple[str, int] | None = None,
     init_image_key: str | None = None,
     notes: tuple[str, ...] = (),
+    style: str | None = None,
 ) -> None:
     """Accept the job, then answer with the message that will follow it.
 
@@ -129,7 +130,12 @@ async def launch(
     requester = requester_from(interaction)
     accepting = asyncio.ensure_future(
         bot.service.accept(
-            requester, request, private=private, parent=parent, init_image_key=init_image_key
+            requester,
+            request,
+            private=private,
+            parent=parent,
+            init_image_key=init_image_key,
+            style=style,
         )
     )
     done, _ = await asyncio.wait({accepting}, timeout=_answer_budget_s(interaction))

@@ -38,6 +38,7 @@ EXTENSIONS = (
     "cogs.moderation",
     "cogs.account",
     "cogs.edit",
+    "cogs.styles",
 )
 BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton, FavouritePicker)
 

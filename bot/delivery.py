@@ -497,6 +497,9 @@ async def result_embed_and_view(
         f"guidance {facts.guidance or 0:g} · {facts.width}×{facts.height}"
         + (f" · {render.duration(facts.total_s)}" if facts.total_s is not None else "")
     ]
+    style = StoredRequest.loads(job.request).style
+    if style:
+        lines.append(f"🎨 Style: {style}")
     if facts.prompt_truncated:
         lines.append("⚠ The prompt was longer than the model reads; its end was ignored.")
     if facts.from_cache:

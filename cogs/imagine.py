@@ -77,6 +77,7 @@ class Imagine(commands.Cog):
         private="Only you will see the result",
         image="Start from this picture instead of noise (PNG, JPEG or WebP)",
         strength="With an image: how much to change it (0.05 keeps it, 1 ignores it)",
+        style="A style around your prompt: photo, cinematic, anime... or this server's own",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -93,6 +94,7 @@ class Imagine(commands.Cog):
         private: bool = False,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        style: app_commands.Range[str, 1, 32] | None = None,
     ) -> None:
         """Draw images from a text prompt (and, optionally, a starting picture)."""
         # What is stored and shown: no NUL or other controls, no zero-width or bidi tricks.
@@ -132,13 +134,25 @@ class Imagine(commands.Cog):
             init_image=init_image,
             strength=strength if init_image is not None else None,
         )
-        await launch(interaction, request, private=private, notes=inline.notes)
+        await launch(interaction, request, private=private, notes=inline.notes, style=style)
 
     @imagine.autocomplete("model")
     async def model_autocomplete(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return model_choices(self.bot, current)
+
+    @imagine.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        styles = await self.bot.service.styles(interaction.guild_id)
+        wanted = current.strip().lower()
+        return [
+            app_commands.Choice(name=render.clip(f"{s.name} — {s.template}", 100), value=s.name)
+            for s in styles
+            if wanted in s.name
+        ][:25]
 
     @imagine.autocomplete("prompt")
     async def prompt_autocomplete(

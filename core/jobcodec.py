@@ -24,6 +24,7 @@ class StoredRequest:
     role_ids: tuple[int, ...] = ()
     # The settings the user chose (the others took the model's presets), for usage figures.
     explicit: tuple[str, ...] = ()
+    style: str | None = None  # the style applied (request.prompt is the styled prompt)
 
     def dumps(self) -> str:
         fields = {
@@ -38,6 +39,7 @@ class StoredRequest:
         fields["priority"] = self.priority
         fields["role_ids"] = list(self.role_ids)
         fields["explicit"] = list(self.explicit)
+        fields["style"] = self.style
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -48,9 +50,12 @@ class StoredRequest:
         priority = int(data.pop("priority", 0))
         role_ids = tuple(int(role_id) for role_id in data.pop("role_ids", ()))
         explicit = tuple(str(name) for name in data.pop("explicit", ()))
+        style = data.pop("style", None)
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
-        return cls(GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids, explicit)
+        return cls(
+            GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids, explicit, style
+        )

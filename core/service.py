@@ -14,13 +14,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from core import textguard
-from core.errors import QuotaRefused, UserError
+from core.errors import InvalidField, QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
 from core.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
+from core.styles import BUILTIN, Style, normalise_name
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
 from engine.registry import ModelRegistry
@@ -134,8 +135,17 @@ class JobService:
         private: bool = False,
         parent: tuple[str, int] | None = None,
         init_image_key: str | None = None,
+        style: str | None = None,
     ) -> Accepted:
-        """Validate, spend quota and record the job, then queue it. Raises UserError."""
+        """Validate, spend quota and record the job, then queue it. Raises UserError.
+        ``style``: a built-in or the server's style, applied to the prompt (the job keeps
+        the user's own words as its prompt, for history and search)."""
+        typed_prompt = request.prompt
+        chosen = None
+        if style:
+            chosen = await self.style(requester.guild_id, style)
+            prompt, negative = chosen.apply(request.prompt, request.negative_prompt)
+            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
         await self.check_banned_words(requester.guild_id, request.prompt, request.negative_prompt)
         if request.preview_every == 0 and self.preview_every:
             request = dataclasses.replace(request, preview_every=self.preview_every)
@@ -175,6 +185,7 @@ class JobService:
             priority=policy.priority,
             role_ids=requester.role_ids,
             explicit=explicit_settings(request),
+            style=None if chosen is None else chosen.name,
         )
         try:
             job = await self.db.jobs.create(
@@ -182,7 +193,7 @@ class JobService:
                     user_id=requester.user_id,
                     kind=resolved.operation.value,
                     request=stored.dumps(),
-                    prompt=request.prompt,
+                    prompt=typed_prompt,
                     image_count=resolved.count,
                     guild_id=requester.guild_id,
                     channel_id=requester.channel_id,
@@ -251,6 +262,20 @@ class JobService:
             wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
             raise QuotaRefused(str(error), wait) from None
         return await self.db.complete_job(job.id, [GeneratedImage(0, seed, png)])
+
+    async def styles(self, guild_id: int | None) -> list[Style]:
+        """The styles offered here: the built-in ones, then the server's own."""
+        own = await self.db.guilds.styles(guild_id)
+        return [*BUILTIN.values(), *(Style(n, t, neg, builtin=False) for n, t, neg in own)]
+
+    async def style(self, guild_id: int | None, name: str) -> Style:
+        wanted = normalise_name(name)
+        for style in await self.styles(guild_id):
+            if style.name == wanted:
+                return style
+        raise InvalidField(
+            "style", f"There is no style `{wanted[:40]}` here: pick one from the list."
+        )
 
     def feed(self, job_id: str) -> JobFeed | None:
         """The live events of a job this process runs; None once it has ended (its outcome is

@@ -412,3 +412,13 @@ async def test_the_operator_dashboard_is_for_operator_keys_only(
     ) as answer:
         assert answer.status == 200 and answer.headers["Content-Type"] == "image/png"
         assert (await answer.read()).startswith(b"\x89PNG")
+
+
+async def test_a_style_wraps_the_prompt_and_an_unknown_one_names_the_field(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    status, job = await generate(http, api, key, prompt="a lone tree", style="pixel art")
+    assert status == 202
+    assert str(job["input"]["prompt"]).startswith("pixel art of a lone tree")  # type: ignore[index]
+    status, refused = await generate(http, api, key, prompt="a lone tree", style="vaporwave")
+    assert status == 422 and refused["error"]["field"] == "style"  # type: ignore[index]

@@ -97,6 +97,56 @@ class GuildRepository:
         assert row is not None
         return _guild_from_row(row).settings
 
+    # -- styles
+
+    async def styles(self, guild_id: int | None) -> list[tuple[str, str, str]]:
+        """The server's own styles: (name, template, negative), by name. DMs have none."""
+        if guild_id is None:
+            return []
+        async with self._ctx.read() as tx:
+            rows = await tx.all(
+                "SELECT name, template, negative FROM styles WHERE guild_id = ? ORDER BY name",
+                (guild_id,),
+            )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def save_style(
+        self,
+        guild_id: int,
+        name: str,
+        template: str,
+        negative: str,
+        *,
+        added_by: int | None,
+        limit: int,
+    ) -> bool:
+        """Add a style, or replace the one of that name; returns whether it is new."""
+        now = to_db(self._ctx.now())
+        async with self._ctx.write() as tx:
+            await ensure_guild(tx, guild_id, now)
+            existed = await tx.scalar(
+                "SELECT 1 FROM styles WHERE guild_id = ? AND name = ?", (guild_id, name)
+            )
+            if not existed and (
+                await tx.scalar("SELECT count(*) FROM styles WHERE guild_id = ?", (guild_id,))
+                >= limit
+            ):
+                raise InvalidInput(f"A server can have at most {limit} styles.")
+            await tx.run(
+                "INSERT INTO styles (guild_id, name, template, negative, added_by, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, name) DO UPDATE SET"
+                " template = excluded.template, negative = excluded.negative,"
+                " added_by = excluded.added_by",
+                (guild_id, name, template, negative, added_by, now),
+            )
+        return not existed
+
+    async def remove_style(self, guild_id: int, name: str) -> bool:
+        async with self._ctx.write() as tx:
+            return bool(
+                await tx.run("DELETE FROM styles WHERE guild_id = ? AND name = ?", (guild_id, name))
+            )
+
     # -- banned words
 
     async def banned_words(self, guild_id: int | None) -> list[str]:

@@ -279,7 +279,8 @@ V8_LIBRARY = Migration(
 
 V9_USAGE = Migration(
     9,
-    "success metrics: 👍/👎 feedback on results, finished days' figures kept, operator keys",
+    "success metrics: 👍/👎 feedback on results, finished days' figures kept, operator keys;"
+    " server styles",
     (
         """CREATE TABLE feedback (
             user_id    INTEGER NOT NULL,
@@ -297,6 +298,16 @@ V9_USAGE = Migration(
             PRIMARY KEY (day, guild_key)
         ) STRICT, WITHOUT ROWID""",
         "CREATE INDEX jobs_created ON jobs(created_at)",
+        # Styles a server's moderators add (built-in ones live in the code).
+        """CREATE TABLE styles (
+            guild_id   INTEGER NOT NULL REFERENCES guilds(id) ON DELETE CASCADE,
+            name       TEXT NOT NULL,
+            template   TEXT NOT NULL,
+            negative   TEXT NOT NULL DEFAULT '',
+            added_by   INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (guild_id, name)
+        ) STRICT, WITHOUT ROWID""",
         "ALTER TABLE api_keys ADD COLUMN operator INTEGER NOT NULL DEFAULT 0"
         " CHECK (operator IN (0, 1))",
     ),

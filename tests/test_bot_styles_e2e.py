@@ -1,0 +1,80 @@
+"""Styles (issue 17, first part): built-in and server styles applied by /imagine's style
+option, shown on the result and stored with the job; moderators manage the server's own."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_support import World, imagine, reply_text
+
+from engine.images import read_png_parameters
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
+
+
+async def test_a_builtin_style_wraps_the_prompt_and_is_shown(world: World) -> None:
+    fake = world.fake
+    choices = await fake.autocomplete(
+        "imagine", {"prompt": "a fox", "style": "cine"}, focused="style"
+    )
+    assert [c["value"] for c in choices] == ["cinematic"]
+    _, result = await imagine(world, prompt="a fox in the snow", style="cinematic", count=1)
+    assert "🎨 Style: cinematic" in result.text()
+    assert result.embeds[0]["title"].startswith("a fox in the snow")  # the user's own words
+    info = await reply_text(await fake.click_button(result, emoji="ℹ"))
+    parameters = read_png_parameters(info.attachments[0].data)
+    assert parameters is not None
+    assert parameters.startswith("cinematic still of a fox in the snow, dramatic lighting")
+    assert "Negative prompt: cartoon, illustration" in parameters
+    history = await reply_text(await fake.send_slash_command("history", {"search": "fox snow"}))
+    assert "a fox in the snow" in history.text()
+    unknown = await reply_text(
+        await fake.send_slash_command("imagine", {"prompt": "a fox", "style": "vaporwave"})
+    )
+    assert unknown.ephemeral and "no style `vaporwave`" in unknown.content
+
+
+async def test_moderators_add_server_styles_that_others_use(world: World) -> None:
+    fake = world.fake
+    refused = await reply_text(
+        await fake.send_slash_command(
+            "style add",
+            {"name": "house", "template": "{prompt}, in our house style"},
+            user=fake.bob,
+            respect_permissions=False,
+        )
+    )
+    assert refused.ephemeral and "moderators" in refused.content.lower()
+    bad = await reply_text(
+        await fake.send_slash_command(
+            "style add", {"name": "house", "template": "no placeholder"}, user=fake.moderator
+        )
+    )
+    assert "{prompt}" in bad.content
+    added = await reply_text(
+        await fake.send_slash_command(
+            "style add",
+            {"name": "House", "template": "{prompt}, in our house style", "negative": "text"},
+            user=fake.moderator,
+        )
+    )
+    assert "Added the style **house**" in added.content
+    listed = await reply_text(await fake.send_slash_command("style list", user=fake.bob))
+    assert "**house** (this server)" in listed.content and "**photo**" in listed.content
+    _, result = await imagine(world, prompt="a red kite", style="house", count=1, user=fake.bob)
+    assert "🎨 Style: house" in result.text()
+    info = await reply_text(await fake.click_button(result, emoji="ℹ", user=fake.bob))
+    parameters = read_png_parameters(info.attachments[0].data)
+    assert parameters is not None and parameters.startswith("a red kite, in our house style")
+    in_dm = await reply_text(
+        await fake.send_slash_command(
+            "imagine",
+            {"prompt": "a kite", "style": "house"},
+            guild="dm",
+            require_registered=False,  # DEV_GUILD_ID syncs to the server only
+        )
+    )
+    assert "no style `house`" in in_dm.content  # a server's style stays in its server
+    removed = await reply_text(
+        await fake.send_slash_command("style remove", {"name": "house"}, user=fake.moderator)
+    )
+    assert "Removed the style **house**" in removed.content
