@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -161,6 +162,12 @@ class Imagine(commands.Cog):
         prompts = await self.bot.service.db.history.suggestions(
             interaction.user.id, interaction.guild_id, current
         )
+        if not current.strip() and interaction.guild_id is not None:
+            # Nothing typed yet: this week's trending prompts here come first.
+            since = discord.utils.utcnow() - dt.timedelta(days=7)
+            used, starred = await self.bot.service.db.library.trending(interaction.guild_id, since)
+            trending = [prompt for prompt, _, _ in (*used, *starred)]
+            prompts = list(dict.fromkeys([*trending, *prompts]))
         # A choice's value is limited to 100 characters: a longer prompt would arrive cut.
         choices = [
             app_commands.Choice(name=prompt, value=prompt)

@@ -1,7 +1,9 @@
-"""/style: the styles offered here, and the server's own that moderators add and remove."""
+"""/style: the styles offered here, and the server's own that moderators add and remove.
+/trending: the server's most used and most favourited prompts of the week, to use again."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 import discord
@@ -10,6 +12,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import require_moderator
+from bot.views import Action, JobButton
 from core.errors import UserError
 from core.storage.errors import InvalidInput
 from core.styles import MAX_STYLES_PER_SERVER, check_style, normalise_name
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
     from bot.client import DiffusionBot
 
 Interaction = discord.Interaction["DiffusionBot"]
+TRENDING_DAYS = 7
 
 
 class Styles(commands.GroupCog, group_name="style"):
@@ -94,5 +98,51 @@ class Styles(commands.GroupCog, group_name="style"):
         )
 
 
+class Trending(commands.Cog):
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    async def trending(self, interaction: Interaction) -> None:
+        """This server's most used and most favourited prompts of the last 7 days."""
+        assert interaction.guild_id is not None
+        since = discord.utils.utcnow() - dt.timedelta(days=TRENDING_DAYS)
+        used, starred = await self.bot.service.db.library.trending(interaction.guild_id, since)
+        if not used:
+            await interaction.response.send_message(
+                "Nothing public was made here in the last 7 days: be the first with /imagine.",
+                ephemeral=True,
+            )
+            return
+        view = discord.ui.View(timeout=None)
+        lines = ["🔥 **Most used this week**"]
+        seen: set[str] = set()
+        number = 0
+        for heading, rows, unit in (
+            (None, used, "×"),
+            ("⭐ **Most favourited this week**", starred, "⭐"),
+        ):
+            if heading and rows:
+                lines.append(heading)
+            for prompt, count, example in rows:
+                number += 1
+                lines.append(f"`{number}` {render.quoted_prompt(prompt, 120)} · {count}{unit}")
+                if example and example not in seen and len(view.children) < 20:
+                    seen.add(example)
+                    view.add_item(
+                        JobButton(
+                            Action.REROLL,
+                            example,
+                            label=f"Use {number}",
+                            row=len(view.children) // 5,
+                        )
+                    )
+        await interaction.response.send_message(
+            render.clip("\n".join(lines), render.CONTENT_LIMIT), view=view, ephemeral=True
+        )
+
+
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(Styles(bot))
+    await bot.add_cog(Trending(bot))

@@ -78,3 +78,24 @@ async def test_moderators_add_server_styles_that_others_use(world: World) -> Non
         await fake.send_slash_command("style remove", {"name": "house"}, user=fake.moderator)
     )
     assert "Removed the style **house**" in removed.content
+
+
+async def test_trending_lists_this_weeks_prompts_with_buttons_to_use_them(world: World) -> None:
+    fake = world.fake
+    for _ in range(2):
+        await imagine(world, prompt="a trending teapot", count=1)
+    _, starred = await imagine(world, prompt="a starred lantern", count=1, user=fake.bob)
+    await reply_text(await fake.click_button(starred, emoji="⭐", user=fake.bob))
+    await imagine(world, prompt="a secret diary", count=1, private=True)
+    shown = await reply_text(await fake.send_slash_command("trending", user=fake.moderator))
+    assert shown.ephemeral and "Most used this week" in shown.content
+    used_part, _, starred_part = shown.content.partition("Most favourited")
+    assert "a trending teapot" in used_part and "· 2×" in used_part
+    assert "a starred lantern" in starred_part
+    assert "secret diary" not in shown.content  # private results are nobody else's
+    use = await fake.click_button(shown, label="Use 1", user=fake.moderator)
+    await use.response()
+    again = await use.wait_for_message(lambda m: "U1" in m.button_labels, timeout=90)
+    assert "a trending teapot" in again.text()
+    offered = await fake.autocomplete("imagine", {"prompt": ""}, focused="prompt", user=fake.bob)
+    assert "a trending teapot" in [choice["value"] for choice in offered]

@@ -165,6 +165,40 @@ class LibraryRepository:
         )
         return Page(entries, int(total), offset, limit)
 
+    async def trending(
+        self, guild_id: int, since: dt.datetime, *, limit: int = 5
+    ) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]]:
+        """The server's public prompts since ``since``: the most used, and the most
+        favourited, each as (prompt, count, the newest finished job with it)."""
+        base = """FROM jobs WHERE guild_id = ? AND private = 0 AND status = 'done'
+                  AND hidden_at IS NULL AND gallery_removed_at IS NULL AND created_at >= ?
+                  AND kind = 'txt2img'"""
+        params = (guild_id, to_db(since))
+        async with self._ctx.read(snapshot=True) as tx:
+            used = await tx.all(
+                f"""SELECT prompt, count(*) AS n, max(created_at) AS last,
+                           (SELECT id FROM jobs AS newest WHERE newest.prompt = jobs.prompt
+                              AND newest.guild_id = jobs.guild_id AND newest.private = 0
+                              AND newest.status = 'done'
+                            ORDER BY newest.created_at DESC LIMIT 1) AS example
+                    {base} GROUP BY prompt ORDER BY n DESC, last DESC LIMIT ?""",
+                (*params, limit),
+            )
+            starred = await tx.all(
+                f"""SELECT prompt, sum(favourite_count) AS n, max(created_at) AS last,
+                           (SELECT id FROM jobs AS newest WHERE newest.prompt = jobs.prompt
+                              AND newest.guild_id = jobs.guild_id AND newest.private = 0
+                              AND newest.status = 'done'
+                            ORDER BY newest.favourite_count DESC, newest.created_at DESC
+                            LIMIT 1) AS example
+                    {base} GROUP BY prompt HAVING n > 0 ORDER BY n DESC, last DESC LIMIT ?""",
+                (*params, limit),
+            )
+        return (
+            [(row[0], int(row[1]), row[3]) for row in used],
+            [(row[0], int(row[1]), row[3]) for row in starred],
+        )
+
     # -- saved views
 
     async def save_view(
