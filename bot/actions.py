@@ -261,16 +261,19 @@ class ButtonActions:
         self, interaction: Interaction, action: Action, job_id: str, index: int | None
     ) -> None:
         try:
-            try:
-                job = await self._db.jobs.get(job_id)
-            except JobNotFound:
-                raise UserError("This job no longer exists.") from None
-            _require_visible(interaction, job)
+            job = await self._visible_job(interaction, job_id)
             await self._dispatch(interaction, action, job, index)
-        except UserError as error:
-            await self._bot.reply_error(interaction, error)
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error)
+
+    async def _visible_job(self, interaction: Interaction, job_id: str) -> Job:
+        """The job a button or modal names, if the one who used it may see it."""
+        try:
+            job: Job = await self._db.jobs.get(job_id)
+        except JobNotFound:
+            raise UserError("This job no longer exists.") from None
+        _require_visible(interaction, job)
+        return job
 
     async def _dispatch(
         self, interaction: Interaction, action: Action, job: Job, index: int | None
@@ -447,18 +450,12 @@ class ButtonActions:
         extra: str | None,
     ) -> None:
         try:
-            try:
-                job = await self._db.jobs.get(job_id)
-            except JobNotFound:
-                raise UserError("This job no longer exists.") from None
-            _require_visible(interaction, job)
+            job = await self._visible_job(interaction, job_id)
             await self._run(
                 interaction, action, job, index, prompt=prompt, negative=negative, extra=extra
             )
-        except UserError as error:
-            await self._bot.reply_error(interaction, error)
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error)
 
     async def on_edit_modal(
         self,
@@ -470,11 +467,7 @@ class ButtonActions:
         """✂ Edit submitted: apply it off the loop, record it as a finished job of its own
         (no model runs), and post it with the single-image view."""
         try:
-            try:
-                job = await self._db.jobs.get(job_id)
-            except JobNotFound:
-                raise UserError("This job no longer exists.") from None
-            _require_visible(interaction, job)
+            job = await self._visible_job(interaction, job_id)
             adjustments = editing.parse_adjustments(*fields)
             image = await self._finished_image(job, index)
             await interaction.response.defer(ephemeral=job.private, thinking=True)
@@ -508,10 +501,8 @@ class ButtonActions:
                 private=job.private,
                 parent=(job.id, image.index),
             )
-        except UserError as error:
-            await self._bot.reply_error(interaction, error)
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error)
 
     async def _finished_image(self, job: Job, index: int) -> Image:
         images = await self._finished_images(job)
@@ -654,11 +645,7 @@ class ButtonActions:
         if operation is Operation.VARIATION:
             # A tiled upscale is larger than the model paints at once: vary it at that size.
             max_size = self._bot.registry.get(self._model_of(job)).presets.max_size
-            scale = min(1.0, max_size / max(width, height))
-            width, height = (
-                max(8, int(width * scale) // 8 * 8),
-                max(8, int(height * scale) // 8 * 8),
-            )
+            width, height = edits.fit_within((width, height), max_size)
         request = GenerationRequest(
             prompt=parent.prompt if prompt is None else prompt,
             model=parent.model,
@@ -794,19 +781,15 @@ class ButtonActions:
             )
             page = page * LEGACY_PAGE_SIZE // LIBRARY_PAGE_SIZE
             await self._show_page(interaction, await self._library.render(saved, page))
-        except UserError as error:
-            await self._bot.reply_error(interaction, error)
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error)
 
     async def on_library_page(self, interaction: Interaction, view_id: str, page: int) -> None:
         try:
             saved = await self._library.saved(view_id, interaction.user.id)
             await self._show_page(interaction, await self._library.render(saved, page))
-        except UserError as error:
-            await self._bot.reply_error(interaction, error)
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error)
 
     async def _show_page(self, interaction: Interaction, shown: RenderedPage) -> None:
         await interaction.response.edit_message(
@@ -820,11 +803,7 @@ class ButtonActions:
         self, interaction: Interaction, job_id: str, chosen: list[int]
     ) -> None:
         try:
-            try:
-                job = await self._db.jobs.get(job_id)
-            except JobNotFound:
-                raise UserError("This job no longer exists.") from None
-            _require_visible(interaction, job)
+            job = await self._visible_job(interaction, job_id)
             images = await self._finished_images(job)
             count = await self._db.favourites.choose(
                 interaction.user.id,
@@ -835,10 +814,8 @@ class ButtonActions:
             await interaction.response.edit_message(
                 content=f"⭐ Starred from this grid: {numbers} ({count} image(s)).", view=None
             )
-        except (UserError, ImageNotFound) as error:
-            await self._bot.reply_error(interaction, UserError(str(error)))
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error, ImageNotFound)
 
     async def on_forget(self, interaction: Interaction, user_id: int) -> None:
         """The confirmed /forget: delete everything of the user's, then say what went."""
@@ -862,7 +839,5 @@ class ButtonActions:
                 ),
                 view=None,
             )
-        except (UserError, InvalidInput) as error:
-            await self._bot.reply_error(interaction, UserError(str(error)))
         except Exception as error:
-            await self._bot.reply_unexpected(interaction, error)
+            await self._bot.reply_failure(interaction, error, InvalidInput)

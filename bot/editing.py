@@ -58,11 +58,7 @@ def _canvas_pngs(data: bytes, build: Build, max_size: int) -> tuple[bytes, bytes
     with PILImage.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
     if max(image.size) > max_size:  # an upscale beyond what the model paints at once
-        scale = max_size / max(image.size)
-        image = image.resize(
-            (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8)),
-            PILImage.Resampling.LANCZOS,
-        )
+        image = image.resize(edits.fit_within(image.size, max_size), PILImage.Resampling.LANCZOS)
     canvas = build(image)
     pictures = []
     for picture in (canvas.image, canvas.mask):

@@ -16,6 +16,7 @@ import discord
 from discord.ext import commands
 
 from bot.views import ButtonHandler
+from core import downloads
 from core.errors import UserError, incident_id
 from core.events import JobEvents
 from core.service import store_when_possible
@@ -65,6 +66,11 @@ class BotHost(commands.Bot):
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
         )
         self.settings = settings
+        # Where attachments may be downloaded from: ATTACHMENT_HOSTS (Discord's CDN hosts by
+        # default), and the REST base URL's own origin (see core.downloads.download_hosts).
+        self.download_hosts = downloads.download_hosts(
+            settings.attachment_hosts, settings.discord_api_base_url
+        )
         self.service = service
         self.registry = registry
         self.metrics = metrics
@@ -115,6 +121,21 @@ class BotHost(commands.Bot):
         return upscale_limit(spec.presets)
 
     # --- errors --------------------------------------------------------------------------
+
+    async def reply_failure(
+        self,
+        interaction: discord.Interaction[Any],
+        error: BaseException,
+        *also_theirs: type[Exception],
+    ) -> None:
+        """Answer a failed interaction: a user's mistake (a ``UserError``, or one of
+        ``also_theirs``) with its explanation, anything else with an incident reference."""
+        if isinstance(error, UserError):
+            await self.reply_error(interaction, error)
+        elif also_theirs and isinstance(error, also_theirs):
+            await self.reply_error(interaction, UserError(str(error)))
+        else:
+            await self.reply_unexpected(interaction, error)
 
     async def reply_error(self, interaction: discord.Interaction[Any], error: UserError) -> None:
         await self._reply(interaction, str(error))

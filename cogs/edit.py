@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from bot import editing, render
 from bot.actions import launch, post_edit
 from cogs.imagine import read_upload
-from core import downloads, textguard
+from core import textguard
 from core.errors import UserError
 from engine import edits
 from engine.errors import ValidationError
@@ -48,9 +48,6 @@ class Edit(commands.GroupCog, group_name="edit"):
 
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
-        self.download_hosts = downloads.download_hosts(
-            bot.settings.attachment_hosts, bot.settings.discord_api_base_url
-        )
         super().__init__()
 
     @app_commands.command(name="region")
@@ -69,8 +66,8 @@ class Edit(commands.GroupCog, group_name="edit"):
         private: bool = False,
     ) -> None:
         """Repaint the part of your picture that your mask marks."""
-        picture = await read_upload(image, self.download_hosts)
-        drawn = await read_upload(mask, self.download_hosts)
+        picture = await read_upload(image, self.bot.download_hosts)
+        drawn = await read_upload(mask, self.bot.download_hosts)
         try:
             canvas, fitted, _ = await asyncio.to_thread(_mask_png, picture, drawn)
         except ValidationError as error:
@@ -111,7 +108,7 @@ class Edit(commands.GroupCog, group_name="edit"):
     ) -> None:
         """Crop, rotate, flip, change the tone or add a filter: no model, instant."""
         adjustments = editing.parse_adjustments(crop or "", turn or "", tone or "", filter or "")
-        data = await read_upload(image, self.download_hosts)
+        data = await read_upload(image, self.bot.download_hosts)
         await interaction.response.defer(ephemeral=private, thinking=True)
         description = adjustments.describe()
         request = GenerationRequest(prompt=UPLOADED_PROMPT, operation=Operation.IMG2IMG)
@@ -141,9 +138,6 @@ class Edit(commands.GroupCog, group_name="edit"):
 class Params(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
-        self.download_hosts = downloads.download_hosts(
-            bot.settings.attachment_hosts, bot.settings.discord_api_base_url
-        )
 
     @app_commands.command()
     @app_commands.describe(
@@ -161,7 +155,7 @@ class Params(commands.Cog):
         self, interaction: Interaction, image: discord.Attachment, run: str = "show"
     ) -> None:
         """Read the settings a PNG was made with, and run them again."""
-        data = await read_upload(image, self.download_hosts)
+        data = await read_upload(image, self.bot.download_hosts)
         text = await asyncio.to_thread(read_png_parameters, data)
         if not text:
             raise UserError(

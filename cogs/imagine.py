@@ -59,11 +59,6 @@ async def read_upload(
 class Imagine(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
-        # ATTACHMENT_HOSTS replaces Discord's CDN hosts when set; the REST base URL's own
-        # origin is allowed too (see core.downloads.download_hosts).
-        self.download_hosts = downloads.download_hosts(
-            bot.settings.attachment_hosts, bot.settings.discord_api_base_url
-        )
 
     @app_commands.command()
     @app_commands.describe(
@@ -118,7 +113,9 @@ class Imagine(commands.Cog):
             raise UserError(
                 f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
             )
-        init_image = await read_upload(image, self.download_hosts) if image is not None else None
+        init_image = (
+            await read_upload(image, self.bot.download_hosts) if image is not None else None
+        )
         if strength is not None and init_image is None:
             raise UserError("`strength` only applies when you attach an image.")
         negatives = [n for n in (negative, inline.negative) if n]

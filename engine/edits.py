@@ -50,6 +50,13 @@ def _floor8(value: float) -> int:
     return max(8, math.floor(value / 8) * 8)
 
 
+def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` shrunk (never grown) so its longer side is at most ``max_side``, on
+    multiples of 8: what a model paints at once, for an image larger than that."""
+    scale = min(1.0, max_side / max(size))
+    return _floor8(size[0] * scale), _floor8(size[1] * scale)
+
+
 def zoom_out(image: Image.Image, factor: float) -> Canvas:
     """The image shrunk by ``factor`` in the middle of a canvas of its own size (so the
     result keeps the size and aspect), the new border to be painted."""
