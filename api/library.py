@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -110,14 +110,10 @@ def library_routes() -> APIRouter:
     return router
 
 
-def _query(**options: str | bool | None) -> LibraryQuery:
-    search = options.pop("q", None)
+def _query(q: str | None, **filters: Any) -> LibraryQuery:
+    """``build_query`` for the query parameters; a wrong one is a 422 naming it."""
     try:
-        return build_query(
-            dt.datetime.now(dt.UTC),
-            search=search if isinstance(search, str) else None,
-            **options,  # type: ignore[arg-type]
-        )
+        return build_query(dt.datetime.now(dt.UTC), search=q, **filters)
     except InvalidField as error:
         raise ApiError(
             422, "invalid_request", str(error), field=_PARAMETER.get(error.field, error.field)

@@ -174,30 +174,32 @@ class LibraryRepository:
                   AND hidden_at IS NULL AND gallery_removed_at IS NULL AND created_at >= ?
                   AND kind = 'txt2img'"""
         params = (guild_id, to_db(since))
+        # The example job is looked up for the listed prompts only: as a column of the
+        # grouped query it would be computed for every prompt of the week before the LIMIT.
+        example = """SELECT id FROM jobs WHERE prompt = ? AND guild_id = ? AND private = 0
+                     AND status = 'done' ORDER BY {order} LIMIT 1"""
         async with self._ctx.read(snapshot=True) as tx:
-            used = await tx.all(
-                f"""SELECT prompt, count(*) AS n, max(created_at) AS last,
-                           (SELECT id FROM jobs AS newest WHERE newest.prompt = jobs.prompt
-                              AND newest.guild_id = jobs.guild_id AND newest.private = 0
-                              AND newest.status = 'done'
-                            ORDER BY newest.created_at DESC LIMIT 1) AS example
-                    {base} GROUP BY prompt ORDER BY n DESC, last DESC LIMIT ?""",
-                (*params, limit),
-            )
-            starred = await tx.all(
-                f"""SELECT prompt, sum(favourite_count) AS n, max(created_at) AS last,
-                           (SELECT id FROM jobs AS newest WHERE newest.prompt = jobs.prompt
-                              AND newest.guild_id = jobs.guild_id AND newest.private = 0
-                              AND newest.status = 'done'
-                            ORDER BY newest.favourite_count DESC, newest.created_at DESC
-                            LIMIT 1) AS example
-                    {base} GROUP BY prompt HAVING n > 0 ORDER BY n DESC, last DESC LIMIT ?""",
-                (*params, limit),
-            )
-        return (
-            [(row[0], int(row[1]), row[3]) for row in used],
-            [(row[0], int(row[1]), row[3]) for row in starred],
-        )
+            lists = []
+            for total, having, order in (
+                ("count(*)", "", "created_at DESC"),
+                ("sum(favourite_count)", "HAVING n > 0", "favourite_count DESC, created_at DESC"),
+            ):
+                rows = await tx.all(
+                    f"""SELECT prompt, {total} AS n, max(created_at) AS last
+                        {base} GROUP BY prompt {having} ORDER BY n DESC, last DESC LIMIT ?""",
+                    (*params, limit),
+                )
+                lists.append(
+                    [
+                        (
+                            row[0],
+                            int(row[1]),
+                            await tx.scalar(example.format(order=order), (row[0], guild_id)),
+                        )
+                        for row in rows
+                    ]
+                )
+        return lists[0], lists[1]
 
     # -- saved views
 
