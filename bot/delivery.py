@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import aiohttp
 import discord
 
 from bot import render
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 UPLOAD_LIMIT = 10 * 2**20 - 64 * 1024  # Discord's default upload limit, less form overhead
 FINAL_EDIT_ATTEMPTS = 4
+# An edit Discord never answers would otherwise hold the message for aiohttp's five-minute
+# default: a progress edit is dropped sooner (the next one follows), a final one retried.
+PROGRESS_EDIT_TIMEOUT_S = 20.0
+FINAL_EDIT_TIMEOUT_S = 90.0
 READY_TIMEOUT_S = 10.0
 # Discord's name for an interaction's first answer in webhook message routes.
 ORIGINAL = cast(int, "@original")
@@ -228,6 +233,17 @@ class JobReporter:
             log.exception("job %s: delivery failed", self.job.id)
             await self._editor.close()
             await self._settle("failed", "Something went wrong while posting the result.")
+            # Never leave the message saying "Queued": show whatever storage now says.
+            self._bot.keep_trying(self._show_outcome_after_failure, self.job.id)
+
+    async def _show_outcome_after_failure(self) -> None:
+        job = await self._db.jobs.find(self.job.id)
+        if job is None or job.delivered_at is not None:
+            return
+        try:
+            await show_stored_outcome(self._bot, job)
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError):
+            log.warning("job %s: could not show its outcome either", self.job.id, exc_info=True)
 
     async def _settle(self, status: str, reason: str | None = None) -> None:
         """Record how the job ended; a job ended another way already stays as it is."""
@@ -290,7 +306,10 @@ class JobReporter:
             attachments.append(discord.File(io.BytesIO(state.preview), "preview.jpg"))
             embed.set_image(url="attachment://preview.jpg")
         view = progress_view(self.job.id) if state.cancellable else None
-        await self.target.edit(content=None, embed=embed, attachments=attachments, view=view)
+        await asyncio.wait_for(
+            self.target.edit(content=None, embed=embed, attachments=attachments, view=view),
+            PROGRESS_EDIT_TIMEOUT_S,
+        )
 
     async def _final(
         self, embed: discord.Embed, view: discord.ui.View | None, **extra: Any
@@ -374,14 +393,19 @@ class JobReporter:
 async def edit_with_retries(
     target: MessageTarget, embed: discord.Embed, view: discord.ui.View | None, extra: dict[str, Any]
 ) -> None:
-    """A final edit: retried on Discord's 5xx, since a lost one strands the message."""
+    """A final edit: retried on Discord's 5xx, a dropped connection or no answer at all,
+    since a lost one strands the message."""
     for attempt in range(FINAL_EDIT_ATTEMPTS):
         try:
-            await target.edit(embed=embed, view=view, **_fresh(extra))
+            await asyncio.wait_for(
+                target.edit(embed=embed, view=view, **_fresh(extra)), FINAL_EDIT_TIMEOUT_S
+            )
             return
-        except discord.HTTPException as error:
-            if attempt + 1 == FINAL_EDIT_ATTEMPTS or error.status < 500:
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as error:
+            client_error = isinstance(error, discord.HTTPException) and error.status < 500
+            if attempt + 1 == FINAL_EDIT_ATTEMPTS or client_error:
                 raise
+            log.warning("final edit failed (%s); retrying", type(error).__name__)
             await asyncio.sleep(1.0 * 2**attempt)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fakediscord.interactions import InteractionHandle
+from fakediscord.interactions import FakeDiscordTimeout, InteractionHandle
 from fakediscord.models import StoredMessage
 from fakediscord.process import BotProcess, start_bot_process
 from fakediscord.server import FakeDiscord
@@ -126,6 +126,17 @@ async def stop_world(world: World) -> None:
 def assert_no_problems(world: World) -> None:
     problems = world.fake.problems
     assert not problems, "\n".join(str(p) for p in problems) + "\n" + world.bot.output[-3000:]
+
+
+@contextlib.contextmanager
+def explained_by(bot: BotProcess | None) -> Iterator[None]:
+    """A wait in the block that times out says what ``bot`` logged meanwhile: a job that
+    never arrives is then told apart from one that was lost on the way."""
+    try:
+        yield
+    except (FakeDiscordTimeout, TimeoutError) as error:
+        logged = bot.output[-6000:] if bot is not None else "(no bot)"
+        raise AssertionError(f"{error}\n--- the bot's output ---\n{logged}") from error
 
 
 def hold(

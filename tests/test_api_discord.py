@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from api_support import PREFIX, auth, free_port
-from e2e_support import World, hold_jobs, is_result, reply_text, stand_in
+from e2e_support import World, explained_by, hold_jobs, is_result, reply_text, stand_in
 
 from core.storage import Database
 
@@ -42,7 +42,7 @@ async def test_fifty_people_through_two_doors_one_queue(world: World, no_problem
     data_dir = world.data_dir.parent / "both-doors"
     port = free_port()
     users = [fake.add_member(f"crowd{n}") for n in range(PEOPLE)]
-    async with stand_in(world, DATA_DIR=str(data_dir), API_PORT=str(port)):
+    async with stand_in(world, DATA_DIR=str(data_dir), API_PORT=str(port)) as bot:
         keys = await make_keys(data_dir, PEOPLE)
         base = f"http://127.0.0.1:{port}{PREFIX}"
         with hold_jobs(data_dir, "crowd blocker", from_step=1) as release:
@@ -77,15 +77,19 @@ async def test_fifty_people_through_two_doors_one_queue(world: World, no_problem
                 release()
                 api_ids = [a for a in arrivals if isinstance(a, str)]
                 interactions = [a for a in arrivals if not isinstance(a, str)]
-                results = await asyncio.gather(
-                    *(ix.wait_for_original(is_result, timeout=240) for ix in interactions)  # type: ignore[attr-defined]
-                )
-                async with asyncio.timeout(240):
-                    while True:
-                        done = jobs_by_prompt(data_dir)
-                        if sum(row["status"] == "done" for row in done.values()) == 2 * PEOPLE + 1:
-                            break
-                        await asyncio.sleep(0.2)
+                with explained_by(bot.proc):
+                    # First every job recorded done, then every one shown: a failure here
+                    # says which of the two went wrong.
+                    async with asyncio.timeout(240):
+                        while True:
+                            done = jobs_by_prompt(data_dir)
+                            finished = sum(row["status"] == "done" for row in done.values())
+                            if finished == 2 * PEOPLE + 1:
+                                break
+                            await asyncio.sleep(0.2)
+                    results = await asyncio.gather(
+                        *(ix.wait_for_original(is_result, timeout=120) for ix in interactions)  # type: ignore[attr-defined]
+                    )
                 for n, job_id in enumerate(api_ids):
                     async with http.get(f"{base}/jobs/{job_id}", headers=auth(keys[n])) as answer:
                         job = await answer.json()

@@ -157,6 +157,41 @@ async def test_killed_as_its_result_is_posted_it_is_shown_again_not_generated(
             rule.times = 0
 
 
+async def test_an_edit_discord_never_answers_does_not_hold_back_the_result(
+    world: World,
+) -> None:
+    fake = world.fake
+    # One progress edit gets no answer for ten minutes (aiohttp would wait five).
+    stalled = fake.faults.delay(
+        Routes.EDIT_FOLLOWUP, 600, when=lambda info: not is_result_edit(info)
+    )
+    try:
+        ix = await fake.send_slash_command("imagine", {"prompt": "one edit stalls", "count": 1})
+        await ix.response()
+        shown = await ix.wait_for_original(is_result, timeout=90)
+        assert stalled.hits == 1 and shown.attachments
+    finally:
+        stalled.times = 0
+
+
+async def test_a_result_edit_that_fails_unexpectedly_is_shown_from_storage(world: World) -> None:
+    fake = world.fake
+    data_dir = world.data_dir
+    refused = fake.faults.error(
+        Routes.EDIT_FOLLOWUP, status=400, message="Invalid Form Body", when=is_result_edit
+    )
+    try:
+        ix = await fake.send_slash_command("imagine", {"prompt": "refused once", "count": 1})
+        await ix.response()
+        shown = await ix.wait_for_original(is_result, timeout=60)
+        assert refused.hits == 1 and shown.attachments
+        row = await recorded(world, data_dir, "refused once")
+        assert row["status"] == "done" and row["stored"] == 1
+        assert "delivery failed" in world.bot.output
+    finally:
+        refused.times = 0
+
+
 async def test_killed_right_after_the_answer_its_message_is_the_one_edited(world: World) -> None:
     fake = world.fake
     data_dir = world.data_dir.parent / "ack-data"

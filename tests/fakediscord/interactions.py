@@ -178,9 +178,16 @@ class InteractionHandle:
             check,
             timeout=timeout,
             description=f"the original response of {self.name!r} to satisfy the predicate "
-            f"(now: {self.original!r})",
+            f"(now: {self.original!r})\n{self.history()}",
         )
         return result
+
+    def history(self) -> str:
+        """Every request made with this interaction's token, for a failure message."""
+        mine = [r for r in self.fake.requests if self.token in r.path]
+        lines = [f"  requests with the token of {self.name!r} ({len(mine)}):"]
+        lines.extend(f"    {r!r} at {r.at:.2f}" for r in mine)
+        return "\n".join(lines)
 
     async def wait_for_followup(
         self,

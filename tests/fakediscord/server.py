@@ -545,6 +545,10 @@ class FakeDiscord(DriverMixin):
             )
         lines.append(f"  last {min(last, len(self.requests))} of {len(self.requests)} requests:")
         lines.extend(f"    {r!r}" for r in self.requests[-last:])
+        unanswered = [r for r in self.requests if r.status is None]
+        if unanswered:
+            lines.append(f"  {len(unanswered)} requests still unanswered:")
+            lines.extend(f"    {r!r}" for r in unanswered[:last])
         if self.problems:
             lines.append("  problems:")
             lines.extend(f"    {p}" for p in self.problems)
