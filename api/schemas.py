@@ -30,7 +30,12 @@ def _image(value: str | None) -> str | None:
 class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT, description="What to draw.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT,
+        description="What to draw. AUTOMATIC1111 emphasis works: (word:1.3), ((word)), [word],"
+        " BREAK; up to 300 tokens are read.",
+    )
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
     model: str | None = Field(default=None, max_length=100, description="GET /models names")
     operation: Operation = Operation.TXT2IMG

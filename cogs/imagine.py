@@ -62,7 +62,7 @@ class Imagine(commands.Cog):
 
     @app_commands.command()
     @app_commands.describe(
-        prompt="What to draw. Midjourney-style --no, --ar 16:9, --seed and --steps work too.",
+        prompt="What to draw. (word:1.3) stresses a word; --no, --ar 16:9, --seed, --steps work too.",
         negative="What to keep out of the picture",
         count="How many images (1 to 4)",
         seed="A number that makes the result repeatable",
@@ -104,7 +104,7 @@ class Imagine(commands.Cog):
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(
                 f"That prompt is {len(prompt):,} characters long; please keep it under "
-                f"{MAX_PROMPT_CHARS:,}. Models only read the first few dozen words anyway."
+                f"{MAX_PROMPT_CHARS:,}. Models read about 300 tokens (some 200 words) at most."
             )
         inline = parse_inline(prompt)
         if not inline.prompt.strip():

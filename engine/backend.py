@@ -29,6 +29,7 @@ from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
 from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry, outpaint_padding
 from engine.ops.upscale import DEFAULT_UPSCALE_STRENGTH, UPSCALE_FACTOR
 from engine.ops.variation import DEFAULT_VARIATION, VARIATION_STRENGTHS
+from engine.prompt_syntax import MAX_CHUNKS, chunk_count
 from engine.registry import (
     ASPECT_RATIOS,
     SCHEDULERS,
@@ -119,6 +120,7 @@ class DiffusersBackend:
         negative = ", ".join(part for part in (prefix, negative) if part)
         prompt, truncated = self._fit_prompt(spec, prompt)
         negative, _ = self._fit_prompt(spec, negative)
+        prompt_chunks = max(self._chunks(spec, prompt), self._chunks(spec, negative))
 
         steps = presets.steps if request.steps is None else request.steps
         if not 1 <= steps <= presets.max_steps:
@@ -176,6 +178,7 @@ class DiffusersBackend:
             prompt_truncated=truncated,
             outpaint_sides=tuple(request.outpaint_sides) if operation is Operation.OUTPAINT else (),
             outpaint_pixels=outpaint_pixels,
+            prompt_chunks=prompt_chunks,
         )
 
     def is_loaded(self, model: str) -> bool:
@@ -341,6 +344,22 @@ class DiffusersBackend:
         width, height = fit_size(input_size, presets)
         return width, height, 0
 
+    def _chunks(self, spec: ModelSpec, text: str) -> int:
+        tokenizer = self.manager.tokenizer_for(spec)
+        if tokenizer is None:
+            return chunk_count(
+                text, lambda piece: len(_CLIP_PIECES.findall(piece)), DEFAULT_TOKEN_LIMIT
+            )
+
+        def count(piece: str) -> int:
+            with self._tokenizer_lock:
+                return len(
+                    tokenizer(piece, add_special_tokens=False, truncation=False)["input_ids"]
+                )
+
+        window = tokenizer.model_max_length - 2
+        return chunk_count(text, count, window if 0 < window < 10_000 else DEFAULT_TOKEN_LIMIT)
+
     def _fit_prompt(self, spec: ModelSpec, text: str) -> tuple[str, bool]:
         """The prompt cut to what the text encoder reads, and whether it was cut.
 
@@ -351,10 +370,11 @@ class DiffusersBackend:
             return text, False
         tokenizer = self.manager.tokenizer_for(spec)
         if tokenizer is None:
-            return truncate_by_estimate(text, DEFAULT_TOKEN_LIMIT)
-        limit = tokenizer.model_max_length - 2
-        if not 0 < limit < 10_000:
-            limit = DEFAULT_TOKEN_LIMIT
+            return truncate_by_estimate(text, DEFAULT_TOKEN_LIMIT * MAX_CHUNKS)
+        window = tokenizer.model_max_length - 2
+        # Encoded in chunks of the window (engine.ops.prompt_embeds). The count includes
+        # the emphasis syntax, so a weighted prompt is cut a little early, never late.
+        limit = (window if 0 < window < 10_000 else DEFAULT_TOKEN_LIMIT) * MAX_CHUNKS
         with self._tokenizer_lock:
             encoding = tokenizer(
                 text, add_special_tokens=False, truncation=False, return_offsets_mapping=True

@@ -100,6 +100,10 @@ class ResolvedRequest:
     prompt_truncated: bool = False  # the prompt was longer than the text encoder takes
     outpaint_sides: tuple[OutpaintSide, ...] = ()
     outpaint_pixels: int = 0
+    # Text-encoder chunks the longer of prompt and negative takes (75 tokens each); 1 for
+    # most prompts. Cross-attention over more chunks changes an image, so only prompts of
+    # the same length share a call.
+    prompt_chunks: int = 1
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -119,6 +123,7 @@ class ResolvedRequest:
             # Outpainting pads every image of a call the same way.
             self.outpaint_sides,
             self.outpaint_pixels,
+            self.prompt_chunks,
         )
 
     @property

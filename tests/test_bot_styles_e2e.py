@@ -99,3 +99,22 @@ async def test_trending_lists_this_weeks_prompts_with_buttons_to_use_them(world:
     assert "a trending teapot" in again.text()
     offered = await fake.autocomplete("imagine", {"prompt": ""}, focused="prompt", user=fake.bob)
     assert "a trending teapot" in [choice["value"] for choice in offered]
+
+
+async def test_weighted_and_long_prompts_are_read_as_written(world: World) -> None:
+    fake = world.fake
+
+    async def full_png(**options: object) -> tuple[str, bytes, str]:
+        _, result = await imagine(world, count=1, seed=1234, steps=3, **options)
+        info = await reply_text(await fake.click_button(result, emoji="ℹ"))
+        data = info.attachments[0].data
+        return result.text(), data, read_png_parameters(data) or ""
+
+    _, plain, _ = await full_png(prompt="a fox in the snow")
+    _, weighted, parameters = await full_png(prompt="a (fox:1.6) in the [snow]")
+    assert weighted != plain  # the same seed, other weights: another image
+    assert parameters.startswith("a (fox:1.6) in the [snow]")  # kept as written
+    long_prompt = "a fox in the snow, " + ", ".join(f"detail {n}" for n in range(25))
+    text, _, parameters = await full_png(prompt=long_prompt)
+    assert "longer than the model reads" not in text
+    assert parameters.startswith(long_prompt)  # all ~230 tokens of it, none cut

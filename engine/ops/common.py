@@ -16,7 +16,9 @@ from PIL import Image
 from engine.errors import Interrupted
 from engine.images import open_user_image, open_user_mask
 from engine.loader import LoadedModel, ModelManager, PipelineKind, make_scheduler
+from engine.ops.prompt_embeds import prompt_arguments
 from engine.preview import latent_preview
+from engine.prompt_syntax import plain_text
 from engine.types import (
     Family,
     ImageSlot,
@@ -96,10 +98,18 @@ def fit_exactly(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def prompts(ctx: OpContext) -> dict[str, list[str]]:
+def prompts(ctx: OpContext, pipe: DiffusionPipeline) -> dict[str, Any]:
+    """The slots' prompts as ``pipe`` takes them: weighted and long ones as embeddings."""
+    return prompt_arguments(
+        pipe, [slot.prompt for slot in ctx.slots], [slot.negative_prompt for slot in ctx.slots]
+    )
+
+
+def plain_prompts(ctx: OpContext) -> dict[str, list[str]]:
+    """The slots' prompts without emphasis syntax, for a pipeline that reads only words."""
     return {
-        "prompt": [slot.prompt for slot in ctx.slots],
-        "negative_prompt": [slot.negative_prompt for slot in ctx.slots],
+        "prompt": [plain_text(slot.prompt) for slot in ctx.slots],
+        "negative_prompt": [plain_text(slot.negative_prompt) for slot in ctx.slots],
     }
 
 
@@ -290,10 +300,12 @@ def run_pipeline(
     return progress.results(output.images)
 
 
-def common_kwargs(ctx: OpContext, generators: list[torch.Generator]) -> dict[str, Any]:
+def common_kwargs(
+    ctx: OpContext, pipe: DiffusionPipeline, generators: list[torch.Generator]
+) -> dict[str, Any]:
     request = ctx.request
     return {
-        **prompts(ctx),
+        **prompts(ctx, pipe),
         "num_inference_steps": request.steps,
         "guidance_scale": request.guidance,
         "generator": generators,
@@ -320,5 +332,5 @@ def run_image_to_image(
             progress,
             image=images,
             strength=strength,
-            **common_kwargs(ctx, generators),
+            **common_kwargs(ctx, pipe, generators),
         )

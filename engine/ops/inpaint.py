@@ -67,7 +67,7 @@ def run_inpaint(
         width=ctx.request.width,
         height=ctx.request.height,
         strength=strength,
-        **common_kwargs(ctx, generators),
+        **common_kwargs(ctx, pipe, generators),
     )
     return [
         None if result is None else keep_outside(image, result, mask)

@@ -25,5 +25,5 @@ def txt2img(ctx: OpContext) -> OpResult:
         progress,
         width=ctx.request.width,
         height=ctx.request.height,
-        **common_kwargs(ctx, generators),
+        **common_kwargs(ctx, pipe, generators),
     )

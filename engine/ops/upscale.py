@@ -29,12 +29,13 @@ from engine.ops.common import (
     OpResult,
     fit_exactly,
     init_images,
-    prompts,
+    plain_prompts,
     run_image_to_image,
     seeded_generators,
     use_scheduler,
     vae_tiling_for,
 )
+from engine.ops.prompt_embeds import prompt_arguments
 from engine.types import ImageSlot, StepInfo
 
 UPSCALE_FACTOR = 2
@@ -119,8 +120,7 @@ def _redraw(
         return kwargs
 
     output = pipe(
-        prompt=[slot.prompt] * count,
-        negative_prompt=[slot.negative_prompt] * count,
+        **prompt_arguments(pipe, [slot.prompt] * count, [slot.negative_prompt] * count),
         image=[source.crop(tile.box) for tile in chunk],
         strength=strength,
         num_inference_steps=ctx.request.steps,
@@ -141,7 +141,7 @@ def _dedicated_upscale(ctx: OpContext, source: str, steps: int) -> OpResult:
     generators = seeded_generators(ctx.slots)
     progress = BatchProgress(ctx, generators, shrinkable=False)
     kwargs: dict[str, Any] = {
-        **prompts(ctx),
+        **plain_prompts(ctx),
         "image": sources,
         "num_inference_steps": steps,
         "generator": generators,

@@ -25,6 +25,7 @@ from engine.backend import (
 )
 from engine.errors import ModelNotFoundError, ValidationError
 from engine.loader import LoaderOptions, ModelManager
+from engine.prompt_syntax import MAX_CHUNKS
 from engine.registry import ModelRegistry
 from engine.types import MAX_SEED, GenerationRequest, Operation
 from tests.engine.helpers import centre_mask, noise_image, png
@@ -325,22 +326,22 @@ def test_outpaint_padding_out_of_range(resolver: DiffusersBackend) -> None:
 # --- prompts ----------------------------------------------------------------------------------
 
 
-def test_long_prompts_are_cut_to_the_text_encoder_window(resolver: DiffusersBackend) -> None:
-    # The tiny tokenizer spends one token per byte: 75 fit between the start and end marks.
+def test_long_prompts_are_cut_to_the_chunks_the_encoder_reads(resolver: DiffusersBackend) -> None:
+    # The tiny tokenizer spends a token per "a": 75 fit in a chunk, MAX_CHUNKS chunks in all.
     resolved = resolver.resolve(request(prompt="a" * 5000))
     assert resolved.prompt_truncated
-    assert resolved.prompt == "a" * 75
-    words = " ".join(["fox"] * 40)
+    assert resolved.prompt == "a" * 75 * MAX_CHUNKS
+    words = " ".join(["fox"] * 200)
     cut = resolver.resolve(request(prompt=words))
     assert cut.prompt_truncated and words.startswith(cut.prompt)
-    assert not resolver.resolve(request(prompt="a" * 75)).prompt_truncated
+    assert not resolver.resolve(request(prompt="a" * 75 * MAX_CHUNKS)).prompt_truncated
 
 
 def test_long_prompts_are_estimated_when_no_tokenizer_is_on_disk(
     resolver: DiffusersBackend,
 ) -> None:
     # sd15 is a hub model that is not downloaded here: its length is estimated by words.
-    long = " ".join(f"word{i}" for i in range(200))
+    long = " ".join(f"word{i}" for i in range(500))
     resolved = resolver.resolve(request(model="sd15", prompt=long))
     assert resolved.prompt_truncated
     assert long.startswith(resolved.prompt)
