@@ -21,6 +21,7 @@ from core.feed import JobFeed
 from core.recorder import record_outcome
 from core.service import Accepted, JobService, Requester
 from core.storage.records import Job
+from core.wildcards import ExpandMode
 from engine.registry import ModelRegistry
 from engine.types import GenerationRequest
 
@@ -89,6 +90,7 @@ class ApiContext:
         *,
         fields: set[str],
         style: str | None = None,
+        expand: ExpandMode | None = None,
     ) -> Accepted:
         """Queue a job for ``account`` and keep its record as it runs. A refusal is an
         ``ApiError``: 429 over a quota, else 422 naming the field when it can (one of
@@ -99,6 +101,7 @@ class ApiContext:
                 generation,
                 private=True,
                 style=style,
+                expand=expand,
             )
         except QuotaRefused as error:
             wait = math.ceil(error.retry_after_s) if error.retry_after_s else 30

@@ -85,6 +85,7 @@ def diffusion_routes() -> APIRouter:
         context: ApiContext = request.app.state.context
         headers: dict[str, str] = {}
         job_id = None
+        notes: list[str] = []
         if idempotency_key is not None:
             job_id = await _replayed_job(context, account, idempotency_key, body)
             headers["Idempotent-Replayed"] = "true" if job_id else "false"
@@ -95,12 +96,14 @@ def diffusion_routes() -> APIRouter:
                     _generation_request(body),
                     fields=set(GenerateBody.model_fields),
                     style=body.style,
+                    expand=body.expand,
                 )
             except BaseException:
                 if idempotency_key is not None:
                     await context.service.db.idempotency.release(account.user_id, idempotency_key)
                 raise
             job_id = accepted.job.id
+            notes = list(accepted.notes)
             if idempotency_key is not None:
                 await context.service.db.idempotency.bind(account.user_id, idempotency_key, job_id)
         wait_s = _prefer_wait(prefer)
@@ -108,6 +111,7 @@ def diffusion_routes() -> APIRouter:
             await context.recorded(job_id, wait_s)
         job = await context.service.db.jobs.get(job_id)
         resource = await _resource(context, request, job)
+        resource.notes = notes or None
         response = JSONResponse(
             resource.model_dump(mode="json"),
             status_code=200 if job.finished else 202,
@@ -419,6 +423,7 @@ async def _resource(
         },
         output=image_urls(request, images) or None,
         seeds=[image.seed for image in images] if images else None,
+        prompts=list(stored.prompts) or None,
         error=job.error if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None,
         metrics=Metrics(
             queued_s=timings.get("queued_s"),

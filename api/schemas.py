@@ -56,6 +56,11 @@ class GenerateBody(BaseModel):
     style: str | None = Field(
         default=None, max_length=32, description="a built-in style: photo, cinematic, anime..."
     )
+    expand: Literal["all", "random"] = Field(
+        default="all",
+        description="a prompt with {a|b} choices makes one image per combination: every one"
+        " (4 at most) or `count` random ones",
+    )
 
     _check_images = field_validator("init_image", "mask_image")(_image)
 
@@ -83,6 +88,12 @@ class JobResource(BaseModel):
     input: dict[str, object]
     output: list[str] | None = Field(default=None, description="image URLs (PNG)")
     seeds: list[int] | None = None
+    prompts: list[str] | None = Field(
+        default=None, description="each image's prompt, when {a|b} choices made them differ"
+    )
+    notes: list[str] | None = Field(
+        default=None, description="what to know about the request (a capped expansion)"
+    )
     error: str | None = None
     metrics: Metrics
     created_at: str

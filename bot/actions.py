@@ -35,6 +35,7 @@ from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
 from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
 from core.storage.records import Image, Job, LibraryQuery, LibraryScope
+from core.wildcards import ExpandMode
 from engine import edits
 from engine.errors import ValidationError
 from engine.types import GenerationRequest, Operation
@@ -117,6 +118,7 @@ async def launch(
     init_image_key: str | None = None,
     notes: tuple[str, ...] = (),
     style: str | None = None,
+    expand: ExpandMode | None = None,
 ) -> None:
     """Accept the job, then answer with the message that will follow it.
 
@@ -136,6 +138,7 @@ async def launch(
             parent=parent,
             init_image_key=init_image_key,
             style=style,
+            expand=expand,
         )
     )
     done, _ = await asyncio.wait({accepting}, timeout=_answer_budget_s(interaction))
@@ -178,6 +181,7 @@ async def launch(
         )
     finally:
         reporter.target.answered(message_id)
+    notes = (*notes, *accepted.notes)
     if notes:
         await interaction.followup.send("\n".join(notes), ephemeral=True)
 
@@ -427,7 +431,7 @@ class ButtonActions:
                 action=action,
                 job_id=job.id,
                 index=index,
-                prompt=stored.prompt,
+                prompt=stored.prompt_of(index),
                 negative=stored.negative_prompt,
                 extra=extra,
             )
@@ -486,6 +490,9 @@ class ButtonActions:
                 raise UserError(str(error)) from None
             request = dataclasses.replace(
                 parent,
+                prompt=parent.prompt_of(index),
+                prompts=(),
+                count=1,
                 operation=Operation.IMG2IMG,
                 width=picture.width,
                 height=picture.height,
@@ -647,7 +654,7 @@ class ButtonActions:
             max_size = self._bot.registry.get(self._model_of(job)).presets.max_size
             width, height = edits.fit_within((width, height), max_size)
         request = GenerationRequest(
-            prompt=parent.prompt if prompt is None else prompt,
+            prompt=parent.prompt_of(index) if prompt is None else prompt,
             model=parent.model,
             operation=operation,
             negative_prompt=parent.negative_prompt if negative is None else negative,
@@ -678,8 +685,10 @@ class ButtonActions:
     ) -> None:
         stored = StoredRequest.loads(job.request)
         request = dataclasses.replace(stored.request, seed=None)
-        if prompt is not None:
-            request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative or "")
+        if prompt is not None:  # remixed: the new prompt for every image
+            request = dataclasses.replace(
+                request, prompt=prompt, prompts=(), negative_prompt=negative or ""
+            )
         images = self._bot.service.images
         if stored.init_image_key:
             request = dataclasses.replace(

@@ -521,9 +521,14 @@ async def result_embed_and_view(
         f"guidance {facts.guidance or 0:g} · {facts.width}×{facts.height}"
         + (f" · {render.duration(facts.total_s)}" if facts.total_s is not None else "")
     ]
-    style = StoredRequest.loads(job.request).style
-    if style:
-        lines.append(f"🎨 Style: {style}")
+    stored = StoredRequest.loads(job.request)
+    if stored.style:
+        lines.append(f"🎨 Style: {stored.style}")
+    # The grid's images in reading order, numbered as their buttons are.
+    lines += [
+        f"**{n}** · {render.clip(prompt, 120)}"
+        for n, prompt in enumerate(stored.request.prompts, start=1)
+    ]
     if facts.prompt_truncated:
         lines.append("⚠ The prompt was longer than the model reads; its end was ignored.")
     if facts.from_cache:

@@ -89,7 +89,7 @@ async def repaint_request(
     except ValidationError as error:
         raise UserError(str(error)) from None
     return GenerationRequest(
-        prompt=parent.prompt if prompt is None else prompt,
+        prompt=parent.prompt_of(image.index) if prompt is None else prompt,
         negative_prompt=parent.negative_prompt if negative is None else negative,
         model=parent.model,
         operation=Operation.INPAINT,

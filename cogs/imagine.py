@@ -62,7 +62,7 @@ class Imagine(commands.Cog):
 
     @app_commands.command()
     @app_commands.describe(
-        prompt="What to draw. (word:1.3) stresses a word; --no, --ar 16:9, --seed, --steps work too.",
+        prompt="What to draw. (word:1.3) stresses a word; --no, --ar 16:9, --seed, --steps work",
         negative="What to keep out of the picture",
         count="How many images (1 to 4)",
         seed="A number that makes the result repeatable",
@@ -74,8 +74,15 @@ class Imagine(commands.Cog):
         image="Start from this picture instead of noise (PNG, JPEG or WebP)",
         strength="With an image: how much to change it (0.05 keeps it, 1 ignores it)",
         style="A style around your prompt: photo, cinematic, anime... or this server's own",
+        expand="With {a|b} choices or __wildcards__: every combination, or `count` random ones",
     )
-    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+        expand=[
+            app_commands.Choice(name="every combination (4 at most)", value="all"),
+            app_commands.Choice(name="random ones (as many as count)", value="random"),
+        ],
+    )
     async def imagine(
         self,
         interaction: Interaction,
@@ -91,6 +98,7 @@ class Imagine(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
         style: app_commands.Range[str, 1, 32] | None = None,
+        expand: str | None = None,
     ) -> None:
         """Draw images from a text prompt (and, optionally, a starting picture)."""
         # What is stored and shown: no NUL or other controls, no zero-width or bidi tricks.
@@ -132,7 +140,14 @@ class Imagine(commands.Cog):
             init_image=init_image,
             strength=strength if init_image is not None else None,
         )
-        await launch(interaction, request, private=private, notes=inline.notes, style=style)
+        await launch(
+            interaction,
+            request,
+            private=private,
+            notes=inline.notes,
+            style=style,
+            expand="random" if expand == "random" else None,
+        )
 
     @imagine.autocomplete("model")
     async def model_autocomplete(

@@ -1,4 +1,5 @@
 """/style: the styles offered here, and the server's own that moderators add and remove.
+/wildcard: the server's value lists for __name__ in prompts.
 /trending: the server's most used and most favourited prompts of the week, to use again."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from bot.views import Action, JobButton
 from core.errors import UserError
 from core.storage.errors import InvalidInput
 from core.styles import MAX_STYLES_PER_SERVER, check_style, normalise_name
+from core.wildcards import MAX_WILDCARDS_PER_SERVER, check_wildcard
+from core.wildcards import normalise_name as wildcard_name
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -98,6 +101,83 @@ class Styles(commands.GroupCog, group_name="style"):
         )
 
 
+class Wildcards(commands.GroupCog, group_name="wildcard"):
+    """Value lists that __name__ in a prompt draws from."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="list")
+    @app_commands.guild_only()
+    async def list_(self, interaction: Interaction) -> None:
+        """This server's wildcards, for __name__ in a prompt."""
+        found = await self.bot.service.wildcards(interaction.guild_id)
+        if not found:
+            text = (
+                "This server has no wildcards yet; moderators add them with `/wildcard add`. "
+                "`{red|blue} fox` choices work without any."
+            )
+        else:
+            text = "\n".join(
+                f"• `__{name}__` ({len(values)}): {render.clip(', '.join(values), 150)}"
+                for name, values in found.items()
+            )
+        await interaction.response.send_message(
+            render.clip(text, render.CONTENT_LIMIT), ephemeral=True
+        )
+
+    @app_commands.command(name="add")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.describe(
+        name="Used in prompts as __name__ (1 to 32 letters, digits, - or _)",
+        values="The values, separated by commas (up to 200)",
+    )
+    async def add(
+        self,
+        interaction: Interaction,
+        name: app_commands.Range[str, 1, 36],
+        values: app_commands.Range[str, 1, 4000],
+    ) -> None:
+        """Add (or replace) a wildcard of this server."""
+        require_moderator(interaction, "manage wildcards")
+        assert interaction.guild_id is not None
+        checked_name, checked_values = check_wildcard(name, values)
+        try:
+            new = await self.bot.service.db.guilds.save_wildcard(
+                interaction.guild_id,
+                checked_name,
+                checked_values,
+                added_by=interaction.user.id,
+                limit=MAX_WILDCARDS_PER_SERVER,
+            )
+        except InvalidInput as error:
+            raise UserError(str(error)) from None
+        verb = "Added" if new else "Replaced"
+        await interaction.response.send_message(
+            f"{verb} the wildcard `__{checked_name}__` with {len(checked_values)} values: "
+            f"{render.clip(', '.join(checked_values), 300)}",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="remove")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def remove(self, interaction: Interaction, name: app_commands.Range[str, 1, 36]) -> None:
+        """Remove a wildcard of this server."""
+        require_moderator(interaction, "manage wildcards")
+        assert interaction.guild_id is not None
+        wanted = wildcard_name(name)
+        removed = await self.bot.service.db.guilds.remove_wildcard(interaction.guild_id, wanted)
+        await interaction.response.send_message(
+            f"Removed the wildcard `__{wanted[:32]}__`."
+            if removed
+            else "This server has no wildcard of that name.",
+            ephemeral=True,
+        )
+
+
 class Trending(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
@@ -145,4 +225,5 @@ class Trending(commands.Cog):
 
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(Styles(bot))
+    await bot.add_cog(Wildcards(bot))
     await bot.add_cog(Trending(bot))

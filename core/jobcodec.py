@@ -34,6 +34,7 @@ class StoredRequest:
         }
         fields["operation"] = self.request.operation.value
         fields["outpaint_sides"] = list(self.request.outpaint_sides)
+        fields["prompts"] = list(self.request.prompts)
         fields["init_image_key"] = self.init_image_key
         fields["mask_image_key"] = self.mask_image_key
         fields["priority"] = self.priority
@@ -56,6 +57,7 @@ class StoredRequest:
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
+        kwargs["prompts"] = tuple(str(prompt) for prompt in kwargs.get("prompts", ()))
         return cls(
             GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids, explicit, style
         )

@@ -9,11 +9,12 @@ import dataclasses
 import datetime as dt
 import logging
 import re
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from core import textguard
+from core import textguard, wildcards
 from core.errors import InvalidField, QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -22,10 +23,17 @@ from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
 from core.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
 from core.styles import BUILTIN, Style, normalise_name
+from core.wildcards import ExpandMode
 from engine.engine import Engine, JobHandle
 from engine.errors import EngineError
 from engine.registry import ModelRegistry
-from engine.types import GenerationRequest, JobResult, Operation, ResolvedRequest
+from engine.types import (
+    MAX_IMAGES_PER_REQUEST,
+    GenerationRequest,
+    JobResult,
+    Operation,
+    ResolvedRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +97,7 @@ class Accepted:
     job: Job
     feed: JobFeed
     request: ResolvedRequest
+    notes: tuple[str, ...] = ()  # what the requester should know (a capped expansion)
 
 
 class JobService:
@@ -136,17 +145,28 @@ class JobService:
         parent: tuple[str, int] | None = None,
         init_image_key: str | None = None,
         style: str | None = None,
+        expand: ExpandMode | None = None,
     ) -> Accepted:
         """Validate, spend quota and record the job, then queue it. Raises UserError.
         ``style``: a built-in or the server's style, applied to the prompt (the job keeps
-        the user's own words as its prompt, for history and search)."""
+        the user's own words as its prompt, for history and search). A prompt with {a|b}
+        choices or __wildcards__ draws one image per combination: every one (``expand``
+        "all", the default; as many as fit in a job and the quota) or ``request.count``
+        random ones ("random")."""
         typed_prompt = request.prompt
         chosen = None
         if style:
             chosen = await self.style(requester.guild_id, style)
             prompt, negative = chosen.apply(request.prompt, request.negative_prompt)
             request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
-        await self.check_banned_words(requester.guild_id, request.prompt, request.negative_prompt)
+        notes: tuple[str, ...] = ()
+        if not request.prompts and wildcards.has_choices(request.prompt):
+            request, notes = await self._expanded(requester, request, expand or "all")
+        await self.check_banned_words(
+            requester.guild_id,
+            "\n".join((request.prompt, *request.prompts)),
+            request.negative_prompt,
+        )
         if request.preview_every == 0 and self.preview_every:
             request = dataclasses.replace(request, preview_every=self.preview_every)
         try:
@@ -217,7 +237,7 @@ class JobService:
         except EngineError as error:
             await self.db.jobs.mark_failed(job.id, str(error))
             raise UserError(str(error)) from None
-        return Accepted(job, self._feed(handle), resolved)
+        return Accepted(job, self._feed(handle), resolved, notes)
 
     async def record_edit(
         self,
@@ -262,6 +282,39 @@ class JobService:
             wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
             raise QuotaRefused(str(error), wait) from None
         return await self.db.complete_job(job.id, [GeneratedImage(0, seed, png)])
+
+    async def _expanded(
+        self, requester: Requester, request: GenerationRequest, mode: ExpandMode
+    ) -> tuple[GenerationRequest, tuple[str, ...]]:
+        """``request`` with one prompt per image from its choices, and why it draws fewer
+        than the prompt makes, if it does."""
+        images, reason = (
+            (MAX_IMAGES_PER_REQUEST, f"{MAX_IMAGES_PER_REQUEST} images per job at most")
+            if mode == "all"
+            else (request.count, f"you asked for {request.count}")
+        )
+        usage = await self.db.quotas.usage(
+            requester.guild_id, requester.user_id, role_ids=requester.role_ids
+        )
+        if usage.remaining is not None and 0 < usage.remaining < images:
+            images, reason = usage.remaining, f"you have {usage.remaining} images left today"
+        expansion = wildcards.expand(
+            request.prompt,
+            await self.db.guilds.wildcards(requester.guild_id),
+            mode=mode,
+            images=images,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**32),
+        )
+        if len(expansion.prompts) == 1 and expansion.prompts[0] == request.prompt.strip():
+            return request, ()  # braces or underscores that were not choices
+        cap = wildcards.describe_cap(expansion, reason)
+        expanded = dataclasses.replace(
+            request, prompts=expansion.prompts, count=len(expansion.prompts)
+        )
+        return expanded, () if cap is None else (cap,)
+
+    async def wildcards(self, guild_id: int | None) -> dict[str, tuple[str, ...]]:
+        return await self.db.guilds.wildcards(guild_id)
 
     async def styles(self, guild_id: int | None) -> list[Style]:
         """The styles offered here: the built-in ones, then the server's own."""

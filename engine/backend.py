@@ -120,7 +120,10 @@ class DiffusersBackend:
         negative = ", ".join(part for part in (prefix, negative) if part)
         prompt, truncated = self._fit_prompt(spec, prompt)
         negative, _ = self._fit_prompt(spec, negative)
-        prompt_chunks = max(self._chunks(spec, prompt), self._chunks(spec, negative))
+        prompts = self._per_image_prompts(spec, request)
+        truncated = truncated or any(cut for _, cut in prompts)
+        per_image = tuple(text for text, _ in prompts)
+        prompt_chunks = max(self._chunks(spec, text) for text in (prompt, negative, *per_image))
 
         steps = presets.steps if request.steps is None else request.steps
         if not 1 <= steps <= presets.max_steps:
@@ -179,6 +182,7 @@ class DiffusersBackend:
             outpaint_sides=tuple(request.outpaint_sides) if operation is Operation.OUTPAINT else (),
             outpaint_pixels=outpaint_pixels,
             prompt_chunks=prompt_chunks,
+            prompts=per_image,
         )
 
     def is_loaded(self, model: str) -> bool:
@@ -343,6 +347,21 @@ class DiffusersBackend:
             return width, height, 0
         width, height = fit_size(input_size, presets)
         return width, height, 0
+
+    def _per_image_prompts(
+        self, spec: ModelSpec, request: GenerationRequest
+    ) -> list[tuple[str, bool]]:
+        if not request.prompts:
+            return []
+        if len(request.prompts) != request.count:
+            raise ValidationError(
+                f"Give one prompt per image: {request.count} images, "
+                f"{len(request.prompts)} prompts."
+            )
+        fitted = [self._fit_prompt(spec, clean_prompt(text)) for text in request.prompts]
+        if any(not text for text, _ in fitted):
+            raise ValidationError("One of the prompts is empty. Describe every image.")
+        return fitted
 
     def _chunks(self, spec: ModelSpec, text: str) -> int:
         tokenizer = self.manager.tokenizer_for(spec)

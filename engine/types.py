@@ -69,6 +69,13 @@ class GenerationRequest:
     # 0: no previews; N: a cheap preview every N steps, and at least one before the last
     # step of a call of two or more steps (preview_due)
     preview_every: int = 0
+    # One prompt per image, when they differ (a prompt's {a|b} choices, expanded): ``count``
+    # of them. ``prompt`` stays the prompt as written.
+    prompts: tuple[str, ...] = ()
+
+    def prompt_of(self, index: int) -> str:
+        """The prompt image ``index`` was drawn from."""
+        return self.prompts[index] if 0 <= index < len(self.prompts) else self.prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,7 @@ class ResolvedRequest:
     # most prompts. Cross-attention over more chunks changes an image, so only prompts of
     # the same length share a call.
     prompt_chunks: int = 1
+    prompts: tuple[str, ...] = ()  # per image, cleaned and fitted; empty: ``prompt`` for all
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -136,7 +144,7 @@ class ResolvedRequest:
             ImageSlot(
                 job_id=job_id,
                 index=index,
-                prompt=self.prompt,
+                prompt=self.prompts[index] if self.prompts else self.prompt,
                 negative_prompt=self.negative_prompt,
                 seed=seed,
                 init_image=self.init_image,

@@ -125,6 +125,29 @@ async def test_prefer_wait_returns_the_finished_job(
     )
 
 
+async def test_choices_and_weights_work_over_http(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{api.base}{PREFIX}/generate",
+        json={"prompt": "a (fox:1.4) in {snow|rain|fog|sand|mud}", "steps": 2},
+        headers={**auth(key), "Prefer": "wait=60"},
+    ) as answer:
+        job = await answer.json()
+    assert job["status"] == "succeeded" and len(job["output"]) == 4
+    assert job["prompts"][0] == "a (fox:1.4) in snow" and len(job["prompts"]) == 4
+    assert job["notes"] == [
+        "Your prompt makes 5 combinations; this job draws 4 of them (4 images per job at most)."
+    ]
+    async with http.post(
+        f"{api.base}{PREFIX}/generate",
+        json={"prompt": "a {fox|owl", "steps": 2},
+        headers=auth(key),
+    ) as answer:
+        error = (await answer.json())["error"]
+    assert answer.status == 422 and error["field"] == "prompt" and "not closed" in error["message"]
+
+
 async def test_a_reconnecting_client_misses_nothing(
     api: ApiProcess, key: str, http: aiohttp.ClientSession
 ) -> None:

@@ -4,7 +4,7 @@ option, shown on the result and stored with the job; moderators manage the serve
 from __future__ import annotations
 
 import pytest
-from e2e_support import World, imagine, reply_text
+from e2e_support import World, imagine, is_result, reply_text
 
 from engine.images import read_png_parameters
 
@@ -118,3 +118,62 @@ async def test_weighted_and_long_prompts_are_read_as_written(world: World) -> No
     text, _, parameters = await full_png(prompt=long_prompt)
     assert "longer than the model reads" not in text
     assert parameters.startswith(long_prompt)  # all ~230 tokens of it, none cut
+
+
+async def test_choices_make_one_labelled_image_each_and_the_cap_is_explained(
+    world: World,
+) -> None:
+    fake = world.fake
+    ix, result = await imagine(world, prompt="a {red|blue} fox", steps=2)
+    assert "**1** · a red fox" in result.text() and "**2** · a blue fox" in result.text()
+    info = await reply_text(await fake.click_button(result, emoji="ℹ"))
+    drawn = [read_png_parameters(a.data) or "" for a in info.attachments]
+    assert [p.split("\n")[0] for p in drawn] == ["a red fox", "a blue fox"]
+    varied = await fake.click_button(result, label="V2")
+    await varied.response()
+    child = await varied.wait_for_original(is_result, timeout=90)
+    assert child.embeds[0]["title"].startswith("a blue fox")  # the second image's own prompt
+    # Five combinations, four images per job: the first four, and why.
+    ix, result = await imagine(world, prompt="a {red|blue|green|gold|grey} owl", steps=2)
+    assert "**4** · a gold owl" in result.text() and "a grey owl" not in result.text()
+    note = await ix.wait_for_followup()
+    assert note.ephemeral and "makes 5 combinations; this job draws 4" in note.content
+    # Two at random instead, with count.
+    _, result = await imagine(
+        world, prompt="a {red|blue|green|gold|grey} owl", steps=2, count=2, expand="random"
+    )
+    assert "**2** ·" in result.text() and "**3** ·" not in result.text()
+    broken = await reply_text(
+        await fake.send_slash_command("imagine", {"prompt": "a {red|blue fox"})
+    )
+    assert broken.ephemeral and "not closed" in broken.content
+
+
+async def test_moderators_add_wildcards_that_prompts_draw_from(world: World) -> None:
+    fake = world.fake
+    refused = await reply_text(
+        await fake.send_slash_command(
+            "wildcard add",
+            {"name": "animal", "values": "cat, owl"},
+            user=fake.bob,
+            respect_permissions=False,
+        )
+    )
+    assert refused.ephemeral and "moderators" in refused.content.lower()
+    added = await reply_text(
+        await fake.send_slash_command(
+            "wildcard add", {"name": "Animal", "values": "cat, owl, cat,"}, user=fake.moderator
+        )
+    )
+    assert "`__animal__` with 2 values: cat, owl" in added.content
+    listed = await reply_text(await fake.send_slash_command("wildcard list"))
+    assert "`__animal__` (2): cat, owl" in listed.content
+    _, result = await imagine(world, prompt="a __animal__ in {snow|rain}", steps=2, user=fake.bob)
+    for n, text in enumerate(("a cat in snow", "a cat in rain", "a owl in snow"), start=1):
+        assert f"**{n}** · {text}" in result.text()
+    unknown = await reply_text(await fake.send_slash_command("imagine", {"prompt": "a __dragon__"}))
+    assert unknown.ephemeral and "no wildcard `__dragon__`" in unknown.content
+    removed = await reply_text(
+        await fake.send_slash_command("wildcard remove", {"name": "animal"}, user=fake.moderator)
+    )
+    assert "Removed the wildcard `__animal__`" in removed.content

@@ -147,6 +147,56 @@ class GuildRepository:
                 await tx.run("DELETE FROM styles WHERE guild_id = ? AND name = ?", (guild_id, name))
             )
 
+    # -- wildcards
+
+    async def wildcards(self, guild_id: int | None) -> dict[str, tuple[str, ...]]:
+        """The server's wildcards: name -> values, by name. DMs have none."""
+        if guild_id is None:
+            return {}
+        async with self._ctx.read() as tx:
+            rows = await tx.all(
+                "SELECT name, vals FROM wildcards WHERE guild_id = ? ORDER BY name", (guild_id,)
+            )
+        return {row[0]: tuple(json.loads(row[1])) for row in rows}
+
+    async def save_wildcard(
+        self,
+        guild_id: int,
+        name: str,
+        values: tuple[str, ...],
+        *,
+        added_by: int | None,
+        limit: int,
+    ) -> bool:
+        """Add a wildcard, or replace the values of the one of that name; returns whether
+        it is new."""
+        now = to_db(self._ctx.now())
+        async with self._ctx.write() as tx:
+            await ensure_guild(tx, guild_id, now)
+            existed = await tx.scalar(
+                "SELECT 1 FROM wildcards WHERE guild_id = ? AND name = ?", (guild_id, name)
+            )
+            if not existed and (
+                await tx.scalar("SELECT count(*) FROM wildcards WHERE guild_id = ?", (guild_id,))
+                >= limit
+            ):
+                raise InvalidInput(f"A server can have at most {limit} wildcards.")
+            await tx.run(
+                "INSERT INTO wildcards (guild_id, name, vals, added_by, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (guild_id, name) DO UPDATE SET"
+                " vals = excluded.vals, added_by = excluded.added_by",
+                (guild_id, name, json.dumps(list(values), ensure_ascii=False), added_by, now),
+            )
+        return not existed
+
+    async def remove_wildcard(self, guild_id: int, name: str) -> bool:
+        async with self._ctx.write() as tx:
+            return bool(
+                await tx.run(
+                    "DELETE FROM wildcards WHERE guild_id = ? AND name = ?", (guild_id, name)
+                )
+            )
+
     # -- banned words
 
     async def banned_words(self, guild_id: int | None) -> list[str]:

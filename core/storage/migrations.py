@@ -313,6 +313,21 @@ V9_USAGE = Migration(
     ),
 )
 
+V10_WILDCARDS = Migration(
+    10,
+    "server wildcards: the value lists that __name__ in a prompt draws from",
+    (
+        """CREATE TABLE wildcards (
+            guild_id   INTEGER NOT NULL REFERENCES guilds(id) ON DELETE CASCADE,
+            name       TEXT NOT NULL,
+            vals       TEXT NOT NULL,
+            added_by   INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (guild_id, name)
+        ) STRICT, WITHOUT ROWID""",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -323,6 +338,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V7_PROMPT_SEARCH,
     V8_LIBRARY,
     V9_USAGE,
+    V10_WILDCARDS,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.backend import DiffusersBackend
+from engine.errors import ValidationError
 from engine.ops.prompt_embeds import encoder_for, prompt_arguments
 from engine.prompt_syntax import (
     EMPHASIS,
@@ -176,3 +177,16 @@ def test_prompts_beyond_the_chunks_are_cut_and_said_so(backend: DiffusersBackend
     assert not fits.prompt_truncated
     cut = resolve(backend, prompt="a" * 5000)
     assert cut.prompt_truncated and cut.prompt == "a" * (MAX_CHUNKS * WINDOW)
+
+
+def test_each_image_may_have_its_own_prompt(backend: DiffusersBackend) -> None:
+    both = resolve(backend, prompt="a {fox|owl}", prompts=("a fox", "an (owl:1.2)"), count=2)
+    assert [slot.prompt for slot in both.slots("j")] == ["a fox", "an (owl:1.2)"]
+    images = backend.run(both, both.slots("j"), never_cancel)
+    assert images[1].parameters.startswith("an (owl:1.2)\n")
+    alone = resolve(backend, prompt="a fox", seed=42)
+    assert max_pixel_difference(images[0].image, alone_image(backend, alone)) <= BATCH_TOLERANCE
+    with pytest.raises(ValidationError, match="one prompt per image"):
+        resolve(backend, prompts=("a fox",), count=2)
+    with pytest.raises(ValidationError, match="empty"):
+        resolve(backend, prompts=("a fox", " \x00 "), count=2)
