@@ -75,6 +75,7 @@ class Imagine(commands.Cog):
         strength="With an image: how much to change it (0.05 keeps it, 1 ignores it)",
         style="A style around your prompt: photo, cinematic, anime... or this server's own",
         expand="With {a|b} choices or __wildcards__: every combination, or `count` random ones",
+        lora="A LoRA to draw with (or write <lora:name:0.8> in the prompt)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -99,6 +100,7 @@ class Imagine(commands.Cog):
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
         style: app_commands.Range[str, 1, 32] | None = None,
         expand: str | None = None,
+        lora: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         """Draw images from a text prompt (and, optionally, a starting picture)."""
         # What is stored and shown: no NUL or other controls, no zero-width or bidi tricks.
@@ -139,6 +141,7 @@ class Imagine(commands.Cog):
             operation=Operation.IMG2IMG if init_image is not None else Operation.TXT2IMG,
             init_image=init_image,
             strength=strength if init_image is not None else None,
+            loras=((lora, None),) if lora else (),
         )
         await launch(
             interaction,
@@ -154,6 +157,23 @@ class Imagine(commands.Cog):
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return model_choices(self.bot, current)
+
+    @imagine.autocomplete("lora")
+    async def lora_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        registry = self.bot.registry
+        model = getattr(interaction.namespace, "model", None)
+        family = registry.get(model).family if model is None or model in registry else None
+        wanted = current.strip().lower()
+        return [
+            app_commands.Choice(
+                name=render.clip(f"{lora.name} — {lora.description or lora.family.value}", 100),
+                value=lora.name,
+            )
+            for lora in registry.loras(family)
+            if wanted in lora.name.lower()
+        ][:25]
 
     @imagine.autocomplete("style")
     async def style_autocomplete(
@@ -211,6 +231,15 @@ class Imagine(commands.Cog):
             f"• `{spec.name}` ({spec.family.value}) — {render.clip(spec.description, 150)}"
             for spec in self.bot.registry.specs()
         ]
+        loras = self.bot.registry.loras()
+        if loras:
+            lines.append("**LoRAs** (the `lora` option, or `<lora:name:0.8>` in a prompt):")
+            lines += [
+                f"• `{lora.name}` ({lora.family.value}, weight {lora.weight:g}"
+                + (f", trigger: {', '.join(lora.triggers)}" if lora.triggers else "")
+                + f") — {render.clip(lora.description, 120)}"
+                for lora in loras
+            ]
         await interaction.response.send_message(
             render.clip("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
         )

@@ -7,6 +7,7 @@ comes out as an ``engine.errors`` exception whose text can be shown to that user
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -21,17 +22,19 @@ from PIL import Image
 
 from engine.errors import EngineError, OutOfMemory, ValidationError
 from engine.images import format_parameters, open_user_image, open_user_mask
-from engine.loader import ModelManager
+from engine.loader import LoadedModel, ModelManager, load_lora
 from engine.ops import OPERATIONS, OpContext
 from engine.ops.common import fit_exactly
 from engine.ops.img2img import DEFAULT_IMG2IMG_STRENGTH
 from engine.ops.inpaint import DEFAULT_INPAINT_STRENGTH
 from engine.ops.outpaint import DEFAULT_OUTPAINT_STRENGTH, outpaint_geometry, outpaint_padding
+from engine.ops.prompt_embeds import forget_embeddings
 from engine.ops.upscale import DEFAULT_UPSCALE_STRENGTH, UPSCALE_FACTOR
 from engine.ops.variation import DEFAULT_VARIATION, VARIATION_STRENGTHS
-from engine.prompt_syntax import MAX_CHUNKS, chunk_count
+from engine.prompt_syntax import MAX_CHUNKS, chunk_count, extract_loras
 from engine.registry import (
     ASPECT_RATIOS,
+    MAX_LORA_WEIGHT,
     SCHEDULERS,
     ModelRegistry,
     ModelSpec,
@@ -41,6 +44,7 @@ from engine.registry import (
 from engine.types import (
     MAX_IMAGES_PER_REQUEST,
     MAX_SEED,
+    Family,
     GeneratedImage,
     GenerationRequest,
     ImageSlot,
@@ -57,6 +61,8 @@ GUIDANCE_RANGE = (0.0, 30.0)
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 # CLIP's window is 77 tokens, two of which are the start and end markers.
 DEFAULT_TOKEN_LIMIT = 75
+MAX_LORAS = 4
+FAMILY_NAMES = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL"}
 MAX_PREVIEW_EVERY = 1000
 MAX_OUTPAINT_PIXELS = 512
 
@@ -112,7 +118,8 @@ class DiffusersBackend:
         if not 1 <= request.count <= MAX_IMAGES_PER_REQUEST:
             raise ValidationError(f"Ask for 1 to {MAX_IMAGES_PER_REQUEST} images.")
 
-        prompt = clean_prompt(request.prompt)
+        loras, prompt, per_image = self._loras(spec, request)
+        prompt = clean_prompt(prompt)
         if not prompt and operation is Operation.TXT2IMG:
             raise ValidationError("The prompt is empty. Describe the image you want.")
         negative = clean_prompt(request.negative_prompt)
@@ -120,10 +127,12 @@ class DiffusersBackend:
         negative = ", ".join(part for part in (prefix, negative) if part)
         prompt, truncated = self._fit_prompt(spec, prompt)
         negative, _ = self._fit_prompt(spec, negative)
-        prompts = self._per_image_prompts(spec, request)
+        prompts = self._per_image_prompts(spec, dataclasses.replace(request, prompts=per_image))
         truncated = truncated or any(cut for _, cut in prompts)
-        per_image = tuple(text for text, _ in prompts)
-        prompt_chunks = max(self._chunks(spec, text) for text in (prompt, negative, *per_image))
+        per_image_prompts = tuple(text for text, _ in prompts)
+        prompt_chunks = max(
+            self._chunks(spec, text) for text in (prompt, negative, *per_image_prompts)
+        )
 
         steps = presets.steps if request.steps is None else request.steps
         if not 1 <= steps <= presets.max_steps:
@@ -182,7 +191,8 @@ class DiffusersBackend:
             outpaint_sides=tuple(request.outpaint_sides) if operation is Operation.OUTPAINT else (),
             outpaint_pixels=outpaint_pixels,
             prompt_chunks=prompt_chunks,
-            prompts=per_image,
+            prompts=per_image_prompts,
+            loras=loras,
         )
 
     def is_loaded(self, model: str) -> bool:
@@ -197,6 +207,7 @@ class DiffusersBackend:
         if not slots:
             return []
         model = self.manager.get(self.registry.get(request.model))
+        self._use_loras(model, request.loras)
         context = OpContext(
             manager=self.manager,
             model=model,
@@ -230,6 +241,27 @@ class DiffusersBackend:
         ]
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _use_loras(self, model: LoadedModel, loras: tuple[tuple[str, float], ...]) -> None:
+        """Set the adapters of this call: loaded once per model and kept, switched on with
+        their weights, or all switched off for a call without any."""
+        if loras == model.active_loras:
+            return
+        pipe = model.pipe
+        for name, _ in loras:
+            if name not in model.loras:
+                lora = self.registry.lora(name)
+                assert lora is not None, "resolve checked the name"
+                load_lora(pipe, lora, local_files_only=self.manager.options.local_files_only)
+                model.loras.add(name)
+        if loras:
+            pipe.enable_lora()
+            pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
+        elif model.loras:
+            pipe.disable_lora()
+        model.active_loras = loras
+        # A LoRA may change the text encoders: embeddings made before do not hold.
+        forget_embeddings(pipe)
 
     def _after_oom(self) -> None:
         if self.manager.device.type == "cuda":
@@ -347,6 +379,51 @@ class DiffusersBackend:
             return width, height, 0
         width, height = fit_size(input_size, presets)
         return width, height, 0
+
+    def _loras(
+        self, spec: ModelSpec, request: GenerationRequest
+    ) -> tuple[tuple[tuple[str, float], ...], str, tuple[str, ...]]:
+        """The request's LoRAs, checked against the registry and the model, and its prompts
+        without their ``<lora:…>`` tags, with the LoRAs' trigger words added."""
+        prompt, tagged = extract_loras(request.prompt)
+        per_image = []
+        for text in request.prompts:
+            stripped, tags = extract_loras(text)
+            if {name for name, _ in tags} - {name for name, _ in tagged}:
+                raise ValidationError(
+                    "All images of a job use the same LoRAs: put <lora:…> outside the {…|…}."
+                )
+            per_image.append(stripped)
+        wanted: dict[str, float | None] = {}
+        for name, weight in (*request.loras, *tagged):
+            wanted[name] = weight  # a later mention of the same LoRA wins
+        if len(wanted) > MAX_LORAS:
+            raise ValidationError(f"Use at most {MAX_LORAS} LoRAs at once.")
+        chosen = []
+        for name, weight in sorted(wanted.items()):
+            lora = self.registry.lora(name)
+            if lora is None:
+                offered = ", ".join(lo.name for lo in self.registry.loras(spec.family)) or "none"
+                raise ValidationError(
+                    f"There is no LoRA called {name[:40]!r}. LoRAs for {spec.name}: {offered}."
+                )
+            if lora.family is not spec.family:
+                raise ValidationError(
+                    f"The LoRA {lora.name} is made for {FAMILY_NAMES[lora.family]} models; "
+                    f"{spec.name} is {FAMILY_NAMES[spec.family]}. Pick another model or LoRA."
+                )
+            value = lora.weight if weight is None else weight
+            if not -MAX_LORA_WEIGHT <= value <= MAX_LORA_WEIGHT:
+                raise ValidationError(
+                    f"A LoRA's weight is between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} "
+                    f"(got {value:g} for {lora.name})."
+                )
+            missing = [t for t in lora.triggers if t.lower() not in prompt.lower()]
+            if missing:
+                prompt = ", ".join([prompt, *missing]) if prompt.strip() else ", ".join(missing)
+                per_image = [", ".join([text, *missing]) for text in per_image]
+            chosen.append((lora.name, value))
+        return tuple(chosen), prompt, tuple(per_image)
 
     def _per_image_prompts(
         self, spec: ModelSpec, request: GenerationRequest
@@ -525,8 +602,10 @@ def parameters_text(request: ResolvedRequest, slot: ImageSlot, width: int, heigh
         extra["Denoising strength"] = f"{request.strength:g}"
     if request.operation is not Operation.TXT2IMG:
         extra["Operation"] = request.operation.value
+    # The web UI writes a prompt's LoRAs as tags in it: so the image reads back the same.
+    tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in request.loras)
     return format_parameters(
-        prompt=slot.prompt,
+        prompt=slot.prompt + tags,
         negative_prompt=slot.negative_prompt,
         steps=request.steps,
         sampler=sampler,

@@ -45,7 +45,7 @@ from engine.errors import (
     ModelNotFoundError,
     UnsafeCheckpointError,
 )
-from engine.registry import PICKLED_SUFFIXES, SCHEDULERS, ModelSpec, SourceKind
+from engine.registry import PICKLED_SUFFIXES, SCHEDULERS, LoraSpec, ModelSpec, SourceKind
 from engine.tiny import build_tiny_by_name, tiny_tokenizer
 from engine.types import DEFAULT_BATCH_IMAGES, Family, LoadCallback
 
@@ -141,6 +141,8 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     derived: dict[PipelineKind, DiffusionPipeline] = field(default_factory=dict)
     offload_owner: PipelineKind | None = None  # which pipeline holds the offload hooks
+    loras: set[str] = field(default_factory=set)  # adapters loaded into the modules
+    active_loras: tuple[tuple[str, float], ...] = ()  # as set for the last pipeline call
 
     @property
     def family(self) -> Family:
@@ -729,6 +731,33 @@ class ModelManager:
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
             torch.mps.empty_cache()
+
+
+def load_lora(pipe: DiffusionPipeline, lora: LoraSpec, *, local_files_only: bool) -> None:
+    """Load ``lora`` into ``pipe``'s modules as the adapter named after it (safetensors
+    only: a pickled file could run code). Raises ModelLoadError with what to fix."""
+    source = Path(lora.source)
+    kwargs: dict[str, Any] = {"adapter_name": lora.name}
+    if source.is_file():
+        location: str = str(source)
+    elif source.is_dir() or source.is_absolute():
+        location = str(source)
+        kwargs["weight_name"] = lora.weight_name
+    else:  # a hub id
+        location = lora.source
+        kwargs.update(weight_name=lora.weight_name, local_files_only=local_files_only)
+    if not location.lower().endswith(".safetensors") and kwargs.get("weight_name") is None:
+        kwargs["use_safetensors"] = True
+    if source.is_absolute() and not source.exists():
+        raise ModelLoadError(f"The LoRA {lora.name}'s file {source} does not exist.")
+    try:
+        pipe.load_lora_weights(location, **{k: v for k, v in kwargs.items() if v is not None})
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"The LoRA {lora.name} could not be loaded ({_first_line(error)}). Check that it "
+            f"is a {lora.family.value} LoRA in .safetensors form."
+        ) from None
+    log.info("loaded the LoRA %s", lora.name)
 
 
 def limit_tokenizers_to_their_encoders(pipe: DiffusionPipeline) -> None:

@@ -95,6 +95,20 @@ def _append(part: Part, text: str, weight: float) -> None:
         part.append((text, weight))
 
 
+_LORA_TAG = re.compile(r"<lora:([^:<>]{1,64})(?::\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.I)
+
+
+def extract_loras(text: str) -> tuple[str, list[tuple[str, float | None]]]:
+    """``text`` without its ``<lora:name:weight>`` tags, and the tags' (name, weight) in
+    order (weight None where the tag gives none)."""
+    found = [
+        (match[1].strip(), None if match[2] is None else float(match[2]))
+        for match in _LORA_TAG.finditer(text)
+    ]
+    remaining = _LORA_TAG.sub(" ", text)
+    return (re.sub(r"[ \t]{2,}", " ", remaining).strip() if found else text), found
+
+
 def chunk_count(text: str, count_tokens: Callable[[str], int], window: int) -> int:
     """How many chunks of ``window`` tokens the text encoder reads for ``text``: each part
     between BREAKs starts a chunk of its own; at most ``MAX_CHUNKS``."""

@@ -165,6 +165,24 @@ class ModelSpec:
         return {aspect: self.size_for_aspect(aspect) for aspect in ASPECT_RATIOS}
 
 
+MAX_LORA_WEIGHT = 4.0  # beyond this a LoRA only breaks the image
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSpec:
+    """A LoRA the deployment offers: ``<lora:NAME:weight>`` in a prompt, or /imagine's
+    ``lora`` option. Kept loaded beside its model once used, switched per pipeline call."""
+
+    name: str
+    source: str  # a .safetensors file, a folder, or a hub id
+    family: Family  # the models it fits
+    weight_name: str | None = None  # the file inside a folder or hub repository
+    weight: float = 0.8  # when the prompt or option gives none
+    triggers: tuple[str, ...] = ()  # words it was trained on, added to prompts that lack them
+    description: str = ""
+    license: str = "unspecified"
+
+
 MAX_UPSCALE_SIDE = 4096  # beyond this, an upscale would not fit Discord or most screens
 
 
@@ -188,7 +206,9 @@ class ModelRegistry:
         default_name: str | None = None,
         *,
         origin: str = "<registry>",
+        loras: Iterable[LoraSpec] = (),
     ) -> None:
+        self._loras = {lora.name: lora for lora in loras}
         self._specs: dict[str, ModelSpec] = {}
         for spec in specs:
             if spec.name in self._specs:
@@ -236,11 +256,11 @@ class ModelRegistry:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise RegistryError(f"{origin} is not valid TOML: {error}") from None
-        unknown = set(data) - {"default", "models"}
+        unknown = set(data) - {"default", "models", "loras"}
         if unknown:
             raise RegistryError(
-                f"{origin}: unknown top-level keys {sorted(unknown)}; expected 'default' and "
-                "[models.NAME] tables."
+                f"{origin}: unknown top-level keys {sorted(unknown)}; expected 'default', "
+                "[models.NAME] and [loras.NAME] tables."
             )
         models = data.get("models", {})
         if not isinstance(models, dict):
@@ -253,7 +273,18 @@ class ModelRegistry:
         file_default = data.get("default")
         if file_default is not None and not isinstance(file_default, str):
             raise RegistryError(f"{origin}: 'default' must be a model name (a string).")
-        return cls(specs, default_name or file_default, origin=origin)
+        loras = data.get("loras", {})
+        if not isinstance(loras, dict):
+            raise RegistryError(f"{origin}: 'loras' must be a table of [loras.NAME] entries.")
+        return cls(
+            specs,
+            default_name or file_default,
+            origin=origin,
+            loras=[
+                _parse_lora(name, entry, base_dir=base, origin=origin)
+                for name, entry in loras.items()
+            ],
+        )
 
     def get(self, name: str | None) -> ModelSpec:
         """The spec for ``name`` (None: the default model), or ModelNotFoundError."""
@@ -277,6 +308,13 @@ class ModelRegistry:
 
     def specs(self) -> list[ModelSpec]:
         return list(self._specs.values())
+
+    def loras(self, family: Family | None = None) -> list[LoraSpec]:
+        """The LoRAs offered (those for ``family`` only, when given)."""
+        return [lora for lora in self._loras.values() if family in (None, lora.family)]
+
+    def lora(self, name: str) -> LoraSpec | None:
+        return self._loras.get(name)
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -368,6 +406,71 @@ def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> Model
         upscaler=upscaler,
         upscaler_steps=upscaler_steps,
         family_detected=detected,
+    )
+
+
+_LORA_KEYS = {
+    "source", "family", "weight_name", "weight", "triggers", "description", "license",
+}  # fmt: skip
+
+
+def _parse_lora(name: str, entry: Any, *, base_dir: Path, origin: str) -> LoraSpec:
+    where = f"{origin}, [loras.{name}]"
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: must be a table.")
+    if not _NAME_PATTERN.match(name):
+        raise RegistryError(
+            f"{where}: a LoRA name is 1 to 40 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit."
+        )
+    unknown = set(entry) - _LORA_KEYS
+    if unknown:
+        raise RegistryError(
+            f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_LORA_KEYS)}."
+        )
+    raw_source = _get(entry, "source", str, where)
+    if raw_source is None or not raw_source.strip():
+        raise RegistryError(
+            f"{where}: 'source' is required (a .safetensors file, a folder or a hub id)."
+        )
+    source = raw_source.strip()
+    if source.lower().endswith(PICKLED_SUFFIXES):
+        raise UnsafeCheckpointError(
+            f"{where}: {source!r} is a pickled file; loading it could run arbitrary code, so "
+            "it is refused. Use the LoRA's .safetensors file."
+        )
+    # A file or folder (relative to the registry), else a hub id ("org/name").
+    if (
+        _looks_like_path(source, base_dir)
+        or source.lower().endswith(".safetensors")
+        or (base_dir / source).exists()
+    ):
+        source = str(_resolve_path(source, base_dir))
+    family_value = _get(entry, "family", str, where)
+    try:
+        family = Family(family_value)
+    except ValueError:
+        raise RegistryError(
+            f"{where}: family (the models it fits) must be one of {[f.value for f in Family]}, "
+            f"not {family_value!r}."
+        ) from None
+    weight = _get(entry, "weight", float, where)
+    if weight is not None and not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+        raise RegistryError(
+            f"{where}: weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
+        )
+    triggers = entry.get("triggers", [])
+    if not isinstance(triggers, list) or not all(isinstance(t, str) for t in triggers):
+        raise RegistryError(f"{where}: triggers must be a list of words (strings).")
+    return LoraSpec(
+        name=name,
+        source=source,
+        family=family,
+        weight_name=_get(entry, "weight_name", str, where),
+        weight=0.8 if weight is None else weight,
+        triggers=tuple(t.strip() for t in triggers if t.strip()),
+        description=_get(entry, "description", str, where) or "",
+        license=_get(entry, "license", str, where) or "unspecified",
     )
 
 

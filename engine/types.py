@@ -72,6 +72,9 @@ class GenerationRequest:
     # One prompt per image, when they differ (a prompt's {a|b} choices, expanded): ``count``
     # of them. ``prompt`` stays the prompt as written.
     prompts: tuple[str, ...] = ()
+    # LoRAs by registry name, with their weights (None: the registry's); ``<lora:name:w>``
+    # tags in the prompt add to these.
+    loras: tuple[tuple[str, float | None], ...] = ()
 
     def prompt_of(self, index: int) -> str:
         """The prompt image ``index`` was drawn from."""
@@ -112,6 +115,7 @@ class ResolvedRequest:
     # the same length share a call.
     prompt_chunks: int = 1
     prompts: tuple[str, ...] = ()  # per image, cleaned and fitted; empty: ``prompt`` for all
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight), sorted by name
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -132,6 +136,7 @@ class ResolvedRequest:
             self.outpaint_sides,
             self.outpaint_pixels,
             self.prompt_chunks,
+            self.loras,  # adapters are set for a whole pipeline call
         )
 
     @property

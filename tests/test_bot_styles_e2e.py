@@ -4,9 +4,10 @@ option, shown on the result and stored with the job; moderators manage the serve
 from __future__ import annotations
 
 import pytest
-from e2e_support import World, imagine, is_result, reply_text
+from e2e_support import World, imagine, is_result, reply_text, stand_in
 
 from engine.images import read_png_parameters
+from tests.engine.helpers import write_tiny_lora
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
 
@@ -177,3 +178,48 @@ async def test_moderators_add_wildcards_that_prompts_draw_from(world: World) -> 
         await fake.send_slash_command("wildcard remove", {"name": "animal"}, user=fake.moderator)
     )
     assert "Removed the wildcard `__animal__`" in removed.content
+
+
+async def test_a_lora_from_the_registry_changes_the_image_and_is_refused_when_it_does_not_fit(
+    world: World,
+) -> None:
+    fake = world.fake
+    root = world.data_dir.parent
+    write_tiny_lora("tiny", root / "loras" / "ink.safetensors", seed=1)
+    models = root / "loras.toml"
+    models.write_text(
+        '[models.tiny]\nsource = "builtin:tiny"\n[models.tiny-xl]\nsource = "builtin:tiny-xl"\n'
+        '[loras.ink]\nsource = "./loras/ink.safetensors"\nfamily = "sd15"\n'
+        'description = "ink lines"\ntriggers = ["inky"]\n'
+    )
+
+    async def full_png(**options: object) -> tuple[str, bytes]:
+        _, result = await imagine(world, count=1, seed=99, steps=2, **options)
+        info = await reply_text(await fake.click_button(result, emoji="ℹ"))
+        data = info.attachments[0].data
+        return read_png_parameters(data) or "", data
+
+    async with stand_in(world, MODELS_FILE=str(models), DEFAULT_MODEL="tiny"):
+        choices = await fake.autocomplete(
+            "imagine", {"prompt": "a fox", "lora": "in"}, focused="lora"
+        )
+        assert [c["value"] for c in choices] == ["ink"]
+        none_for_xl = await fake.autocomplete(
+            "imagine", {"prompt": "a fox", "model": "tiny-xl", "lora": ""}, focused="lora"
+        )
+        assert none_for_xl == []
+        _, plain = await full_png(prompt="a fox, inky")
+        parameters, inked = await full_png(prompt="a fox", lora="ink")
+        assert inked != plain and parameters.startswith("a fox, inky <lora:ink:0.8>")
+        tagged, _ = await full_png(prompt="a fox <lora:ink:0.5>")
+        assert "<lora:ink:0.5>" in tagged
+        wrong = await reply_text(
+            await fake.send_slash_command(
+                "imagine", {"prompt": "a fox", "model": "tiny-xl", "lora": "ink"}
+            )
+        )
+        assert wrong.ephemeral and "made for SD 1.5 models" in wrong.content
+        unknown = await reply_text(
+            await fake.send_slash_command("imagine", {"prompt": "a fox <lora:oil>"})
+        )
+        assert unknown.ephemeral and "no LoRA called 'oil'" in unknown.content

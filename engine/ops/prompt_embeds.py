@@ -143,6 +143,9 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return embedding
 
+    def forget(self) -> None:
+        self._cache.clear()
+
     def padded(self, embedding: Embedding, length: int) -> torch.Tensor:
         """``embedding``'s hidden states with empty chunks added up to ``length`` rows."""
         missing = length - embedding.hidden.shape[0]
@@ -178,6 +181,14 @@ def encoder_for(pipe: Any) -> PromptEncoder | None:
         found = PromptEncoder(encoders)
         object.__setattr__(owner, _ATTRIBUTE, found)
     return found
+
+
+def forget_embeddings(pipe: Any) -> None:
+    """Drop the embeddings kept for ``pipe``'s text encoders (their weights changed)."""
+    model = getattr(pipe, "text_encoder", None) or getattr(pipe, "text_encoder_2", None)
+    found = getattr(model, _ATTRIBUTE, None)
+    if isinstance(found, PromptEncoder):
+        found.forget()
 
 
 def prompt_arguments(pipe: Any, prompts: Sequence[str], negatives: Sequence[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -50,3 +51,32 @@ def max_pixel_difference(first: Image.Image, second: Image.Image) -> int:
     b = np.asarray(second.convert("RGB"), dtype=np.int16)
     assert a.shape == b.shape
     return int(np.abs(a - b).max())
+
+
+def write_tiny_lora(model: str, path: Path, *, seed: int = 0) -> Path:
+    """A random-weight LoRA for a tiny model's UNet, written offline as one .safetensors
+    file in the layout diffusers writes (and loads) for LoRAs."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from engine.tiny import build_tiny_by_name
+
+    pipe = build_tiny_by_name(model)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        config = LoraConfig(
+            r=4,
+            lora_alpha=4,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,  # random both ways: the adapter changes the output
+        )
+        pipe.unet.add_adapter(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path
