@@ -18,6 +18,7 @@ from bot import editing, render
 from bot.delivery import render_grid, status_embed
 from bot.errors import PermissionDenied
 from bot.host import BotHost
+from bot.i18n import reader_locale, translate
 from bot.library import PAGE_SIZE as LIBRARY_PAGE_SIZE
 from bot.library import Library, RenderedPage
 from bot.views import (
@@ -89,6 +90,7 @@ def requester_from(interaction: Interaction) -> Requester:
         role_ids=member_role_ids(member),
         interaction_token=interaction.token,
         token_expires_at=issued_at(interaction) + INTERACTION_TOKEN_LIFETIME,
+        locale=None if (locale := reader_locale(interaction)) is None else locale.value,
     )
 
 
@@ -165,7 +167,8 @@ async def launch(
     reporter = bot.track(job, accepted.feed, answered=False, role_ids=requester.role_ids)
     message_id = None
     try:
-        embed = status_embed(job.prompt, accepted.request.model, "⏳ Queued…")
+        queued = translate("⏳ Queued…", reader_locale(interaction))
+        embed = status_embed(job.prompt, accepted.request.model, queued)
         if interaction.response.is_done():
             message = await interaction.edit_original_response(
                 embed=embed, view=progress_view(job.id)

@@ -16,6 +16,7 @@ from discord.gateway import DiscordWebSocket
 from bot.actions import ButtonActions
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
+from bot.i18n import CommandTranslator
 from bot.library import Library
 from bot.views import FavouritePicker, ForgetButton, JobButton, LibraryPageButton, PageButton
 from core.errors import StartupError, UserError
@@ -86,6 +87,7 @@ class DiffusionBot(BotHost):
     async def setup_hook(self) -> None:
         self.add_dynamic_items(*BUTTONS)
         self.tree.error(self.on_app_command_error)
+        await self.tree.set_translator(CommandTranslator())
         for extension in EXTENSIONS:
             try:
                 await self.load_extension(extension)
@@ -101,8 +103,11 @@ class DiffusionBot(BotHost):
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
         scope = f"guild:{guild.id}" if guild else "global"
+        # As sent: with their Korean names and descriptions, so a new translation syncs.
+        translator = CommandTranslator()
         definitions = [
-            command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)
+            await command.get_translated_payload(self.tree, translator)
+            for command in self.tree.get_commands(guild=guild)
         ]
         digest = hashlib.sha256(
             json.dumps(

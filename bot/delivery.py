@@ -15,6 +15,7 @@ import discord
 
 from bot import render
 from bot.host import BotHost
+from bot.i18n import locale_named, translate
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
 from core.errors import incident_id
@@ -221,6 +222,7 @@ class JobReporter:
             self._send_progress, edit_interval
         )
         self._model = feed.request.model
+        self._locale = locale_named(StoredRequest.loads(job.request).locale)
 
     async def run(self) -> None:
         try:
@@ -261,18 +263,22 @@ class JobReporter:
     async def _on_event(self, event: object) -> None:
         match event:
             case Queued(position=position, eta_s=eta):
-                self._editor.update(ProgressState(render.queued_line(position, eta)))
+                line = render.queued_line(position, eta, self._locale)
+                self._editor.update(ProgressState(line))
             case ModelLoading(model=model, detail=detail):
-                self._editor.update(ProgressState(render.loading_line(model, detail)))
+                line = render.loading_line(model, detail, self._locale)
+                self._editor.update(ProgressState(line))
             case Started():
                 await self._settle("running")
                 self._bot.events("started", self.job, self._model)
-                self._editor.update(ProgressState(render.progress_line(0, 1, None)))
+                line = render.progress_line(0, 1, None, self._locale)
+                self._editor.update(ProgressState(line))
             case Progress(step=step, total=total, eta_s=eta, preview=preview):
                 data = self._editor_pending_preview()
                 if preview is not None:
                     data = await asyncio.to_thread(_encode_small, preview)
-                self._editor.update(ProgressState(render.progress_line(step, total, eta), data))
+                line = render.progress_line(step, total, eta, self._locale)
+                self._editor.update(ProgressState(line, data))
             case Done(result=result):
                 await self._deliver(result)
             case Failed(reason=reason):
@@ -285,7 +291,9 @@ class JobReporter:
             case Cancelled():
                 await self._settle("cancelled", "cancelled by a user")
                 await self._final(
-                    self._status_embed("✖ Cancelled.", COLOUR_FAILED), view=None, attachments=[]
+                    self._status_embed(translate("✖ Cancelled.", self._locale), COLOUR_FAILED),
+                    view=None,
+                    attachments=[],
                 )
                 await mark_delivered(self._bot, self.job)
                 self._bot.events("cancelled", self.job, self._model)
@@ -364,7 +372,10 @@ class JobReporter:
                     return False
                 self._editor.update(
                     ProgressState(
-                        "💾 Saving your images… storage is busy, retrying.", cancellable=False
+                        translate(
+                            "💾 Saving your images… storage is busy, retrying.", self._locale
+                        ),
+                        cancellable=False,
                     )
                 )
                 await asyncio.sleep(min(delay, left))
@@ -516,23 +527,38 @@ async def render_grid(job: Job, pictures: list[PILImage.Image]) -> discord.File:
 async def result_embed_and_view(
     bot: BotHost, job: Job, facts: ResultFacts, role_ids: tuple[int, ...] = ()
 ) -> tuple[discord.Embed, discord.ui.View]:
-    lines = [
-        f"<@{job.user_id}> · {render.seeds_text(facts.seeds)} · {facts.steps} steps · "
-        f"guidance {facts.guidance or 0:g} · {facts.width}×{facts.height}"
-        + (f" · {render.duration(facts.total_s)}" if facts.total_s is not None else "")
-    ]
     stored = StoredRequest.loads(job.request)
+    locale = locale_named(stored.locale)
+    took = "" if facts.total_s is None else f" · {render.duration(facts.total_s, locale)}"
+    lines = [
+        translate(
+            "{mention} · {seeds} · {steps} steps · guidance {guidance} · {size}{took}",
+            locale,
+            mention=f"<@{job.user_id}>",
+            seeds=render.seeds_text(facts.seeds, locale),
+            steps=facts.steps,
+            guidance=f"{facts.guidance or 0:g}",
+            size=f"{facts.width}×{facts.height}",
+            took=took,
+        )
+    ]
     if stored.style:
-        lines.append(f"🎨 Style: {stored.style}")
+        lines.append(translate("🎨 Style: {style}", locale, style=stored.style))
     # The grid's images in reading order, numbered as their buttons are.
     lines += [
         f"**{n}** · {render.clip(prompt, 120)}"
         for n, prompt in enumerate(stored.request.prompts, start=1)
     ]
     if facts.prompt_truncated:
-        lines.append("⚠ The prompt was longer than the model reads; its end was ignored.")
+        lines.append(
+            translate("⚠ The prompt was longer than the model reads; its end was ignored.", locale)
+        )
     if facts.from_cache:
-        lines.append("♻ Same settings and seed as an earlier image: served from the cache.")
+        lines.append(
+            translate(
+                "♻ Same settings and seed as an earlier image: served from the cache.", locale
+            )
+        )
     embed = discord.Embed(
         title=render.embed_title(job.prompt),
         description="\n".join(lines),
@@ -540,7 +566,7 @@ async def result_embed_and_view(
     )
     # Direct messages have a quota of their own (guild None), shown the same way.
     usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
-    footer = f"{facts.model} · " + render.quota_footer(usage.remaining, usage.resets_at)
+    footer = f"{facts.model} · " + render.quota_footer(usage.remaining, usage.resets_at, locale)
     embed.set_footer(text=footer)
     if facts.operation is Operation.TXT2IMG or len(facts.seeds) > 1:
         view = grid_view(job.id, len(facts.seeds))

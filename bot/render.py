@@ -1,10 +1,14 @@
-"""Text that users read: progress lines, result captions, quota and queue summaries. Pure."""
+"""Text that users read: progress lines, result captions, quota and queue summaries, in the
+reader's language (``bot.i18n``)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 
+from discord import Locale
+
+from bot.i18n import translate
 from core import textguard
 
 # Discord's limits for the places these strings go.
@@ -27,18 +31,20 @@ def quoted_prompt(prompt: str, limit: int = 300) -> str:
     return clip(text, limit)
 
 
-def duration(seconds: float | None) -> str:
+def duration(seconds: float | None, locale: Locale | None = None) -> str:
     if seconds is None:
-        return "unknown"
+        return translate("unknown", locale)
     if seconds < 1:
-        return "1 s"
+        return translate("{seconds} s", locale, seconds=1)
     if seconds < 60:
-        return f"{math.ceil(seconds)} s"
+        return translate("{seconds} s", locale, seconds=math.ceil(seconds))
     minutes, secs = divmod(math.ceil(seconds), 60)
     if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+        if secs:
+            return translate("{minutes} min {seconds} s", locale, minutes=minutes, seconds=secs)
+        return translate("{minutes} min", locale, minutes=minutes)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
+    return translate("{hours} h {minutes} min", locale, hours=hours, minutes=minutes)
 
 
 def progress_bar(step: int, total: int, width: int = 16) -> str:
@@ -47,39 +53,75 @@ def progress_bar(step: int, total: int, width: int = 16) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def queued_line(position: int, eta_s: float | None) -> str:
-    ahead = "next in line" if position <= 1 else f"position {position} in the queue"
-    eta = "" if eta_s is None else f" · ready in about {duration(eta_s)}"
-    return f"⏳ Queued, {ahead}{eta}"
+def queued_line(position: int, eta_s: float | None, locale: Locale | None = None) -> str:
+    ahead = (
+        translate("next in line", locale)
+        if position <= 1
+        else translate("position {position} in the queue", locale, position=position)
+    )
+    eta = (
+        ""
+        if eta_s is None
+        else translate(" · ready in about {duration}", locale, duration=duration(eta_s, locale))
+    )
+    return translate("⏳ Queued, {ahead}{eta}", locale, ahead=ahead, eta=eta)
 
 
-def loading_line(model: str, detail: str = "") -> str:
+def loading_line(model: str, detail: str = "", locale: Locale | None = None) -> str:
     suffix = f" ({clip(detail, 80)})" if detail else ""
-    return f"📦 Loading model `{model}`{suffix}… the first load can take a few minutes."
+    return translate(
+        "📦 Loading model `{model}`{suffix}… the first load can take a few minutes.",
+        locale,
+        model=model,
+        suffix=suffix,
+    )
 
 
-def progress_line(step: int, total: int, eta_s: float | None) -> str:
+def progress_line(step: int, total: int, eta_s: float | None, locale: Locale | None = None) -> str:
     percent = 0 if total <= 0 else round(100 * step / total)
-    eta = "" if eta_s is None else f" · about {duration(eta_s)} left"
-    return f"🎨 `{progress_bar(step, total)}` {percent}% · step {step}/{total}{eta}"
+    eta = (
+        ""
+        if eta_s is None
+        else translate(" · about {duration} left", locale, duration=duration(eta_s, locale))
+    )
+    return translate(
+        "🎨 `{bar}` {percent}% · step {step}/{total}{eta}",
+        locale,
+        bar=progress_bar(step, total),
+        percent=percent,
+        step=step,
+        total=total,
+        eta=eta,
+    )
 
 
-def seeds_text(seeds: tuple[int, ...] | list[int]) -> str:
+def seeds_text(seeds: tuple[int, ...] | list[int], locale: Locale | None = None) -> str:
     if not seeds:
         return ""
     if len(seeds) == 1:
-        return f"seed {seeds[0]}"
+        return translate("seed {seed}", locale, seed=seeds[0])
     if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"seeds {seeds[0]}–{seeds[-1]}"
-    return "seeds " + ", ".join(str(s) for s in seeds)
+        return translate("seeds {first}–{last}", locale, first=seeds[0], last=seeds[-1])
+    return translate("seeds {seeds}", locale, seeds=", ".join(str(s) for s in seeds))
 
 
-def quota_footer(remaining: int | None, resets_at: dt.datetime | None) -> str:
+def quota_footer(
+    remaining: int | None, resets_at: dt.datetime | None, locale: Locale | None = None
+) -> str:
     if remaining is None:
-        return "No daily image limit in this server."
-    when = "" if resets_at is None else f", resets {resets_at:%H:%M} UTC"
-    noun = "image" if remaining == 1 else "images"
-    return f"{remaining} {noun} left for you today{when}."
+        return translate("No daily image limit in this server.", locale)
+    when = (
+        ""
+        if resets_at is None
+        else translate(", resets {time} UTC", locale, time=f"{resets_at:%H:%M}")
+    )
+    if remaining == 1:
+        return translate(
+            "{remaining} image left for you today{when}.", locale, remaining=1, when=when
+        )
+    return translate(
+        "{remaining} images left for you today{when}.", locale, remaining=remaining, when=when
+    )
 
 
 def discord_time(moment: dt.datetime, style: str = "R") -> str:

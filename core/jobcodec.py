@@ -25,6 +25,7 @@ class StoredRequest:
     # The settings the user chose (the others took the model's presets), for usage figures.
     explicit: tuple[str, ...] = ()
     style: str | None = None  # the style applied (request.prompt is the styled prompt)
+    locale: str | None = None  # the language its messages are written in (None: English)
 
     def dumps(self) -> str:
         fields = {
@@ -41,6 +42,7 @@ class StoredRequest:
         fields["role_ids"] = list(self.role_ids)
         fields["explicit"] = list(self.explicit)
         fields["style"] = self.style
+        fields["locale"] = self.locale
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -52,6 +54,7 @@ class StoredRequest:
         role_ids = tuple(int(role_id) for role_id in data.pop("role_ids", ()))
         explicit = tuple(str(name) for name in data.pop("explicit", ()))
         style = data.pop("style", None)
+        locale = data.pop("locale", None)
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
@@ -59,5 +62,12 @@ class StoredRequest:
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
         kwargs["prompts"] = tuple(str(prompt) for prompt in kwargs.get("prompts", ()))
         return cls(
-            GenerationRequest(**kwargs), init_key, mask_key, priority, role_ids, explicit, style
+            GenerationRequest(**kwargs),
+            init_key,
+            mask_key,
+            priority,
+            role_ids,
+            explicit,
+            style,
+            locale,
         )

@@ -77,6 +77,7 @@ class Requester:
     interaction_token: str | None = None
     token_expires_at: dt.datetime | None = None
     source: str = "discord"  # the front door: "discord" or "api"
+    locale: str | None = None  # the language to answer in (a Discord locale), None: English
 
 
 EDIT_KIND = "edit"  # a job made by a plain edit: no model ran
@@ -206,6 +207,7 @@ class JobService:
             role_ids=requester.role_ids,
             explicit=explicit_settings(request),
             style=None if chosen is None else chosen.name,
+            locale=requester.locale,
         )
         try:
             job = await self.db.jobs.create(

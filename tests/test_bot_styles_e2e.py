@@ -223,3 +223,27 @@ async def test_a_lora_from_the_registry_changes_the_image_and_is_refused_when_it
             await fake.send_slash_command("imagine", {"prompt": "a fox <lora:oil>"})
         )
         assert unknown.ephemeral and "no LoRA called 'oil'" in unknown.content
+
+
+async def test_a_korean_user_sees_korean_commands_and_messages(world: World) -> None:
+    fake = world.fake
+    registered = {c["name"]: c for c in fake.registered_commands(fake.guild)}
+    imagine_command = registered["imagine"]
+    assert imagine_command["name_localizations"]["ko"] == "그리기"
+    assert imagine_command["description_localizations"]["ko"].startswith("텍스트 프롬프트")
+    options = {o["name"]: o for o in imagine_command["options"]}
+    assert options["prompt"]["name_localizations"]["ko"] == "프롬프트"
+    assert registered["wildcard"]["name_localizations"]["ko"] == "와일드카드"
+    korean = fake.add_member("minji")
+    ix = await fake.send_slash_command(
+        "imagine", {"prompt": "한옥 마을의 여우", "count": 1, "steps": 2}, user=korean, locale="ko"
+    )
+    await ix.response()
+    result = await ix.wait_for_original(is_result, timeout=90)
+    shown = [v.embeds[0].get("description", "") for v in result.versions if v.embeds]
+    assert any(text.startswith("⏳ 대기 중") or "스텝" in text for text in shown[:-1]), shown
+    assert "2 스텝 · 가이던스" in result.text()
+    assert "오늘 남은 이미지" in result.embeds[0]["footer"]["text"]
+    # Someone else's English stays English.
+    _, english = await imagine(world, prompt="a fox", count=1, steps=2)
+    assert "2 steps · guidance" in english.text() and "left for you today" in english.text()

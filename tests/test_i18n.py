@@ -1,0 +1,134 @@
+"""Korean and English: every slash command text has its Korean translation, the names are
+valid Discord names, and messages follow the reader's locale."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import EXTENSIONS
+from bot.i18n import CommandTranslator, catalog, reader_locale, translate
+
+# Discord's rule for command and option names (lowercase where the script has case).
+NAME = re.compile(r"^[-_\w]{1,32}$")
+KOREAN = discord.Locale.korean
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(app_commands.Translator):
+    """Every text discord.py would send for translation, with where it is used."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        self.seen.setdefault(string.message, context.location.name)
+        return None
+
+
+async def command_payloads(translator: app_commands.Translator) -> list[dict[str, Any]]:
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
+    for extension in EXTENSIONS:
+        await bot.load_extension(extension)
+    return [
+        await command.get_translated_payload(bot.tree, translator)
+        for command in bot.tree.get_commands()
+    ]
+
+
+@pytest.mark.asyncio
+async def test_every_command_text_has_a_korean_translation() -> None:
+    recorder = Recorder()
+    await command_payloads(recorder)
+    korean = catalog("ko")
+    missing = sorted(text for text in recorder.seen if text not in korean)
+    assert not missing, f"add these to bot/locales/ko/LC_MESSAGES/diffusion_chat.po: {missing}"
+    assert len(recorder.seen) > 150  # the walk reached every command, option and choice
+
+
+def names_in(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [payload]
+    for option in payload.get("options", []):
+        found += names_in(option)
+    return found
+
+
+@pytest.mark.asyncio
+async def test_korean_names_are_valid_and_distinct_where_discord_requires_it() -> None:
+    payloads = await command_payloads(CommandTranslator())
+    for payload in payloads:
+        for item in names_in(payload):
+            korean_name = item.get("name_localizations", {}).get("ko")
+            if korean_name is not None:
+                assert NAME.match(korean_name) and korean_name == korean_name.lower(), item
+            description = item.get("description_localizations", {}).get("ko")
+            assert description is None or 1 <= len(description) <= 100, item
+        # Siblings (commands; a command's options) need distinct names in each language.
+        for group in [payloads, *(p.get("options", []) for p in names_in(payload))]:
+            names = [o.get("name_localizations", {}).get("ko", o["name"]) for o in group]
+            assert len(names) == len(set(names)), names
+    imagine = next(p for p in payloads if p["name"] == "imagine")
+    assert imagine["name_localizations"] == {"ko": "그리기"}
+    assert imagine["options"][0]["name_localizations"] == {"ko": "프롬프트"}
+
+
+def test_messages_follow_the_reader_then_the_server() -> None:
+    assert translate("imagine", KOREAN) == "그리기"
+    assert translate("imagine", discord.Locale.american_english) == "imagine"
+    assert translate("not in any catalog", KOREAN) == "not in any catalog"
+
+    def interaction(locale: discord.Locale, guild: discord.Locale | None) -> Any:
+        return SimpleNamespace(locale=locale, guild_locale=guild)
+
+    assert reader_locale(interaction(KOREAN, None)) is KOREAN
+    assert reader_locale(interaction(discord.Locale.french, KOREAN)) is KOREAN
+    assert reader_locale(interaction(discord.Locale.french, discord.Locale.german)) is None
+
+
+@pytest.mark.parametrize("language", ["ko"])
+def test_translations_keep_their_placeholders(language: str) -> None:
+    field = re.compile(r"\{[a-z_]*\}")
+    for english, translated in catalog(language).items():
+        assert sorted(field.findall(english)) == sorted(field.findall(translated)), english
+
+
+def translated_texts() -> list[tuple[str, str]]:
+    """Every text the bot passes to ``translate``, with where it is."""
+    found = []
+    for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name != "translate" or path.name == "i18n.py":
+                continue
+            first = node.args[0] if node.args else None
+            # A literal, so that this test (and a translator's tools) can find every text.
+            assert isinstance(first, ast.Constant) and isinstance(first.value, str), (
+                f"{path.name}:{node.lineno}: translate() needs the English text itself"
+            )
+            found.append((first.value, f"{path.name}:{node.lineno}"))
+    return found
+
+
+def test_every_message_has_a_korean_translation() -> None:
+    texts = translated_texts()
+    korean = catalog("ko")
+    missing = sorted({f"{where}: {text!r}" for text, where in texts if text not in korean})
+    assert not missing, "add these to bot/locales/ko/LC_MESSAGES/diffusion_chat.po:\n" + "\n".join(
+        missing
+    )
+    assert len(texts) > 20
