@@ -36,6 +36,7 @@ class StoredRequest:
         fields["operation"] = self.request.operation.value
         fields["outpaint_sides"] = list(self.request.outpaint_sides)
         fields["prompts"] = list(self.request.prompts)
+        fields["loras"] = [list(lora) for lora in self.request.loras]
         fields["init_image_key"] = self.init_image_key
         fields["mask_image_key"] = self.mask_image_key
         fields["priority"] = self.priority
@@ -61,6 +62,10 @@ class StoredRequest:
         kwargs["operation"] = Operation(kwargs.get("operation", Operation.TXT2IMG))
         kwargs["outpaint_sides"] = tuple(kwargs.get("outpaint_sides", ()))
         kwargs["prompts"] = tuple(str(prompt) for prompt in kwargs.get("prompts", ()))
+        kwargs["loras"] = tuple(
+            (str(name), None if weight is None else float(weight))
+            for name, weight in kwargs.get("loras", ())
+        )
         return cls(
             GenerationRequest(**kwargs),
             init_key,
