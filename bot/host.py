@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 from discord.ext import commands
 
+from bot.i18n import reader_locale, translate
 from bot.views import ButtonHandler
 from core import downloads
 from core.errors import UserError, incident_id
@@ -148,13 +149,21 @@ class BotHost(commands.Bot):
             log.warning("database busy: %s", error)
             await self._reply(
                 interaction,
-                "I'm busy right now (my database is locked). Please try again in a moment.",
+                translate(
+                    "I'm busy right now (my database is locked). Please try again in a moment.",
+                    reader_locale(interaction),
+                ),
             )
             return
         ref = incident_id()
         log.error("unexpected error (ref %s)", ref, exc_info=error, extra={"incident": ref})
         await self._reply(
-            interaction, f"Something went wrong on our side. If it keeps happening, quote `{ref}`."
+            interaction,
+            translate(
+                "Something went wrong on our side. If it keeps happening, quote `{ref}`.",
+                reader_locale(interaction),
+                ref=ref,
+            ),
         )
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:

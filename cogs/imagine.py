@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import launch
+from bot.i18n import reader_locale, translate
 from core import downloads, textguard
 from core.downloads import AllowedHost
 from core.errors import UserError
@@ -215,13 +216,42 @@ class Imagine(commands.Cog):
         mine = [e for e in entries if e.user_id == str(interaction.user.id)]
         waiting = sum(1 for e in entries if e.position > 0)
         running = len(entries) - waiting
-        lines = [f"**{running}** generating now, **{waiting}** waiting."]
+        locale = reader_locale(interaction)
+        lines = [
+            translate(
+                "**{running}** generating now, **{waiting}** waiting.",
+                locale,
+                running=running,
+                waiting=waiting,
+            )
+        ]
         for entry in mine:
-            where = "generating now" if entry.position == 0 else f"position {entry.position}"
-            eta = "" if entry.eta_s is None else f", ready in about {render.duration(entry.eta_s)}"
-            lines.append(f"• `{entry.job_id}` ({entry.images} images): {where}{eta}")
+            where = (
+                translate("generating now", locale)
+                if entry.position == 0
+                else translate("position {position}", locale, position=entry.position)
+            )
+            eta = (
+                ""
+                if entry.eta_s is None
+                else translate(
+                    ", ready in about {duration}",
+                    locale,
+                    duration=render.duration(entry.eta_s, locale),
+                )
+            )
+            lines.append(
+                translate(
+                    "• `{job}` ({images} images): {where}{eta}",
+                    locale,
+                    job=entry.job_id,
+                    images=entry.images,
+                    where=where,
+                    eta=eta,
+                )
+            )
         if not mine:
-            lines.append("You have no jobs in the queue.")
+            lines.append(translate("You have no jobs in the queue.", locale))
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
     @app_commands.command()
