@@ -31,7 +31,7 @@ from bot.views import (
     region_view,
     single_view,
 )
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
 from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
@@ -252,7 +252,7 @@ def _require_visible(interaction: Interaction, job: Job) -> None:
     if interaction.user.id == job.user_id:
         return
     if job.private or job.guild_id is None or job.guild_id != interaction.guild_id:
-        raise UserError("This job no longer exists.")
+        raise UserError(N_("This job no longer exists."))
 
 
 class ButtonActions:
@@ -278,7 +278,7 @@ class ButtonActions:
         try:
             job: Job = await self._db.jobs.get(job_id)
         except JobNotFound:
-            raise UserError("This job no longer exists.") from None
+            raise UserError(N_("This job no longer exists.")) from None
         _require_visible(interaction, job)
         return job
 
@@ -411,7 +411,7 @@ class ButtonActions:
                     negative=negative,
                 )
             case _:
-                raise UserError("This button does nothing any more.")
+                raise UserError(N_("This button does nothing any more."))
 
     def _model_of(self, job: Job) -> str:
         return StoredRequest.loads(job.request).request.model or self._bot.registry.default_name
@@ -519,7 +519,7 @@ class ButtonActions:
         # By the image's own index: clean-up may have kept only some of a grid's images.
         image = next((i for i in images if i.index == index), None)
         if image is None:
-            raise UserError("That image no longer exists.")
+            raise UserError(N_("That image no longer exists."))
         return image
 
     async def _repaint(
@@ -555,10 +555,10 @@ class ButtonActions:
         """This image beside the one it was made from."""
         image = await self._finished_image(job, index)
         if job.parent_job_id is None:
-            raise UserError("This image was not made from another one: nothing to compare.")
+            raise UserError(N_("This image was not made from another one: nothing to compare."))
         parent_job = await self._db.jobs.find(job.parent_job_id)
         if parent_job is None:
-            raise UserError("The image it was made from has been deleted.")
+            raise UserError(N_("The image it was made from has been deleted."))
         _require_visible(interaction, parent_job)
         parent = next(
             (
@@ -569,7 +569,7 @@ class ButtonActions:
             None,
         )
         if parent is None:
-            raise UserError("The image it was made from has been cleaned up.")
+            raise UserError(N_("The image it was made from has been cleaned up."))
         await interaction.response.defer(ephemeral=True, thinking=True)
         file = await editing.compare_file(self._bot, parent, image, job)
         embed = discord.Embed(title="Before and after", description=render.embed_title(job.prompt))
@@ -611,10 +611,10 @@ class ButtonActions:
     async def _cancel(self, interaction: Interaction, job: Job) -> None:
         self._require_owner_or_moderator(interaction, job, "cancel")
         if job.finished:
-            raise UserError("This job has already finished.")
+            raise UserError(N_("This job has already finished."))
         cancelled = self._bot.cancel_job(job.id)
         if cancelled is False:
-            raise UserError("This job has already finished.")
+            raise UserError(N_("This job has already finished."))
         if cancelled is None:
             # Not followed by this process (e.g. between a restart and its resume).
             await self._db.jobs.mark_cancelled(job.id, "cancelled by a user")
@@ -627,8 +627,8 @@ class ButtonActions:
         if images:
             return images
         if job.active:
-            raise UserError("This job has not finished yet.")
-        raise UserError("This job has no images (it failed, was cancelled, or was cleaned up).")
+            raise UserError(N_("This job has not finished yet."))
+        raise UserError(N_("This job has no images (it failed, was cancelled, or was cleaned up)."))
 
     async def _derive(
         self,
@@ -712,7 +712,7 @@ class ButtonActions:
         if index is not None:
             images = [image for image in images if image.index == index]
             if not images:
-                raise UserError("That image no longer exists.")
+                raise UserError(N_("That image no longer exists."))
         elif len(images) > 1:
             starred = await self._db.favourites.favourited_among(
                 interaction.user.id, [i.id for i in images]
@@ -741,7 +741,7 @@ class ButtonActions:
         clicked = interaction.message
         if clicked is None or clicked.id != job.message_id:
             # A button's id names a job; the message it deletes must be that job's own.
-            raise UserError("This button does not belong to this message.")
+            raise UserError(N_("This button does not belong to this message."))
         await interaction.response.defer()
         await interaction.delete_original_response()
         if interaction.user.id == job.user_id:  # its owner: gone from their lists too
@@ -786,7 +786,7 @@ class ButtonActions:
         """A page button from before saved views: ask its question again as a saved view."""
         try:
             if interaction.user.id != user_id:
-                raise UserError("These pages belong to someone else. Use the command yourself.")
+                raise UserError(N_("These pages belong to someone else. Use the command yourself."))
             scope = LibraryScope.FAVOURITES if kind is Pager.FAVOURITES else LibraryScope.HISTORY
             saved = await self._db.library.save_view(
                 scope, user_id, interaction.guild_id, LibraryQuery(text=search)
@@ -833,7 +833,7 @@ class ButtonActions:
         """The confirmed /forget: delete everything of the user's, then say what went."""
         try:
             if interaction.user.id != user_id:
-                raise UserError("Only the person who asked can confirm this.")
+                raise UserError(N_("Only the person who asked can confirm this."))
             await interaction.response.defer()  # deleting many files can take a while
             report = await self._bot.service.db.forget_user(user_id)
             posts = 0

@@ -12,7 +12,7 @@ import discord
 from PIL import Image as PILImage
 
 from bot.host import BotHost
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.jobcodec import StoredRequest
 from core.storage.records import Image, Job
 from engine import edits
@@ -150,7 +150,7 @@ def parse_adjustments(crop: str, turn: str, tone: str, look: str) -> edits.Adjus
     except ValidationError as error:
         raise UserError(str(error)) from None
     if adjustments.neutral:
-        raise UserError("Nothing to change: fill in at least one field.")
+        raise UserError(N_("Nothing to change: fill in at least one field."))
     return adjustments
 
 

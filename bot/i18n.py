@@ -19,6 +19,8 @@ import discord
 from babel.messages.pofile import read_po
 from discord import app_commands
 
+from core.errors import UserError
+
 LOCALES_DIR: Final = Path(__file__).resolve().parent / "locales"
 DOMAIN: Final = "diffusion_chat"
 # Discord's locales with a catalog, and the catalog's language.
@@ -66,6 +68,16 @@ def translate(text: str, locale: discord.Locale | None, **values: object) -> str
     language = language_of(locale)
     chosen = catalog(language).get(text, text) if language else text
     return chosen.format(**values) if values else chosen
+
+
+def translate_error(error: UserError, locale: discord.Locale | None) -> str:
+    """A user's error in their language: its template's translation, filled with its values
+    (marked with ``N_`` where it is raised); English when there is none."""
+    language = language_of(locale)
+    translated = catalog(language).get(error.template) if language else None
+    if translated is None:
+        return str(error)
+    return translated.format(**error.values) if error.values else translated
 
 
 class CommandTranslator(app_commands.Translator):

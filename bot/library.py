@@ -19,7 +19,7 @@ from bot.delivery import UPLOAD_LIMIT, render_grid
 from bot.errors import PermissionDenied
 from bot.host import BotHost
 from bot.views import Action, JobButton, entry_view, library_page_view
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.jobcodec import StoredRequest
 from core.service import EDIT_KIND
 from core.storage.errors import ImageNotFound
@@ -138,9 +138,9 @@ class Library:
     async def saved(self, view_id: str, user_id: int) -> LibraryView:
         saved: LibraryView | None = await self._db.library.view(view_id)
         if saved is None:
-            raise UserError("These pages have expired. Run the command again.")
+            raise UserError(N_("These pages have expired. Run the command again."))
         if saved.user_id != user_id:
-            raise UserError("These pages belong to someone else. Use the command yourself.")
+            raise UserError(N_("These pages belong to someone else. Use the command yourself."))
         return saved
 
     async def render(self, saved: LibraryView, page: int) -> RenderedPage:
@@ -271,7 +271,7 @@ class Library:
             raise PermissionDenied("Only the person who made this image can share it.")
         images = sorted(await self._bot.service.job_images(job.id), key=lambda i: i.index)
         if not images:
-            raise UserError("This job has no images to share.")
+            raise UserError(N_("This job has no images to share."))
         channel_id = None
         if job.guild_id is not None:
             channel_id = (await self._db.guilds.settings(job.guild_id)).gallery_channel_id
@@ -317,7 +317,7 @@ class Library:
             if channel is None:
                 channel = await self._bot.fetch_channel(channel_id)
             if not isinstance(channel, discord.abc.Messageable):
-                raise UserError("The gallery channel is not a text channel. Ask a moderator.")
+                raise UserError(N_("The gallery channel is not a text channel. Ask a moderator."))
             pictures = [
                 picture
                 for picture in [
@@ -329,7 +329,7 @@ class Library:
                 if picture is not None
             ]
             if not pictures:
-                raise UserError("This job's images cannot be read any more.")
+                raise UserError(N_("This job's images cannot be read any more."))
             file = await render_grid(job, pictures)
             model = (
                 StoredRequest.loads(job.request).request.model or self._bot.registry.default_name

@@ -17,7 +17,7 @@ from bot import editing, render
 from bot.actions import launch, post_edit
 from cogs.imagine import read_upload
 from core import textguard
-from core.errors import UserError
+from core.errors import N_, UserError
 from engine import edits
 from engine.errors import ValidationError
 from engine.images import parse_parameters, read_png_parameters
@@ -73,7 +73,7 @@ class Edit(commands.GroupCog, group_name="edit"):
         except ValidationError as error:
             raise UserError(str(error)) from None
         except (OSError, ValueError):
-            raise UserError("The image or the mask is not a picture I can read.") from None
+            raise UserError(N_("The image or the mask is not a picture I can read.")) from None
         request = GenerationRequest(
             prompt=textguard.clean(prompt),
             operation=Operation.INPAINT,
@@ -122,7 +122,7 @@ class Edit(commands.GroupCog, group_name="edit"):
         except ValidationError as error:
             raise UserError(str(error)) from None
         except (OSError, ValueError):
-            raise UserError("That file is not a picture I can read.") from None
+            raise UserError(N_("That file is not a picture I can read.")) from None
         request = GenerationRequest(
             prompt=UPLOADED_PROMPT,
             operation=Operation.IMG2IMG,
@@ -188,7 +188,7 @@ class Params(commands.Cog):
             )
             return
         if not parsed.prompt.strip():
-            raise UserError("That picture's settings have no prompt to run.")
+            raise UserError(N_("That picture's settings have no prompt to run."))
         scheduler = parsed.scheduler
         if parsed.sampler and scheduler is None:
             notes.append(f"The sampler {parsed.sampler} is not here: using the model's own.")

@@ -17,7 +17,7 @@ from bot.actions import launch
 from bot.i18n import reader_locale, translate
 from core import downloads, textguard
 from core.downloads import AllowedHost
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.prompts import ASPECTS, parse_inline
 from engine.types import GenerationRequest, Operation
 
@@ -52,9 +52,9 @@ async def read_upload(
         async with asyncio.timeout(timeout_s):
             return await downloads.fetch(attachment.url, hosts=hosts, max_bytes=max_bytes)
     except TimeoutError:
-        raise UserError("That image took too long to download; try a smaller file.") from None
+        raise UserError(N_("That image took too long to download; try a smaller file.")) from None
     except aiohttp.ClientError:
-        raise UserError("I could not download that attachment. Please try again.") from None
+        raise UserError(N_("I could not download that attachment. Please try again.")) from None
 
 
 class Imagine(commands.Cog):
@@ -119,7 +119,7 @@ class Imagine(commands.Cog):
             )
         inline = parse_inline(prompt)
         if not inline.prompt.strip():
-            raise UserError("Please describe what to draw.")
+            raise UserError(N_("Please describe what to draw."))
         if model is not None and model not in self.bot.registry.names():
             raise UserError(
                 f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
@@ -128,7 +128,7 @@ class Imagine(commands.Cog):
             await read_upload(image, self.bot.download_hosts) if image is not None else None
         )
         if strength is not None and init_image is None:
-            raise UserError("`strength` only applies when you attach an image.")
+            raise UserError(N_("`strength` only applies when you attach an image."))
         negatives = [n for n in (negative, inline.negative) if n]
         request = GenerationRequest(
             prompt=inline.prompt,

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import require_moderator
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.storage.guilds import MAX_RETENTION_DAYS
 
 if TYPE_CHECKING:
@@ -23,9 +23,9 @@ Interaction = discord.Interaction["DiffusionBot"]
 def _words(text: str) -> list[str]:
     words = [w.strip() for w in text.split(",") if w.strip()]
     if not words:
-        raise UserError("Give one or more words, separated by commas.")
+        raise UserError(N_("Give one or more words, separated by commas."))
     if any(len(w) > 100 for w in words):
-        raise UserError("Each banned word or phrase must be under 100 characters.")
+        raise UserError(N_("Each banned word or phrase must be under 100 characters."))
     return words
 
 

@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot import render
 from bot.actions import member_role_ids, require_moderator
 from core.charts import PERIOD_DAYS, period_range, usage_chart
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.storage import UNSET
 from core.storage.records import Priority, QuotaScope
 from core.storage.usage import merged, server_key
@@ -34,7 +34,7 @@ def _limit(value: str | None) -> int | None:
     except ValueError:
         raise UserError(f"`{render.clip(value, 20)}` is not a number or `unlimited`.") from None
     if number < 0:
-        raise UserError("A limit cannot be negative.")
+        raise UserError(N_("A limit cannot be negative."))
     return number
 
 
@@ -99,7 +99,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         """Set limits and queue priority for a role, a user, or (with neither) the server."""
         assert interaction.guild_id is not None
         if role is not None and user is not None:
-            raise UserError("Pick a role or a user, not both.")
+            raise UserError(N_("Pick a role or a user, not both."))
         if role is not None and role.is_default():
             # @everyone is never among a member's roles: it means the server-wide default.
             scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
@@ -110,7 +110,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         else:
             scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
         if daily_images is None and concurrent_jobs is None and priority is None:
-            raise UserError("Give `daily_images`, `concurrent_jobs`, `priority`, or several.")
+            raise UserError(N_("Give `daily_images`, `concurrent_jobs`, `priority`, or several."))
         # Whatever is left out stays as it was (UNSET); a limit never becomes unlimited (None)
         # by omission.
         daily = UNSET if daily_images is None else _limit(daily_images)

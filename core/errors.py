@@ -5,8 +5,23 @@ from __future__ import annotations
 import secrets
 
 
+def N_(text: str) -> str:
+    """Marks an English text as one a front door shows translated (gettext's convention):
+    the text itself is the message id in the catalogs, so nothing changes here."""
+    return text
+
+
 class UserError(Exception):
-    """A problem the user caused or can fix. ``str(error)`` is shown to them (privately)."""
+    """A problem the user caused or can fix. ``str(error)`` is shown to them (privately).
+
+    Given ``values``, the message is a template (``"Steps must be at most {most}."``) filled
+    from them: a front door can then show the template's translation with the same values.
+    """
+
+    def __init__(self, message: str = "", /, **values: object) -> None:
+        super().__init__(message.format(**values) if values else message)
+        self.template = message
+        self.values = values
 
 
 class InvalidField(UserError):

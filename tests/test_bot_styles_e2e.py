@@ -244,6 +244,10 @@ async def test_a_korean_user_sees_korean_commands_and_messages(world: World) -> 
     assert any(text.startswith("⏳ 대기 중") or "스텝" in text for text in shown[:-1]), shown
     assert "2 스텝 · 가이던스" in result.text()
     assert "오늘 남은 이미지" in result.embeds[0]["footer"]["text"]
+    refused = await reply_text(
+        await fake.send_slash_command("imagine", {"prompt": "--ar 16:9"}, user=korean, locale="ko")
+    )
+    assert refused.ephemeral and refused.content == "무엇을 그릴지 적어 주세요."
     queue = await reply_text(await fake.send_slash_command("queue", user=korean, locale="ko"))
     assert "생성 중" in queue.content and "대기열에 내 작업이 없습니다." in queue.content
     # Someone else's English stays English.

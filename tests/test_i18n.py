@@ -15,7 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import EXTENSIONS
-from bot.i18n import CommandTranslator, catalog, reader_locale, translate
+from bot.i18n import CommandTranslator, catalog, reader_locale, translate, translate_error
+from core.errors import UserError
 
 # Discord's rule for command and option names (lowercase where the script has case).
 NAME = re.compile(r"^[-_\w]{1,32}$")
@@ -106,19 +107,20 @@ def test_translations_keep_their_placeholders(language: str) -> None:
 
 
 def translated_texts() -> list[tuple[str, str]]:
-    """Every text the bot passes to ``translate``, with where it is."""
+    """Every text the bot passes to ``translate`` or marks with ``N_`` (an error shown
+    translated), with where it is."""
     found = []
     for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", None))
-            if name != "translate" or path.name == "i18n.py":
+            if name not in ("translate", "N_") or path.name == "i18n.py":
                 continue
             first = node.args[0] if node.args else None
             # A literal, so that this test (and a translator's tools) can find every text.
             assert isinstance(first, ast.Constant) and isinstance(first.value, str), (
-                f"{path.name}:{node.lineno}: translate() needs the English text itself"
+                f"{path.name}:{node.lineno}: {name}() needs the English text itself"
             )
             found.append((first.value, f"{path.name}:{node.lineno}"))
     return found
@@ -132,3 +134,20 @@ def test_every_message_has_a_korean_translation() -> None:
         missing
     )
     assert len(texts) > 20
+
+
+def test_errors_are_shown_from_their_template_in_the_readers_language() -> None:
+    plain = UserError("Please describe what to draw.")
+    assert translate_error(plain, KOREAN) == "무엇을 그릴지 적어 주세요."
+    assert translate_error(plain, None) == "Please describe what to draw."
+    filled = UserError(
+        "Something went wrong on our side. If it keeps happening, quote `{ref}`.", ref="ab12"
+    )
+    assert str(filled).endswith("quote `ab12`.") and filled.values == {"ref": "ab12"}
+    assert (
+        translate_error(filled, KOREAN)
+        == "저희 쪽에서 문제가 생겼습니다. 계속되면 `ab12`를 알려 주세요."
+    )
+    # Not in the catalog (a core message not yet marked): English, never a blank.
+    assert translate_error(UserError("Seed {n} is odd.", n=3), KOREAN) == "Seed 3 is odd."
+    assert str(UserError("a {brace} left alone")) == "a {brace} left alone"
