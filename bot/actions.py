@@ -647,10 +647,15 @@ class ButtonActions:
             parent.model, image.width * 2, image.height * 2
         ):
             limit = self._bot.upscale_limit(parent.model)
-            raise UserError(
-                "This image is already as large as this model can upscale"
-                + (f" ({limit} px on its longer side)." if limit else ".")
-            )
+            if limit:
+                raise UserError(
+                    N_(
+                        "This image is already as large as this model can upscale "
+                        "({limit} px on its longer side)."
+                    ),
+                    limit=limit,
+                )
+            raise UserError(N_("This image is already as large as this model can upscale."))
         width, height = image.width, image.height
         if operation is Operation.VARIATION:
             # A tiled upscale is larger than the model paints at once: vary it at that size.

@@ -47,10 +47,16 @@ def zoom_factor(text: str) -> float:
         factor = float(text.strip().lower().rstrip("x").strip())
     except ValueError:
         raise UserError(
-            f"Zoom out by a number from {edits.MIN_ZOOM:g} to {edits.MAX_ZOOM:g}, such as 1.8."
+            N_("Zoom out by a number from {least} to {most}, such as 1.8."),
+            least=f"{edits.MIN_ZOOM:g}",
+            most=f"{edits.MAX_ZOOM:g}",
         ) from None
     if not edits.MIN_ZOOM <= factor <= edits.MAX_ZOOM:
-        raise UserError(f"Zoom out by {edits.MIN_ZOOM:g} to {edits.MAX_ZOOM:g} times.")
+        raise UserError(
+            N_("Zoom out by {least} to {most} times."),
+            least=f"{edits.MIN_ZOOM:g}",
+            most=f"{edits.MAX_ZOOM:g}",
+        )
     return factor
 
 

@@ -278,11 +278,15 @@ class Library:
         link = self.share_link(job)
         if channel_id is None and link is None:
             raise UserError(
-                "There is nowhere to share this: this server has no gallery channel. A "
-                "moderator can choose one with `/settings gallery-channel`."
+                N_(
+                    "There is nowhere to share this: this server has no gallery channel. A "
+                    "moderator can choose one with `/settings gallery-channel`."
+                )
                 if job.guild_id is not None
-                else "Results made in a DM can be shared only where the bot's operator has "
-                "set up share links (API_PUBLIC_URL)."
+                else N_(
+                    "Results made in a DM can be shared only where the bot's operator has "
+                    "set up share links (API_PUBLIC_URL)."
+                )
             )
         await interaction.response.defer(ephemeral=True, thinking=True)
         if not await self._db.library.claim_share(job.id):
@@ -352,9 +356,12 @@ class Library:
             )
         except (discord.Forbidden, discord.NotFound):
             raise UserError(
-                f"I cannot post in <#{channel_id}>. A moderator can give me Send Messages, "
-                "Embed Links and Attach Files there, or choose another channel with "
-                "`/settings gallery-channel`."
+                N_(
+                    "I cannot post in {channel}. A moderator can give me Send Messages, "
+                    "Embed Links and Attach Files there, or choose another channel with "
+                    "`/settings gallery-channel`."
+                ),
+                channel=f"<#{channel_id}>",
             ) from None
         return message.id
 

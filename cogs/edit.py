@@ -159,8 +159,11 @@ class Params(commands.Cog):
         text = await asyncio.to_thread(read_png_parameters, data)
         if not text:
             raise UserError(
-                "That picture carries no generation settings: use a PNG made by this bot or "
-                "by the AUTOMATIC1111 web UI, as it was saved (Discord's previews drop them)."
+                N_(
+                    "That picture carries no generation settings: use a PNG made by this bot "
+                    "or by the AUTOMATIC1111 web UI, as it was saved (Discord's previews drop "
+                    "them)."
+                )
             )
         parsed = parse_parameters(text)
         known = {spec.name for spec in self.bot.registry.specs()}

@@ -45,8 +45,10 @@ async def read_upload(
     """
     if attachment.size > max_bytes:
         raise UserError(
-            f"`{render.clip(attachment.filename, 60)}` is {attachment.size / 2**20:.1f} MiB; "
-            f"please attach an image under {max_bytes / 2**20:g} MiB."
+            N_("`{name}` is {size} MiB; please attach an image under {most} MiB."),
+            name=render.clip(attachment.filename, 60),
+            size=f"{attachment.size / 2**20:.1f}",
+            most=f"{max_bytes / 2**20:g}",
         )
     try:
         async with asyncio.timeout(timeout_s):
@@ -109,20 +111,27 @@ class Imagine(commands.Cog):
         negative = textguard.clean(negative) if negative else None
         if not textguard.has_visible(prompt):
             raise UserError(
-                "Your prompt has no visible characters (only spaces or invisible ones). "
-                "Please describe what to draw in words."
+                N_(
+                    "Your prompt has no visible characters (only spaces or invisible ones). "
+                    "Please describe what to draw in words."
+                )
             )
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(
-                f"That prompt is {len(prompt):,} characters long; please keep it under "
-                f"{MAX_PROMPT_CHARS:,}. Models read about 300 tokens (some 200 words) at most."
+                N_(
+                    "That prompt is {length} characters long; please keep it under {most}. "
+                    "Models read about 300 tokens (some 200 words) at most."
+                ),
+                length=f"{len(prompt):,}",
+                most=f"{MAX_PROMPT_CHARS:,}",
             )
         inline = parse_inline(prompt)
         if not inline.prompt.strip():
             raise UserError(N_("Please describe what to draw."))
         if model is not None and model not in self.bot.registry.names():
             raise UserError(
-                f"There is no model called `{render.clip(model, 50)}`. Pick one from the list."
+                N_("There is no model called `{name}`. Pick one from the list."),
+                name=render.clip(model, 50),
             )
         init_image = (
             await read_upload(image, self.bot.download_hosts) if image is not None else None

@@ -106,8 +106,11 @@ class Settings(commands.GroupCog, group_name="settings"):
             mine = channel.permissions_for(interaction.guild.me) if interaction.guild.me else None
             if mine is not None and not (mine.send_messages and mine.attach_files):
                 raise UserError(
-                    f"I cannot post images in {channel.mention}: give me Send Messages, Embed "
-                    "Links and Attach Files there first."
+                    N_(
+                        "I cannot post images in {channel}: give me Send Messages, Embed "
+                        "Links and Attach Files there first."
+                    ),
+                    channel=channel.mention,
                 )
         await self.bot.service.db.guilds.update_settings(
             interaction.guild_id, gallery_channel_id=None if channel is None else channel.id

@@ -32,7 +32,9 @@ def _limit(value: str | None) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise UserError(f"`{render.clip(value, 20)}` is not a number or `unlimited`.") from None
+        raise UserError(
+            N_("`{value}` is not a number or `unlimited`."), value=render.clip(value, 20)
+        ) from None
     if number < 0:
         raise UserError(N_("A limit cannot be negative."))
     return number
