@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import require_moderator
+from bot.i18n import reader_locale, translate
 from bot.views import Action, JobButton
 from core.errors import UserError
 from core.storage.errors import InvalidInput
@@ -38,8 +39,9 @@ class Styles(commands.GroupCog, group_name="style"):
     async def list_(self, interaction: Interaction) -> None:
         """The styles you can use here."""
         styles = await self.bot.service.styles(interaction.guild_id)
+        own = translate(" (this server)", reader_locale(interaction))
         lines = [
-            f"• **{style.name}**{'' if style.builtin else ' (this server)'}: "
+            f"• **{style.name}**{'' if style.builtin else own}: "
             f"`{render.clip(style.template, 120)}`"
             for style in styles
         ]
@@ -77,9 +79,12 @@ class Styles(commands.GroupCog, group_name="style"):
             )
         except InvalidInput as error:
             raise UserError(str(error)) from None
-        verb = "Added" if new else "Replaced"
+        locale = reader_locale(interaction)
+        shown = {"name": style.name, "template": render.clip(style.template, 200)}
         await interaction.response.send_message(
-            f"🎨 {verb} the style **{style.name}**: `{render.clip(style.template, 200)}`",
+            translate("🎨 Added the style **{name}**: `{template}`", locale, **shown)
+            if new
+            else translate("🎨 Replaced the style **{name}**: `{template}`", locale, **shown),
             ephemeral=True,
         )
 
@@ -93,10 +98,13 @@ class Styles(commands.GroupCog, group_name="style"):
         removed = await self.bot.service.db.guilds.remove_style(
             interaction.guild_id, normalise_name(name)
         )
+        locale = reader_locale(interaction)
         await interaction.response.send_message(
-            f"Removed the style **{normalise_name(name)}**."
+            translate("Removed the style **{name}**.", locale, name=normalise_name(name))
             if removed
-            else "This server has no style of that name (built-in ones cannot be removed).",
+            else translate(
+                "This server has no style of that name (built-in ones cannot be removed).", locale
+            ),
             ephemeral=True,
         )
 
@@ -114,9 +122,10 @@ class Wildcards(commands.GroupCog, group_name="wildcard"):
         """This server's wildcards, for __name__ in a prompt."""
         found = await self.bot.service.wildcards(interaction.guild_id)
         if not found:
-            text = (
+            text = translate(
                 "This server has no wildcards yet; moderators add them with `/wildcard add`. "
-                "`{red|blue} fox` choices work without any."
+                "`{red|blue} fox` choices work without any.",
+                reader_locale(interaction),
             )
         else:
             text = "\n".join(
@@ -154,10 +163,20 @@ class Wildcards(commands.GroupCog, group_name="wildcard"):
             )
         except InvalidInput as error:
             raise UserError(str(error)) from None
-        verb = "Added" if new else "Replaced"
+        locale = reader_locale(interaction)
+        shown = {
+            "name": checked_name,
+            "count": len(checked_values),
+            "values": render.clip(", ".join(checked_values), 300),
+        }
         await interaction.response.send_message(
-            f"{verb} the wildcard `__{checked_name}__` with {len(checked_values)} values: "
-            f"{render.clip(', '.join(checked_values), 300)}",
+            translate(
+                "Added the wildcard `__{name}__` with {count} values: {values}", locale, **shown
+            )
+            if new
+            else translate(
+                "Replaced the wildcard `__{name}__` with {count} values: {values}", locale, **shown
+            ),
             ephemeral=True,
         )
 
@@ -170,10 +189,11 @@ class Wildcards(commands.GroupCog, group_name="wildcard"):
         assert interaction.guild_id is not None
         wanted = wildcard_name(name)
         removed = await self.bot.service.db.guilds.remove_wildcard(interaction.guild_id, wanted)
+        locale = reader_locale(interaction)
         await interaction.response.send_message(
-            f"Removed the wildcard `__{wanted[:32]}__`."
+            translate("Removed the wildcard `__{name}__`.", locale, name=wanted[:32])
             if removed
-            else "This server has no wildcard of that name.",
+            else translate("This server has no wildcard of that name.", locale),
             ephemeral=True,
         )
 
@@ -189,19 +209,23 @@ class Trending(commands.Cog):
         assert interaction.guild_id is not None
         since = discord.utils.utcnow() - dt.timedelta(days=TRENDING_DAYS)
         used, starred = await self.bot.service.db.library.trending(interaction.guild_id, since)
+        locale = reader_locale(interaction)
         if not used:
             await interaction.response.send_message(
-                "Nothing public was made here in the last 7 days: be the first with /imagine.",
+                translate(
+                    "Nothing public was made here in the last 7 days: be the first with /imagine.",
+                    locale,
+                ),
                 ephemeral=True,
             )
             return
         view = discord.ui.View(timeout=None)
-        lines = ["🔥 **Most used this week**"]
+        lines = [translate("🔥 **Most used this week**", locale)]
         seen: set[str] = set()
         number = 0
         for heading, rows, unit in (
             (None, used, "×"),
-            ("⭐ **Most favourited this week**", starred, "⭐"),
+            (translate("⭐ **Most favourited this week**", locale), starred, "⭐"),
         ):
             if heading and rows:
                 lines.append(heading)
@@ -214,7 +238,7 @@ class Trending(commands.Cog):
                         JobButton(
                             Action.REROLL,
                             example,
-                            label=f"Use {number}",
+                            label=translate("Use {number}", locale, number=number),
                             row=len(view.children) // 5,
                         )
                     )
