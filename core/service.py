@@ -14,7 +14,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from core import textguard, wildcards
+from core import textguard
+from core import wildcards as prompt_choices
 from core.errors import InvalidField, QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -161,7 +162,7 @@ class JobService:
             prompt, negative = chosen.apply(request.prompt, request.negative_prompt)
             request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
         notes: tuple[str, ...] = ()
-        if not request.prompts and wildcards.has_choices(request.prompt):
+        if not request.prompts and prompt_choices.has_choices(request.prompt):
             request, notes = await self._expanded(requester, request, expand or "all")
         await self.check_banned_words(
             requester.guild_id,
@@ -300,7 +301,7 @@ class JobService:
         )
         if usage.remaining is not None and 0 < usage.remaining < images:
             images, reason = usage.remaining, f"you have {usage.remaining} images left today"
-        expansion = wildcards.expand(
+        expansion = prompt_choices.expand(
             request.prompt,
             await self.db.guilds.wildcards(requester.guild_id),
             mode=mode,
@@ -309,7 +310,7 @@ class JobService:
         )
         if len(expansion.prompts) == 1 and expansion.prompts[0] == request.prompt.strip():
             return request, ()  # braces or underscores that were not choices
-        cap = wildcards.describe_cap(expansion, reason)
+        cap = prompt_choices.describe_cap(expansion, reason)
         expanded = dataclasses.replace(
             request, prompts=expansion.prompts, count=len(expansion.prompts)
         )
