@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import require_moderator
+from bot.i18n import reader_locale, translate
 from core.errors import N_, UserError
 from core.storage.guilds import MAX_RETENTION_DAYS
 
@@ -53,8 +54,11 @@ class Banned(commands.GroupCog, group_name="banned"):
         added = await self.bot.service.db.guilds.add_banned_words(
             interaction.guild_id, _words(words), added_by=interaction.user.id
         )
+        locale = reader_locale(interaction)
         await interaction.followup.send(
-            f"Now refusing: {', '.join(f'`{w}`' for w in added) or 'nothing new'}.",
+            translate("Now refusing: {words}.", locale, words=", ".join(f"`{w}`" for w in added))
+            if added
+            else translate("Now refusing: nothing new.", locale),
             ephemeral=True,
         )
 
@@ -66,8 +70,11 @@ class Banned(commands.GroupCog, group_name="banned"):
         removed = await self.bot.service.db.guilds.remove_banned_words(
             interaction.guild_id, _words(words)
         )
+        locale = reader_locale(interaction)
         await interaction.followup.send(
-            f"Allowed again: {', '.join(f'`{w}`' for w in removed) or 'none of those'}.",
+            translate("Allowed again: {words}.", locale, words=", ".join(f"`{w}`" for w in removed))
+            if removed
+            else translate("Allowed again: none of those.", locale),
             ephemeral=True,
         )
 
@@ -75,7 +82,11 @@ class Banned(commands.GroupCog, group_name="banned"):
     async def list_(self, interaction: Interaction) -> None:
         """Show the banned words."""
         words = await self.bot.service.db.guilds.banned_words(interaction.guild_id)
-        text = ", ".join(f"`{w}`" for w in words) if words else "No words are banned here."
+        text = (
+            ", ".join(f"`{w}`" for w in words)
+            if words
+            else translate("No words are banned here.", reader_locale(interaction))
+        )
         await interaction.followup.send(render.clip(text, render.CONTENT_LIMIT), ephemeral=True)
 
 
@@ -115,10 +126,11 @@ class Settings(commands.GroupCog, group_name="settings"):
         await self.bot.service.db.guilds.update_settings(
             interaction.guild_id, gallery_channel_id=None if channel is None else channel.id
         )
+        locale = reader_locale(interaction)
         await interaction.followup.send(
-            f"📤 Shared results now go to {channel.mention}."
+            translate("📤 Shared results now go to {channel}.", locale, channel=channel.mention)
             if channel is not None
-            else "Sharing to a channel is off in this server.",
+            else translate("Sharing to a channel is off in this server.", locale),
             ephemeral=True,
         )
 
@@ -134,11 +146,19 @@ class Settings(commands.GroupCog, group_name="settings"):
         """How long this server's images are kept before the clean-up deletes them."""
         assert interaction.guild_id is not None
         await self.bot.service.db.guilds.update_settings(interaction.guild_id, retention_days=days)
+        locale = reader_locale(interaction)
         await interaction.followup.send(
-            f"🗓 This server's images are now kept {days} day(s), then deleted by the daily "
-            "clean-up; favourited images stay until they are unfavourited."
+            translate(
+                "🗓 This server's images are now kept {days} day(s), then deleted by the daily "
+                "clean-up; favourited images stay until they are unfavourited.",
+                locale,
+                days=days,
+            )
             if days is not None
-            else "🗓 This server's images are kept as long as the operator's clean-up default.",
+            else translate(
+                "🗓 This server's images are kept as long as the operator's clean-up default.",
+                locale,
+            ),
             ephemeral=True,
         )
 
@@ -146,14 +166,24 @@ class Settings(commands.GroupCog, group_name="settings"):
     async def show(self, interaction: Interaction) -> None:
         """Show this server's settings."""
         settings = await self.bot.service.db.guilds.settings(interaction.guild_id)
-        channel = f"<#{settings.gallery_channel_id}>" if settings.gallery_channel_id else "off"
+        locale = reader_locale(interaction)
+        channel = (
+            f"<#{settings.gallery_channel_id}>"
+            if settings.gallery_channel_id
+            else translate("off", locale)
+        )
         kept = (
-            f"{settings.retention_days} day(s)"
+            translate("{days} day(s)", locale, days=settings.retention_days)
             if settings.retention_days is not None
-            else "the operator's default"
+            else translate("the operator's default", locale)
         )
         await interaction.followup.send(
-            f"**Gallery channel:** {channel}\n**Images kept:** {kept} (favourites stay)",
+            translate(
+                "**Gallery channel:** {channel}\n**Images kept:** {kept} (favourites stay)",
+                locale,
+                channel=channel,
+                kept=kept,
+            ),
             ephemeral=True,
         )
 
