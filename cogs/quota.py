@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import member_role_ids, require_moderator
+from bot.i18n import reader_locale, translate
 from core.charts import PERIOD_DAYS, period_range, usage_chart
 from core.errors import N_, UserError
 from core.storage import UNSET
@@ -40,8 +41,17 @@ def _limit(value: str | None) -> int | None:
     return number
 
 
-def _shown(limit: int | None) -> str:
-    return "unlimited" if limit is None else str(limit)
+def _shown(limit: int | None, locale: discord.Locale | None) -> str:
+    return translate("unlimited", locale) if limit is None else str(limit)
+
+
+def translate_priority(label: str, locale: discord.Locale | None) -> str:
+    names = {
+        "high": translate("high", locale),
+        "normal": translate("normal", locale),
+        "low": translate("low", locale),
+    }
+    return names.get(label, label)
 
 
 @app_commands.guild_only()
@@ -69,12 +79,21 @@ class Quota(commands.GroupCog, group_name="quota"):
         usage = await self.bot.service.db.quotas.usage(
             interaction.guild_id, target.id, role_ids=member_role_ids(target)
         )
-        text = (
-            f"**{target.display_name}** — limits from {usage.policy.source.value} settings\n"
-            f"Images today: {usage.used} of {_shown(usage.daily_limit)}"
-            f" (resets {render.discord_time(usage.resets_at)})\n"
-            f"Jobs at once: {usage.active_jobs} of {_shown(usage.concurrent_limit)}\n"
-            f"Queue priority: {usage.policy.priority.label}"
+        locale = reader_locale(interaction)
+        text = translate(
+            "**{name}** — limits from {source} settings\n"
+            "Images today: {used} of {daily} (resets {resets})\n"
+            "Jobs at once: {active} of {concurrent}\n"
+            "Queue priority: {priority}",
+            locale,
+            name=target.display_name,
+            source=usage.policy.source.value,
+            used=usage.used,
+            daily=_shown(usage.daily_limit, locale),
+            resets=render.discord_time(usage.resets_at),
+            active=usage.active_jobs,
+            concurrent=_shown(usage.concurrent_limit, locale),
+            priority=translate_priority(usage.policy.priority.label, locale),
         )
         await interaction.followup.send(text, ephemeral=True)
 
@@ -104,13 +123,14 @@ class Quota(commands.GroupCog, group_name="quota"):
             raise UserError(N_("Pick a role or a user, not both."))
         if role is not None and role.is_default():
             # @everyone is never among a member's roles: it means the server-wide default.
-            scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
+            scope, target, who = QuotaScope.GUILD, None, None
         elif role is not None:
-            scope, target, who = QuotaScope.ROLE, role.id, f"the role {role.name}"
+            scope, target = QuotaScope.ROLE, role.id
+            who = translate("the role {role}", reader_locale(interaction), role=role.name)
         elif user is not None:
             scope, target, who = QuotaScope.USER, user.id, user.display_name
         else:
-            scope, target, who = QuotaScope.GUILD, None, "everyone in this server"
+            scope, target, who = QuotaScope.GUILD, None, None
         if daily_images is None and concurrent_jobs is None and priority is None:
             raise UserError(N_("Give `daily_images`, `concurrent_jobs`, `priority`, or several."))
         # Whatever is left out stays as it was (UNSET); a limit never becomes unlimited (None)
@@ -127,14 +147,28 @@ class Quota(commands.GroupCog, group_name="quota"):
             priority=plan,
             updated_by=interaction.user.id,
         )
+        locale = reader_locale(interaction)
         parts = []
         if daily is not UNSET:
-            parts.append(f"{_shown(daily)} images a day")
+            parts.append(translate("{count} images a day", locale, count=_shown(daily, locale)))
         if concurrent is not UNSET:
-            parts.append(f"{_shown(concurrent)} jobs at once")
+            parts.append(
+                translate("{count} jobs at once", locale, count=_shown(concurrent, locale))
+            )
         if plan is not UNSET:
-            parts.append(f"{plan.label} queue priority")
-        await interaction.followup.send(f"Limits for {who}: {', '.join(parts)}.", ephemeral=True)
+            parts.append(
+                translate(
+                    "{priority} queue priority",
+                    locale,
+                    priority=translate_priority(plan.label, locale),
+                )
+            )
+        if who is None:
+            who = translate("everyone in this server", locale)
+        await interaction.followup.send(
+            translate("Limits for {who}: {limits}.", locale, who=who, limits=", ".join(parts)),
+            ephemeral=True,
+        )
 
     @app_commands.command(name="reset")
     @app_commands.describe(user="Whose usage today to forgive")
@@ -145,7 +179,13 @@ class Quota(commands.GroupCog, group_name="quota"):
             interaction.guild_id, user.id, reset_by=interaction.user.id
         )
         await interaction.followup.send(
-            f"Gave {user.display_name} back {forgiven} images for today.", ephemeral=True
+            translate(
+                "Gave {name} back {count} images for today.",
+                reader_locale(interaction),
+                name=user.display_name,
+                count=forgiven,
+            ),
+            ephemeral=True,
         )
 
 
