@@ -28,8 +28,8 @@ class InvalidField(UserError):
     """A request field the user filled in wrongly; ``field`` names it the way the caller's
     front door does (an option or a query parameter of the same name)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, field: str, message: str, /, **values: object) -> None:
+        super().__init__(message, **values)
         self.field = field
 
 
@@ -37,8 +37,8 @@ class QuotaRefused(UserError):
     """The job would break the user's quota. ``retry_after_s``: when trying again can work
     (the daily reset), or None (a concurrent-jobs limit frees up when a job ends)."""
 
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None, /, **values: object) -> None:
+        super().__init__(message, **values)
         self.retry_after_s = retry_after_s
 
 

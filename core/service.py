@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core import textguard
 from core import wildcards as prompt_choices
-from core.errors import InvalidField, QuotaRefused, UserError
+from core.errors import N_, InvalidField, QuotaRefused, UserError
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
@@ -134,8 +134,11 @@ class JobService:
             pattern = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
             if any(pattern.search(text) for text in folded):
                 raise UserError(
-                    f"Your prompt contains `{word}`, which this server does not allow. "
-                    "Please rephrase it."
+                    N_(
+                        "Your prompt contains `{word}`, which this server does not allow. "
+                        "Please rephrase it."
+                    ),
+                    word=word,
                 )
 
     async def accept(
@@ -232,7 +235,7 @@ class JobService:
             )
         except QuotaExceeded as error:
             wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
-            raise QuotaRefused(str(error), wait) from None
+            raise QuotaRefused(error.template, wait, **error.values) from None
         try:
             handle = await self.engine.submit(
                 resolved, user_id=str(requester.user_id), job_id=job.id, tier=policy.priority
@@ -283,7 +286,7 @@ class JobService:
             )
         except QuotaExceeded as error:
             wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
-            raise QuotaRefused(str(error), wait) from None
+            raise QuotaRefused(error.template, wait, **error.values) from None
         return await self.db.complete_job(job.id, [GeneratedImage(0, seed, png)])
 
     async def _expanded(
@@ -330,7 +333,9 @@ class JobService:
             if style.name == wanted:
                 return style
         raise InvalidField(
-            "style", f"There is no style `{wanted[:40]}` here: pick one from the list."
+            "style",
+            N_("There is no style `{name}` here: pick one from the list."),
+            name=wanted[:40],
         )
 
     def feed(self, job_id: str) -> JobFeed | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.errors import InvalidField
+from core.errors import N_, InvalidField
 
 MAX_TEMPLATE = 500
 MAX_STYLES_PER_SERVER = 50
@@ -82,14 +82,19 @@ def check_style(name: str, template: str, negative: str) -> Style:
     """A server's new style, validated; an ``InvalidField`` names what is wrong."""
     name = normalise_name(name)
     if not NAME.match(name):
-        raise InvalidField("name", "A style's name is 1 to 32 letters, digits, spaces, - or _.")
+        raise InvalidField("name", N_("A style's name is 1 to 32 letters, digits, spaces, - or _."))
     if name in BUILTIN:
-        raise InvalidField("name", f"`{name}` is a built-in style: choose another name.")
+        raise InvalidField(
+            "name", N_("`{name}` is a built-in style: choose another name."), name=name
+        )
     template = " ".join(template.split())
     if template.count("{prompt}") != 1:
         raise InvalidField(
-            "template", "The template must hold `{prompt}` exactly once, where the prompt goes."
+            "template",
+            N_("The template must hold `{prompt}` exactly once, where the prompt goes."),
         )
     if len(template) > MAX_TEMPLATE or len(negative) > MAX_TEMPLATE:
-        raise InvalidField("template", f"Templates are at most {MAX_TEMPLATE} characters.")
+        raise InvalidField(
+            "template", N_("Templates are at most {most} characters."), most=MAX_TEMPLATE
+        )
     return Style(name, template, " ".join(negative.split()), builtin=False)

@@ -15,7 +15,7 @@ from dynamicprompts.generators import CombinatorialPromptGenerator, RandomPrompt
 from dynamicprompts.wildcards import WildcardManager
 from pyparsing import ParseBaseException
 
-from core.errors import InvalidField
+from core.errors import N_, InvalidField
 
 ExpandMode = Literal["all", "random"]
 EXPAND_MODES: Final = ("all", "random")
@@ -47,16 +47,18 @@ def check_wildcard(name: str, values: str) -> tuple[str, tuple[str, ...]]:
     normalised = normalise_name(name)
     if not _NAME.fullmatch(normalised):
         raise InvalidField(
-            "name", "A wildcard's name is 1 to 32 letters, digits, - or _ (used as __name__)."
+            "name", N_("A wildcard's name is 1 to 32 letters, digits, - or _ (used as __name__).")
         )
     parts = [part.strip() for part in re.split(r"[,\n]", values)]
     kept = tuple(dict.fromkeys(part for part in parts if part))
     if not kept:
-        raise InvalidField("values", "Give at least one value, separated by commas.")
+        raise InvalidField("values", N_("Give at least one value, separated by commas."))
     if len(kept) > MAX_VALUES:
-        raise InvalidField("values", f"A wildcard holds at most {MAX_VALUES} values.")
+        raise InvalidField("values", N_("A wildcard holds at most {most} values."), most=MAX_VALUES)
     if any(len(value) > MAX_VALUE_CHARS for value in kept):
-        raise InvalidField("values", f"Each value is at most {MAX_VALUE_CHARS} characters.")
+        raise InvalidField(
+            "values", N_("Each value is at most {most} characters."), most=MAX_VALUE_CHARS
+        )
     return normalised, kept
 
 
@@ -83,7 +85,8 @@ def expand(
         if name not in wildcards:
             raise InvalidField(
                 "prompt",
-                f"There is no wildcard `__{name[:32]}__` here: /wildcard list shows this server's.",
+                N_("There is no wildcard `__{name}__` here: /wildcard list shows this server's."),
+                name=name[:32],
             )
     # Names are matched in any case, as /wildcard stores them.
     prompt = _WILDCARD.sub(lambda match: f"__{match[1].lower()}__", prompt)
@@ -97,7 +100,7 @@ def expand(
         more = len(listed) > COMBINATION_LIMIT
         listed = listed[:COMBINATION_LIMIT]
         if not listed:
-            raise InvalidField("prompt", "Every choice in the prompt is empty.")
+            raise InvalidField("prompt", N_("Every choice in the prompt is empty."))
         wanted = max(1, min(images, len(listed)))
         if mode == "all":
             chosen = listed[:wanted]
@@ -111,7 +114,7 @@ def expand(
             chosen = random.Random(seed).sample(listed, wanted)
     except ParseBaseException:
         raise InvalidField(
-            "prompt", "The prompt's choices are not closed: write them as {red|green|blue}."
+            "prompt", N_("The prompt's choices are not closed: write them as {red|green|blue}.")
         ) from None
     return Expansion(tuple(chosen), len(listed), more)
 

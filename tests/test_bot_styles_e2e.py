@@ -248,6 +248,13 @@ async def test_a_korean_user_sees_korean_commands_and_messages(world: World) -> 
         await fake.send_slash_command("imagine", {"prompt": "--ar 16:9"}, user=korean, locale="ko")
     )
     assert refused.ephemeral and refused.content == "무엇을 그릴지 적어 주세요."
+    # An error of the core (the same in the API, in English) is Korean here too.
+    unknown = await reply_text(
+        await fake.send_slash_command(
+            "imagine", {"prompt": "a __dragon__"}, user=korean, locale="ko"
+        )
+    )
+    assert unknown.content.startswith("여기에는 `__dragon__` 와일드카드가 없습니다")
     queue = await reply_text(await fake.send_slash_command("queue", user=korean, locale="ko"))
     assert "생성 중" in queue.content and "대기열에 내 작업이 없습니다." in queue.content
     # Someone else's English stays English.

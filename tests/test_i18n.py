@@ -110,12 +110,14 @@ def translated_texts() -> list[tuple[str, str]]:
     """Every text the bot passes to ``translate`` or marks with ``N_`` (an error shown
     translated), with where it is."""
     found = []
-    for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py")]:
+    for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py"), *ROOT.glob("core/**/*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", None))
-            if name not in ("translate", "N_") or path.name == "i18n.py":
+            in_core = path.is_relative_to(ROOT / "core")
+            wanted = ("N_",) if in_core else ("translate", "N_")
+            if name not in wanted or path.name == "i18n.py":
                 continue
             first = node.args[0] if node.args else None
             # A literal, so that this test (and a translator's tools) can find every text.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
+from core.errors import N_
+
 
 class StorageError(Exception):
     """Base class of every error raised by ``core.storage``."""
@@ -164,25 +166,51 @@ class QuotaExceeded(StorageUserError):
         self.used = used
         self.requested = requested
         self.resets_at = resets_at
-        super().__init__(self._message())
+        self.template, self.values = self._template()
+        super().__init__(self.template.format(**self.values))
 
     @property
     def remaining(self) -> int:
         return max(0, self.limit - self.used)
 
-    def _message(self) -> str:
+    def _template(self) -> tuple[str, dict[str, object]]:
+        """The message as a template and its values, so a front door can translate it."""
+        values: dict[str, object] = {
+            "limit": self.limit,
+            "used": self.used,
+            "remaining": self.remaining,
+            "requested": self.requested,
+        }
         if self.limit_kind is LimitKind.DAILY_IMAGES:
-            when = f" It resets at {self.resets_at:%H:%M} UTC." if self.resets_at else ""
-            if self.remaining == 0:
-                head = f"You have used all {self.limit} of your images for today."
-            else:
-                head = (
-                    f"You have {self.remaining} of your {self.limit} images left today, "
-                    f"and this needs {self.requested}."
+            if self.resets_at is None:
+                template = (
+                    N_("You have used all {limit} of your images for today.")
+                    if self.remaining == 0
+                    else N_(
+                        "You have {remaining} of your {limit} images left today, and this "
+                        "needs {requested}."
+                    )
                 )
-            return head + when
-        noun = "job" if self.limit == 1 else "jobs"
-        return (
-            f"You already have {self.used} unfinished {noun} (the limit is {self.limit}). "
-            f"Wait for one to finish, or cancel one."
+                return template, values
+            values["time"] = f"{self.resets_at:%H:%M}"
+            template = (
+                N_("You have used all {limit} of your images for today. It resets at {time} UTC.")
+                if self.remaining == 0
+                else N_(
+                    "You have {remaining} of your {limit} images left today, and this needs "
+                    "{requested}. It resets at {time} UTC."
+                )
+            )
+            return template, values
+        template = (
+            N_(
+                "You already have {used} unfinished job (the limit is {limit}). Wait for one "
+                "to finish, or cancel one."
+            )
+            if self.limit == 1
+            else N_(
+                "You already have {used} unfinished jobs (the limit is {limit}). Wait for one "
+                "to finish, or cancel one."
+            )
         )
+        return template, values
