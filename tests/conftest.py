@@ -25,6 +25,16 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         await stop_world(started)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used the bot process shows what the bot logged."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    world = getattr(item, "funcargs", {}).get("world")
+    if report.when == "call" and report.failed and isinstance(world, World):
+        report.sections.append(("the bot's output (its end)", world.bot.output[-8000:]))
+
+
 @pytest.fixture
 def no_problems(world: World) -> Iterator[None]:
     """After the test: nothing the bot sent would have been refused by Discord."""

@@ -177,8 +177,10 @@ class InteractionHandle:
         result = await self.fake.wait_for(
             check,
             timeout=timeout,
-            description=f"the original response of {self.name!r} to satisfy the predicate "
-            f"(now: {self.original!r})\n{self.history()}",
+            description=lambda: (
+                f"the original response of {self.name!r} to satisfy the "
+                f"predicate (at the timeout: {self.original!r})\n{self.history()}"
+            ),
         )
         return result
 

@@ -619,9 +619,14 @@ class FakeDiscord(DriverMixin):
                 fut.set_result(None)
 
     async def wait_for(
-        self, predicate: Callable[[], Any], *, timeout: float, description: str
+        self,
+        predicate: Callable[[], Any],
+        *,
+        timeout: float,
+        description: str | Callable[[], str],
     ) -> Any:
-        """Wait until ``predicate()`` is truthy (re-checked on every change); return it."""
+        """Wait until ``predicate()`` is truthy (re-checked on every change); return it.
+        A callable ``description`` is read at the timeout, so it shows the state then."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -630,8 +635,9 @@ class FakeDiscord(DriverMixin):
                 return result
             remaining = deadline - loop.time()
             if remaining <= 0:
+                said = description() if callable(description) else description
                 raise FakeDiscordTimeout(
-                    f"timed out after {timeout:g} s waiting for {description}\n{self.describe()}"
+                    f"timed out after {timeout:g} s waiting for {said}\n{self.describe()}"
                 )
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
