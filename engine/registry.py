@@ -326,20 +326,27 @@ _ENTRY_KEYS = {
 }  # fmt: skip
 
 
-def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> ModelSpec:
-    where = f"{origin}, [models.{name}]"
+def _checked_table(
+    table: str, noun: str, name: str, entry: Any, allowed: set[str], origin: str
+) -> str:
+    """Where ``[table.name]`` is, for messages, once it is a table with a valid name and
+    only ``allowed`` keys."""
+    where = f"{origin}, [{table}.{name}]"
     if not isinstance(entry, dict):
         raise RegistryError(f"{where}: must be a table.")
     if not _NAME_PATTERN.match(name):
         raise RegistryError(
-            f"{where}: a model name is 1 to 40 letters, digits, '.', '_' or '-', starting "
+            f"{where}: a {noun} name is 1 to 40 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit."
         )
-    unknown = set(entry) - _ENTRY_KEYS
+    unknown = set(entry) - allowed
     if unknown:
-        raise RegistryError(
-            f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}."
-        )
+        raise RegistryError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    return where
+
+
+def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> ModelSpec:
+    where = _checked_table("models", "model", name, entry, _ENTRY_KEYS, origin)
     raw_source = _get(entry, "source", str, where)
     if raw_source is None or not raw_source.strip():
         raise RegistryError(f"{where}: 'source' is required (a hub id, a folder or a file).")
@@ -415,19 +422,7 @@ _LORA_KEYS = {
 
 
 def _parse_lora(name: str, entry: Any, *, base_dir: Path, origin: str) -> LoraSpec:
-    where = f"{origin}, [loras.{name}]"
-    if not isinstance(entry, dict):
-        raise RegistryError(f"{where}: must be a table.")
-    if not _NAME_PATTERN.match(name):
-        raise RegistryError(
-            f"{where}: a LoRA name is 1 to 40 letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit."
-        )
-    unknown = set(entry) - _LORA_KEYS
-    if unknown:
-        raise RegistryError(
-            f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_LORA_KEYS)}."
-        )
+    where = _checked_table("loras", "LoRA", name, entry, _LORA_KEYS, origin)
     raw_source = _get(entry, "source", str, where)
     if raw_source is None or not raw_source.strip():
         raise RegistryError(

@@ -12,6 +12,15 @@ from tests.engine.helpers import write_tiny_lora
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("no_problems")]
 
 
+async def drawn_png(world: World, **options: object) -> tuple[str, bytes, str]:
+    """One image drawn by /imagine: the result's text, its full PNG (from ℹ) and the PNG's
+    generation parameters."""
+    _, result = await imagine(world, count=1, **options)
+    info = await reply_text(await world.fake.click_button(result, emoji="ℹ"))
+    data = info.attachments[0].data
+    return result.text(), data, read_png_parameters(data) or ""
+
+
 async def test_a_builtin_style_wraps_the_prompt_and_is_shown(world: World) -> None:
     fake = world.fake
     choices = await fake.autocomplete(
@@ -103,13 +112,8 @@ async def test_trending_lists_this_weeks_prompts_with_buttons_to_use_them(world:
 
 
 async def test_weighted_and_long_prompts_are_read_as_written(world: World) -> None:
-    fake = world.fake
-
     async def full_png(**options: object) -> tuple[str, bytes, str]:
-        _, result = await imagine(world, count=1, seed=1234, steps=3, **options)
-        info = await reply_text(await fake.click_button(result, emoji="ℹ"))
-        data = info.attachments[0].data
-        return result.text(), data, read_png_parameters(data) or ""
+        return await drawn_png(world, seed=1234, steps=3, **options)
 
     _, plain, _ = await full_png(prompt="a fox in the snow")
     _, weighted, parameters = await full_png(prompt="a (fox:1.6) in the [snow]")
@@ -194,10 +198,8 @@ async def test_a_lora_from_the_registry_changes_the_image_and_is_refused_when_it
     )
 
     async def full_png(**options: object) -> tuple[str, bytes]:
-        _, result = await imagine(world, count=1, seed=99, steps=2, **options)
-        info = await reply_text(await fake.click_button(result, emoji="ℹ"))
-        data = info.attachments[0].data
-        return read_png_parameters(data) or "", data
+        _, data, parameters = await drawn_png(world, seed=99, steps=2, **options)
+        return parameters, data
 
     async with stand_in(world, MODELS_FILE=str(models), DEFAULT_MODEL="tiny"):
         choices = await fake.autocomplete(
