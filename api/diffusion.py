@@ -103,7 +103,7 @@ def diffusion_routes() -> APIRouter:
                     await context.service.db.idempotency.release(account.user_id, idempotency_key)
                 raise
             job_id = accepted.job.id
-            notes = list(accepted.notes)
+            notes = [str(told) for told in accepted.notes]
             if idempotency_key is not None:
                 await context.service.db.idempotency.bind(account.user_id, idempotency_key, job_id)
         wait_s = _prefer_wait(prefer)

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from core.errors import UserError
+from core.errors import N_, UserError
 
 # The hosts Discord serves attachments from. These names must resolve to public addresses.
 DISCORD_CDN_HOSTS: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
@@ -114,11 +114,11 @@ def is_loopback_host(host: str) -> bool:
 def check_url(url: URL, hosts: Iterable[AllowedHost]) -> None:
     """Raise DownloadRefused unless ``url`` is https (or http to a loopback host) on the list."""
     if url.scheme not in _DEFAULT_PORTS or not url.host:
-        raise DownloadRefused("That attachment's address is not a Discord file address.")
+        raise DownloadRefused(N_("That attachment's address is not a Discord file address."))
     host = _normal_host(url.host)
     if url.scheme == "http" and not is_loopback_host(host):
         raise DownloadRefused(
-            "That attachment's address is not a secure (https) one, so I did not fetch it."
+            N_("That attachment's address is not a secure (https) one, so I did not fetch it.")
         )
     port = url.port
     for allowed in hosts:
@@ -127,8 +127,10 @@ def check_url(url: URL, hosts: Iterable[AllowedHost]) -> None:
         if port == (allowed.port if allowed.port is not None else _DEFAULT_PORTS[url.scheme]):
             return
     raise DownloadRefused(
-        "That attachment is not on Discord's file servers, so I did not fetch it. "
-        "Please attach the image to the command directly."
+        N_(
+            "That attachment is not on Discord's file servers, so I did not fetch it. "
+            "Please attach the image to the command directly."
+        )
     )
 
 
@@ -148,8 +150,10 @@ class PublicOnlyResolver(AbstractResolver):
             for result in results:
                 if not ipaddress.ip_address(result["host"]).is_global:
                     raise DownloadRefused(
-                        "Discord's file server resolved to a private address here, so I did not "
-                        "fetch the attachment. Please tell the bot's operator."
+                        N_(
+                            "Discord's file server resolved to a private address here, so I did "
+                            "not fetch the attachment. Please tell the bot's operator."
+                        )
                     )
         return results
 
@@ -189,14 +193,17 @@ async def fetch(
                 if response.status in _REDIRECTS:
                     location = response.headers.get("Location")
                     if not location:
-                        raise DownloadFailed("I could not download that attachment.")
+                        raise DownloadFailed(N_("I could not download that attachment."))
                     current = current.join(_parse(location))
                     check_url(current, allowed)
                     continue
                 if response.status != 200:
                     raise DownloadFailed(
-                        "I could not download that attachment "
-                        f"(the file server answered {response.status}). Please try again."
+                        N_(
+                            "I could not download that attachment "
+                            "(the file server answered {status}). Please try again."
+                        ),
+                        status=response.status,
                     )
                 if response.content_length is not None and response.content_length > max_bytes:
                     raise _too_large(max_bytes)
@@ -206,19 +213,20 @@ async def fetch(
                     if len(body) > max_bytes:
                         raise _too_large(max_bytes)
                 return bytes(body)
-        raise DownloadRefused("That attachment's address redirected too many times.")
+        raise DownloadRefused(N_("That attachment's address redirected too many times."))
 
 
 def _parse(url: str) -> URL:
     try:
         return URL(url)
     except (ValueError, TypeError):
-        raise DownloadRefused("That attachment's address is not a valid one.") from None
+        raise DownloadRefused(N_("That attachment's address is not a valid one.")) from None
 
 
 def _too_large(max_bytes: int) -> DownloadTooLarge:
     return DownloadTooLarge(
-        f"That image is larger than {max_bytes / 2**20:g} MiB; please attach a smaller one."
+        N_("That image is larger than {size} MiB; please attach a smaller one."),
+        size=f"{max_bytes / 2**20:g}",
     )
 
 

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from engine.errors import N_ as N_
 
 
-def N_(text: str) -> str:
-    """Marks an English text as one a front door shows translated (gettext's convention):
-    the text itself is the message id in the catalogs, so nothing changes here."""
-    return text
+@dataclass(frozen=True)
+class Note:
+    """Something the requester should know that is not an error (an ignored flag, a capped
+    expansion): an English template and its values, as ``UserError`` carries them, so a front
+    door can show it translated. A value may be a ``Note`` itself (a reason inside a note)."""
+
+    template: str
+    values: Mapping[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.template.format(**self.values) if self.values else self.template
+
+
+def note(template: str, /, **values: object) -> Note:
+    return Note(template, values)
 
 
 class UserError(Exception):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from core.errors import InvalidField
-from core.storage.errors import InvalidInput
+from core.errors import N_, InvalidField
 from core.storage.records import JobStatus, LibraryQuery, LibrarySort
 
 MAX_SEARCH_CHARS = 200
@@ -32,8 +31,11 @@ def parse_moment(text: str, now: dt.datetime, *, field: str) -> dt.datetime:
     except ValueError:
         raise InvalidField(
             field,
-            f"`{field}` must be a date like 2026-11-30, today, yesterday, or an age like "
-            "7d, 2w, 3m or 1y.",
+            N_(
+                "`{field}` must be a date like 2026-11-30, today, yesterday, or an age like "
+                "7d, 2w, 3m or 1y."
+            ),
+            field=field,
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
@@ -53,33 +55,41 @@ def build_query(
     """A ``LibraryQuery`` from the options a person or program sent; a wrong option is an
     ``InvalidField`` naming it. A plain date for ``until`` includes that whole day."""
     if search is not None and len(search) > MAX_SEARCH_CHARS:
-        raise InvalidField("search", f"A search can be at most {MAX_SEARCH_CHARS} characters.")
+        raise InvalidField(
+            "search", N_("A search can be at most {most} characters."), most=MAX_SEARCH_CHARS
+        )
     if operation is not None and operation not in OPERATIONS:
-        raise InvalidField("operation", f"`operation` must be one of {', '.join(OPERATIONS)}.")
+        raise InvalidField(
+            "operation",
+            N_("`operation` must be one of {choices}."),
+            choices=", ".join(OPERATIONS),
+        )
     try:
         wanted_status = None if status is None else JobStatus(status)
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
-        raise InvalidField("status", f"`status` must be one of {known}.") from None
+        raise InvalidField(
+            "status", N_("`status` must be one of {choices}."), choices=known
+        ) from None
     try:
         order = LibrarySort.NEWEST if sort is None else LibrarySort(sort)
     except ValueError:
         known = ", ".join(s.value for s in LibrarySort)
-        raise InvalidField("sort", f"`sort` must be one of {known}.") from None
+        raise InvalidField("sort", N_("`sort` must be one of {choices}."), choices=known) from None
     start = None if since is None else parse_moment(since, now, field="since")
     end = None if until is None else parse_moment(until, now, field="until")
     if end is not None and until is not None and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", until):
         end += dt.timedelta(days=1)  # "until 2026-11-30" includes the 30th
-    try:
-        return LibraryQuery(
-            text=search.strip() if search and search.strip() else None,
-            model=model or None,
-            operation=operation,
-            status=wanted_status,
-            since=start,
-            until=end,
-            favourites_only=favourites_only,
-            sort=order,
-        )
-    except InvalidInput as error:
-        raise InvalidField("since", str(error)) from None
+    if start is not None and end is not None and start >= end:
+        # LibraryQuery refuses it too, in storage's words; this says it for the user.
+        raise InvalidField("since", N_("The start of the date range must come before its end."))
+    return LibraryQuery(
+        text=search.strip() if search and search.strip() else None,
+        model=model or None,
+        operation=operation,
+        status=wanted_status,
+        since=start,
+        until=end,
+        favourites_only=favourites_only,
+        sort=order,
+    )

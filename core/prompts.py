@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.errors import UserError
+from core.errors import N_, Note, UserError, note
 
 ASPECTS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 3 / 2, "9:16": 9 / 16, "16:9": 16 / 9}
 # Phones and macOS turn a typed "--" into an em or en dash: those start a flag too.
@@ -21,7 +21,7 @@ class InlineParameters:
     aspect: str | None = None
     seed: int | None = None
     steps: int | None = None
-    notes: tuple[str, ...] = field(default=())  # told to the user, e.g. ignored flags
+    notes: tuple[Note, ...] = field(default=())  # told to the user, e.g. ignored flags
 
 
 def parse_inline(prompt: str) -> InlineParameters:
@@ -32,7 +32,7 @@ def parse_inline(prompt: str) -> InlineParameters:
     text = prompt[: matches[0].start()].strip()
     negative: list[str] = []
     aspect = seed = steps = None
-    notes: list[str] = []
+    notes: list[Note] = []
     given: dict[str, str] = {}  # flag -> the value written last, for repeated flags
     repeated: list[str] = []
     for i, match in enumerate(matches):
@@ -48,21 +48,24 @@ def parse_inline(prompt: str) -> InlineParameters:
             if value:
                 negative.append(value)
         elif name in {"ar", "aspect"}:
-            aspect, note = closest_aspect(value)
-            if note:
-                notes.append(note)
+            aspect, rounded = closest_aspect(value)
+            if rounded:
+                notes.append(rounded)
         elif name == "seed":
             seed = _whole_number("--seed", value, 0, 2**32 - 1)
         elif name == "steps":
             steps = _whole_number("--steps", value, 1, 150)
         else:
-            note = f"`--{name}` is not supported here and was ignored."
-            if note not in notes:
-                notes.append(note)
+            ignored = note(N_("`{flag}` is not supported here and was ignored."), flag=f"--{name}")
+            if ignored not in notes:
+                notes.append(ignored)
     for flag in repeated:
         notes.append(
-            f"`{flag}` was given more than once; I used the last one "
-            f"(`{flag} {given[flag][:20].replace('`', 'ʹ')}`)."
+            note(
+                N_("`{flag}` was given more than once; I used the last one (`{flag} {value}`)."),
+                flag=flag,
+                value=given[flag][:20].replace("`", "ʹ"),
+            )
         )
     return InlineParameters(
         prompt=text,
@@ -74,23 +77,31 @@ def parse_inline(prompt: str) -> InlineParameters:
     )
 
 
-def closest_aspect(value: str) -> tuple[str, str | None]:
+def closest_aspect(value: str) -> tuple[str, Note | None]:
     """The supported aspect ratio nearest to ``W:H``, with a note when it is not exact."""
     match = re.fullmatch(r"\s*(\d{1,5})\s*[:x/]\s*(\d{1,5})\s*", value)
     if not match or int(match.group(2)) == 0 or int(match.group(1)) == 0:
-        raise UserError(f"`--ar {value[:20]}` is not an aspect ratio. Write it like `--ar 16:9`.")
+        raise UserError(
+            N_("`--ar {value}` is not an aspect ratio. Write it like `--ar 16:9`."),
+            value=value[:20],
+        )
     ratio = int(match.group(1)) / int(match.group(2))
     best = min(ASPECTS, key=lambda name: abs(ASPECTS[name] - ratio))
     exact = f"{match.group(1)}:{match.group(2)}"
-    note = None if exact == best else f"Aspect ratio {exact} was rounded to {best}."
-    return best, note
+    if exact == best:
+        return best, None
+    return best, note(N_("Aspect ratio {exact} was rounded to {best}."), exact=exact, best=best)
 
 
 def _whole_number(flag: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise UserError(f"`{flag}` needs a whole number, not `{value[:20]}`.") from None
+        raise UserError(
+            N_("`{flag}` needs a whole number, not `{value}`."), flag=flag, value=value[:20]
+        ) from None
     if not low <= number <= high:
-        raise UserError(f"`{flag}` must be between {low} and {high}.")
+        raise UserError(
+            N_("`{flag}` must be between {least} and {most}."), flag=flag, least=low, most=high
+        )
     return number

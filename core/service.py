@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core import textguard
 from core import wildcards as prompt_choices
-from core.errors import N_, InvalidField, QuotaRefused, UserError
+from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.database import Database
@@ -99,7 +99,7 @@ class Accepted:
     job: Job
     feed: JobFeed
     request: ResolvedRequest
-    notes: tuple[str, ...] = ()  # what the requester should know (a capped expansion)
+    notes: tuple[Note, ...] = ()  # what the requester should know (a capped expansion)
 
 
 class JobService:
@@ -164,7 +164,7 @@ class JobService:
             chosen = await self.style(requester.guild_id, style)
             prompt, negative = chosen.apply(request.prompt, request.negative_prompt)
             request = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
-        notes: tuple[str, ...] = ()
+        notes: tuple[Note, ...] = ()
         if not request.prompts and prompt_choices.has_choices(request.prompt):
             request, notes = await self._expanded(requester, request, expand or "all")
         await self.check_banned_words(
@@ -177,7 +177,7 @@ class JobService:
         try:
             resolved = await self.engine.resolve(request)
         except EngineError as error:
-            raise UserError(str(error)) from None
+            raise UserError(error.template, **error.values) from None
         if request.init_image is not None and init_image_key is None:
             # A user's upload: kept (once validated) so a resumed job can start from it again.
             init_image_key = await self.images.put(
@@ -242,7 +242,7 @@ class JobService:
             )
         except EngineError as error:
             await self.db.jobs.mark_failed(job.id, str(error))
-            raise UserError(str(error)) from None
+            raise UserError(error.template, **error.values) from None
         return Accepted(job, self._feed(handle), resolved, notes)
 
     async def record_edit(
@@ -291,19 +291,25 @@ class JobService:
 
     async def _expanded(
         self, requester: Requester, request: GenerationRequest, mode: ExpandMode
-    ) -> tuple[GenerationRequest, tuple[str, ...]]:
+    ) -> tuple[GenerationRequest, tuple[Note, ...]]:
         """``request`` with one prompt per image from its choices, and why it draws fewer
         than the prompt makes, if it does."""
         images, reason = (
-            (MAX_IMAGES_PER_REQUEST, f"{MAX_IMAGES_PER_REQUEST} images per job at most")
+            (
+                MAX_IMAGES_PER_REQUEST,
+                note(N_("{most} images per job at most"), most=MAX_IMAGES_PER_REQUEST),
+            )
             if mode == "all"
-            else (request.count, f"you asked for {request.count}")
+            else (request.count, note(N_("you asked for {count}"), count=request.count))
         )
         usage = await self.db.quotas.usage(
             requester.guild_id, requester.user_id, role_ids=requester.role_ids
         )
         if usage.remaining is not None and 0 < usage.remaining < images:
-            images, reason = usage.remaining, f"you have {usage.remaining} images left today"
+            images, reason = (
+                usage.remaining,
+                note(N_("you have {count} images left today"), count=usage.remaining),
+            )
         expansion = prompt_choices.expand(
             request.prompt,
             await self.db.guilds.wildcards(requester.guild_id),

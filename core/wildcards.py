@@ -15,7 +15,7 @@ from dynamicprompts.generators import CombinatorialPromptGenerator, RandomPrompt
 from dynamicprompts.wildcards import WildcardManager
 from pyparsing import ParseBaseException
 
-from core.errors import N_, InvalidField
+from core.errors import N_, InvalidField, Note, note
 
 ExpandMode = Literal["all", "random"]
 EXPAND_MODES: Final = ("all", "random")
@@ -123,10 +123,24 @@ def _distinct(prompts: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(text.strip() for text in prompts if text.strip()))
 
 
-def describe_cap(expansion: Expansion, reason: str) -> str | None:
+def describe_cap(expansion: Expansion, reason: Note) -> Note | None:
     """Why a job draws fewer images than its prompt makes; None when it draws them all."""
     drawn = len(expansion.prompts)
     if drawn >= expansion.combinations and not expansion.more:
         return None
-    total = f"over {COMBINATION_LIMIT}" if expansion.more else str(expansion.combinations)
-    return f"Your prompt makes {total} combinations; this job draws {drawn} of them ({reason})."
+    if expansion.more:
+        return note(
+            N_(
+                "Your prompt makes over {limit} combinations; this job draws {drawn} of them "
+                "({reason})."
+            ),
+            limit=COMBINATION_LIMIT,
+            drawn=drawn,
+            reason=reason,
+        )
+    return note(
+        N_("Your prompt makes {total} combinations; this job draws {drawn} of them ({reason})."),
+        total=expansion.combinations,
+        drawn=drawn,
+        reason=reason,
+    )

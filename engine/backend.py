@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from engine.errors import EngineError, OutOfMemory, ValidationError
+from engine.errors import N_, EngineError, OutOfMemory, ValidationError
 from engine.images import format_parameters, open_user_image, open_user_mask
 from engine.loader import LoadedModel, ModelManager, load_lora
 from engine.ops import OPERATIONS, OpContext
@@ -114,14 +114,16 @@ class DiffusersBackend:
         try:
             operation = Operation(request.operation)
         except ValueError:
-            raise ValidationError(f"Unknown operation {request.operation!r}.") from None
+            raise ValidationError(
+                N_("Unknown operation {operation}."), operation=repr(request.operation)
+            ) from None
         if not 1 <= request.count <= MAX_IMAGES_PER_REQUEST:
-            raise ValidationError(f"Ask for 1 to {MAX_IMAGES_PER_REQUEST} images.")
+            raise ValidationError(N_("Ask for 1 to {most} images."), most=MAX_IMAGES_PER_REQUEST)
 
         loras, prompt, per_image = self._loras(spec, request)
         prompt = clean_prompt(prompt)
         if not prompt and operation is Operation.TXT2IMG:
-            raise ValidationError("The prompt is empty. Describe the image you want.")
+            raise ValidationError(N_("The prompt is empty. Describe the image you want."))
         negative = clean_prompt(request.negative_prompt)
         prefix = clean_prompt(presets.negative_prefix)
         negative = ", ".join(part for part in (prefix, negative) if part)
@@ -137,26 +139,34 @@ class DiffusersBackend:
         steps = presets.steps if request.steps is None else request.steps
         if not 1 <= steps <= presets.max_steps:
             raise ValidationError(
-                f"Steps must be between 1 and {presets.max_steps} for {spec.name}."
+                N_("Steps must be between 1 and {most} for {model}."),
+                most=presets.max_steps,
+                model=spec.name,
             )
         guidance = presets.guidance if request.guidance is None else float(request.guidance)
         if not (GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]) or math.isnan(guidance):
             raise ValidationError(
-                f"Guidance must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}."
+                N_("Guidance must be between {least} and {most}."),
+                least=f"{GUIDANCE_RANGE[0]:g}",
+                most=f"{GUIDANCE_RANGE[1]:g}",
             )
         scheduler = request.scheduler or presets.scheduler
         if scheduler not in SCHEDULERS:
             raise ValidationError(
-                f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULERS)}."
+                N_("Unknown scheduler {scheduler}. Choose one of: {choices}."),
+                scheduler=repr(scheduler),
+                choices=", ".join(SCHEDULERS),
             )
         if request.seed is None:
             seed, seed_was_explicit = secrets.randbelow(MAX_SEED + 1), False
         elif 0 <= request.seed <= MAX_SEED:
             seed, seed_was_explicit = int(request.seed), True
         else:
-            raise ValidationError(f"The seed must be between 0 and {MAX_SEED}.")
+            raise ValidationError(N_("The seed must be between 0 and {most}."), most=MAX_SEED)
         if not 0 <= request.preview_every <= MAX_PREVIEW_EVERY:
-            raise ValidationError("preview_every must be 0 (off) or a positive number of steps.")
+            raise ValidationError(
+                N_("preview_every must be 0 (off) or a positive number of steps.")
+            )
 
         strength = self._strength(operation, request)
         init_image = mask_image = None
@@ -273,11 +283,11 @@ class DiffusersBackend:
         if request.strength is not None:
             strength = float(request.strength)
             if not 0.0 < strength <= 1.0 or math.isnan(strength):
-                raise ValidationError("Strength must be greater than 0 and at most 1.")
+                raise ValidationError(N_("Strength must be greater than 0 and at most 1."))
             return strength
         if operation is Operation.VARIATION and request.variation is not None:
             if request.variation not in VARIATION_STRENGTHS:
-                raise ValidationError("A variation is either 'subtle' or 'strong'.")
+                raise ValidationError(N_("A variation is either 'subtle' or 'strong'."))
             return VARIATION_STRENGTHS[request.variation]
         return DEFAULT_STRENGTHS[operation]
 
@@ -286,8 +296,9 @@ class DiffusersBackend:
         if request.width is None and request.height is None and request.aspect:
             if request.aspect not in ASPECT_RATIOS:
                 raise ValidationError(
-                    f"Unknown aspect ratio {request.aspect!r}. Choose one of: "
-                    f"{', '.join(ASPECT_RATIOS)}."
+                    N_("Unknown aspect ratio {aspect}. Choose one of: {choices}."),
+                    aspect=repr(request.aspect),
+                    choices=", ".join(ASPECT_RATIOS),
                 )
             width, height = spec.size_for_aspect(request.aspect)
         else:
@@ -308,9 +319,11 @@ class DiffusersBackend:
         holds at most one output-sized image however large the upload was.
         """
         if request.init_image is None:
-            raise ValidationError(f"{operation.value} needs an input image.")
+            raise ValidationError(
+                N_("{operation} needs an input image."), operation=operation.value
+            )
         if operation is Operation.INPAINT and request.mask_image is None:
-            raise ValidationError("Inpainting needs a mask (white where to repaint).")
+            raise ValidationError(N_("Inpainting needs a mask (white where to repaint)."))
         max_pixels = self.limits.max_input_pixels
         with self._decode_slots:
             image = open_user_image(request.init_image, max_pixels=max_pixels)
@@ -345,25 +358,37 @@ class DiffusersBackend:
             height = max(8, int(input_size[1] * fit) // 8 * 8) * UPSCALE_FACTOR
             if max(width, height) <= max(input_size):
                 raise ValidationError(
-                    f"This image is already as large as {spec.name} can upscale: "
-                    f"{limit} px on its longer side at most."
+                    N_(
+                        "This image is already as large as {model} can upscale: "
+                        "{limit} px on its longer side at most."
+                    ),
+                    model=spec.name,
+                    limit=limit,
                 )
             if max(width, height) > limit:
                 raise ValidationError(
-                    f"This image's shape is too long and thin to upscale with {spec.name}: "
-                    f"it would be {width}×{height}, over its {limit} px limit."
+                    N_(
+                        "This image's shape is too long and thin to upscale with {model}: "
+                        "it would be {width}×{height}, over its {limit} px limit."
+                    ),
+                    model=spec.name,
+                    width=width,
+                    height=height,
+                    limit=limit,
                 )
             return width, height, 0
         if operation is Operation.OUTPAINT:
             pixels = request.outpaint_pixels
             if not 8 <= pixels <= MAX_OUTPAINT_PIXELS:
-                raise ValidationError(f"Extend by 8 to {MAX_OUTPAINT_PIXELS} pixels.")
+                raise ValidationError(N_("Extend by 8 to {most} pixels."), most=MAX_OUTPAINT_PIXELS)
             # "Zoom out" means the same to every model; a fixed pixel count does not, so
             # it is capped where the canvas would leave the image too little room.
             pixels = min(round(pixels / 8) * 8, max(8, presets.max_size // 32 * 8))
             for side in request.outpaint_sides:
                 if side not in ("left", "right", "top", "bottom"):
-                    raise ValidationError(f"Unknown side {side!r}: use left, right, top, bottom.")
+                    raise ValidationError(
+                        N_("Unknown side {side}: use left, right, top, bottom."), side=repr(side)
+                    )
             _, canvas = outpaint_geometry(
                 input_size,
                 request.outpaint_sides,
@@ -391,32 +416,49 @@ class DiffusersBackend:
             stripped, tags = extract_loras(text)
             if {name for name, _ in tags} - {name for name, _ in tagged}:
                 raise ValidationError(
-                    "All images of a job use the same LoRAs: put <lora:…> outside the {…|…}."
+                    N_("All images of a job use the same LoRAs: put <lora:…> outside the {…|…}.")
                 )
             per_image.append(stripped)
         wanted: dict[str, float | None] = {}
         for name, weight in (*request.loras, *tagged):
             wanted[name] = weight  # a later mention of the same LoRA wins
         if len(wanted) > MAX_LORAS:
-            raise ValidationError(f"Use at most {MAX_LORAS} LoRAs at once.")
+            raise ValidationError(N_("Use at most {most} LoRAs at once."), most=MAX_LORAS)
         chosen = []
         for name, weight in sorted(wanted.items()):
             lora = self.registry.lora(name)
             if lora is None:
-                offered = ", ".join(lo.name for lo in self.registry.loras(spec.family)) or "none"
+                offered = ", ".join(lo.name for lo in self.registry.loras(spec.family))
+                if not offered:
+                    raise ValidationError(
+                        N_("There is no LoRA called {name}. LoRAs for {model}: none."),
+                        name=repr(name[:40]),
+                        model=spec.name,
+                    )
                 raise ValidationError(
-                    f"There is no LoRA called {name[:40]!r}. LoRAs for {spec.name}: {offered}."
+                    N_("There is no LoRA called {name}. LoRAs for {model}: {offered}."),
+                    name=repr(name[:40]),
+                    model=spec.name,
+                    offered=offered,
                 )
             if lora.family is not spec.family:
                 raise ValidationError(
-                    f"The LoRA {lora.name} is made for {FAMILY_NAMES[lora.family]} models; "
-                    f"{spec.name} is {FAMILY_NAMES[spec.family]}. Pick another model or LoRA."
+                    N_(
+                        "The LoRA {lora} is made for {family} models; "
+                        "{model} is {model_family}. Pick another model or LoRA."
+                    ),
+                    lora=lora.name,
+                    family=FAMILY_NAMES[lora.family],
+                    model=spec.name,
+                    model_family=FAMILY_NAMES[spec.family],
                 )
             value = lora.weight if weight is None else weight
             if not -MAX_LORA_WEIGHT <= value <= MAX_LORA_WEIGHT:
                 raise ValidationError(
-                    f"A LoRA's weight is between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} "
-                    f"(got {value:g} for {lora.name})."
+                    N_("A LoRA's weight is between -{most} and {most} (got {value} for {lora})."),
+                    most=f"{MAX_LORA_WEIGHT:g}",
+                    value=f"{value:g}",
+                    lora=lora.name,
                 )
             missing = [t for t in lora.triggers if t.lower() not in prompt.lower()]
             if missing:
@@ -432,12 +474,13 @@ class DiffusersBackend:
             return []
         if len(request.prompts) != request.count:
             raise ValidationError(
-                f"Give one prompt per image: {request.count} images, "
-                f"{len(request.prompts)} prompts."
+                N_("Give one prompt per image: {images} images, {prompts} prompts."),
+                images=request.count,
+                prompts=len(request.prompts),
             )
         fitted = [self._fit_prompt(spec, clean_prompt(text)) for text in request.prompts]
         if any(not text for text, _ in fitted):
-            raise ValidationError("One of the prompts is empty. Describe every image.")
+            raise ValidationError(N_("One of the prompts is empty. Describe every image."))
         return fitted
 
     def _chunks(self, spec: ModelSpec, text: str) -> int:
@@ -505,14 +548,28 @@ def truncate_by_estimate(text: str, limit: int) -> tuple[str, bool]:
     return text[: pieces[limit - 1].end()].rstrip(), True
 
 
+# Whole sentences per side, so that each translates as a sentence: (not a multiple of 8,
+# out of the model's range).
+_SIZE_MESSAGES = {
+    "width": (
+        N_("Width must be a multiple of 8 (got {value})."),
+        N_("Width must be between {least} and {most} for this model (got {value})."),
+    ),
+    "height": (
+        N_("Height must be a multiple of 8 (got {value})."),
+        N_("Height must be between {least} and {most} for this model (got {value})."),
+    ),
+}
+
+
 def check_size(width: int, height: int, presets: Presets) -> None:
-    for name, value in (("Width", width), ("Height", height)):
+    for name, value in (("width", width), ("height", height)):
+        not_multiple, out_of_range = _SIZE_MESSAGES[name]
         if value % 8:
-            raise ValidationError(f"{name} must be a multiple of 8 (got {value}).")
+            raise ValidationError(not_multiple, value=value)
         if not presets.min_size <= value <= presets.max_size:
             raise ValidationError(
-                f"{name} must be between {presets.min_size} and {presets.max_size} "
-                f"for this model (got {value})."
+                out_of_range, least=presets.min_size, most=presets.max_size, value=value
             )
 
 
@@ -584,8 +641,14 @@ def steps_for_strength(steps: int, strength: float, max_steps: int, model: str) 
     if needed > max_steps:
         lowest = math.ceil(1000 / max_steps) / 1000
         raise ValidationError(
-            f"Strength {strength:g} is too low for {model}: at its {max_steps} steps at most, "
-            f"no denoising step would run. Use a strength of at least {lowest:g}."
+            N_(
+                "Strength {strength} is too low for {model}: at its {most} steps at most, "
+                "no denoising step would run. Use a strength of at least {least}."
+            ),
+            strength=f"{strength:g}",
+            model=model,
+            most=max_steps,
+            least=f"{lowest:g}",
         )
     return needed
 

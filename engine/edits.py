@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from engine.errors import ValidationError
+from engine.errors import N_, ValidationError
 
 SEAM = 8  # pixels of the old image repainted along a new edge, so the join is redrawn too
 PAN_GROWTH = 0.5  # a pan adds half the image's size in its direction
@@ -61,7 +61,9 @@ def zoom_out(image: Image.Image, factor: float) -> Canvas:
     """The image shrunk by ``factor`` in the middle of a canvas of its own size (so the
     result keeps the size and aspect), the new border to be painted."""
     if not MIN_ZOOM <= factor <= MAX_ZOOM:
-        raise ValidationError(f"Zoom out by {MIN_ZOOM:g} to {MAX_ZOOM:g} times.")
+        raise ValidationError(
+            N_("Zoom out by {least} to {most} times."), least=f"{MIN_ZOOM:g}", most=f"{MAX_ZOOM:g}"
+        )
     width, height = image.size
     inner = (_floor8(width / factor), _floor8(height / factor))
     left, top = (width - inner[0]) // 2, (height - inner[1]) // 2
@@ -118,11 +120,13 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         x, y, w, h = (float(part) for part in parts)
     except ValueError:
         raise ValidationError(
-            "Give the box as four numbers in percent: left, top, width, height "
-            "(for example 25 25 50 50)."
+            N_(
+                "Give the box as four numbers in percent: left, top, width, height "
+                "(for example 25 25 50 50)."
+            )
         ) from None
     if not (0 <= x < 100 and 0 <= y < 100 and 0 < w <= 100 - x and 0 < h <= 100 - y):
-        raise ValidationError("The box must lie inside the image (0 to 100 percent).")
+        raise ValidationError(N_("The box must lie inside the image (0 to 100 percent)."))
     return x, y, w, h
 
 
@@ -140,7 +144,7 @@ def region_mask(
     }
     if region is Region.BOX:
         if box is None:
-            raise ValidationError("A box region needs its box.")
+            raise ValidationError(N_("A box region needs its box."))
         x, y, w, h = box
     else:
         x, y, w, h = shapes[region]
@@ -163,7 +167,7 @@ def user_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     fitted = channel.resize(size, Image.Resampling.NEAREST)
     binary = fitted.point(lambda value: 255 if value >= 128 else 0)
     if not binary.getbbox():
-        raise ValidationError("The mask is empty: paint the area to change in white.")
+        raise ValidationError(N_("The mask is empty: paint the area to change in white."))
     return binary
 
 
@@ -189,6 +193,14 @@ ASPECTS = {
 }
 
 
+# One whole sentence per setting, so that each translates as a sentence.
+_OUT_OF_RANGE = {
+    "brightness": N_("Brightness goes from 0 to 3 (1 leaves it as it is)."),
+    "contrast": N_("Contrast goes from 0 to 3 (1 leaves it as it is)."),
+    "saturation": N_("Saturation goes from 0 to 3 (1 leaves it as it is)."),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Adjustments:
     """What /edit does, in order: crop, rotate, flip, tone, filter. Neutral by default."""
@@ -204,14 +216,14 @@ class Adjustments:
 
     def __post_init__(self) -> None:
         if self.rotate not in (0, 90, 180, 270):
-            raise ValidationError("Rotate by 90, 180 or 270 degrees.")
+            raise ValidationError(N_("Rotate by 90, 180 or 270 degrees."))
         if self.flip not in (None, "horizontal", "vertical"):
-            raise ValidationError("Flip horizontal or vertical.")
+            raise ValidationError(N_("Flip horizontal or vertical."))
         if self.crop_aspect is not None and self.crop_aspect not in ASPECTS:
-            raise ValidationError(f"Crop to one of {', '.join(ASPECTS)}.")
-        for name in ("brightness", "contrast", "saturation"):
+            raise ValidationError(N_("Crop to one of {aspects}."), aspects=", ".join(ASPECTS))
+        for name, message in _OUT_OF_RANGE.items():
             if not 0.0 <= getattr(self, name) <= 3.0:
-                raise ValidationError(f"{name.title()} goes from 0 to 3 (1 leaves it as it is).")
+                raise ValidationError(message)
 
     @property
     def neutral(self) -> bool:
@@ -281,7 +293,7 @@ def adjust(image: Image.Image, edits: Adjustments) -> Image.Image:
     if edits.filter is not None:
         result = _FILTERS[edits.filter](result)
     if min(result.size) < 8:
-        raise ValidationError("That crop leaves too little of the image.")
+        raise ValidationError(N_("That crop leaves too little of the image."))
     return result
 
 

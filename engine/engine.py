@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from engine.cache import CacheKey, ResultCache, cache_key
-from engine.errors import EngineError, EngineStopped, Interrupted, OutOfMemory
+from engine.errors import N_, EngineError, EngineStopped, Interrupted, OutOfMemory
 from engine.scheduler import QueuedJob, Scheduler
 from engine.types import (
     DEFAULT_BATCH_IMAGES,
@@ -46,7 +46,7 @@ from engine.types import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TOO_LARGE = "This request is too large for this GPU. Try fewer images or a smaller size."
+TOO_LARGE = N_("This request is too large for this GPU. Try fewer images or a smaller size.")
 POSITION_WINDOW = 250  # queued jobs told their exact position on every change
 
 
@@ -281,7 +281,7 @@ class Engine:
         new submissions, do not refuse it again.
         """
         if not self._accepting:
-            raise EngineStopped("The image engine is not running right now. Try again shortly.")
+            raise EngineStopped(N_("The image engine is not running right now. Try again shortly."))
         resolved = request if isinstance(request, ResolvedRequest) else await self.resolve(request)
         job_id = job_id or secrets.token_hex(6)
         handle = JobHandle(job_id, resolved, self)
@@ -452,7 +452,7 @@ class Engine:
                     self._forget(work)
                 elif work.attempts > 1:
                     self._finish_failed(
-                        work, "Something went wrong while generating. Please try again."
+                        work, N_("Something went wrong while generating. Please try again.")
                     )
                 else:
                     work.started_at = None
@@ -521,7 +521,7 @@ class Engine:
         try:
             outputs = await self._run_slots(request, slots, works)
         except Exception as error:  # a failure ends this batch only
-            reason = _user_reason(error, "Something went wrong while generating this image.")
+            reason = _user_reason(error, N_("Something went wrong while generating this image."))
             for work in works:
                 self._finish_failed(work, reason)
             return

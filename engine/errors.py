@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 
+def N_(text: str) -> str:
+    """Marks an English text as one a front door shows translated (gettext's convention):
+    the text itself is the message id in the catalogs, so nothing changes here."""
+    return text
+
+
 class EngineError(Exception):
-    """Base class: ``str(error)`` is a user-safe explanation with a hint where one helps."""
+    """Base class: ``str(error)`` is a user-safe explanation with a hint where one helps.
+
+    Given ``values``, the message is a template (``"Steps must be at most {most}."``) filled
+    from them, so a front door can show the template's translation with the same values.
+    """
+
+    def __init__(self, message: str = "", /, **values: object) -> None:
+        super().__init__(message.format(**values) if values else message)
+        self.template = message
+        self.values = values
 
 
 class ValidationError(EngineError):
@@ -44,7 +59,7 @@ class TooManyJobsError(EngineError):
 class OutOfMemory(EngineError):
     """The device ran out of memory for this pipeline call."""
 
-    def __init__(self, message: str = "This request is too large for this GPU.") -> None:
+    def __init__(self, message: str = N_("This request is too large for this GPU.")) -> None:
         super().__init__(message)
 
 

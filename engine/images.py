@@ -24,7 +24,7 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
-from engine.errors import ValidationError
+from engine.errors import N_, ValidationError
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -477,7 +477,77 @@ def read_png_parameters(data: bytes) -> str | None:
 
 # --- decoding what users upload -----------------------------------------------------------
 
-_FORMAT_HINT: Final = "Send a PNG, JPEG, WebP, GIF or BMP image."
+# Each message is a whole sentence, once for an image and once for a mask, so that each
+# translates as a sentence (the messages are N_-marked texts; see engine.errors).
+_UPLOAD_MESSAGES: Final[dict[str, dict[str, str]]] = {
+    "image": {
+        "empty": N_("The image is empty. Send a PNG, JPEG, WebP, GIF or BMP image."),
+        "no_pixels": N_("The image has no pixels."),
+        "too_many_pixels": N_(
+            "The image is {width}×{height} ({megapixels} megapixels); the limit is "
+            "{limit} megapixels. Send a smaller image."
+        ),
+        "bomb": N_(
+            "The image has more than {limit} megapixels, too many to open safely. "
+            "Send a smaller image."
+        ),
+        "too_many_bytes": N_("The image is {size}; the limit is {limit}. Send a smaller file."),
+        "damaged": N_(
+            "The image is damaged or incomplete (was the upload cut short?). "
+            "Save it again and retry."
+        ),
+    },
+    "mask": {
+        "empty": N_("The mask is empty. Send a PNG, JPEG, WebP, GIF or BMP image."),
+        "no_pixels": N_("The mask has no pixels."),
+        "too_many_pixels": N_(
+            "The mask is {width}×{height} ({megapixels} megapixels); the limit is "
+            "{limit} megapixels. Send a smaller mask."
+        ),
+        "bomb": N_(
+            "The mask has more than {limit} megapixels, too many to open safely. "
+            "Send a smaller mask."
+        ),
+        "too_many_bytes": N_("The mask is {size}; the limit is {limit}. Send a smaller file."),
+        "damaged": N_(
+            "The mask is damaged or incomplete (was the upload cut short?). "
+            "Save it again and retry."
+        ),
+    },
+}
+
+# What ``_sniff_unsupported`` names, and the whole message for each.
+_UNSUPPORTED_MESSAGES: Final[dict[str, str]] = {
+    "a PDF document": N_(
+        "That file is a PDF document, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "a TIFF image": N_(
+        "That file is a TIFF image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "an AVIF image": N_(
+        "That file is an AVIF image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "a HEIC/HEIF image": N_(
+        "That file is a HEIC/HEIF image, which I can't use. "
+        "Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "a video": N_(
+        "That file is a video, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "a JPEG XL image": N_(
+        "That file is a JPEG XL image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "a Photoshop file": N_(
+        "That file is a Photoshop file, which I can't use. "
+        "Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "an archive": N_(
+        "That file is an archive, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+    "an SVG drawing": N_(
+        "That file is an SVG drawing, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+    ),
+}
 
 
 def _describe_bytes(count: int) -> str:
@@ -517,11 +587,14 @@ def _sniff_unsupported(data: bytes) -> str | None:
 
 def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width <= 0 or height <= 0:
-        raise ValidationError(f"The {what} has no pixels.")
+        raise ValidationError(_UPLOAD_MESSAGES[what]["no_pixels"])
     if width * height > max_pixels:
         raise ValidationError(
-            f"The {what} is {width}×{height} ({width * height / 1e6:.1f} megapixels); "
-            f"the limit is {max_pixels / 1e6:.1f} megapixels. Send a smaller {what}."
+            _UPLOAD_MESSAGES[what]["too_many_pixels"],
+            width=width,
+            height=height,
+            megapixels=f"{width * height / 1e6:.1f}",
+            limit=f"{max_pixels / 1e6:.1f}",
         )
 
 
@@ -530,24 +603,22 @@ def _bomb_error(what: str, max_pixels: int) -> ValidationError:
     # over ours whenever ours is the lower one.
     pillow_limit = Image.MAX_IMAGE_PIXELS or max_pixels
     limit = min(max_pixels, pillow_limit)
-    return ValidationError(
-        f"The {what} has more than {limit / 1e6:.1f} megapixels, too many to open safely. "
-        f"Send a smaller {what}."
-    )
+    return ValidationError(_UPLOAD_MESSAGES[what]["bomb"], limit=f"{limit / 1e6:.1f}")
 
 
 def _decode_upload(data: bytes, *, max_pixels: int, max_bytes: int, what: str) -> Image.Image:
     """Open, size-check, fully decode and orient an upload; its mode is left as decoded."""
     if not data:
-        raise ValidationError(f"The {what} is empty. {_FORMAT_HINT}")
+        raise ValidationError(_UPLOAD_MESSAGES[what]["empty"])
     if len(data) > max_bytes:
         raise ValidationError(
-            f"The {what} is {_describe_bytes(len(data))}; the limit is "
-            f"{_describe_bytes(max_bytes)}. Send a smaller file."
+            _UPLOAD_MESSAGES[what]["too_many_bytes"],
+            size=_describe_bytes(len(data)),
+            limit=_describe_bytes(max_bytes),
         )
     kind = _sniff_unsupported(data)
     if kind is not None:
-        raise ValidationError(f"That file is {kind}, which I can't use. {_FORMAT_HINT}")
+        raise ValidationError(_UNSUPPORTED_MESSAGES[kind])
 
     # Pillow's own bomb guard fires inside open() on the header size. Its warning is caught
     # as well, for processes that turn warnings into errors; by default it only logs, and our
@@ -559,7 +630,9 @@ def _decode_upload(data: bytes, *, max_pixels: int, max_bytes: int, what: str) -
         raise _bomb_error(what, max_pixels) from error
     except Exception as error:
         # Pillow raises many types on hostile input; none of them is the user's to read.
-        raise ValidationError(f"That file is not an image I can read. {_FORMAT_HINT}") from error
+        raise ValidationError(
+            N_("That file is not an image I can read. Send a PNG, JPEG, WebP, GIF or BMP image.")
+        ) from error
 
     # Checked on the header's size, before a single pixel is decoded: a tiny file can claim
     # billions of pixels.
@@ -569,10 +642,7 @@ def _decode_upload(data: bytes, *, max_pixels: int, max_bytes: int, what: str) -
     except too_large as error:
         raise _bomb_error(what, max_pixels) from error
     except Exception as error:
-        raise ValidationError(
-            f"The {what} is damaged or incomplete (was the upload cut short?). "
-            "Save it again and retry."
-        ) from error
+        raise ValidationError(_UPLOAD_MESSAGES[what]["damaged"]) from error
     # A GIF frame or an odd BMP can end up larger than its header said.
     _check_pixels(image.width, image.height, max_pixels, what)
 
@@ -626,7 +696,9 @@ def open_user_image(
         return _flatten_rgb(image)
     except Exception as error:
         # Exotic modes (LAB, odd palettes) that Pillow opens but cannot convert.
-        raise ValidationError(f"I can't read the colours of that image. {_FORMAT_HINT}") from error
+        raise ValidationError(
+            N_("I can't read the colours of that image. Send a PNG, JPEG, WebP, GIF or BMP image.")
+        ) from error
 
 
 def open_user_mask(
@@ -645,13 +717,21 @@ def open_user_mask(
     mask = _decode_upload(data, max_pixels=max_pixels, max_bytes=max_bytes, what="mask")
     if mask.width != size[0] or mask.height != size[1]:
         raise ValidationError(
-            f"The mask is {mask.width}×{mask.height} but the image is {size[0]}×{size[1]}; "
-            "they must be the same size."
+            N_(
+                "The mask is {mask_width}×{mask_height} but the image is {width}×{height}; "
+                "they must be the same size."
+            ),
+            mask_width=mask.width,
+            mask_height=mask.height,
+            width=size[0],
+            height=size[1],
         )
     try:
         return _mask_channel(mask)
     except Exception as error:
-        raise ValidationError(f"I can't read the colours of that mask. {_FORMAT_HINT}") from error
+        raise ValidationError(
+            N_("I can't read the colours of that mask. Send a PNG, JPEG, WebP, GIF or BMP image.")
+        ) from error
 
 
 def _mask_channel(mask: Image.Image) -> Image.Image:

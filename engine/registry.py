@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError, ModelNotFoundError, UnsafeCheckpointError
+from engine.errors import N_, EngineError, ModelNotFoundError, UnsafeCheckpointError
 from engine.types import Family
 
 BUNDLED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -293,7 +293,9 @@ class ModelRegistry:
         spec = self._specs.get(name)
         if spec is None:
             raise ModelNotFoundError(
-                f"Unknown model {name!r}. Available models: {', '.join(self._specs)}."
+                N_("Unknown model {name}. Available models: {models}."),
+                name=repr(name),
+                models=", ".join(self._specs),
             )
         return spec
 

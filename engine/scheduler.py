@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from engine.errors import QueueFullError, TooManyJobsError
+from engine.errors import N_, QueueFullError, TooManyJobsError
 from engine.types import ResolvedRequest
 
 
@@ -84,12 +84,16 @@ class Scheduler:
         if not bypass_limits:
             if len(self._jobs) >= self._max_queued:
                 raise QueueFullError(
-                    f"The queue is full ({self._max_queued} jobs). Please try again in a minute."
+                    N_("The queue is full ({most} jobs). Please try again in a minute."),
+                    most=self._max_queued,
                 )
             if self.queued_for(job.user_id) >= self._max_per_user:
                 raise TooManyJobsError(
-                    f"You already have {self._max_per_user} jobs waiting. "
-                    "Wait for one to finish or cancel one."
+                    N_(
+                        "You already have {count} jobs waiting. "
+                        "Wait for one to finish or cancel one."
+                    ),
+                    count=self._max_per_user,
                 )
         job.seq = next(self._seq)
         users = self._tiers.setdefault(job.tier, {})

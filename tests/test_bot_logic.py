@@ -88,8 +88,8 @@ def test_inline_parameters_unknown_flags_and_rounding_are_reported() -> None:
     parsed = parse_inline("castle --v 6 --ar 4:3")
     assert parsed.prompt == "castle"
     assert parsed.aspect == "3:2"
-    assert any("--v" in note for note in parsed.notes)
-    assert any("4:3" in note for note in parsed.notes)
+    assert any("--v" in str(note) for note in parsed.notes)
+    assert any("4:3" in str(note) for note in parsed.notes)
 
 
 def test_prompt_without_flags_keeps_double_dashes_inside_words() -> None:

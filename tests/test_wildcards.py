@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import discord
 import pytest
 
-from core.errors import InvalidField
+from bot.i18n import translate_template
+from core.errors import InvalidField, note
 from core.wildcards import (
     COMBINATION_LIMIT,
     MAX_VALUES,
@@ -23,11 +25,15 @@ def test_every_combination_in_order_up_to_the_images_asked() -> None:
     # Values come in alphabetical order, as dynamicprompts lists them.
     assert made.prompts == ("a red cat", "a red fox", "a red owl", "a blue cat")
     assert made.combinations == 6 and not made.more
-    assert describe_cap(made, "4 per job") == (
-        "Your prompt makes 6 combinations; this job draws 4 of them (4 per job)."
+    cap = describe_cap(made, note("{most} images per job at most", most=4))
+    assert str(cap) == (
+        "Your prompt makes 6 combinations; this job draws 4 of them (4 images per job at most)."
     )
+    # The reason is a note of its own, translated inside the note that holds it.
+    korean = translate_template(cap, discord.Locale.korean)  # type: ignore[arg-type]
+    assert "6" in korean and "4" in korean and "작업당" in korean and "per job" not in korean
     everything = expand("{a|b}", {}, mode="all", images=4, seed=0)
-    assert everything.prompts == ("a", "b") and describe_cap(everything, "x") is None
+    assert everything.prompts == ("a", "b") and describe_cap(everything, note("x")) is None
 
 
 def test_random_picks_are_distinct_and_follow_the_seed() -> None:
@@ -48,7 +54,9 @@ def test_a_prompt_with_a_million_combinations_is_read_only_so_far() -> None:
     assert len(set(picked.prompts)) == 4
     # Drawn from the whole space, not only the first thousand (which all start "aaaaaaaaa").
     assert any(not p.startswith("a" * 10) for p in picked.prompts)
-    assert "over 1000 combinations" in (describe_cap(picked, "asked for 4") or "")
+    assert "over 1000 combinations" in str(
+        describe_cap(picked, note("you asked for {count}", count=4))
+    )
 
 
 def test_unknown_wildcards_and_broken_braces_are_refused_with_the_field() -> None:

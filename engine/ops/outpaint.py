@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.errors import ValidationError
+from engine.errors import N_, ValidationError
 from engine.ops.common import OpContext, OpResult, fit_exactly, init_images
 from engine.ops.inpaint import run_inpaint
 from engine.types import OutpaintSide
@@ -51,8 +51,12 @@ def outpaint_geometry(
     room_x, room_y = max_size - pad_x, max_size - pad_y
     if min(room_x, room_y) < MIN_INNER_SIDE:
         raise ValidationError(
-            f"Extending by {pixels} px leaves no room for the image within this model's "
-            f"{max_size} px limit; extend by less."
+            N_(
+                "Extending by {pixels} px leaves no room for the image within this model's "
+                "{limit} px limit; extend by less."
+            ),
+            pixels=pixels,
+            limit=max_size,
         )
     fit = min(room_x / width, room_y / height)
     if fit < 1.0:
@@ -63,7 +67,7 @@ def outpaint_geometry(
         scale = max(1.0, min(grow, fit))
     inner = (_floor8(width * scale), _floor8(height * scale))
     if min(inner) < MIN_INNER_SIDE:
-        raise ValidationError("The image is too small or too narrow to extend.")
+        raise ValidationError(N_("The image is too small or too narrow to extend."))
     return inner, (inner[0] + pad_x, inner[1] + pad_y)
 
 
