@@ -18,7 +18,7 @@ from bot import editing, render
 from bot.delivery import render_grid, status_embed
 from bot.errors import PermissionDenied
 from bot.host import BotHost
-from bot.i18n import reader_locale, translate
+from bot.i18n import reader_locale, translate, translate_marked, translate_template
 from bot.library import PAGE_SIZE as LIBRARY_PAGE_SIZE
 from bot.library import Library, RenderedPage
 from bot.views import (
@@ -31,7 +31,7 @@ from bot.views import (
     region_view,
     single_view,
 )
-from core.errors import N_, UserError
+from core.errors import N_, Note, UserError
 from core.jobcodec import StoredRequest
 from core.service import INTERACTION_TOKEN_LIFETIME, Requester
 from core.storage.errors import ImageNotFound, InvalidInput, JobNotFound
@@ -63,8 +63,8 @@ REMIXABLE = frozenset(
         Action.PAN_DOWN,
     }
 )
-ZOOM_FIELD = ("Zoom out by", "a number from 1.1 to 4, such as 1.8", "2")
-BOX_FIELD = ("Box: left top width height (%)", "for example 25 25 50 50", "")
+ZOOM_FIELD = (N_("Zoom out by"), N_("a number from 1.1 to 4, such as 1.8"), "2")
+BOX_FIELD = (N_("Box: left top width height (%)"), N_("for example 25 25 50 50"), "")
 LEGACY_PAGE_SIZE = 5  # page buttons from before saved views counted five to a page
 
 
@@ -101,14 +101,15 @@ def is_moderator(interaction: Interaction) -> bool:
     )
 
 
-def require_moderator(interaction: Interaction, to: str) -> None:
-    """Refuse, with the reason, anyone who may not ``to`` (e.g. "manage quotas") here.
-    default_permissions only hides a command, and a server can change that: check too."""
+def require_moderator(interaction: Interaction, refusal: str) -> None:
+    """Refuse anyone who is not a moderator here, with ``refusal`` (marked with ``N_``:
+    "Only moderators with Manage Server can manage quotas."). default_permissions only
+    hides a command, and a server can change that: check too."""
     if interaction.guild_id is None:
         # PermissionDenied, not a plain UserError: only check failures reach the error handler.
-        raise PermissionDenied("This command only works in a server.")
+        raise PermissionDenied(N_("This command only works in a server."))
     if not is_moderator(interaction):
-        raise PermissionDenied(f"Only moderators with Manage Server can {to}.")
+        raise PermissionDenied(refusal)
 
 
 async def launch(
@@ -118,7 +119,7 @@ async def launch(
     private: bool = False,
     parent: tuple[str, int] | None = None,
     init_image_key: str | None = None,
-    notes: tuple[str, ...] = (),
+    notes: tuple[Note, ...] = (),
     style: str | None = None,
     expand: ExpandMode | None = None,
 ) -> None:
@@ -132,6 +133,7 @@ async def launch(
     """
     bot = interaction.client
     requester = requester_from(interaction)
+    requester_locale = reader_locale(interaction)
     accepting = asyncio.ensure_future(
         bot.service.accept(
             requester,
@@ -145,7 +147,9 @@ async def launch(
     )
     done, _ = await asyncio.wait({accepting}, timeout=_answer_budget_s(interaction))
     if not done:
-        placeholder = status_embed(request.prompt, request.model or "…", "⏳ Accepting…")
+        placeholder = status_embed(
+            request.prompt, request.model or "…", translate("⏳ Accepting…", requester_locale)
+        )
         # Should even this fail, the job is still followed once accepted (a new message).
         with contextlib.suppress(discord.HTTPException):
             await interaction.response.send_message(embed=placeholder, ephemeral=private)
@@ -167,16 +171,15 @@ async def launch(
     reporter = bot.track(job, accepted.feed, answered=False, role_ids=requester.role_ids)
     message_id = None
     try:
-        queued = translate("⏳ Queued…", reader_locale(interaction))
+        queued = translate("⏳ Queued…", requester_locale)
         embed = status_embed(job.prompt, accepted.request.model, queued)
+        view = progress_view(job.id, requester_locale)
         if interaction.response.is_done():
-            message = await interaction.edit_original_response(
-                embed=embed, view=progress_view(job.id)
-            )
+            message = await interaction.edit_original_response(embed=embed, view=view)
             message_id = message.id
         else:
             callback = await interaction.response.send_message(
-                embed=embed, view=progress_view(job.id), ephemeral=private
+                embed=embed, view=view, ephemeral=private
             )
             message_id = callback.message_id or (await interaction.original_response()).id
         await bot.service.db.jobs.set_message(
@@ -186,7 +189,8 @@ async def launch(
         reporter.target.answered(message_id)
     notes = (*notes, *accepted.notes)
     if notes:
-        await interaction.followup.send("\n".join(notes), ephemeral=True)
+        told = (translate_template(each, requester_locale) for each in notes)
+        await interaction.followup.send("\n".join(told), ephemeral=True)
 
 
 async def post_edit(
@@ -217,6 +221,7 @@ async def post_edit(
     embed.set_image(url=f"attachment://{shown.filename}")
     view = single_view(
         edited.id,
+        reader_locale(interaction),
         can_upscale=bot.can_upscale_size(model, picture.width * 2, picture.height * 2),
         has_parent=parent is not None,
     )
@@ -305,23 +310,26 @@ class ButtonActions:
                 await self._library.remove_from_gallery(interaction, job)
             case Action.VARY_REGION:
                 await self._finished_image(job, index or 0)
+                locale = reader_locale(interaction)
                 await interaction.response.send_message(
-                    "🖌 Which part should change? Then say what to put there.",
-                    view=region_view(job.id, index or 0),
+                    translate("🖌 Which part should change? Then say what to put there.", locale),
+                    view=region_view(job.id, index or 0, locale),
                     ephemeral=True,
                 )
             case Action.ZOOM_CUSTOM:
-                await self._ask(interaction, action, job, index or 0, "Custom Zoom", ZOOM_FIELD)
+                await self._ask(interaction, action, job, index or 0, N_("Custom Zoom"), ZOOM_FIELD)
             case _ if action.value in editing.REGIONS:
                 extra = BOX_FIELD if action is Action.REGION_BOX else None
-                await self._ask(interaction, action, job, index or 0, "Vary (Region)", extra)
+                await self._ask(interaction, action, job, index or 0, N_("Vary (Region)"), extra)
             case Action.COMPARE:
                 await self._compare(interaction, job, index or 0)
             case Action.GOOD | Action.BAD:
                 await self._vote(interaction, job, 1 if action is Action.GOOD else -1)
             case Action.EDIT:
                 await self._finished_image(job, index or 0)
-                await interaction.response.send_modal(EditModal(job.id, index or 0))
+                await interaction.response.send_modal(
+                    EditModal(job.id, index or 0, reader_locale(interaction))
+                )
             case _:
                 await self._run(interaction, action, job, index or 0)
 
@@ -400,7 +408,7 @@ class ButtonActions:
                 try:
                     box = edits.parse_box(extra or "") if region is edits.Region.BOX else None
                 except ValidationError as error:
-                    raise UserError(str(error)) from None
+                    raise UserError(error.template, **error.values) from None
                 await self._repaint(
                     interaction,
                     job,
@@ -425,18 +433,28 @@ class ButtonActions:
         title: str,
         extra: tuple[str, str, str] | None,
     ) -> None:
-        """Open the modal for a prompt (and ``extra``) before running ``action``."""
+        """Open the modal for a prompt (and ``extra``) before running ``action``. ``title``
+        and ``extra``'s label and placeholder are English texts marked with ``N_``."""
         await self._finished_image(job, index)
         stored = StoredRequest.loads(job.request).request
+        locale = reader_locale(interaction)
+        if extra is not None:
+            label, placeholder, default = extra
+            extra = (
+                translate_marked(label, locale),
+                translate_marked(placeholder, locale),
+                default,
+            )
         await interaction.response.send_modal(
             PromptModal(
-                title=title,
+                title=translate_marked(title, locale),
                 action=action,
                 job_id=job.id,
                 index=index,
                 prompt=stored.prompt_of(index),
                 negative=stored.negative_prompt,
                 extra=extra,
+                locale=locale,
             )
         )
 
@@ -444,7 +462,7 @@ class ButtonActions:
         self, interaction: Interaction, action: Action, job: Job, index: int
     ) -> None:
         extra = ZOOM_FIELD if action is Action.ZOOM_CUSTOM else None
-        await self._ask(interaction, action, job, index, "Remix", extra)
+        await self._ask(interaction, action, job, index, N_("Remix"), extra)
 
     async def on_prompt_modal(
         self,
@@ -490,7 +508,7 @@ class ButtonActions:
                     editing.edit_parameters(parent, image.seed, model, description),
                 )
             except ValidationError as error:
-                raise UserError(str(error)) from None
+                raise UserError(error.template, **error.values) from None
             request = dataclasses.replace(
                 parent,
                 prompt=parent.prompt_of(index),
@@ -545,11 +563,13 @@ class ButtonActions:
         await self._finished_images(job)
         now = await self._db.usage.vote(interaction.user.id, job.id, value)
         text = {
-            1: "👍 Thanks: counted as a good result.",
-            -1: "👎 Thanks: counted as a poor result.",
-            0: "Your vote on this result is taken back.",
+            1: N_("👍 Thanks: counted as a good result."),
+            -1: N_("👎 Thanks: counted as a poor result."),
+            0: N_("Your vote on this result is taken back."),
         }[now]
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(
+            translate_marked(text, reader_locale(interaction)), ephemeral=True
+        )
 
     async def _compare(self, interaction: Interaction, job: Job, index: int) -> None:
         """This image beside the one it was made from."""
@@ -572,7 +592,10 @@ class ButtonActions:
             raise UserError(N_("The image it was made from has been cleaned up."))
         await interaction.response.defer(ephemeral=True, thinking=True)
         file = await editing.compare_file(self._bot, parent, image, job)
-        embed = discord.Embed(title="Before and after", description=render.embed_title(job.prompt))
+        embed = discord.Embed(
+            title=translate("Before and after", reader_locale(interaction)),
+            description=render.embed_title(job.prompt),
+        )
         embed.set_image(url=f"attachment://{file.filename}")
         await interaction.followup.send(embed=embed, file=file, ephemeral=True)
 
@@ -592,6 +615,7 @@ class ButtonActions:
             interaction.user.id,
             moderator_here=interaction.guild_id == job.guild_id
             and (permissions.manage_guild or permissions.manage_messages),
+            locale=reader_locale(interaction),
         )
         if in_place:
             await interaction.edit_original_response(
@@ -602,14 +626,16 @@ class ButtonActions:
                 embeds=shown.embeds, view=shown.view, files=shown.files, ephemeral=True
             )
 
-    def _require_owner_or_moderator(self, interaction: Interaction, job: Job, verb: str) -> None:
+    def _require_owner_or_moderator(self, interaction: Interaction, job: Job, refusal: str) -> None:
         if interaction.user.id != job.user_id and not is_moderator(interaction):
-            raise PermissionDenied(
-                f"Only the person who made this image or a moderator can {verb} it."
-            )
+            raise PermissionDenied(refusal)
 
     async def _cancel(self, interaction: Interaction, job: Job) -> None:
-        self._require_owner_or_moderator(interaction, job, "cancel")
+        self._require_owner_or_moderator(
+            interaction,
+            job,
+            N_("Only the person who made this image or a moderator can cancel it."),
+        )
         if job.finished:
             raise UserError(N_("This job has already finished."))
         cancelled = self._bot.cancel_job(job.id)
@@ -618,7 +644,9 @@ class ButtonActions:
         if cancelled is None:
             # Not followed by this process (e.g. between a restart and its resume).
             await self._db.jobs.mark_cancelled(job.id, "cancelled by a user")
-        await interaction.response.send_message("Cancelled.", ephemeral=True)
+        await interaction.response.send_message(
+            translate("Cancelled.", reader_locale(interaction)), ephemeral=True
+        )
 
     async def _finished_images(self, job: Job) -> list[Any]:
         # Images are stored before the result is shown and the job marked done, so a click
@@ -713,6 +741,7 @@ class ButtonActions:
     async def _favourite(self, interaction: Interaction, job: Job, index: int | None) -> None:
         """⭐ under one image (a single result, an opened entry) stars it; under a grid it
         asks which of the grid's images to star."""
+        locale = reader_locale(interaction)
         images = await self._finished_images(job)
         if index is not None:
             images = [image for image in images if image.index == index]
@@ -723,26 +752,41 @@ class ButtonActions:
                 interaction.user.id, [i.id for i in images]
             )
             await interaction.response.send_message(
-                "⭐ Which of these images do you want in your favourites?",
+                translate("⭐ Which of these images do you want in your favourites?", locale),
                 view=favourite_picker_view(
                     job.id,
                     max(i.index for i in images) + 1,
                     frozenset(i.index for i in images if i.id in starred),
+                    locale,
                 ),
                 ephemeral=True,
             )
             return
         added = await self._db.favourites.toggle(interaction.user.id, [i.id for i in images])
-        noun = "this image" if len(images) == 1 else f"these {len(images)} images"
-        text = (
-            f"⭐ Added {noun} to your favourites."
-            if added
-            else (f"Removed {noun} from your favourites.")
-        )
+        if len(images) == 1:
+            text = (
+                translate("⭐ Added this image to your favourites.", locale)
+                if added
+                else translate("Removed this image from your favourites.", locale)
+            )
+        else:
+            text = (
+                translate(
+                    "⭐ Added these {count} images to your favourites.", locale, count=len(images)
+                )
+                if added
+                else translate(
+                    "Removed these {count} images from your favourites.", locale, count=len(images)
+                )
+            )
         await interaction.response.send_message(text, ephemeral=True)
 
     async def _delete(self, interaction: Interaction, job: Job) -> None:
-        self._require_owner_or_moderator(interaction, job, "delete")
+        self._require_owner_or_moderator(
+            interaction,
+            job,
+            N_("Only the person who made this image or a moderator can delete it."),
+        )
         clicked = interaction.message
         if clicked is None or clicked.id != job.message_id:
             # A button's id names a job; the message it deletes must be that job's own.
@@ -757,22 +801,46 @@ class ButtonActions:
         stored = StoredRequest.loads(job.request).request
         images = list(await self._bot.service.job_images(job.id))
         timings = job.timings or {}
+        locale = reader_locale(interaction)
+        default = translate("model default", locale)
         lines = [
-            f"**Prompt:** {render.clip(job.prompt, 1000)}",
-            f"**Negative prompt:** {render.clip(stored.negative_prompt, 300) or '—'}",
-            f"**Model:** `{stored.model or self._bot.registry.default_name}` · "
-            f"**Steps:** {stored.steps or 'model default'} · "
-            f"**Guidance:** {stored.guidance if stored.guidance is not None else 'default'}",
-            f"**Seeds:** {', '.join(str(i.seed) for i in images) or stored.seed}",
-            f"**Status:** {job.status.value}"
-            + (f" · **Time:** {render.duration(timings.get('total_s'))}" if timings else ""),
+            translate("**Prompt:** {prompt}", locale, prompt=render.clip(job.prompt, 1000)),
+            translate(
+                "**Negative prompt:** {negative}",
+                locale,
+                negative=render.clip(stored.negative_prompt, 300) or "—",
+            ),
+            translate(
+                "**Model:** `{model}` · **Steps:** {steps} · **Guidance:** {guidance}",
+                locale,
+                model=stored.model or self._bot.registry.default_name,
+                steps=stored.steps or default,
+                guidance=stored.guidance if stored.guidance is not None else default,
+            ),
+            translate(
+                "**Seeds:** {seeds}",
+                locale,
+                seeds=", ".join(str(i.seed) for i in images) or stored.seed,
+            ),
+            translate("**Status:** {status}", locale, status=render.status_name(job.status, locale))
+            + (
+                translate(
+                    " · **Time:** {duration}",
+                    locale,
+                    duration=render.duration(timings.get("total_s")),
+                )
+                if timings
+                else ""
+            ),
         ]
         files: list[discord.File] = []
         budget = INFO_UPLOAD_BUDGET
         for image in images:
             data = await self._bot.service.image_bytes(image)
             if len(data) > budget:
-                lines.append("Some full-size files are too large to attach here.")
+                lines.append(
+                    translate("Some full-size files are too large to attach here.", locale)
+                )
                 break
             budget -= len(data)
             files.append(discord.File(io.BytesIO(data), f"{job.id}-{image.index + 1}.png"))
@@ -797,14 +865,16 @@ class ButtonActions:
                 scope, user_id, interaction.guild_id, LibraryQuery(text=search)
             )
             page = page * LEGACY_PAGE_SIZE // LIBRARY_PAGE_SIZE
-            await self._show_page(interaction, await self._library.render(saved, page))
+            shown = await self._library.render(saved, page, reader_locale(interaction))
+            await self._show_page(interaction, shown)
         except Exception as error:
             await self._bot.reply_failure(interaction, error)
 
     async def on_library_page(self, interaction: Interaction, view_id: str, page: int) -> None:
         try:
             saved = await self._library.saved(view_id, interaction.user.id)
-            await self._show_page(interaction, await self._library.render(saved, page))
+            shown = await self._library.render(saved, page, reader_locale(interaction))
+            await self._show_page(interaction, shown)
         except Exception as error:
             await self._bot.reply_failure(interaction, error)
 
@@ -827,9 +897,18 @@ class ButtonActions:
                 [i.id for i in images],
                 [i.id for i in images if i.index in chosen],
             )
-            numbers = ", ".join(str(index + 1) for index in sorted(chosen)) or "none"
+            locale = reader_locale(interaction)
+            numbers = ", ".join(str(index + 1) for index in sorted(chosen)) or translate(
+                "none", locale
+            )
             await interaction.response.edit_message(
-                content=f"⭐ Starred from this grid: {numbers} ({count} image(s)).", view=None
+                content=translate(
+                    "⭐ Starred from this grid: {numbers} ({count} image(s)).",
+                    locale,
+                    numbers=numbers,
+                    count=count,
+                ),
+                view=None,
             )
         except Exception as error:
             await self._bot.reply_failure(interaction, error, ImageNotFound)
@@ -848,11 +927,18 @@ class ButtonActions:
                     await post.delete()
                     posts += 1
             await interaction.edit_original_response(
-                content=(
-                    f"Done. Deleted {report.jobs} job(s) with {report.images} image(s) "
-                    f"({report.files_deleted} file(s)), {report.favourites} favourite(s), "
-                    f"{report.prompts} remembered prompt(s), {report.api_keys} API key(s) "
-                    f"and {posts} shared post(s), in every server and DM."
+                content=translate(
+                    "Done. Deleted {jobs} job(s) with {images} image(s) ({files} file(s)), "
+                    "{favourites} favourite(s), {prompts} remembered prompt(s), {keys} API "
+                    "key(s) and {posts} shared post(s), in every server and DM.",
+                    reader_locale(interaction),
+                    jobs=report.jobs,
+                    images=report.images,
+                    files=report.files_deleted,
+                    favourites=report.favourites,
+                    prompts=report.prompts,
+                    keys=report.api_keys,
+                    posts=posts,
                 ),
                 view=None,
             )

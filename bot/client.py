@@ -16,10 +16,10 @@ from discord.gateway import DiscordWebSocket
 from bot.actions import ButtonActions
 from bot.delivery import JobReporter, MessageTarget, mark_delivered, show_stored_outcome
 from bot.host import BotHost
-from bot.i18n import CommandTranslator
+from bot.i18n import CommandTranslator, locale_named, reader_locale, translate, translate_marked
 from bot.library import Library
 from bot.views import FavouritePicker, ForgetButton, JobButton, LibraryPageButton, PageButton
-from core.errors import StartupError, UserError
+from core.errors import N_, StartupError, UserError
 from core.jobcodec import StoredRequest
 
 if TYPE_CHECKING:
@@ -148,14 +148,28 @@ class DiffusionBot(BotHost):
             except Exception as error:
                 log.warning("job %s could not be resumed: %s", job.id, error)
                 failed = await self.service.db.jobs.mark_failed(
-                    job.id, "Could not resume after a restart."
+                    job.id, N_("Could not resume after a restart.")
                 )
-                self._in_background(self._tell_failed(failed, "❌ This job could not be resumed."))
+                self._in_background(
+                    self._tell_failed(
+                        failed,
+                        N_(
+                            "❌ This job could not be resumed. Its images were given back to "
+                            "your quota; please try again."
+                        ),
+                    )
+                )
                 continue
             self.track(job, feed, role_ids=StoredRequest.loads(job.request).role_ids)
         for job in outcome.abandoned:
             self._in_background(
-                self._tell_failed(job, "❌ This job failed after several restarts.")
+                self._tell_failed(
+                    job,
+                    N_(
+                        "❌ This job failed after several restarts. Its images were given back "
+                        "to your quota; please try again."
+                    ),
+                )
             )
         for job in outcome.undelivered:
             # Finished before the restart, but never shown: shown now, from storage.
@@ -174,11 +188,13 @@ class DiffusionBot(BotHost):
             log.info("job %s: could not show its stored outcome", job.id)
 
     async def _tell_failed(self, job: Job, text: str) -> None:
+        """``text``: an English text marked with ``N_``, shown in the job's language."""
         target = MessageTarget(self, job)
         target.answered(job.message_id)
+        locale = locale_named(StoredRequest.loads(job.request).locale)
         try:
             await target.edit(
-                content=f"{text} Its images were given back to your quota; please try again.",
+                content=translate_marked(text, locale),
                 embed=None,
                 attachments=[],
                 view=None,
@@ -266,23 +282,37 @@ class DiffusionBot(BotHost):
             item = await button.from_custom_id(interaction, discord.ui.Button(), match)
             await item.callback(interaction)
             return
-        await self._reply(interaction, "This button no longer works. Please run the command again.")
+        await self._reply(
+            interaction,
+            translate(
+                "This button no longer works. Please run the command again.",
+                reader_locale(interaction),
+            ),
+        )
 
     async def on_app_command_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
         original = getattr(error, "original", error)
+        locale = reader_locale(interaction)
         if isinstance(original, UserError):
             await self.reply_error(interaction, original)
         elif isinstance(error, app_commands.NoPrivateMessage):
-            await self._reply(interaction, "This command only works in a server.")
+            await self._reply(
+                interaction, translate("This command only works in a server.", locale)
+            )
         elif isinstance(error, app_commands.TransformerError):
             # e.g. a member who has left the server since the option was filled in
             await self._reply(
-                interaction, "I couldn't use one of the options you gave. Please pick it again."
+                interaction,
+                translate(
+                    "I couldn't use one of the options you gave. Please pick it again.", locale
+                ),
             )
         elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
-            await self._reply(interaction, "You don't have permission to use this command.")
+            await self._reply(
+                interaction, translate("You don't have permission to use this command.", locale)
+            )
         else:
             await self.reply_unexpected(interaction, original)
 

@@ -15,10 +15,10 @@ import discord
 
 from bot import render
 from bot.host import BotHost
-from bot.i18n import locale_named, translate
+from bot.i18n import locale_named, translate, translate_marked
 from bot.throttle import ThrottledEditor
 from bot.views import grid_view, progress_view, single_view
-from core.errors import incident_id
+from core.errors import N_, incident_id
 from core.jobcodec import StoredRequest
 from core.service import STORAGE_ERRORS
 from core.storage.errors import InvalidTransition
@@ -234,7 +234,7 @@ class JobReporter:
         except Exception:
             log.exception("job %s: delivery failed", self.job.id)
             await self._editor.close()
-            await self._settle("failed", "Something went wrong while posting the result.")
+            await self._settle("failed", N_("Something went wrong while posting the result."))
             # Never leave the message saying "Queued": show whatever storage now says.
             self._bot.keep_trying(self._show_outcome_after_failure, self.job.id)
 
@@ -283,8 +283,10 @@ class JobReporter:
                 await self._deliver(result)
             case Failed(reason=reason):
                 await self._settle("failed", reason)
+                # The engine's reasons are English texts marked N_ there (out of memory...).
+                shown = translate_marked(reason, self._locale)
                 await self._final(
-                    self._status_embed(f"❌ {reason}", COLOUR_FAILED), view=None, attachments=[]
+                    self._status_embed(f"❌ {shown}", COLOUR_FAILED), view=None, attachments=[]
                 )
                 await mark_delivered(self._bot, self.job)
                 self._bot.events("failed", self.job, self._model, reason=reason)
@@ -313,7 +315,7 @@ class JobReporter:
         if state.preview is not None:
             attachments.append(discord.File(io.BytesIO(state.preview), "preview.jpg"))
             embed.set_image(url="attachment://preview.jpg")
-        view = progress_view(self.job.id) if state.cancellable else None
+        view = progress_view(self.job.id, self._locale) if state.cancellable else None
         await asyncio.wait_for(
             self.target.edit(content=None, embed=embed, attachments=attachments, view=view),
             PROGRESS_EDIT_TIMEOUT_S,
@@ -388,9 +390,13 @@ class JobReporter:
         log.error("job %s: gave up storing its images (ref %s)", self.job.id, ref)
         reason = f"Your images could not be saved (storage error, ref {ref})."
         embed = self._status_embed(
-            f"❌ {reason} They are shown here but cannot be upscaled, varied or found in "
-            f"/history; they were not counted against your quota. Quote `{ref}` if it "
-            "keeps happening.",
+            translate(
+                "❌ Your images could not be saved (storage error, ref {ref}). They are shown "
+                "here but cannot be upscaled, varied or found in /history; they were not "
+                "counted against your quota. Quote `{ref}` if it keeps happening.",
+                self._locale,
+                ref=ref,
+            ),
             COLOUR_FAILED,
         )
         embed.set_image(url=f"attachment://{grid_file.filename}")
@@ -574,11 +580,14 @@ async def result_embed_and_view(
         can_upscale = bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
         if not can_upscale:
             limit = bot.upscale_limit(facts.model)
-            embed.description = (embed.description or "") + (
-                f"\n⬆ No further upscale: {facts.model} upscales to {limit} px at most."
+            embed.description = (embed.description or "") + translate(
+                "\n⬆ No further upscale: {model} upscales to {limit} px at most.",
+                locale,
+                model=facts.model,
+                limit=limit,
             )
         view = single_view(
-            job.id, can_upscale=can_upscale, has_parent=job.parent_job_id is not None
+            job.id, locale, can_upscale=can_upscale, has_parent=job.parent_job_id is not None
         )
     return embed, view
 
@@ -604,7 +613,12 @@ async def show_stored_outcome(bot: BotHost, job: Job) -> None:
         embed.set_image(url=f"attachment://{grid.filename}")
         await edit_with_retries(target, embed, view, {"attachments": [grid]})
     else:
-        line = "✖ Cancelled." if job.status is JobStatus.CANCELLED else f"❌ {job.error}"
+        locale = locale_named(StoredRequest.loads(job.request).locale)
+        line = (
+            translate("✖ Cancelled.", locale)
+            if job.status is JobStatus.CANCELLED
+            else f"❌ {translate_marked(job.error or '', locale)}"
+        )
         embed = status_embed(job.prompt, model, line, COLOUR_FAILED)
         await edit_with_retries(target, embed, None, {"attachments": []})
     await mark_delivered(bot, job)

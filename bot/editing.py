@@ -93,7 +93,7 @@ async def repaint_request(
             _canvas_pngs, data, build, spec.presets.max_size
         )
     except ValidationError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error.template, **error.values) from None
     return GenerationRequest(
         prompt=parent.prompt_of(image.index) if prompt is None else prompt,
         negative_prompt=parent.negative_prompt if negative is None else negative,
@@ -127,22 +127,25 @@ def parse_adjustments(crop: str, turn: str, tone: str, look: str) -> edits.Adjus
                 flip = "vertical"
             else:
                 raise ValidationError(
-                    f"Turn: use 90, 180 or 270 and/or horizontal or vertical, not {word!r}."
+                    N_("Turn: use 90, 180 or 270 and/or horizontal or vertical, not {word}."),
+                    word=repr(word),
                 )
         numbers = tone.replace(",", " ").split()
         if len(numbers) > 3:
-            raise ValidationError("Tone: at most three numbers (brightness contrast saturation).")
+            raise ValidationError(
+                N_("Tone: at most three numbers (brightness contrast saturation).")
+            )
         try:
             levels = [float(number) for number in numbers] + [1.0] * (3 - len(numbers))
         except ValueError:
             raise ValidationError(
-                "Tone: numbers such as 1.2 1 0.8 (brightness contrast saturation)."
+                N_("Tone: numbers such as 1.2 1 0.8 (brightness contrast saturation).")
             ) from None
         try:
             chosen = edits.Filter(look) if look else None
         except ValueError:
             names = ", ".join(f.value for f in edits.Filter)
-            raise ValidationError(f"Filter: one of {names}.") from None
+            raise ValidationError(N_("Filter: one of {names}."), names=names) from None
         adjustments = edits.Adjustments(
             crop_aspect=crop_aspect,
             crop_box=crop_box,
@@ -154,7 +157,7 @@ def parse_adjustments(crop: str, turn: str, tone: str, look: str) -> edits.Adjus
             filter=chosen,
         )
     except ValidationError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error.template, **error.values) from None
     if adjustments.neutral:
         raise UserError(N_("Nothing to change: fill in at least one field."))
     return adjustments

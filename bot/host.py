@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 from discord.ext import commands
 
-from bot.i18n import reader_locale, translate, translate_error
+from bot.i18n import reader_locale, translate, translate_template
 from bot.views import ButtonHandler
 from core import downloads
 from core.errors import UserError, incident_id
@@ -139,7 +139,7 @@ class BotHost(commands.Bot):
             await self.reply_unexpected(interaction, error)
 
     async def reply_error(self, interaction: discord.Interaction[Any], error: UserError) -> None:
-        await self._reply(interaction, translate_error(error, reader_locale(interaction)))
+        await self._reply(interaction, translate_template(error, reader_locale(interaction)))
 
     async def reply_unexpected(
         self, interaction: discord.Interaction[Any], error: BaseException

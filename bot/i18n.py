@@ -10,16 +10,19 @@ translator, so a Korean client shows them in Korean; messages follow the reader'
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import discord
+from babel.dates import format_date
 from babel.messages.pofile import read_po
+from babel.numbers import format_decimal, format_percent
 from discord import app_commands
 
-from core.errors import UserError
+from core.errors import Note
 
 LOCALES_DIR: Final = Path(__file__).resolve().parent / "locales"
 DOMAIN: Final = "diffusion_chat"
@@ -70,14 +73,26 @@ def translate(text: str, locale: discord.Locale | None, **values: object) -> str
     return chosen.format(**values) if values else chosen
 
 
-def translate_error(error: UserError, locale: discord.Locale | None) -> str:
-    """A user's error in their language: its template's translation, filled with its values
-    (marked with ``N_`` where it is raised); English when there is none."""
+class Templated(Protocol):
+    """A user error or a note: an English template (marked ``N_``) and its values."""
+
+    @property
+    def template(self) -> str: ...
+
+    @property
+    def values(self) -> Mapping[str, object]: ...
+
+
+def translate_template(text: Templated, locale: discord.Locale | None) -> str:
+    """A user's error or note in their language: its template's translation (English when
+    there is none), filled with its values, themselves translated where they are notes."""
+    values = {
+        name: translate_template(value, locale) if isinstance(value, Note) else value
+        for name, value in text.values.items()
+    }
     language = language_of(locale)
-    translated = catalog(language).get(error.template) if language else None
-    if translated is None:
-        return str(error)
-    return translated.format(**error.values) if error.values else translated
+    chosen = catalog(language).get(text.template, text.template) if language else text.template
+    return chosen.format(**values) if values else chosen
 
 
 class CommandTranslator(app_commands.Translator):
@@ -93,3 +108,26 @@ class CommandTranslator(app_commands.Translator):
         if language is None:
             return None
         return catalog(language).get(string.message)
+
+
+def translate_marked(text: str, locale: discord.Locale | None, **values: object) -> str:
+    """``translate`` for a text that is not written at the call (a label from a table): the
+    table marks each English text with ``N_`` where it is written, so the catalog test sees it."""
+    return translate(text, locale, **values)
+
+
+def number(value: float, locale: discord.Locale | None) -> str:
+    """A count written the reader's way (digit grouping of their language)."""
+    return format_decimal(value, locale=language_of(locale) or "en")
+
+
+def percent(fraction: float | None, locale: discord.Locale | None) -> str:
+    """A share written the reader's way; "—" when there is nothing to divide."""
+    if fraction is None:
+        return "—"
+    return format_percent(fraction, locale=language_of(locale) or "en")
+
+
+def date(day: dt.date, locale: discord.Locale | None) -> str:
+    """A calendar date written the reader's way (Dec 4, 2026; 2026. 12. 4.)."""
+    return format_date(day, format="medium", locale=language_of(locale) or "en")

@@ -18,6 +18,7 @@ from bot import render
 from bot.delivery import UPLOAD_LIMIT, render_grid
 from bot.errors import PermissionDenied
 from bot.host import BotHost
+from bot.i18n import reader_locale, translate, translate_marked
 from bot.views import Action, JobButton, entry_view, library_page_view
 from core.errors import N_, UserError
 from core.jobcodec import StoredRequest
@@ -42,15 +43,20 @@ PAGE_SIZE = 10  # two rows of five numbered buttons
 SHEET_MAX_BYTES = 2 * 2**20
 
 _TITLES = {
-    LibraryScope.HISTORY: ("🕘 Your generations", "No generations yet: try /imagine."),
+    LibraryScope.HISTORY: (N_("🕘 Your generations"), N_("No generations yet: try /imagine.")),
     LibraryScope.FAVOURITES: (
-        "⭐ Your favourites",
-        "You have no favourites yet: press ⭐ under an image.",
+        N_("⭐ Your favourites"),
+        N_("You have no favourites yet: press ⭐ under an image."),
     ),
     LibraryScope.GALLERY: (
-        "🖼 This server's gallery",
-        "This server's gallery is empty: public results show up here.",
+        N_("🖼 This server's gallery"),
+        N_("This server's gallery is empty: public results show up here."),
     ),
+}
+_SORT_NAMES = {
+    LibrarySort.NEWEST: N_("newest first"),
+    LibrarySort.OLDEST: N_("oldest first"),
+    LibrarySort.MOST_FAVOURITED: N_("most favourited"),
 }
 
 
@@ -62,36 +68,40 @@ class RenderedPage:
     files: list[discord.File]
 
 
-def describe_query(query: LibraryQuery) -> str:
+def describe_query(query: LibraryQuery, locale: discord.Locale | None = None) -> str:
     """The filters in force, as one line people can read back."""
     parts = []
     if query.text:
         parts.append(f"“{render.clip(query.text, 60)}”")
     if query.model:
-        parts.append(f"model `{render.clip(query.model, 40)}`")
+        parts.append(translate("model `{model}`", locale, model=render.clip(query.model, 40)))
     if query.operation:
         parts.append(query.operation)
     if query.status is not None:
-        parts.append(query.status.value)
+        parts.append(render.status_name(query.status, locale))
     if query.since is not None:
-        parts.append(f"since {render.discord_time(query.since, 'd')}")
+        parts.append(translate("since {date}", locale, date=render.discord_time(query.since, "d")))
     if query.until is not None:
-        parts.append(f"before {render.discord_time(query.until, 'd')}")
+        parts.append(translate("before {date}", locale, date=render.discord_time(query.until, "d")))
     if query.favourites_only:
-        parts.append("⭐ only")
+        parts.append(translate("⭐ only", locale))
     if query.sort is not LibrarySort.NEWEST:
-        parts.append(f"sorted {query.sort.value.replace('-', ' ')}")
+        parts.append(translate_marked(_SORT_NAMES[query.sort], locale))
     return " · ".join(parts)
 
 
-def _entry_line(number: int, entry: LibraryEntry, scope: LibraryScope) -> str:
+def _entry_line(
+    number: int, entry: LibraryEntry, scope: LibraryScope, locale: discord.Locale | None
+) -> str:
     job = entry.job
-    if job.status is JobStatus.DONE:
-        state = f"{len(entry.images)} image{'s' if len(entry.images) != 1 else ''}"
-        if not entry.images:
-            state = "images cleaned up"
+    if job.status is not JobStatus.DONE:
+        state = render.status_name(job.status, locale)
+    elif not entry.images:
+        state = translate("images cleaned up", locale)
+    elif len(entry.images) == 1:
+        state = translate("1 image", locale)
     else:
-        state = job.status.value
+        state = translate("{count} images", locale, count=len(entry.images))
     line = (
         f"**{number}.** {render.quoted_prompt(job.prompt, 70)} · {state} · "
         f"{render.discord_time(job.created_at)}"
@@ -99,7 +109,7 @@ def _entry_line(number: int, entry: LibraryEntry, scope: LibraryScope) -> str:
     if entry.favourite_count:
         line += f" · ⭐ {entry.favourite_count}"
     if scope is LibraryScope.GALLERY:
-        line += f" · by <@{job.user_id}>"
+        line += " · " + translate("by {user}", locale, user=f"<@{job.user_id}>")
     return line
 
 
@@ -129,11 +139,16 @@ class Library:
     # --- pages ---------------------------------------------------------------------------
 
     async def first_page(
-        self, scope: LibraryScope, user_id: int, guild_id: int | None, query: LibraryQuery
+        self,
+        scope: LibraryScope,
+        user_id: int,
+        guild_id: int | None,
+        query: LibraryQuery,
+        locale: discord.Locale | None,
     ) -> RenderedPage:
         """Save the question (page buttons carry its id) and show its first page."""
         saved = await self._db.library.save_view(scope, user_id, guild_id, query)
-        return await self.render(saved, 0)
+        return await self.render(saved, 0, locale)
 
     async def saved(self, view_id: str, user_id: int) -> LibraryView:
         saved: LibraryView | None = await self._db.library.view(view_id)
@@ -143,22 +158,28 @@ class Library:
             raise UserError(N_("These pages belong to someone else. Use the command yourself."))
         return saved
 
-    async def render(self, saved: LibraryView, page: int) -> RenderedPage:
+    async def render(
+        self, saved: LibraryView, page: int, locale: discord.Locale | None
+    ) -> RenderedPage:
         found = await self._page(saved, page)
         if not found.items and found.total:  # the list shrank under this page: its last one
             page = found.page_count - 1
             found = await self._page(saved, page)
-        heading, empty = _TITLES[saved.scope]
-        filters = describe_query(saved.query)
+        heading, empty = (translate_marked(text, locale) for text in _TITLES[saved.scope])
+        filters = describe_query(saved.query, locale)
         embed = discord.Embed(
             title=f"{heading} ({found.total})" if found.total else heading,
             colour=discord.Colour.blurple(),
         )
         lines = [f"🔎 {filters}"] if filters else []
         if not found.items:
-            lines.append("Nothing matches these filters." if saved.query.filtered else empty)
+            lines.append(
+                translate("Nothing matches these filters.", locale)
+                if saved.query.filtered
+                else empty
+            )
         lines += [
-            _entry_line(number, entry, saved.scope)
+            _entry_line(number, entry, saved.scope, locale)
             for number, entry in enumerate(found.items, start=1)
         ]
         embed.description = render.clip("\n".join(lines), 4096)
@@ -169,7 +190,12 @@ class Library:
             files.append(discord.File(io.BytesIO(data), f"page.{ext}"))
             embed.set_image(url=f"attachment://page.{ext}")
             embed.set_footer(
-                text=f"Page {page + 1} of {found.page_count} · press a number to open it"
+                text=translate(
+                    "Page {page} of {pages} · press a number to open it",
+                    locale,
+                    page=page + 1,
+                    pages=found.page_count,
+                )
             )
         view = library_page_view(
             saved.id,
@@ -179,6 +205,7 @@ class Library:
                 (entry.job.id, entry.images[0].index if entry.images else None)
                 for entry in found.items
             ],
+            locale,
         )
         return RenderedPage("", [embed], view, files)
 
@@ -205,7 +232,13 @@ class Library:
     # --- one entry -----------------------------------------------------------------------
 
     async def entry(
-        self, job: Job, index: int | None, viewer_id: int, *, moderator_here: bool
+        self,
+        job: Job,
+        index: int | None,
+        viewer_id: int,
+        *,
+        moderator_here: bool,
+        locale: discord.Locale | None,
     ) -> RenderedPage:
         """One image of ``job`` at full size (the first when ``index`` is None) with what the
         viewer may do to it."""
@@ -221,21 +254,37 @@ class Library:
         )
         if not images:
             reason = job.error or (
-                "cleaned up" if job.status is JobStatus.DONE else job.status.value
+                translate("cleaned up", locale)
+                if job.status is JobStatus.DONE
+                else render.status_name(job.status, locale)
             )
-            embed.description = f"by <@{job.user_id}> · `{model}` · no images ({reason})"
+            embed.description = translate(
+                "by {user} · `{model}` · no images ({reason})",
+                locale,
+                user=f"<@{job.user_id}>",
+                model=model,
+                reason=reason,
+            )
             view = discord.ui.View(timeout=None)
             if viewer_id == job.user_id:
-                view.add_item(JobButton(Action.REROLL, job.id, label="Run again", emoji="🔄"))
+                again = translate("Run again", locale)
+                view.add_item(JobButton(Action.REROLL, job.id, label=again, emoji="🔄"))
             view.add_item(JobButton(Action.INFO, job.id, emoji="ℹ"))
             return RenderedPage("", [embed], view, [])
         image = next((i for i in images if i.index == index), images[0])
         starred = await self._db.favourites.favourited_among(viewer_id, [image.id])
         embed.description = (
-            f"by <@{job.user_id}> · `{model}` · seed {image.seed} · "
-            f"{image.width}×{image.height} · {render.discord_time(job.created_at)}"
-            + (" · ⭐ in your favourites" if starred else "")
-            + ("\n📤 Shared" if job.shared_at else "")
+            translate(
+                "by {user} · `{model}` · seed {seed} · {size} · {time}",
+                locale,
+                user=f"<@{job.user_id}>",
+                model=model,
+                seed=image.seed,
+                size=f"{image.width}×{image.height}",
+                time=render.discord_time(job.created_at),
+            )
+            + (translate(" · ⭐ in your favourites", locale) if starred else "")
+            + ("\n" + translate("📤 Shared", locale) if job.shared_at else "")
         )
         data = await self._bot.service.image_bytes(image)
         name = f"{job.id}-{image.index + 1}.png"
@@ -250,6 +299,7 @@ class Library:
         view = entry_view(
             job.id,
             image.index,
+            locale,
             indexes=[i.index for i in images],
             can_upscale=self._bot.can_upscale_size(model, image.width * 2, image.height * 2),
             owner=viewer_id == job.user_id,
@@ -268,7 +318,8 @@ class Library:
         """Post the owner's result to the server's gallery channel (crediting them) and make
         it public; with a public API address, answer with its share page too."""
         if interaction.user.id != job.user_id:
-            raise PermissionDenied("Only the person who made this image can share it.")
+            raise PermissionDenied(N_("Only the person who made this image can share it."))
+        locale = reader_locale(interaction)
         images = sorted(await self._bot.service.job_images(job.id), key=lambda i: i.index)
         if not images:
             raise UserError(N_("This job has no images to share."))
@@ -291,31 +342,45 @@ class Library:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if not await self._db.library.claim_share(job.id):
             shared = await self._db.jobs.get(job.id)
-            await _send_shared(interaction, self._shared_text(shared, link, again=True), link)
+            text = self._shared_text(shared, link, locale, again=True)
+            await _send_shared(interaction, text, link, locale)
             return
         message_id = None
         try:
             if channel_id is not None:
-                message_id = await self._post(channel_id, job, images)
+                message_id = await self._post(channel_id, job, images, locale)
             await self._db.library.record_share(job.id, channel_id, message_id)
         except BaseException:
             await self._db.library.release_share(job.id)
             raise
         shared = await self._db.jobs.get(job.id)
-        await _send_shared(interaction, self._shared_text(shared, link), link)
+        await _send_shared(interaction, self._shared_text(shared, link, locale), link, locale)
 
-    def _shared_text(self, job: Job, link: str | None, *, again: bool = False) -> str:
-        lines = ["📤 Already shared." if again else "📤 Shared: it is public now."]
+    def _shared_text(
+        self, job: Job, link: str | None, locale: discord.Locale | None, *, again: bool = False
+    ) -> str:
+        lines = [
+            translate("📤 Already shared.", locale)
+            if again
+            else translate("📤 Shared: it is public now.", locale)
+        ]
         if job.share_channel_id and job.share_message_id and job.guild_id:
             lines.append(
-                f"In <#{job.share_channel_id}>: https://discord.com/channels/"
-                f"{job.guild_id}/{job.share_channel_id}/{job.share_message_id}"
+                translate(
+                    "In {channel}: {url}",
+                    locale,
+                    channel=f"<#{job.share_channel_id}>",
+                    url=f"https://discord.com/channels/{job.guild_id}/{job.share_channel_id}/"
+                    f"{job.share_message_id}",
+                )
             )
         if link:
-            lines.append(f"Share page (copy this link): {link}")
+            lines.append(translate("Share page (copy this link): {link}", locale, link=link))
         return "\n".join(lines)
 
-    async def _post(self, channel_id: int, job: Job, images: list[Image]) -> int:
+    async def _post(
+        self, channel_id: int, job: Job, images: list[Image], locale: discord.Locale | None
+    ) -> int:
         channel = self._bot.get_channel(channel_id)
         try:
             if channel is None:
@@ -340,8 +405,13 @@ class Library:
             )
             embed = discord.Embed(
                 title=render.embed_title(job.prompt),
-                description=f"by <@{job.user_id}> · `{model}` · "
-                + render.seeds_text([image.seed for image in images]),
+                description=translate(
+                    "by {user} · `{model}` · {seeds}",
+                    locale,
+                    user=f"<@{job.user_id}>",
+                    model=model,
+                    seeds=render.seeds_text([image.seed for image in images], locale),
+                ),
                 colour=discord.Colour.gold(),
             )
             embed.set_image(url=f"attachment://{file.filename}")
@@ -367,11 +437,11 @@ class Library:
 
     async def remove_from_gallery(self, interaction: discord.Interaction[Any], job: Job) -> None:
         if interaction.guild_id is None or interaction.guild_id != job.guild_id:
-            raise PermissionDenied("Only this server's moderators can remove it.")
+            raise PermissionDenied(N_("Only this server's moderators can remove it."))
         permissions = interaction.permissions
         if not (permissions.manage_guild or permissions.manage_messages):
             raise PermissionDenied(
-                "Only moderators (Manage Server or Manage Messages) can remove gallery entries."
+                N_("Only moderators (Manage Server or Manage Messages) can remove gallery entries.")
             )
         removed = await self._db.library.remove_from_gallery(job.id, interaction.user.id)
         if removed and job.share_channel_id and job.share_message_id:
@@ -380,18 +450,25 @@ class Library:
             )
             with contextlib.suppress(discord.HTTPException):
                 await post.delete()  # already deleted by hand, or no permission: fine
+        locale = reader_locale(interaction)
         await interaction.response.send_message(
-            "🚫 Removed from this server's gallery (and its share page)."
+            translate("🚫 Removed from this server's gallery (and its share page).", locale)
             if removed
-            else "It was already out of the gallery.",
+            else translate("It was already out of the gallery.", locale),
             ephemeral=True,
         )
 
 
-async def _send_shared(interaction: discord.Interaction[Any], text: str, link: str | None) -> None:
+async def _send_shared(
+    interaction: discord.Interaction[Any],
+    text: str,
+    link: str | None,
+    locale: discord.Locale | None,
+) -> None:
     if link is None:
         await interaction.followup.send(text, ephemeral=True)
         return
     view = discord.ui.View(timeout=None)
-    view.add_item(discord.ui.Button(label="Open share page", url=link, emoji="🔗"))
+    label = translate("Open share page", locale)
+    view.add_item(discord.ui.Button(label=label, url=link, emoji="🔗"))
     await interaction.followup.send(text, view=view, ephemeral=True)

@@ -8,8 +8,10 @@ import math
 
 from discord import Locale
 
-from bot.i18n import translate
+from bot.i18n import translate, translate_marked
 from core import textguard
+from core.errors import N_
+from core.storage.records import JobStatus
 
 # Discord's limits for the places these strings go.
 CONTENT_LIMIT = 2000
@@ -45,6 +47,19 @@ def duration(seconds: float | None, locale: Locale | None = None) -> str:
         return translate("{minutes} min", locale, minutes=minutes)
     hours, minutes = divmod(minutes, 60)
     return translate("{hours} h {minutes} min", locale, hours=hours, minutes=minutes)
+
+
+STATUS_NAMES = {
+    JobStatus.QUEUED: N_("queued"),
+    JobStatus.RUNNING: N_("running"),
+    JobStatus.DONE: N_("done"),
+    JobStatus.FAILED: N_("failed"),
+    JobStatus.CANCELLED: N_("cancelled"),
+}
+
+
+def status_name(status: JobStatus, locale: Locale | None = None) -> str:
+    return translate_marked(STATUS_NAMES[status], locale)
 
 
 def progress_bar(step: int, total: int, width: int = 16) -> str:

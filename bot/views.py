@@ -11,6 +11,9 @@ from typing import Any, Protocol
 
 import discord
 
+from bot.i18n import translate, translate_marked
+from core.errors import N_
+
 # Versioned and prefixed, so old messages keep working and other bots' ids never collide.
 PREFIX = "dc:1"
 MAX_CUSTOM_ID = 100
@@ -273,11 +276,11 @@ class ForgetButton(
     # "forget-me" has a hyphen, so JobButton's "<action>:<job>" ids never match it.
     template=re.compile(rf"{PREFIX}:forget-me:(?P<user>\d{{1,20}})"),
 ):
-    def __init__(self, user_id: int) -> None:
+    def __init__(self, user_id: int, locale: discord.Locale | None = None) -> None:
         self.user_id = user_id
         super().__init__(
             discord.ui.Button(
-                label="Delete everything",
+                label=translate("Delete everything", locale),
                 style=discord.ButtonStyle.danger,
                 custom_id=f"{PREFIX}:forget-me:{user_id}",
             )
@@ -296,17 +299,21 @@ class ForgetButton(
         await _handler(interaction).on_forget(interaction, self.user_id)
 
 
-def forget_view(user_id: int) -> discord.ui.View:
+def forget_view(user_id: int, locale: discord.Locale | None) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(ForgetButton(user_id))
+    view.add_item(ForgetButton(user_id, locale))
     return view
 
 
-def progress_view(job_id: str) -> discord.ui.View:
+def progress_view(job_id: str, locale: discord.Locale | None) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(
         JobButton(
-            Action.CANCEL, job_id, label="Cancel", emoji="✖", style=discord.ButtonStyle.danger
+            Action.CANCEL,
+            job_id,
+            label=translate("Cancel", locale),
+            emoji="✖",
+            style=discord.ButtonStyle.danger,
         )
     )
     return view
@@ -324,25 +331,33 @@ def grid_view(job_id: str, count: int) -> discord.ui.View:
     return view
 
 
-def single_view(job_id: str, *, can_upscale: bool, has_parent: bool) -> discord.ui.View:
+def single_view(
+    job_id: str, locale: discord.Locale | None, *, can_upscale: bool, has_parent: bool
+) -> discord.ui.View:
     """One image (an upscale, a variation, a zoom...), as Midjourney users expect: vary it,
     upscale it again where the size allows, zoom out, pan, and compare it with its parent."""
     view = discord.ui.View(timeout=None)
     for action, label, emoji in (
-        (Action.VARY_SUBTLE, "Vary (Subtle)", "🪄"),
-        (Action.VARY_STRONG, "Vary (Strong)", "🌀"),
-        (Action.VARY_REGION, "Vary (Region)", "🖌"),
+        (Action.VARY_SUBTLE, N_("Vary (Subtle)"), "🪄"),
+        (Action.VARY_STRONG, N_("Vary (Strong)"), "🌀"),
+        (Action.VARY_REGION, N_("Vary (Region)"), "🖌"),
     ):
-        view.add_item(JobButton(action, job_id, 0, label=label, emoji=emoji, row=0))
+        view.add_item(
+            JobButton(action, job_id, 0, label=translate_marked(label, locale), emoji=emoji, row=0)
+        )
     if can_upscale:
-        view.add_item(JobButton(Action.UPSCALE, job_id, 0, label="Upscale", emoji="🔼", row=0))
+        upscale = translate("Upscale", locale)
+        view.add_item(JobButton(Action.UPSCALE, job_id, 0, label=upscale, emoji="🔼", row=0))
     for action, label in (
-        (Action.ZOOM_OUT_2, "Zoom Out 2x"),
-        (Action.ZOOM_OUT_15, "Zoom Out 1.5x"),
-        (Action.ZOOM_CUSTOM, "Custom Zoom"),
+        (Action.ZOOM_OUT_2, N_("Zoom Out 2x")),
+        (Action.ZOOM_OUT_15, N_("Zoom Out 1.5x")),
+        (Action.ZOOM_CUSTOM, N_("Custom Zoom")),
     ):
-        view.add_item(JobButton(action, job_id, 0, label=label, emoji="🔍", row=1))
-    view.add_item(JobButton(Action.EDIT, job_id, 0, label="Edit", emoji="✂", row=1))
+        view.add_item(
+            JobButton(action, job_id, 0, label=translate_marked(label, locale), emoji="🔍", row=1)
+        )
+    edit = translate("Edit", locale)
+    view.add_item(JobButton(Action.EDIT, job_id, 0, label=edit, emoji="✂", row=1))
     for action, emoji in (
         (Action.PAN_LEFT, "⬅"),
         (Action.PAN_RIGHT, "➡"),
@@ -352,7 +367,8 @@ def single_view(job_id: str, *, can_upscale: bool, has_parent: bool) -> discord.
         view.add_item(JobButton(action, job_id, 0, emoji=emoji, row=2))
     _add_common(view, job_id, row=3, reroll=False)
     if has_parent:
-        view.add_item(JobButton(Action.COMPARE, job_id, 0, label="Compare", emoji="🆚", row=3))
+        compare = translate("Compare", locale)
+        view.add_item(JobButton(Action.COMPARE, job_id, 0, label=compare, emoji="🆚", row=3))
     _add_feedback(view, job_id, row=4)
     return view
 
@@ -363,20 +379,22 @@ def _add_feedback(view: discord.ui.View, job_id: str, *, row: int) -> None:
 
 
 REGION_CHOICES = (
-    (Action.REGION_LEFT, "Left half"),
-    (Action.REGION_RIGHT, "Right half"),
-    (Action.REGION_TOP, "Top half"),
-    (Action.REGION_BOTTOM, "Bottom half"),
-    (Action.REGION_CENTRE, "Centre"),
-    (Action.REGION_BOX, "A box…"),
+    (Action.REGION_LEFT, N_("Left half")),
+    (Action.REGION_RIGHT, N_("Right half")),
+    (Action.REGION_TOP, N_("Top half")),
+    (Action.REGION_BOTTOM, N_("Bottom half")),
+    (Action.REGION_CENTRE, N_("Centre")),
+    (Action.REGION_BOX, N_("A box…")),
 )
 
 
-def region_view(job_id: str, index: int) -> discord.ui.View:
+def region_view(job_id: str, index: int, locale: discord.Locale | None) -> discord.ui.View:
     """Vary (Region): which part of the image to repaint."""
     view = discord.ui.View(timeout=None)
     for number, (action, label) in enumerate(REGION_CHOICES):
-        view.add_item(JobButton(action, job_id, index, label=label, row=number // 3))
+        view.add_item(
+            JobButton(action, job_id, index, label=translate_marked(label, locale), row=number // 3)
+        )
     return view
 
 
@@ -386,17 +404,25 @@ class FavouritePicker(
 ):
     """⭐ under a grid: choose which of its images to keep as favourites."""
 
-    def __init__(self, job_id: str, count: int = 4, starred: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        count: int = 4,
+        starred: frozenset[int] = frozenset(),
+        locale: discord.Locale | None = None,
+    ) -> None:
         self.job_id = job_id
         super().__init__(
             discord.ui.Select(
                 custom_id=f"{PREFIX}:fav-pick:{job_id}",
-                placeholder="Choose the images to star",
+                placeholder=translate("Choose the images to star", locale),
                 min_values=0,
                 max_values=count,
                 options=[
                     discord.SelectOption(
-                        label=f"Image {index + 1}", value=str(index), default=index in starred
+                        label=translate("Image {number}", locale, number=index + 1),
+                        value=str(index),
+                        default=index in starred,
                     )
                     for index in range(count)
                 ],
@@ -419,9 +445,11 @@ class FavouritePicker(
         await _handler(interaction).on_favourite_pick(interaction, self.job_id, chosen)
 
 
-def favourite_picker_view(job_id: str, count: int, starred: frozenset[int]) -> discord.ui.View:
+def favourite_picker_view(
+    job_id: str, count: int, starred: frozenset[int], locale: discord.Locale | None
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(FavouritePicker(job_id, count, starred))
+    view.add_item(FavouritePicker(job_id, count, starred, locale))
     return view
 
 
@@ -439,6 +467,7 @@ class PromptModal(discord.ui.Modal):
         prompt: str,
         negative: str,
         extra: tuple[str, str, str] | None = None,  # label, placeholder, default
+        locale: discord.Locale | None = None,
     ) -> None:
         super().__init__(
             title=title, timeout=900, custom_id=f"{PREFIX}:modal-{action.value}:{job_id}"
@@ -447,14 +476,14 @@ class PromptModal(discord.ui.Modal):
         self.job_id = job_id
         self.index = index
         self.prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label="Prompt",
+            label=translate("Prompt", locale),
             custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:4000],
             max_length=4000,
         )
         self.negative: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label="Negative prompt",
+            label=translate("Negative prompt", locale),
             custom_id="negative",
             required=False,
             default=negative[:1000] or None,
@@ -496,7 +525,11 @@ def _add_common(view: discord.ui.View, job_id: str, *, row: int, reroll: bool) -
 
 
 def library_page_view(
-    view_id: str, page: int, page_count: int, entries: list[tuple[str, int | None]]
+    view_id: str,
+    page: int,
+    page_count: int,
+    entries: list[tuple[str, int | None]],
+    locale: discord.Locale | None,
 ) -> discord.ui.View:
     """Numbered buttons opening each entry (job id, image index), then previous and next."""
     view = discord.ui.View(timeout=None)
@@ -505,10 +538,17 @@ def library_page_view(
             JobButton(Action.OPEN, job_id, index, label=str(number), row=(number - 1) // 5)
         )
     view.add_item(
-        LibraryPageButton(view_id, max(0, page - 1), label="◀ Previous", disabled=page <= 0)
+        LibraryPageButton(
+            view_id, max(0, page - 1), label=translate("◀ Previous", locale), disabled=page <= 0
+        )
     )
     view.add_item(
-        LibraryPageButton(view_id, page + 1, label="Next ▶", disabled=page + 1 >= page_count)
+        LibraryPageButton(
+            view_id,
+            page + 1,
+            label=translate("Next ▶", locale),
+            disabled=page + 1 >= page_count,
+        )
     )
     return view
 
@@ -516,6 +556,7 @@ def library_page_view(
 def entry_view(
     job_id: str,
     index: int,
+    locale: discord.Locale | None,
     *,
     indexes: list[int],
     can_upscale: bool,
@@ -526,14 +567,12 @@ def entry_view(
     """An opened library entry: act on this image, step to the job's other images, share
     it (its owner), take it out of the gallery (a moderator)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(
-        JobButton(Action.VARY_SUBTLE, job_id, index, label="Vary (Subtle)", emoji="🪄", row=0)
-    )
-    view.add_item(
-        JobButton(Action.VARY_STRONG, job_id, index, label="Vary (Strong)", emoji="🌀", row=0)
-    )
+    subtle, strong = translate("Vary (Subtle)", locale), translate("Vary (Strong)", locale)
+    view.add_item(JobButton(Action.VARY_SUBTLE, job_id, index, label=subtle, emoji="🪄", row=0))
+    view.add_item(JobButton(Action.VARY_STRONG, job_id, index, label=strong, emoji="🌀", row=0))
     if can_upscale:
-        view.add_item(JobButton(Action.UPSCALE, job_id, index, label="Upscale", emoji="🔼", row=0))
+        upscale = translate("Upscale", locale)
+        view.add_item(JobButton(Action.UPSCALE, job_id, index, label=upscale, emoji="🔼", row=0))
     view.add_item(JobButton(Action.FAVOURITE, job_id, index, emoji="⭐", row=0))
     view.add_item(JobButton(Action.INFO, job_id, emoji="ℹ", row=0))
     position = indexes.index(index) if index in indexes else 0
@@ -554,13 +593,14 @@ def entry_view(
     if rerollable:  # a plain edit has no generation to run again
         view.add_item(JobButton(Action.REROLL, job_id, emoji="🔄", row=1))
     if owner:
-        view.add_item(JobButton(Action.SHARE, job_id, label="Share", emoji="📤", row=1))
+        share = translate("Share", locale)
+        view.add_item(JobButton(Action.SHARE, job_id, label=share, emoji="📤", row=1))
     if removable:
         view.add_item(
             JobButton(
                 Action.GALLERY_REMOVE,
                 job_id,
-                label="Remove from gallery",
+                label=translate("Remove from gallery", locale),
                 emoji="🚫",
                 style=discord.ButtonStyle.danger,
                 row=1,
@@ -573,22 +613,26 @@ class EditModal(discord.ui.Modal):
     """✂ Edit: crop, turn, tone and filter, each optional; no model runs."""
 
     FIELDS = (
-        ("crop", "Crop", "1:1, 16:9, 3:4... or a box: left top width height (%)"),
-        ("turn", "Rotate or flip", "90, 180, 270, horizontal, vertical"),
-        ("tone", "Brightness contrast saturation", "1 is unchanged: 1.2 1 0.8"),
-        ("filter", "Filter", "grayscale, sepia, sharpen, blur, autocontrast"),
+        ("crop", N_("Crop"), N_("1:1, 16:9, 3:4... or a box: left top width height (%)")),
+        ("turn", N_("Rotate or flip"), "90, 180, 270, horizontal, vertical"),
+        ("tone", N_("Brightness contrast saturation"), N_("1 is unchanged: 1.2 1 0.8")),
+        ("filter", N_("Filter"), "grayscale, sepia, sharpen, blur, autocontrast"),
     )
 
-    def __init__(self, job_id: str, index: int) -> None:
-        super().__init__(title="Edit", timeout=900, custom_id=f"{PREFIX}:modal-edit:{job_id}")
+    def __init__(self, job_id: str, index: int, locale: discord.Locale | None = None) -> None:
+        super().__init__(
+            title=translate("Edit", locale),
+            timeout=900,
+            custom_id=f"{PREFIX}:modal-edit:{job_id}",
+        )
         self.job_id = job_id
         self.index = index
         self.inputs: list[discord.ui.TextInput[Any]] = []
         for custom_id, label, placeholder in self.FIELDS:
             field: discord.ui.TextInput[Any] = discord.ui.TextInput(
-                label=label,
+                label=translate_marked(label, locale),
                 custom_id=custom_id,
-                placeholder=placeholder,
+                placeholder=translate_marked(placeholder, locale),
                 required=False,
                 max_length=60,
             )

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import UPLOAD_LIMIT
+from bot.i18n import reader_locale, translate
 from bot.views import forget_view
 from core.export import MANIFEST, export_user
 
@@ -42,34 +43,51 @@ class ApiKeys(commands.GroupCog, group_name="apikey"):
     async def create(self, interaction: Interaction) -> None:
         """Make a key for the HTTP API that acts as you (shown to you once)."""
         keys = self.bot.service.db.api_keys
+        locale = reader_locale(interaction)
         active = [key for key in await keys.for_user(interaction.user.id) if key.active]
         if len(active) >= MAX_ACTIVE_KEYS:
             await interaction.followup.send(
-                f"You already have {len(active)} keys. Revoke them with `/apikey revoke` first.",
+                translate(
+                    "You already have {count} keys. Revoke them with `/apikey revoke` first.",
+                    locale,
+                    count=len(active),
+                ),
                 ephemeral=True,
             )
             return
         _, secret = await keys.create(f"{interaction.user} (Discord)", user_id=interaction.user.id)
+        settings = self.bot.settings
         where = (
-            f" at {self.bot.settings.api_host}:{self.bot.settings.api_port}"
-            if self.bot.settings.api_port
-            else " (the HTTP API is off on this bot for now)"
+            translate(
+                "Your API key for {address}, shown only now: keep it secret.",
+                locale,
+                address=f"{settings.api_host}:{settings.api_port}",
+            )
+            if settings.api_port
+            else translate(
+                "Your API key (the HTTP API is off on this bot for now), shown only now: "
+                "keep it secret.",
+                locale,
+            )
         )
-        await interaction.followup.send(
-            f"Your API key{where}, shown only now: keep it secret.\n||`{secret}`||\n"
+        usage = translate(
             "Send it as `Authorization: Bearer <key>`. Jobs made with it count against your DM "
             "quota and appear in your /history. `/apikey revoke` turns it off.",
-            ephemeral=True,
+            locale,
         )
+        await interaction.followup.send(f"{where}\n||`{secret}`||\n{usage}", ephemeral=True)
 
     @app_commands.command(name="revoke")
     async def revoke(self, interaction: Interaction) -> None:
         """Turn off every API key that acts as you, at once."""
         count = await self.bot.service.db.api_keys.revoke_all(interaction.user.id)
+        locale = reader_locale(interaction)
         text = (
-            f"Revoked {count} key{'s' if count != 1 else ''}: requests with them are refused now."
+            translate(
+                "Revoked keys: {count}. Requests with them are refused now.", locale, count=count
+            )
             if count
-            else "You have no active API keys."
+            else translate("You have no active API keys.", locale)
         )
         await interaction.followup.send(text, ephemeral=True)
 
@@ -82,6 +100,7 @@ class YourData(commands.Cog):
     async def export(self, interaction: Interaction) -> None:
         """Get your images (PNGs with their settings) and your job list as zip files."""
         await interaction.response.defer(ephemeral=True, thinking=True)
+        locale = reader_locale(interaction)
         folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dc-export-"))
         try:
             made = await export_user(
@@ -92,15 +111,25 @@ class YourData(commands.Cog):
                 part_limit=UPLOAD_LIMIT,
             )
             if not made.parts:
-                await interaction.followup.send("You have nothing to export yet.", ephemeral=True)
+                await interaction.followup.send(
+                    translate("You have nothing to export yet.", locale), ephemeral=True
+                )
                 return
             for number, part in enumerate(made.parts, start=1):
                 head = (
-                    f"Your data: {made.jobs} job(s), {made.images} image(s)"
-                    f"{'' if len(made.parts) == 1 else f', in {len(made.parts)} parts'}. "
-                    f"The job list is `{MANIFEST}` in the last part."
+                    translate(
+                        "Your data: {jobs} job(s), {images} image(s), in {parts} part(s). "
+                        "The job list is `{manifest}` in the last part.",
+                        locale,
+                        jobs=made.jobs,
+                        images=made.images,
+                        parts=len(made.parts),
+                        manifest=MANIFEST,
+                    )
                     if number == 1
-                    else f"Part {number} of {len(made.parts)}."
+                    else translate(
+                        "Part {number} of {parts}.", locale, number=number, parts=len(made.parts)
+                    )
                 )
                 await interaction.followup.send(head, file=discord.File(part), ephemeral=True)
         finally:
@@ -111,10 +140,14 @@ class YourData(commands.Cog):
         """Delete everything this bot keeps about you, in every server (asks first)."""
         jobs = await self.bot.service.db.jobs.history(interaction.user.id, limit=1)
         await interaction.response.send_message(
-            f"This deletes, in every server and in DMs: your {jobs.total} job(s) and their "
-            "images, your favourites, your remembered prompts and your API keys. It cannot be "
-            "undone. (Moderators' limits on you, and today's image count, stay.)",
-            view=forget_view(interaction.user.id),
+            translate(
+                "This deletes, in every server and in DMs: your {jobs} job(s) and their "
+                "images, your favourites, your remembered prompts and your API keys. It cannot "
+                "be undone. (Moderators' limits on you, and today's image count, stay.)",
+                reader_locale(interaction),
+                jobs=jobs.total,
+            ),
+            view=forget_view(interaction.user.id, reader_locale(interaction)),
             ephemeral=True,
         )
 
@@ -140,9 +173,16 @@ class Preferences(commands.Cog):
             on = mode == "on"
             await users.set_remix(interaction.user.id, on)
         await interaction.response.send_message(
-            "🎛 Remix mode is **on**: rerolls, variations, zooms and pans first ask for the prompt."
+            translate(
+                "🎛 Remix mode is **on**: rerolls, variations, zooms and pans first ask for the "
+                "prompt.",
+                reader_locale(interaction),
+            )
             if on
-            else "🎛 Remix mode is **off**: buttons reuse the prompt as it was.",
+            else translate(
+                "🎛 Remix mode is **off**: buttons reuse the prompt as it was.",
+                reader_locale(interaction),
+            ),
             ephemeral=True,
         )
 

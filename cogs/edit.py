@@ -15,9 +15,10 @@ from PIL import Image as PILImage
 
 from bot import editing, render
 from bot.actions import launch, post_edit
+from bot.i18n import reader_locale, translate, translate_template
 from cogs.imagine import read_upload
 from core import textguard
-from core.errors import N_, UserError
+from core.errors import N_, Note, UserError, note
 from engine import edits
 from engine.errors import ValidationError
 from engine.images import parse_parameters, read_png_parameters
@@ -71,7 +72,7 @@ class Edit(commands.GroupCog, group_name="edit"):
         try:
             canvas, fitted, _ = await asyncio.to_thread(_mask_png, picture, drawn)
         except ValidationError as error:
-            raise UserError(str(error)) from None
+            raise UserError(error.template, **error.values) from None
         except (OSError, ValueError):
             raise UserError(N_("The image or the mask is not a picture I can read.")) from None
         request = GenerationRequest(
@@ -120,7 +121,7 @@ class Edit(commands.GroupCog, group_name="edit"):
                 editing.edit_parameters(request, 0, "none", description),
             )
         except ValidationError as error:
-            raise UserError(str(error)) from None
+            raise UserError(error.template, **error.values) from None
         except (OSError, ValueError):
             raise UserError(N_("That file is not a picture I can read.")) from None
         request = GenerationRequest(
@@ -168,24 +169,43 @@ class Params(commands.Cog):
         parsed = parse_parameters(text)
         known = {spec.name for spec in self.bot.registry.specs()}
         model = parsed.model if parsed.model in known else None
-        notes = []
+        locale = reader_locale(interaction)
+        notes: list[Note] = []
         if parsed.model and model is None:
             notes.append(
-                f"The model `{render.clip(parsed.model, 60)}` is not here: "
-                f"using `{self.bot.registry.default_name}`."
+                note(
+                    N_("The model `{model}` is not here: using `{default}`."),
+                    model=render.clip(parsed.model, 60),
+                    default=self.bot.registry.default_name,
+                )
             )
+        default = translate("default", locale)
         lines = [
-            f"**Prompt:** {render.clip(parsed.prompt, 1000) or '—'}",
-            f"**Negative prompt:** {render.clip(parsed.negative_prompt, 300) or '—'}",
-            f"**Steps:** {parsed.steps or 'default'} · **Sampler:** {parsed.sampler or 'default'}"
-            f" · **CFG scale:** {parsed.cfg_scale if parsed.cfg_scale is not None else 'default'}"
-            f" · **Seed:** {parsed.seed if parsed.seed is not None else 'random'}"
-            f" · **Size:** {parsed.width or '?'}×{parsed.height or '?'}"
-            f" · **Model:** {render.clip(parsed.model or 'default', 60)}",
-            *notes,
+            translate(
+                "**Prompt:** {prompt}", locale, prompt=render.clip(parsed.prompt, 1000) or "—"
+            ),
+            translate(
+                "**Negative prompt:** {negative}",
+                locale,
+                negative=render.clip(parsed.negative_prompt, 300) or "—",
+            ),
+            translate(
+                "**Steps:** {steps} · **Sampler:** {sampler} · **CFG scale:** {cfg} · "
+                "**Seed:** {seed} · **Size:** {size} · **Model:** {model}",
+                locale,
+                steps=parsed.steps or default,
+                sampler=parsed.sampler or default,
+                cfg=parsed.cfg_scale if parsed.cfg_scale is not None else default,
+                seed=parsed.seed if parsed.seed is not None else translate("random", locale),
+                size=f"{parsed.width or '?'}×{parsed.height or '?'}",
+                model=render.clip(parsed.model or default, 60),
+            ),
+            *(translate_template(each, locale) for each in notes),
         ]
         if run == "show":
-            lines.append("Run it again with `/params run:again` (same seed) or `run:new`.")
+            lines.append(
+                translate("Run it again with `/params run:again` (same seed) or `run:new`.", locale)
+            )
             await interaction.response.send_message(
                 render.clip("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
             )
@@ -194,7 +214,12 @@ class Params(commands.Cog):
             raise UserError(N_("That picture's settings have no prompt to run."))
         scheduler = parsed.scheduler
         if parsed.sampler and scheduler is None:
-            notes.append(f"The sampler {parsed.sampler} is not here: using the model's own.")
+            notes.append(
+                note(
+                    N_("The sampler {sampler} is not here: using the model's own."),
+                    sampler=parsed.sampler,
+                )
+            )
         request = GenerationRequest(
             prompt=textguard.clean(parsed.prompt),
             negative_prompt=textguard.clean(parsed.negative_prompt),

@@ -266,16 +266,26 @@ class Imagine(commands.Cog):
     @app_commands.command()
     async def models(self, interaction: Interaction) -> None:
         """List the models you can draw with."""
+        locale = reader_locale(interaction)
         lines = [
             f"• `{spec.name}` ({spec.family.value}) — {render.clip(spec.description, 150)}"
             for spec in self.bot.registry.specs()
         ]
         loras = self.bot.registry.loras()
         if loras:
-            lines.append("**LoRAs** (the `lora` option, or `<lora:name:0.8>` in a prompt):")
+            lines.append(
+                translate(
+                    "**LoRAs** (the `lora` option, or `<lora:name:0.8>` in a prompt):", locale
+                )
+            )
             lines += [
-                f"• `{lora.name}` ({lora.family.value}, weight {lora.weight:g}"
-                + (f", trigger: {', '.join(lora.triggers)}" if lora.triggers else "")
+                f"• `{lora.name}` ({lora.family.value}, "
+                + translate("weight {weight}", locale, weight=f"{lora.weight:g}")
+                + (
+                    ", " + translate("trigger: {words}", locale, words=", ".join(lora.triggers))
+                    if lora.triggers
+                    else ""
+                )
                 + f") — {render.clip(lora.description, 120)}"
                 for lora in loras
             ]

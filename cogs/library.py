@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import reader_locale
 from cogs.imagine import model_choices
 from core.library import OPERATIONS, build_query
 from core.storage.records import JobStatus, LibraryScope, LibrarySort
@@ -71,7 +72,7 @@ class Library(commands.Cog):
         # Reading thumbnails and drawing the sheet can pass Discord's 3 s on a busy machine.
         await interaction.response.defer(ephemeral=True, thinking=True)
         shown = await self.bot.library.first_page(
-            scope, interaction.user.id, interaction.guild_id, query
+            scope, interaction.user.id, interaction.guild_id, query, reader_locale(interaction)
         )
         await interaction.followup.send(
             embeds=shown.embeds, view=shown.view, files=shown.files, ephemeral=True

@@ -40,7 +40,9 @@ class Banned(commands.GroupCog, group_name="banned"):
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
-        require_moderator(interaction, "manage banned words")
+        require_moderator(
+            interaction, N_("Only moderators with Manage Server can manage banned words.")
+        )
         # Every answer here is private, and a write may wait on a busy database: acknowledge
         # now, inside Discord's 3 s, and answer with a follow-up.
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -100,7 +102,9 @@ class Settings(commands.GroupCog, group_name="settings"):
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
-        require_moderator(interaction, "change the bot's settings")
+        require_moderator(
+            interaction, N_("Only moderators with Manage Server can change the bot's settings.")
+        )
         await interaction.response.defer(ephemeral=True, thinking=True)
         return True
 

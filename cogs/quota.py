@@ -13,7 +13,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.actions import member_role_ids, require_moderator
-from bot.i18n import reader_locale, translate
+from bot.i18n import date, number, percent, reader_locale, translate, translate_marked
 from core.charts import PERIOD_DAYS, period_range, usage_chart
 from core.errors import N_, UserError
 from core.storage import UNSET
@@ -64,7 +64,7 @@ class Quota(commands.GroupCog, group_name="quota"):
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
-        require_moderator(interaction, "manage quotas")
+        require_moderator(interaction, N_("Only moderators with Manage Server can manage quotas."))
         # Every answer here is private, and a write may wait on a busy database: acknowledge
         # now, inside Discord's 3 s, and answer with a follow-up.
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -202,7 +202,7 @@ class Stats(commands.Cog):
     )
     async def stats(self, interaction: Interaction, period: str = "day") -> None:
         """This server's generations, people, speed, failures and feedback, with a chart."""
-        require_moderator(interaction, "see statistics")
+        require_moderator(interaction, N_("Only moderators with Manage Server can see statistics."))
         assert interaction.guild_id is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         first, last = period_range(period, discord.utils.utcnow().date())
@@ -210,49 +210,98 @@ class Stats(commands.Cog):
         stats = merged(days)
         summary = stats.summary()
         active = stats.jobs - stats.done - stats.failed - stats.cancelled
-        label = {"day": "Today (since 00:00 UTC)", "week": "Last 7 days", "month": "Last 30 days"}
+        locale = reader_locale(interaction)
+        first_day, last_day = date(first, locale), date(last, locale)
+        span = {
+            "day": translate("Today ({date}, since 00:00 UTC)", locale, date=last_day),
+            "week": translate(
+                "Last 7 days ({first} – {last})", locale, first=first_day, last=last_day
+            ),
+            "month": translate(
+                "Last 30 days ({first} – {last})", locale, first=first_day, last=last_day
+            ),
+        }[period]
+
+        def share(fraction: float | None) -> str:
+            return percent(fraction, locale)
+
+        def count(value: int) -> str:
+            return number(value, locale)
+
         lines = [
-            f"**{label[period]}**: {stats.jobs} jobs, {stats.images} images\n"
-            f"Done {stats.done} · failed {stats.failed} · cancelled {stats.cancelled}"
-            f" · in progress {active}",
-            f"People: {stats.active_users} · errors {_share(stats.error_rate)}"
-            f" · cancelled {_share(stats.cancel_rate)}",
-            f"Request to result: median {render.duration(summary['total_p50_s'])},"
-            f" p95 {render.duration(summary['total_p95_s'])} (queue p95"
-            f" {render.duration(summary['wait_p95_s'])}, generation p95"
-            f" {render.duration(summary['generation_p95_s'])})",
-            "Advanced settings: "
-            + ", ".join(
-                f"{name.replace('_', ' ')} {_share(share)}"
-                for name, share in summary["advanced_share"].items()
-                if share
-            )
-            + f" · saved to favourites {_share(summary['favourited_share'])}",
+            translate(
+                "**{span}**: {jobs} jobs, {images} images",
+                locale,
+                span=span,
+                jobs=count(stats.jobs),
+                images=count(stats.images),
+            ),
+            translate(
+                "Done {done} · failed {failed} · cancelled {cancelled} · in progress {active}",
+                locale,
+                done=count(stats.done),
+                failed=count(stats.failed),
+                cancelled=count(stats.cancelled),
+                active=count(active),
+            ),
+            translate(
+                "People: {people} · errors {errors} · cancelled {cancelled}",
+                locale,
+                people=count(stats.active_users),
+                errors=share(stats.error_rate),
+                cancelled=share(stats.cancel_rate),
+            ),
+            translate(
+                "Request to result: median {median}, p95 {p95} (queue p95 {queue}, "
+                "generation p95 {generation})",
+                locale,
+                median=render.duration(summary["total_p50_s"], locale),
+                p95=render.duration(summary["total_p95_s"], locale),
+                queue=render.duration(summary["wait_p95_s"], locale),
+                generation=render.duration(summary["generation_p95_s"], locale),
+            ),
+            translate(
+                "Advanced settings: {settings} · saved to favourites {favourited}",
+                locale,
+                settings=", ".join(
+                    f"{name.replace('_', ' ')} {share(fraction)}"
+                    for name, fraction in summary["advanced_share"].items()
+                    if fraction
+                )
+                or "—",
+                favourited=share(summary["favourited_share"]),
+            ),
         ]
         if stats.from_buttons:
             lines.append(
-                "Buttons: "
-                + ", ".join(f"{kind} {n}" for kind, n in stats.from_buttons.most_common())
+                translate(
+                    "Buttons: {uses}",
+                    locale,
+                    uses=", ".join(
+                        f"{kind} {count(n)}" for kind, n in stats.from_buttons.most_common()
+                    ),
+                )
             )
         if stats.feedback_by_model:
             lines.append(
-                "Feedback: "
-                + ", ".join(
-                    f"`{model}` 👍 {up} 👎 {down}"
-                    for model, (up, down) in sorted(stats.feedback_by_model.items())
+                translate(
+                    "Feedback: {votes}",
+                    locale,
+                    votes=", ".join(
+                        f"`{model}` 👍 {count(up)} 👎 {count(down)}"
+                        for model, (up, down) in sorted(stats.feedback_by_model.items())
+                    ),
                 )
             )
-        for reason, count in stats.failure_reasons.most_common(5):
-            lines.append(f"• {count}× {render.clip(reason, 120)}")
-        chart = await asyncio.to_thread(usage_chart, days, f"{label[period]}: generations and p95")
+        for reason, times in stats.failure_reasons.most_common(5):
+            lines.append(f"• {count(times)}× {render.clip(translate_marked(reason, locale), 120)}")
+        # The chart's own labels stay English: the bundled font has no Hangul.
+        title = {"day": "Today", "week": "Last 7 days", "month": "Last 30 days"}[period]
+        chart = await asyncio.to_thread(usage_chart, days, f"{title}: generations and p95")
         file = discord.File(io.BytesIO(chart), "stats.png")
         await interaction.followup.send(
             render.clip("\n".join(lines), render.CONTENT_LIMIT), file=file, ephemeral=True
         )
-
-
-def _share(fraction: float | None) -> str:
-    return "—" if fraction is None else f"{fraction:.0%}"
 
 
 async def setup(bot: DiffusionBot) -> None:

@@ -15,7 +15,7 @@ from bot import render
 from bot.actions import require_moderator
 from bot.i18n import reader_locale, translate
 from bot.views import Action, JobButton
-from core.errors import UserError
+from core.errors import N_, UserError
 from core.storage.errors import InvalidInput
 from core.styles import MAX_STYLES_PER_SERVER, check_style, normalise_name
 from core.wildcards import MAX_WILDCARDS_PER_SERVER, check_wildcard
@@ -65,7 +65,7 @@ class Styles(commands.GroupCog, group_name="style"):
         negative: app_commands.Range[str, 0, 500] = "",
     ) -> None:
         """Add (or replace) a style of this server."""
-        require_moderator(interaction, "manage styles")
+        require_moderator(interaction, N_("Only moderators with Manage Server can manage styles."))
         assert interaction.guild_id is not None
         style = check_style(name, template, negative)
         try:
@@ -93,7 +93,7 @@ class Styles(commands.GroupCog, group_name="style"):
     @app_commands.default_permissions(manage_guild=True)
     async def remove(self, interaction: Interaction, name: app_commands.Range[str, 1, 32]) -> None:
         """Remove a style of this server."""
-        require_moderator(interaction, "manage styles")
+        require_moderator(interaction, N_("Only moderators with Manage Server can manage styles."))
         assert interaction.guild_id is not None
         removed = await self.bot.service.db.guilds.remove_style(
             interaction.guild_id, normalise_name(name)
@@ -150,7 +150,9 @@ class Wildcards(commands.GroupCog, group_name="wildcard"):
         values: app_commands.Range[str, 1, 4000],
     ) -> None:
         """Add (or replace) a wildcard of this server."""
-        require_moderator(interaction, "manage wildcards")
+        require_moderator(
+            interaction, N_("Only moderators with Manage Server can manage wildcards.")
+        )
         assert interaction.guild_id is not None
         checked_name, checked_values = check_wildcard(name, values)
         try:
@@ -185,7 +187,9 @@ class Wildcards(commands.GroupCog, group_name="wildcard"):
     @app_commands.default_permissions(manage_guild=True)
     async def remove(self, interaction: Interaction, name: app_commands.Range[str, 1, 36]) -> None:
         """Remove a wildcard of this server."""
-        require_moderator(interaction, "manage wildcards")
+        require_moderator(
+            interaction, N_("Only moderators with Manage Server can manage wildcards.")
+        )
         assert interaction.guild_id is not None
         wanted = wildcard_name(name)
         removed = await self.bot.service.db.guilds.remove_wildcard(interaction.guild_id, wanted)

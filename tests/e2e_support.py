@@ -180,7 +180,12 @@ def is_grid(message: StoredMessage | None) -> bool:
 
 
 def is_single(message: StoredMessage | None) -> bool:
-    return bool(message and message.attachments and "Vary (Subtle)" in message.button_labels)
+    """A single-image result (its Vary (Subtle) button, whatever language labels it)."""
+    return bool(
+        message
+        and message.attachments
+        and any(":vsub:" in (button.get("custom_id") or "") for button in message.buttons)
+    )
 
 
 def is_result(message: StoredMessage | None) -> bool:

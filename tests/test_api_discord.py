@@ -139,6 +139,6 @@ async def test_a_personal_key_shares_history_and_quota_with_discord(
         someone_else = await reply_text(await fake.send_slash_command("history"))
         assert "made over http" not in someone_else.text()
         revoked = await reply_text(await fake.send_slash_command("apikey revoke", user=member))
-        assert revoked.ephemeral and "Revoked 1 key" in revoked.content
+        assert revoked.ephemeral and "Revoked keys: 1." in revoked.content
         async with http.get(f"http://127.0.0.1:{port}{PREFIX}/models", headers=auth(key)) as answer:
             assert answer.status == 401

@@ -3,6 +3,8 @@ option, shown on the result and stored with the job; moderators manage the serve
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from e2e_support import World, imagine, is_result, reply_text, stand_in
 
@@ -262,3 +264,57 @@ async def test_a_korean_user_sees_korean_commands_and_messages(world: World) -> 
     # Someone else's English stays English.
     _, english = await imagine(world, prompt="a fox", count=1, steps=2)
     assert "2 steps · guidance" in english.text() and "left for you today" in english.text()
+
+
+async def test_a_korean_user_sees_korean_buttons_pages_and_numbers(world: World) -> None:
+    fake = world.fake
+    korean = fake.add_member("jiho")
+    ix = await fake.send_slash_command(
+        "imagine", {"prompt": "눈 내리는 절", "count": 1, "steps": 2}, user=korean, locale="ko"
+    )
+    await ix.response()
+    result = await ix.wait_for_original(is_result, timeout=90)
+    starred = await reply_text(
+        await fake.click_button(result, emoji="⭐", user=korean, locale="ko")
+    )
+    assert starred.content == "⭐ 이 이미지를 즐겨찾기에 추가했습니다."
+    # A variation is a job of its own: its buttons are in its requester's language.
+    varied = await fake.click_button(result, label="V1", user=korean, locale="ko")
+    await varied.response()
+    single = await varied.wait_for_original(is_result, timeout=90)
+    labels = set(single.button_labels)
+    assert {"변형 (약하게)", "변형 (강하게)", "2배 축소", "편집", "비교"} <= labels, labels
+    history = await reply_text(await fake.send_slash_command("history", user=korean, locale="ko"))
+    page = history.embeds[0]
+    assert (
+        page["title"] == "🕘 내 생성 기록 (2)"
+        and "번호를 누르면 열립니다" in page["footer"]["text"]
+    )
+    assert "이미지 1장" in page["description"]
+    labels = set(history.button_labels)
+    assert {"◀ 이전", "다음 ▶"} <= labels
+    # Numbers and dates in the reader's way: 2026. 12. 4. in Korean, Dec 4, 2026 in English.
+    stats = await reply_text(
+        await fake.send_slash_command("stats", user=fake.moderator, locale="ko")
+    )
+    assert re.search(r"\*\*오늘 \(\d{4}\. \d{1,2}\. \d{1,2}\., UTC 00:00부터\)\*\*", stats.content)
+    assert "완료 " in stats.content and "요청부터 결과까지" in stats.content
+    english = await reply_text(await fake.send_slash_command("stats", user=fake.moderator))
+    assert re.search(
+        r"\*\*Today \([A-Z][a-z]{2} \d{1,2}, \d{4}, since 00:00 UTC\)\*\*", english.content
+    )
+    refused = await reply_text(
+        await fake.send_slash_command("stats", user=korean, locale="ko", respect_permissions=False)
+    )
+    assert refused.ephemeral and refused.content == (
+        "통계는 서버 관리 권한이 있는 관리자만 볼 수 있습니다."
+    )
+    # The model engine's own checks answer in Korean too (English in the API and the logs).
+    too_many = await reply_text(
+        await fake.send_slash_command(
+            "imagine", {"prompt": "여우", "steps": 150}, user=korean, locale="ko"
+        )
+    )
+    assert too_many.ephemeral and re.fullmatch(
+        r"\S+ 모델의 스텝 수는 1에서 \d+ 사이여야 합니다\.", too_many.content
+    ), too_many.content

@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import EXTENSIONS
-from bot.i18n import CommandTranslator, catalog, reader_locale, translate, translate_error
+from bot.i18n import CommandTranslator, catalog, reader_locale, translate, translate_template
 from core.errors import UserError
 
 # Discord's rule for command and option names (lowercase where the script has case).
@@ -140,16 +140,91 @@ def test_every_message_has_a_korean_translation() -> None:
 
 def test_errors_are_shown_from_their_template_in_the_readers_language() -> None:
     plain = UserError("Please describe what to draw.")
-    assert translate_error(plain, KOREAN) == "무엇을 그릴지 적어 주세요."
-    assert translate_error(plain, None) == "Please describe what to draw."
+    assert translate_template(plain, KOREAN) == "무엇을 그릴지 적어 주세요."
+    assert translate_template(plain, None) == "Please describe what to draw."
     filled = UserError(
         "Something went wrong on our side. If it keeps happening, quote `{ref}`.", ref="ab12"
     )
     assert str(filled).endswith("quote `ab12`.") and filled.values == {"ref": "ab12"}
     assert (
-        translate_error(filled, KOREAN)
+        translate_template(filled, KOREAN)
         == "저희 쪽에서 문제가 생겼습니다. 계속되면 `ab12`를 알려 주세요."
     )
     # Not in the catalog (a core message not yet marked): English, never a blank.
-    assert translate_error(UserError("Seed {n} is odd.", n=3), KOREAN) == "Seed 3 is odd."
+    assert translate_template(UserError("Seed {n} is odd.", n=3), KOREAN) == "Seed 3 is odd."
     assert str(UserError("a {brace} left alone")) == "a {brace} left alone"
+
+
+SENDS = {"send_message", "send", "edit_message", "edit_original_response", "edit"}
+SHOWN_KEYWORDS = {"content", "label", "placeholder", "title", "description", "text"}
+ERRORS = {"UserError", "PermissionDenied", "InvalidField", "QuotaRefused", "ValidationError"}
+ENGLISH = re.compile(r"[A-Za-z]{3,}")
+
+
+def untranslated(node: ast.expr | None) -> bool:
+    """An English text written into the call itself, not through ``translate`` or ``N_``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return bool(ENGLISH.search(node.value))
+    if isinstance(node, ast.JoinedStr):
+        return any(untranslated(part) for part in node.values)
+    if isinstance(node, ast.BinOp):
+        return untranslated(node.left) or untranslated(node.right)
+    if isinstance(node, ast.IfExp):
+        return untranslated(node.body) or untranslated(node.orelse)
+    return False
+
+
+def english_left_in(paths: list[Path]) -> list[str]:
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            texts: list[ast.expr | None] = []
+            if name in SENDS:
+                texts += node.args[:1]
+                texts += [k.value for k in node.keywords if k.arg in SHOWN_KEYWORDS]
+            elif name in ERRORS:
+                # InvalidField's first argument is the field's name; the message follows.
+                texts += node.args[1:2] if name == "InvalidField" else node.args[:1]
+            elif name in {"Button", "TextInput", "Select", "SelectOption", "Embed", "Modal"}:
+                texts += [k.value for k in node.keywords if k.arg in SHOWN_KEYWORDS]
+            found += [
+                f"{path.parent.name}/{path.name}:{node.lineno}: {name}()"
+                for text in texts
+                if untranslated(text)
+            ]
+    return found
+
+
+def test_no_english_text_reaches_a_user_untranslated() -> None:
+    paths = [
+        *ROOT.glob("bot/*.py"),
+        *ROOT.glob("cogs/*.py"),
+        *ROOT.glob("core/**/*.py"),
+        *ROOT.glob("engine/**/*.py"),
+    ]
+    operator_only = {"cli.py", "doctor.py", "i18n.py"}  # the operator's terminal: English
+    left = english_left_in([path for path in paths if path.name not in operator_only])
+    assert not left, "wrap these texts in translate() or N_():\n" + "\n".join(left)
+
+
+def test_the_untranslated_text_check_bites(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "async def f(i, n):\n"
+        "    await i.response.send_message(f'You have {n} images left.')\n"
+        "    await i.followup.send(translate('You have {n} images left.', None, n=n))\n"
+        "    raise UserError('Nope, not that.')\n"
+        "    raise UserError(N_('Nope, not that.'))\n"
+        "    Button(label='Upscale')\n"
+        "    Button(label=f'U{n}')\n",
+        encoding="utf-8",
+    )
+    left = english_left_in([sample])
+    assert sorted(line.split(": ")[-1] for line in left) == [
+        "Button()",
+        "UserError()",
+        "send_message()",
+    ]
