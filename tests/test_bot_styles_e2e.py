@@ -318,3 +318,16 @@ async def test_a_korean_user_sees_korean_buttons_pages_and_numbers(world: World)
     assert too_many.ephemeral and re.fullmatch(
         r"\S+ 모델의 스텝 수는 1에서 \d+ 사이여야 합니다\.", too_many.content
     ), too_many.content
+    # A note about the request (a capped expansion, its reason inside it) in Korean too.
+    capped = await fake.send_slash_command(
+        "imagine",
+        {"prompt": "{빨간|파란|초록|금색|회색} 부엉이", "steps": 2},
+        user=korean,
+        locale="ko",
+    )
+    await capped.response()
+    told = await capped.wait_for_followup()
+    assert told.ephemeral and told.content == (
+        "프롬프트가 만드는 조합은 5개입니다. 이 작업은 그중 4개를 그립니다 (작업당 최대 4장)."
+    )
+    await capped.wait_for_original(is_result, timeout=90)

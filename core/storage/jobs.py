@@ -50,6 +50,7 @@ from .records import (
     QuotaPolicy,
     ResumeResult,
 )
+from .usage_schema import UPDATE_USAGE_FACTS
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAX_IMAGES_PER_JOB = 16
@@ -153,6 +154,7 @@ class JobRepository:
                         " WHERE id = ?",
                         (job_id,),
                     )
+                    await tx.run(UPDATE_USAGE_FACTS, (job_id,))
                     await tx.run(
                         """INSERT INTO usage_ledger
                                (guild_key, user_id, day, entry, images, job_id, created_at)
@@ -414,6 +416,7 @@ class JobRepository:
                        timings = ?, generation_seconds = ? WHERE id = ?""",
                 (to_db(now), timings_json, generation_seconds, job_id),
             )
+            await tx.run(UPDATE_USAGE_FACTS, (job_id,))
             job = await self._load(tx, job_id)
         return CompletedJob(job, stored)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiosqlite
 
 from .errors import NotOurDatabase, SchemaTooNew
+from .usage_schema import USAGE_FACTS_SCHEMA
 
 APPLICATION_ID = 0x44434854  # "DCHT"
 MIN_SQLITE = (3, 37, 0)  # STRICT tables
@@ -328,6 +329,12 @@ V10_WILDCARDS = Migration(
     ),
 )
 
+V11_USAGE_FACTS = Migration(
+    11,
+    "success metrics without JSON: each job's time buckets and advanced settings as columns",
+    USAGE_FACTS_SCHEMA,
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -339,6 +346,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V8_LIBRARY,
     V9_USAGE,
     V10_WILDCARDS,
+    V11_USAGE_FACTS,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

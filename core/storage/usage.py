@@ -22,10 +22,9 @@ from typing import Any
 
 from ._base import Context, guild_key
 from .clock import to_db
+from .usage_schema import ADVANCED, BUCKET_EDGES, JOB_OF_VOTE
 
 ALL_SERVERS = -(2**62)  # the guild key of the totals over every server, DMs and the API
-BUCKET_EDGES = tuple(round(0.05 * 1.25**k, 4) for k in range(60))  # 0.05 s .. ~26 h
-ADVANCED = ("negative_prompt", "seed", "steps", "guidance", "size", "scheduler", "model", "image")
 STAT_VERSION = 1  # bump when what a day holds changes: kept days are then recomputed
 
 
@@ -189,43 +188,6 @@ class UsageStats:
         }
 
 
-def _count_job(stats: UsageStats, row: Any, explicit: dict[str, set[str]]) -> None:
-    stats.jobs += 1
-    stats.users.add(int(row["user_id"]))
-    status = row["status"]
-    stats.operations[row["kind"]] += 1
-    if row["parent_job_id"] is not None:
-        stats.from_buttons[row["kind"]] += 1
-    if status == "done":
-        stats.done += 1
-        stats.images += int(row["image_count"])
-        if row["favourite_count"]:
-            stats.favourited += 1
-    elif status == "failed":
-        stats.failed += 1
-        stats.failure_reasons[(row["error"] or "unknown error")[:120]] += 1
-    elif status == "cancelled":
-        stats.cancelled += 1
-    if status == "done":
-        if row["queued_s"] is not None:
-            stats.wait[bucket_of(float(row["queued_s"]))] += 1
-        if row["generation_seconds"] is not None:
-            stats.generation[bucket_of(float(row["generation_seconds"]))] += 1
-        if row["total_s"] is not None:
-            stats.total[bucket_of(float(row["total_s"]))] += 1
-    text = row["explicit"]
-    if text and text not in explicit:
-        explicit[text] = set(json.loads(text))
-    chosen = set(explicit[text]) if text else set()
-    if row["negative"]:
-        chosen.add("negative_prompt")
-    if row["aspect"] or "width" in chosen or "height" in chosen:
-        chosen.add("size")
-    if row["image"]:
-        chosen.add("image")
-    stats.advanced.update(name for name in ADVANCED if name in chosen)
-
-
 class UsageRepository:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -277,32 +239,31 @@ class UsageRepository:
         """Count the days from ``first`` to ``last`` from the raw record, per server and for
         all, in one read; keep the ``keep`` days' figures, in one write."""
         start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
-        end = _day_end(last)
+        span = (to_db(start), to_db(_day_end(last)))
+        where = "FROM jobs WHERE created_at >= ? AND created_at < ?"
+        day = "substr(created_at, 1, 10)"
         async with self._ctx.read(snapshot=True) as tx:
+            # Only columns of the covering index jobs_usage: no row of the table is read.
             rows = await tx.all(
-                """SELECT substr(created_at, 1, 10) AS day, user_id, guild_id, status, kind,
-                          image_count, error, generation_seconds, parent_job_id,
-                          favourite_count,
-                          json_extract(timings, '$.queued_s') AS queued_s,
-                          json_extract(timings, '$.total_s') AS total_s,
-                          json_extract(request, '$.explicit') AS explicit,
-                          coalesce(json_extract(request, '$.negative_prompt'), '') <> ''
-                              AS negative,
-                          json_extract(request, '$.aspect') IS NOT NULL AS aspect,
-                          json_extract(request, '$.init_image_key') IS NOT NULL AS image
-                   FROM jobs WHERE created_at >= ? AND created_at < ?""",
-                (to_db(start), to_db(end)),
+                f"""SELECT {day}, guild_id, user_id, status, kind, parent_job_id IS NOT NULL,
+                           image_count, favourite_count > 0, wait_bucket, generation_bucket,
+                           total_bucket, settings
+                    {where}""",
+                span,
+            )
+            failures = await tx.all(
+                f"""SELECT {day}, guild_id,
+                           substr(coalesce(nullif(error, ''), 'unknown error'), 1, 120), count(*)
+                    {where} AND status = 'failed' GROUP BY 1, 2, 3""",
+                span,
             )
             votes = await tx.all(
-                """SELECT substr(jobs.created_at, 1, 10), jobs.guild_id, jobs.model,
-                          feedback.value
-                   FROM feedback JOIN jobs ON jobs.id = feedback.job_id
-                   WHERE jobs.created_at >= ? AND jobs.created_at < ?""",
-                (to_db(start), to_db(end)),
+                "SELECT job_day, guild_id, model, value FROM feedback"
+                " WHERE job_day >= ? AND job_day <= ?",
+                (first.isoformat(), last.isoformat()),
             )
         # Each job is counted once, for its server; the totals over all are their sums.
         per_day: dict[tuple[str, int], UsageStats] = {}
-        explicit: dict[str, set[str]] = {}  # few distinct lists: parse each once
 
         def stats_of(day: str, guild_id: int | None) -> UsageStats:
             found = per_day.get((day, guild_key(guild_id)))
@@ -310,10 +271,59 @@ class UsageRepository:
                 found = per_day[day, guild_key(guild_id)] = UsageStats()
             return found
 
-        for row in rows:
-            _count_job(stats_of(row["day"], row["guild_id"]), row, explicit)
-        for day, guild_id, model, value in votes:
-            stats = stats_of(day, guild_id)
+        # A plain dict per (day, server) for the 100,000-row loop; UsageStats built after.
+        seen: dict[tuple[str, int | None], UsageStats] = {}
+        settings_seen: dict[tuple[str, int | None], Counter[int]] = {}
+        for (
+            day_text,
+            guild_id,
+            user_id,
+            status,
+            kind,
+            derived,
+            images,
+            favourited,
+            wait,
+            generation,
+            total,
+            settings,
+        ) in rows:
+            where_key = (day_text, guild_id)
+            stats = seen.get(where_key)
+            if stats is None:
+                stats = seen[where_key] = stats_of(day_text, guild_id)
+                settings_seen[where_key] = Counter()
+            stats.jobs += 1
+            stats.users.add(user_id)
+            stats.operations[kind] += 1
+            if derived:
+                stats.from_buttons[kind] += 1
+            if status == "done":
+                stats.done += 1
+                stats.images += images
+                stats.favourited += favourited
+                if wait is not None:
+                    stats.wait[wait] += 1
+                if generation is not None:
+                    stats.generation[generation] += 1
+                if total is not None:
+                    stats.total[total] += 1
+            elif status == "failed":
+                stats.failed += 1
+            elif status == "cancelled":
+                stats.cancelled += 1
+            if settings:
+                settings_seen[where_key][settings] += 1
+        for (day_text, guild_id), masks in settings_seen.items():
+            advanced = stats_of(day_text, guild_id).advanced
+            for mask, count in masks.items():
+                for bit, name in enumerate(ADVANCED):
+                    if mask & (1 << bit):
+                        advanced[name] += count
+        for day_text, guild_id, reason, count in failures:
+            stats_of(day_text, guild_id).failure_reasons[reason] += count
+        for day_text, guild_id, model, value in votes:
+            stats = stats_of(day_text, guild_id)
             counts = stats.feedback_by_model.setdefault(model or "default", [0, 0])
             if value > 0:
                 stats.thumbs_up += 1
@@ -360,10 +370,12 @@ class UsageRepository:
                 )
                 result = 0
             else:
+                job = await tx.one(JOB_OF_VOTE, (job_id,))
                 await tx.run(
-                    "INSERT INTO feedback (user_id, job_id, value, created_at) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO feedback (user_id, job_id, value, created_at, job_day, guild_id,"
+                    " model) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user_id, job_id) DO UPDATE SET value = excluded.value",
-                    (user_id, job_id, value, now),
+                    (user_id, job_id, value, now, *(job if job is not None else (None,) * 3)),
                 )
                 result = value
             await tx.run(

@@ -12,6 +12,7 @@ from typing import Any
 
 from core.storage import NewJob
 from core.storage.clock import to_db
+from core.storage.usage_schema import FILL_USAGE_FACTS
 
 UTC = dt.UTC
 START = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
@@ -108,3 +109,6 @@ def fill_usage(path: Path, jobs: int, seed: int = 7) -> None:
             " VALUES (?, ?, ?, ?)",
             votes,
         )
+        # Written straight into the table, as by an older version: filled as its migration does.
+        for statement in FILL_USAGE_FACTS:
+            conn.execute(statement)

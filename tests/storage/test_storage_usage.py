@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from storage_helpers import USAGE_DAYS, USAGE_GUILDS, USAGE_START, fill_usage, job_spec, make_png
 
-from core.storage import Database, GeneratedImage, ManualClock, QuotaPolicy
+from core.storage import Database, GeneratedImage, ManualClock, QuotaPolicy, migrate
+from core.storage.migrations import V11_USAGE_FACTS
 from core.storage.usage import ALL_SERVERS, BUCKET_EDGES, bucket_of, percentile_of, server_key
 
 pytestmark = pytest.mark.asyncio
@@ -100,3 +101,72 @@ async def test_a_vote_or_a_star_recounts_its_day(db: Database, clock: ManualCloc
     assert (after.thumbs_up, after.favourited) == (1, 1)
     assert await db.usage.vote(7, job.id, 1) == 0  # the same vote again takes it back
     assert (await db.usage.period(day, day)).thumbs_up == 0
+
+
+async def test_a_jobs_settings_and_times_are_counted_as_it_is_written(db: Database) -> None:
+    """The columns the counts read are written with the job (no JSON read when counting)."""
+    request = {
+        "prompt": "a cat",
+        "negative_prompt": "blurry",
+        "aspect": "16:9",
+        "explicit": ["seed", "scheduler"],
+        "init_image_key": "ab/cd.png",
+    }
+    plain = await db.create_job(job_spec(prompt="plain"), QuotaPolicy.unlimited())
+    tuned = await db.create_job(
+        job_spec(prompt="tuned", request=json.dumps(request)), QuotaPolicy.unlimited()
+    )
+    other = await db.create_job(  # never done: counted from what it was created with
+        job_spec(prompt="other", request=json.dumps({"prompt": "x", "explicit": ["steps"]})),
+        QuotaPolicy.unlimited(),
+    )
+    await db.complete_job(
+        tuned.id,
+        [GeneratedImage(0, 1, make_png(1))],
+        timings={"queued_s": 2.0, "total_s": 7.5},
+        generation_seconds=5.0,
+    )
+    await db.jobs.mark_failed(plain.id, "")
+    await db.jobs.mark_cancelled(other.id)
+    today = db._ctx.now().date()
+    stats = await db.usage.period(today, today)
+    assert stats.advanced == {
+        "negative_prompt": 1,
+        "size": 1,
+        "seed": 1,
+        "scheduler": 1,
+        "image": 1,
+        "steps": 1,
+    }
+    assert stats.wait == {bucket_of(2.0): 1} and stats.total == {bucket_of(7.5): 1}
+    assert stats.generation == {bucket_of(5.0): 1}
+    assert stats.failure_reasons == {"unknown error": 1}
+    assert (stats.jobs, stats.done, stats.failed, stats.cancelled) == (3, 1, 1, 1)
+
+
+async def test_the_migration_fills_the_columns_of_jobs_and_votes_made_before_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    await migrate(path, target=V11_USAGE_FACTS.version - 1)
+    request = {"prompt": "p", "model": "tiny", "explicit": ["guidance"], "negative_prompt": "x"}
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO users (id, created_at) VALUES (1, '2026-01-01T00:00:00Z')")
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, request, prompt, image_count, status, timings,"
+            " generation_seconds, created_at, model) VALUES ('old000000001', 1, 'txt2img', ?, 'p',"
+            " 1, 'done', ?, 3.0, '2026-01-05T10:00:00Z', 'tiny')",
+            (json.dumps(request), json.dumps({"queued_s": 1.0, "total_s": 4.0})),
+        )
+        conn.execute(
+            "INSERT INTO feedback (user_id, job_id, value, created_at)"
+            " VALUES (1, 'old000000001', -1, '2026-01-05T11:00:00Z')"
+        )
+    clock = ManualClock(dt.datetime(2026, 1, 10, tzinfo=dt.UTC))
+    async with Database.open(path, clock=clock) as db:
+        day = dt.date(2026, 1, 5)
+        stats = await db.usage.period(day, day)
+    assert stats.advanced == {"guidance": 1, "negative_prompt": 1}
+    assert (stats.wait, stats.total) == ({bucket_of(1.0): 1}, {bucket_of(4.0): 1})
+    assert stats.generation == {bucket_of(3.0): 1}
+    assert stats.thumbs_down == 1 and stats.feedback_by_model == {"tiny": [0, 1]}
