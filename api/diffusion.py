@@ -27,6 +27,8 @@ from api.schemas import (
     Metrics,
     ModelInfo,
 )
+from core import downloads
+from core.errors import UserError
 from core.feed import FeedEvent, JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.errors import InvalidTransition
@@ -48,6 +50,7 @@ PREFIX = "/api/cv/diffusion"
 MAX_WAIT_S = 60.0
 KEEPALIVE_S = 15.0
 IDEMPOTENCY_POLLS = 50  # x 0.1 s: how long a retry waits for its first request's job
+LINK_TIMEOUT_S = 15.0  # an init_image_url download, before the job is accepted
 ImageId = Annotated[int, Path(ge=1, le=2**62)]  # SQLite integers end at 2**63
 JobId = Annotated[str, Path(min_length=1, max_length=40)]
 STATUS = {
@@ -93,7 +96,7 @@ def diffusion_routes() -> APIRouter:
             try:
                 accepted = await context.accept(
                     account,
-                    _generation_request(body),
+                    await _generation_request(context, body),
                     fields=set(GenerateBody.model_fields),
                     style=body.style,
                     expand=body.expand,
@@ -274,7 +277,25 @@ async def generate_body(request: Request) -> GenerateBody:
         raise RequestValidationError(error.errors()) from None
 
 
-def _generation_request(body: GenerateBody) -> GenerationRequest:
+async def _generation_request(context: ApiContext, body: GenerateBody) -> GenerationRequest:
+    init_image = base64.b64decode(body.init_image) if body.init_image else None
+    if body.init_image_url is not None:
+        if init_image is not None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "Give init_image or init_image_url, not both.",
+                field="init_image_url",
+            )
+        try:
+            init_image = await downloads.image_from_link(
+                body.init_image_url,
+                max_bytes=context.settings.api_max_body_mb * 2**20,
+                timeout_s=LINK_TIMEOUT_S,
+                allowed=downloads.allowed_hosts(context.settings.link_test_hosts),
+            )
+        except UserError as error:
+            raise ApiError(422, "invalid_request", str(error), field="init_image_url") from None
     return GenerationRequest(
         prompt=body.prompt,
         model=body.model,
@@ -290,7 +311,7 @@ def _generation_request(body: GenerateBody) -> GenerationRequest:
         seed=body.seed,
         strength=body.strength,
         variation=body.variation,
-        init_image=base64.b64decode(body.init_image) if body.init_image else None,
+        init_image=init_image,
         mask_image=base64.b64decode(body.mask_image) if body.mask_image else None,
         outpaint_sides=tuple(body.outpaint_sides),
         outpaint_pixels=body.outpaint_pixels,

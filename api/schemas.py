@@ -50,6 +50,11 @@ class GenerateBody(BaseModel):
     strength: float | None = Field(default=None, gt=0, le=1)
     variation: Literal["subtle", "strong"] | None = None
     init_image: str | None = Field(default=None, description="base64 or data: URL")
+    init_image_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="or an https link to the starting image (public addresses only)",
+    )
     mask_image: str | None = Field(default=None, description="base64; white = repaint")
     outpaint_sides: list[Side] = Field(default_factory=list, max_length=4)
     outpaint_pixels: int = Field(default=128, ge=8, le=1024)

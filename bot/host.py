@@ -72,6 +72,7 @@ class BotHost(commands.Bot):
         self.download_hosts = downloads.download_hosts(
             settings.attachment_hosts, settings.discord_api_base_url
         )
+        self.link_test_hosts = downloads.allowed_hosts(settings.link_test_hosts)
         self.service = service
         self.registry = registry
         self.metrics = metrics

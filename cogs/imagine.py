@@ -75,6 +75,7 @@ class Imagine(commands.Cog):
         model="Which model to draw with",
         private="Only you will see the result",
         image="Start from this picture instead of noise (PNG, JPEG or WebP)",
+        image_url="Or start from the picture at this https link",
         strength="With an image: how much to change it (0.05 keeps it, 1 ignores it)",
         style="A style around your prompt: photo, cinematic, anime... or this server's own",
         expand="With {a|b} choices or __wildcards__: every combination, or `count` random ones",
@@ -104,6 +105,7 @@ class Imagine(commands.Cog):
         style: app_commands.Range[str, 1, 32] | None = None,
         expand: str | None = None,
         lora: app_commands.Range[str, 1, 40] | None = None,
+        image_url: app_commands.Range[str, 1, 2000] | None = None,
     ) -> None:
         """Draw images from a text prompt (and, optionally, a starting picture)."""
         # What is stored and shown: no NUL or other controls, no zero-width or bidi tricks.
@@ -133,11 +135,20 @@ class Imagine(commands.Cog):
                 N_("There is no model called `{name}`. Pick one from the list."),
                 name=render.clip(model, 50),
             )
-        init_image = (
-            await read_upload(image, self.bot.download_hosts) if image is not None else None
-        )
+        if image is not None and image_url is not None:
+            raise UserError(N_("Give a picture or a link to one, not both."))
+        init_image = None
+        if image is not None:
+            init_image = await read_upload(image, self.bot.download_hosts)
+        elif image_url is not None:
+            init_image = await downloads.image_from_link(
+                image_url,
+                max_bytes=MAX_UPLOAD_BYTES,
+                timeout_s=UPLOAD_READ_TIMEOUT_S,
+                allowed=self.bot.link_test_hosts,
+            )
         if strength is not None and init_image is None:
-            raise UserError(N_("`strength` only applies when you attach an image."))
+            raise UserError(N_("`strength` only applies when you give an image."))
         negatives = [n for n in (negative, inline.negative) if n]
         request = GenerationRequest(
             prompt=inline.prompt,

@@ -46,6 +46,7 @@ class Settings:
     progress_edit_interval_s: float = 1.5
     result_save_give_up_s: float = 300.0
     attachment_hosts: tuple[str, ...] | None = None  # None: Discord's CDN hosts
+    link_test_hosts: tuple[str, ...] = ()  # tests only: host:port links may use, over http too
     # loader
     device: str = "auto"
     dtype: str = "auto"
@@ -188,6 +189,12 @@ def load_settings(
             d.attachment_hosts,
             "use host or host:port entries such as cdn.discordapp.com or 127.0.0.1:8080,"
             " separated by commas, no scheme or path",
+        ),
+        link_test_hosts=get(
+            "LINK_TEST_HOSTS",
+            _host_list,
+            d.link_test_hosts,
+            "use host:port entries such as 127.0.0.1:8080, separated by commas (tests only)",
         ),
         result_save_give_up_s=get(
             "RESULT_SAVE_GIVE_UP_S",

@@ -1,15 +1,18 @@
-"""Fetching a user's attachment safely: only from allowed hosts, redirects checked hop by hop,
-and a byte cap enforced while the body streams in (whatever Content-Length claims).
+"""Fetching a user's image safely: redirects checked hop by hop, addresses checked after DNS
+resolution, and a byte cap enforced while the body streams in (whatever Content-Length claims).
 
-Discord puts its own CDN's URL in an attachment; nothing else should ever be fetched. The
-allow-list exists for Discord-compatible proxies and for the fake Discord of the tests.
+An attachment comes from Discord's CDN only (``fetch``): Discord puts its own CDN's URL in
+an attachment, and the allow-list exists for Discord-compatible proxies and the fake Discord
+of the tests. A link a user gives (``fetch_link``) may point anywhere public: https only, and
+never to a private, loopback or link-local address, for the link and for every redirect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -135,30 +138,65 @@ def check_url(url: URL, hosts: Iterable[AllowedHost]) -> None:
 
 
 class PublicOnlyResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, but refuses when one of ``names`` resolves to a
-    private, loopback or link-local address (a poisoned resolver, DNS rebinding)."""
+    """Resolves like aiohttp's default resolver, but refuses when one of ``names`` (``None``:
+    any name but the ``exempt`` ones) resolves to a private, loopback or link-local address
+    (a poisoned resolver, DNS rebinding). It runs for every connection, so every redirect."""
 
-    def __init__(self, names: Iterable[str], inner: AbstractResolver | None = None) -> None:
-        self.names = {_normal_host(n) for n in names}
+    def __init__(
+        self,
+        names: Iterable[str] | None,
+        inner: AbstractResolver | None = None,
+        *,
+        exempt: Iterable[str] = (),
+        refusal: str = N_(
+            "Discord's file server resolved to a private address here, so I did not fetch the "
+            "attachment. Please tell the bot's operator."
+        ),
+    ) -> None:
+        self.names = None if names is None else {_normal_host(n) for n in names}
+        self.exempt = {_normal_host(n) for n in exempt}
+        self.refusal = refusal
         self.inner: AbstractResolver = inner if inner is not None else aiohttp.DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self.inner.resolve(host, port, family)
-        if _normal_host(host) in self.names:
-            for result in results:
-                if not ipaddress.ip_address(result["host"]).is_global:
-                    raise DownloadRefused(
-                        N_(
-                            "Discord's file server resolved to a private address here, so I did "
-                            "not fetch the attachment. Please tell the bot's operator."
-                        )
-                    )
+        name = _normal_host(host)
+        checked = name not in self.exempt and (self.names is None or name in self.names)
+        if checked and not all(_is_public(result["host"]) for result in results):
+            raise DownloadRefused(self.refusal)
         return results
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusals:
+    """What to tell the user when a download goes wrong (N_-marked templates)."""
+
+    no_location: str
+    status: str  # with {status}
+    redirects: str
+    too_large: str  # with {size}
+
+
+_ATTACHMENT = _Refusals(
+    no_location=N_("I could not download that attachment."),
+    status=N_(
+        "I could not download that attachment (the file server answered {status}). "
+        "Please try again."
+    ),
+    redirects=N_("That attachment's address redirected too many times."),
+    too_large=N_("That image is larger than {size} MiB; please attach a smaller one."),
+)
+_LINK = _Refusals(
+    no_location=N_("I could not download the image at that link."),
+    status=N_("I could not download the image at that link (its server answered {status})."),
+    redirects=N_("That link redirected too many times."),
+    too_large=N_("The image at that link is larger than {size} MiB; please use a smaller one."),
+)
 
 
 async def fetch(
@@ -169,20 +207,80 @@ async def fetch(
     max_redirects: int = MAX_REDIRECTS,
     resolver: AbstractResolver | None = None,
 ) -> bytes:
-    """The body at ``url``, at most ``max_bytes`` of it. Raises a UserError subclass otherwise.
+    """The attachment at ``url``, at most ``max_bytes`` of it. Raises a UserError subclass
+    otherwise.
 
     Every hop (the URL and each redirect) is checked against ``hosts`` before connecting; no
     proxy from the environment is used; the body is read in chunks and the connection dropped
     as soon as the cap is passed. Callers bound the time (``asyncio.timeout``).
     """
     allowed = tuple(hosts) if hosts is not None else allowed_hosts(DISCORD_CDN_HOSTS)
-    current = _parse(url)
-    check_url(current, allowed)
-    connector = aiohttp.TCPConnector(
-        resolver=PublicOnlyResolver(DISCORD_CDN_HOSTS, resolver),
-        limit=1,
-        force_close=True,
+    return await _get(
+        _parse(url),
+        lambda hop: check_url(hop, allowed),
+        PublicOnlyResolver(DISCORD_CDN_HOSTS, resolver),
+        max_bytes,
+        max_redirects,
+        _ATTACHMENT,
     )
+
+
+def check_link(url: URL, allowed: Iterable[AllowedHost] = ()) -> None:
+    """Raise DownloadRefused unless ``url`` is an https address that is not a private,
+    loopback or link-local IP address. ``allowed`` (a test setting) lets exactly those
+    host:port pairs through, over http too."""
+    if not url.host or url.scheme not in _DEFAULT_PORTS:
+        raise DownloadRefused(N_("That is not a web address (https://...) of an image."))
+    host = _normal_host(url.host)
+    if any(a.host == host and a.port == url.port for a in allowed):
+        return
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None  # a name: checked after resolution, by PublicOnlyResolver
+    if literal is not None and not literal.is_global:
+        raise DownloadRefused(_PRIVATE_LINK)
+    if url.scheme != "https":
+        raise DownloadRefused(N_("Only https links are fetched: that one is not secure."))
+    if url.user or url.password:
+        raise DownloadRefused(N_("Links with a user name or password are not fetched."))
+
+
+_PRIVATE_LINK = N_("That link points to a private or local address, so I did not fetch it.")
+
+
+async def fetch_link(
+    url: str,
+    *,
+    max_bytes: int,
+    allowed: Iterable[AllowedHost] = (),
+    max_redirects: int = MAX_REDIRECTS,
+    resolver: AbstractResolver | None = None,
+) -> bytes:
+    """The image a user links to, at most ``max_bytes`` of it (``check_link`` for each hop,
+    and the addresses every name resolves to must be public). Raises a UserError subclass
+    otherwise. Callers bound the time (``asyncio.timeout``) and check that it is an image."""
+    exempt = tuple(allowed)
+    return await _get(
+        _parse(url, link=True),
+        lambda hop: check_link(hop, exempt),
+        PublicOnlyResolver(None, resolver, exempt=[a.host for a in exempt], refusal=_PRIVATE_LINK),
+        max_bytes,
+        max_redirects,
+        _LINK,
+    )
+
+
+async def _get(
+    current: URL,
+    check: Callable[[URL], None],
+    resolver: AbstractResolver,
+    max_bytes: int,
+    max_redirects: int,
+    refusals: _Refusals,
+) -> bytes:
+    check(current)
+    connector = aiohttp.TCPConnector(resolver=resolver, limit=1, force_close=True)
     async with aiohttp.ClientSession(
         connector=connector, trust_env=False, auto_decompress=False
     ) as session:
@@ -193,41 +291,75 @@ async def fetch(
                 if response.status in _REDIRECTS:
                     location = response.headers.get("Location")
                     if not location:
-                        raise DownloadFailed(N_("I could not download that attachment."))
+                        raise DownloadFailed(refusals.no_location)
                     current = current.join(_parse(location))
-                    check_url(current, allowed)
+                    check(current)
                     continue
                 if response.status != 200:
-                    raise DownloadFailed(
-                        N_(
-                            "I could not download that attachment "
-                            "(the file server answered {status}). Please try again."
-                        ),
-                        status=response.status,
-                    )
+                    raise DownloadFailed(refusals.status, status=response.status)
+                too_large = DownloadTooLarge(refusals.too_large, size=f"{max_bytes / 2**20:g}")
                 if response.content_length is not None and response.content_length > max_bytes:
-                    raise _too_large(max_bytes)
+                    raise too_large
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     body += chunk
                     if len(body) > max_bytes:
-                        raise _too_large(max_bytes)
+                        raise too_large
                 return bytes(body)
-        raise DownloadRefused(N_("That attachment's address redirected too many times."))
+        raise DownloadRefused(refusals.redirects)
 
 
-def _parse(url: str) -> URL:
+# What the bytes start with, whatever the server's headers claim: PNG, JPEG, GIF, BMP, WebP.
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def looks_like_image(data: bytes) -> bool:
+    return data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+async def image_from_link(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allowed: Iterable[AllowedHost] = (),
+    resolver: AbstractResolver | None = None,
+) -> bytes:
+    """The image a user links to (``fetch_link``), within ``timeout_s``, and only if its
+    bytes are an image's (the engine then decodes and checks it)."""
     try:
-        return URL(url)
+        async with asyncio.timeout(timeout_s):
+            data = await fetch_link(url, max_bytes=max_bytes, allowed=allowed, resolver=resolver)
+    except TimeoutError:
+        raise DownloadFailed(
+            N_("The image at that link took too long to download (over {seconds} s)."),
+            seconds=f"{timeout_s:g}",
+        ) from None
+    except aiohttp.ClientError:
+        raise DownloadFailed(N_("I could not reach the server of that link.")) from None
+    if not looks_like_image(data):
+        raise DownloadFailed(
+            N_("That link does not lead to an image (PNG, JPEG, WebP, GIF or BMP).")
+        )
+    return data
+
+
+def _parse(url: str, *, link: bool = False) -> URL:
+    try:
+        return URL(url.strip())
     except (ValueError, TypeError):
-        raise DownloadRefused(N_("That attachment's address is not a valid one.")) from None
+        raise DownloadRefused(
+            N_("That link is not a valid web address.")
+            if link
+            else N_("That attachment's address is not a valid one.")
+        ) from None
 
 
-def _too_large(max_bytes: int) -> DownloadTooLarge:
-    return DownloadTooLarge(
-        N_("That image is larger than {size} MiB; please attach a smaller one."),
-        size=f"{max_bytes / 2**20:g}",
-    )
+def _is_public(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
 
 
 def _normal_host(host: str) -> str:

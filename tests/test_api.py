@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from api_support import PREFIX, ApiProcess, ServerEvent, auth, events, start_api
 from e2e_support import hold_jobs
 from PIL import Image
@@ -452,3 +453,51 @@ async def test_a_style_wraps_the_prompt_and_an_unknown_one_names_the_field(
     assert str(job["input"]["prompt"]).startswith("pixel art of a lone tree")  # type: ignore[index]
     status, refused = await generate(http, api, key, prompt="a lone tree", style="vaporwave")
     assert status == 422 and refused["error"]["field"] == "style"  # type: ignore[index]
+
+
+async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
+
+    async def square(request: web.Request) -> web.Response:
+        return web.Response(body=picture.getvalue(), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/square.png", square)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    # The test setting stands in for a public https server: this one host:port only.
+    api = await start_api(tmp_path / "data", LINK_TEST_HOSTS=f"127.0.0.1:{port}")
+    key = api.new_key()
+    url = f"{api.base}{PREFIX}/generate"
+    try:
+        body = {
+            "prompt": "a red square, remixed",
+            "operation": "img2img",
+            "steps": 4,
+            "strength": 0.5,
+            "init_image_url": f"http://127.0.0.1:{port}/square.png",
+        }
+        async with http.post(url, json=body, headers={**auth(key), "Prefer": "wait=60"}) as answer:
+            job = await answer.json()
+        assert answer.status == 200 and job["status"] == "succeeded", job
+        refused = {
+            f"http://127.0.0.1:{port + 1}/square.png": "private or local address",
+            "https://169.254.169.254/latest/meta-data": "private or local address",
+            "http://example.com/a.png": "Only https links",
+            "not a link": "not a web address",
+        }
+        for link, message in refused.items():
+            wrong = {**body, "init_image_url": link}
+            async with http.post(url, json=wrong, headers=auth(key)) as answer:
+                error = (await answer.json())["error"]
+            assert answer.status == 422 and error["field"] == "init_image_url", error
+            assert message in error["message"], error
+    finally:
+        await api.stop()
+        await runner.cleanup()

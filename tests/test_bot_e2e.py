@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 from e2e_support import (
     EDIT_INTERVAL_S,
     ROOT,
@@ -199,6 +200,49 @@ async def test_image_attachment_starts_an_img2img_job(world: World) -> None:
     await ix.response()
     message = await ix.wait_for_original(is_result, timeout=60)
     assert message.attachments
+
+
+async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
+    world: World,
+) -> None:
+    fake = world.fake
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 40, 200)).save(buffer, "PNG")
+
+    async def square(request: web.Request) -> web.Response:
+        return web.Response(body=buffer.getvalue(), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/square.png", square)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    link = f"http://127.0.0.1:{port}/square.png"
+    try:
+        # The world's bot has no test hosts: a link to this machine is a private address.
+        refused = await reply_text(
+            await fake.send_slash_command("imagine", {"prompt": "a square", "image_url": link})
+        )
+        assert refused.ephemeral and "private or local address" in refused.content
+        both = await reply_text(
+            await fake.send_slash_command(
+                "imagine",
+                {"prompt": "a square", "image_url": link, "image": ("a.png", buffer.getvalue())},
+            )
+        )
+        assert both.ephemeral and "not both" in both.content
+        # With the test setting this server stands in for a public https one.
+        async with stand_in(world, LINK_TEST_HOSTS=f"127.0.0.1:{port}"):
+            ix = await fake.send_slash_command(
+                "imagine",
+                {"prompt": "a blue square", "count": 1, "image_url": link, "strength": 0.3},
+            )
+            await ix.response()
+            message = await ix.wait_for_original(is_result, timeout=90)
+            assert message.attachments
+    finally:
+        await runner.cleanup()
 
 
 async def test_private_results_are_ephemeral(world: World) -> None:

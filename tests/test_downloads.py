@@ -339,3 +339,121 @@ async def test_an_allowed_server_that_fails_gets_a_clear_message(
     server.runner = None
     with pytest.raises(UserError, match="could not download"):
         await read_upload(attachment(discord_http, url), [server.host])
+
+
+# --- links a user gives (images from links) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [
+        ("http://example.com/a.png", "Only https links"),
+        ("ftp://example.com/a.png", "not a web address"),
+        ("file:///etc/passwd", "not a web address"),
+        ("https://127.0.0.1/a.png", "private or local address"),
+        ("https://10.1.2.3/a.png", "private or local address"),
+        ("https://169.254.169.254/latest/meta-data", "private or local address"),
+        ("https://[::1]/a.png", "private or local address"),
+        ("https://[::ffff:127.0.0.1]/a.png", "private or local address"),
+        ("https://[fd00::1]/a.png", "private or local address"),
+        ("https://0.0.0.0/a.png", "private or local address"),
+        ("https://user:secret@example.com/a.png", "user name or password"),
+    ],
+)
+def test_links_to_insecure_or_private_addresses_are_refused(url: str, refusal: str) -> None:
+    with pytest.raises(DownloadRefused, match=refusal):
+        downloads.check_link(URL(url))
+
+
+def test_public_https_links_pass_the_address_check() -> None:
+    for url in ("https://example.com/a.png", "https://8.8.8.8/a.png", "https://[2606:4700::1]/"):
+        downloads.check_link(URL(url))
+
+
+@pytest.mark.asyncio
+async def test_a_link_whose_name_resolves_to_a_private_address_is_refused() -> None:
+    # DNS rebinding, or a name that simply points inside: checked after resolution.
+    for address in ("127.0.0.1", "10.0.0.7", "169.254.169.254"):
+        resolver = StaticResolver(address)
+        with pytest.raises(DownloadRefused, match="private or local address"):
+            await downloads.fetch_link(
+                "https://images.example.com/a.png", max_bytes=CAP, resolver=resolver
+            )
+        assert resolver.asked == ["images.example.com"]
+
+
+@pytest.mark.asyncio
+async def test_a_link_is_fetched_and_every_redirect_is_checked_again(
+    servers: Callable[..., Awaitable[Server]],
+) -> None:
+    inside = await servers(**{"secret.png": png_route()})
+    # The test setting lets exactly this host:port through, as a public https server would.
+    public = await servers(
+        **{
+            "ok.png": png_route(),
+            "hop.png": redirect_route("/ok.png"),
+            "inside.png": redirect_route(f"{inside.origin}/secret.png"),
+            "metadata.png": redirect_route("https://169.254.169.254/latest/meta-data"),
+            "plain.png": redirect_route("http://example.com/a.png"),
+            "loop.png": redirect_route("/loop.png"),
+            "big.png": png_route(b"\0" * (CAP + 1)),
+            "gone.png": lambda request: _status(404),
+        }
+    )
+    allowed = (public.host,)
+    assert (
+        await downloads.fetch_link(f"{public.origin}/hop.png", max_bytes=CAP, allowed=allowed)
+        == PNG
+    )
+    refused = {
+        "inside.png": "private or local address",  # the same machine, another port
+        "metadata.png": "private or local address",
+        "plain.png": "Only https links",
+        "loop.png": "redirected too many times",
+        "big.png": "larger than 1 MiB",
+        "gone.png": "answered 404",
+    }
+    for path, message in refused.items():
+        with pytest.raises(UserError, match=message):
+            await downloads.fetch_link(f"{public.origin}/{path}", max_bytes=CAP, allowed=allowed)
+    assert inside.hits == []  # refused before connecting
+    # Without the test setting, the same server is a local address like any other.
+    with pytest.raises(DownloadRefused, match="private or local address"):
+        await downloads.fetch_link(f"{public.origin}/ok.png", max_bytes=CAP)
+
+
+async def _status(code: int) -> web.Response:
+    return web.Response(status=code)
+
+
+@pytest.mark.asyncio
+async def test_an_image_link_is_sniffed_and_time_capped(
+    servers: Callable[..., Awaitable[Server]],
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(PNG[:8])
+        await asyncio.sleep(3)  # stalls after the first bytes, past the 0.5 s cap
+        return response
+
+    server = await servers(
+        **{
+            "ok.png": png_route(),
+            # The server says PNG; the bytes say HTML: the bytes win.
+            "page.png": png_route(b"<!doctype html><html>not an image</html>"),
+            "slow.png": slow,
+        }
+    )
+    allowed = (server.host,)
+
+    async def get(path: str) -> bytes:
+        return await downloads.image_from_link(
+            f"{server.origin}/{path}", max_bytes=CAP, timeout_s=0.5, allowed=allowed
+        )
+
+    assert await get("ok.png") == PNG
+    with pytest.raises(UserError, match="does not lead to an image"):
+        await get("page.png")
+    with pytest.raises(UserError, match=r"took too long to download \(over 0.5 s\)"):
+        await get("slow.png")
