@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from bot import editing, render
 from bot.actions import launch, post_edit
 from bot.i18n import reader_locale, translate, translate_template
-from cogs.imagine import read_upload
+from cogs.imagine import read_upload, require_picture
 from core import textguard
 from core.errors import N_, Note, UserError, note
 from engine import edits
@@ -57,17 +57,19 @@ class Edit(commands.GroupCog, group_name="edit"):
         mask="The same picture's area to repaint, painted white (or opaque) on black",
         prompt="What to put there",
         private="Only you will see the result",
+        image_url="Or the picture at this https link",
     )
     async def region(
         self,
         interaction: Interaction,
-        image: discord.Attachment,
         mask: discord.Attachment,
         prompt: app_commands.Range[str, 1, 1000],
+        image: discord.Attachment | None = None,
         private: bool = False,
+        image_url: app_commands.Range[str, 1, 2000] | None = None,
     ) -> None:
         """Repaint the part of your picture that your mask marks."""
-        picture = await read_upload(image, self.bot.download_hosts)
+        picture = await require_picture(self.bot, image, image_url)
         drawn = await read_upload(mask, self.bot.download_hosts)
         try:
             canvas, fitted, _ = await asyncio.to_thread(_mask_png, picture, drawn)
@@ -93,6 +95,7 @@ class Edit(commands.GroupCog, group_name="edit"):
         tone="Brightness contrast saturation; 1 is unchanged: 1.2 1 0.8",
         filter="grayscale, sepia, sharpen, blur, autocontrast",
         private="Only you will see the result",
+        image_url="Or the picture at this https link",
     )
     @app_commands.choices(
         filter=[app_commands.Choice(name=f.value, value=f.value) for f in edits.Filter]
@@ -100,16 +103,17 @@ class Edit(commands.GroupCog, group_name="edit"):
     async def adjust(
         self,
         interaction: Interaction,
-        image: discord.Attachment,
+        image: discord.Attachment | None = None,
         crop: app_commands.Range[str, 1, 60] | None = None,
         turn: app_commands.Range[str, 1, 60] | None = None,
         tone: app_commands.Range[str, 1, 60] | None = None,
         filter: str | None = None,
         private: bool = False,
+        image_url: app_commands.Range[str, 1, 2000] | None = None,
     ) -> None:
         """Crop, rotate, flip, change the tone or add a filter: no model, instant."""
         adjustments = editing.parse_adjustments(crop or "", turn or "", tone or "", filter or "")
-        data = await read_upload(image, self.bot.download_hosts)
+        data = await require_picture(self.bot, image, image_url)
         await interaction.response.defer(ephemeral=private, thinking=True)
         description = adjustments.describe()
         request = GenerationRequest(prompt=UPLOADED_PROMPT, operation=Operation.IMG2IMG)
@@ -144,6 +148,7 @@ class Params(commands.Cog):
     @app_commands.describe(
         image="A PNG made by this bot or by the AUTOMATIC1111 web UI",
         run="Show its settings (default), run it again with its seed, or with a new one",
+        image_url="Or the PNG at this https link",
     )
     @app_commands.choices(
         run=[
@@ -153,10 +158,14 @@ class Params(commands.Cog):
         ]
     )
     async def params(
-        self, interaction: Interaction, image: discord.Attachment, run: str = "show"
+        self,
+        interaction: Interaction,
+        image: discord.Attachment | None = None,
+        run: str = "show",
+        image_url: app_commands.Range[str, 1, 2000] | None = None,
     ) -> None:
         """Read the settings a PNG was made with, and run them again."""
-        data = await read_upload(image, self.bot.download_hosts)
+        data = await require_picture(self.bot, image, image_url)
         text = await asyncio.to_thread(read_png_parameters, data)
         if not text:
             raise UserError(

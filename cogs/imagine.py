@@ -59,6 +59,34 @@ async def read_upload(
         raise UserError(N_("I could not download that attachment. Please try again.")) from None
 
 
+async def read_picture(
+    bot: DiffusionBot, image: discord.Attachment | None, image_url: str | None
+) -> bytes | None:
+    """The picture a command was given as an attachment or as a link (never both; None when
+    neither). A link is fetched through ``core.downloads``' address checks."""
+    if image is not None and image_url is not None:
+        raise UserError(N_("Give a picture or a link to one, not both."))
+    if image is not None:
+        return await read_upload(image, bot.download_hosts)
+    if image_url is None:
+        return None
+    return await downloads.image_from_link(
+        image_url,
+        max_bytes=MAX_UPLOAD_BYTES,
+        timeout_s=UPLOAD_READ_TIMEOUT_S,
+        allowed=bot.link_test_hosts,
+    )
+
+
+async def require_picture(
+    bot: DiffusionBot, image: discord.Attachment | None, image_url: str | None
+) -> bytes:
+    picture = await read_picture(bot, image, image_url)
+    if picture is None:
+        raise UserError(N_("Attach a picture, or give a link to one with `image_url`."))
+    return picture
+
+
 class Imagine(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
@@ -135,18 +163,7 @@ class Imagine(commands.Cog):
                 N_("There is no model called `{name}`. Pick one from the list."),
                 name=render.clip(model, 50),
             )
-        if image is not None and image_url is not None:
-            raise UserError(N_("Give a picture or a link to one, not both."))
-        init_image = None
-        if image is not None:
-            init_image = await read_upload(image, self.bot.download_hosts)
-        elif image_url is not None:
-            init_image = await downloads.image_from_link(
-                image_url,
-                max_bytes=MAX_UPLOAD_BYTES,
-                timeout_s=UPLOAD_READ_TIMEOUT_S,
-                allowed=self.bot.link_test_hosts,
-            )
+        init_image = await read_picture(self.bot, image, image_url)
         if strength is not None and init_image is None:
             raise UserError(N_("`strength` only applies when you give an image."))
         negatives = [n for n in (negative, inline.negative) if n]

@@ -232,6 +232,10 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
             )
         )
         assert both.ephemeral and "not both" in both.content
+        neither = await reply_text(
+            await fake.send_slash_command("edit adjust", {"filter": "grayscale"})
+        )
+        assert neither.ephemeral and "give a link to one with `image_url`" in neither.content
         # With the test setting this server stands in for a public https one.
         async with stand_in(world, LINK_TEST_HOSTS=f"127.0.0.1:{port}"):
             ix = await fake.send_slash_command(
@@ -241,6 +245,15 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
             await ix.response()
             message = await ix.wait_for_original(is_result, timeout=90)
             assert message.attachments
+            # The edits take a link as well: a grey copy of the blue square.
+            edited = await fake.send_slash_command(
+                "edit adjust", {"image_url": link, "filter": "grayscale"}
+            )
+            await edited.response()
+            grey = await edited.wait_for_message(lambda m: bool(m.attachments), timeout=60)
+            shown = Image.open(io.BytesIO(grey.attachments[0].data)).convert("RGB")
+            red, green, blue = shown.getpixel((32, 32))  # type: ignore[misc]
+            assert red == green == blue and 40 < red < 200
     finally:
         await runner.cleanup()
 
