@@ -194,7 +194,8 @@ class Imagine(commands.Cog):
     async def model_autocomplete(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.bot, current)
+        _, offered = await self.bot.service.server_models(interaction.guild_id)
+        return model_choices(self.bot, current, offered)
 
     @imagine.autocomplete("lora")
     async def lora_autocomplete(
@@ -295,9 +296,12 @@ class Imagine(commands.Cog):
     async def models(self, interaction: Interaction) -> None:
         """List the models you can draw with."""
         locale = reader_locale(interaction)
+        default, offered = await self.bot.service.server_models(interaction.guild_id)
         lines = [
             f"• `{spec.name}` ({spec.family.value}) — {render.clip(spec.description, 150)}"
+            + (translate(" · **the default here**", locale) if spec.name == default else "")
             for spec in self.bot.registry.specs()
+            if spec.name in offered
         ]
         loras = self.bot.registry.loras()
         if loras:
@@ -322,10 +326,16 @@ class Imagine(commands.Cog):
         )
 
 
-def model_choices(bot: DiffusionBot, current: str) -> list[app_commands.Choice[str]]:
-    """The registry's models whose name or description holds what was typed so far."""
+def model_choices(
+    bot: DiffusionBot, current: str, offered: Iterable[str] | None = None
+) -> list[app_commands.Choice[str]]:
+    """The registry's models (those ``offered``, when given) whose name or description holds
+    what was typed so far."""
+    names = None if offered is None else set(offered)
     choices = []
     for spec in bot.registry.specs():
+        if names is not None and spec.name not in names:
+            continue
         label = f"{spec.name} — {spec.description}"
         if current.lower() in label.lower():
             choices.append(app_commands.Choice(name=render.clip(label, 100), value=spec.name))

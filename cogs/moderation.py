@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot import render
 from bot.actions import require_moderator
 from bot.i18n import reader_locale, translate
+from cogs.imagine import model_choices
 from core.errors import N_, UserError
 from core.storage.guilds import MAX_RETENTION_DAYS
 
@@ -192,6 +193,117 @@ class Settings(commands.GroupCog, group_name="settings"):
         )
 
 
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class ServerModels(commands.GroupCog, group_name="model"):
+    """The models this server offers, and the one it draws with by default."""
+
+    def __init__(self, bot: DiffusionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        if interaction.type is discord.InteractionType.autocomplete:
+            return True
+        require_moderator(
+            interaction, N_("Only moderators with Manage Server can choose this server's models.")
+        )
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        return True
+
+    def _known(self, name: str) -> str:
+        if name not in self.bot.registry.names():
+            raise UserError(
+                N_("There is no model called `{name}`. Pick one from the list."),
+                name=render.clip(name, 50),
+            )
+        return name
+
+    @app_commands.command(name="default")
+    @app_commands.describe(
+        name="The model used here when a command names none; leave empty for the bot's default"
+    )
+    async def default(self, interaction: Interaction, name: str | None = None) -> None:
+        """Choose the model /imagine and the buttons use in this server by default."""
+        assert interaction.guild_id is not None
+        guilds = self.bot.service.db.guilds
+        if name is not None:
+            self._known(name)
+            if name in (await guilds.settings(interaction.guild_id)).disabled_models:
+                raise UserError(
+                    N_("`{name}` is turned off here: turn it on with `/model enable` first."),
+                    name=name,
+                )
+        await guilds.update_settings(interaction.guild_id, default_model=name)
+        locale = reader_locale(interaction)
+        await interaction.followup.send(
+            translate(
+                "🎨 This server now draws with `{name}` when no model is chosen.", locale, name=name
+            )
+            if name is not None
+            else translate(
+                "🎨 This server now draws with the bot's default model, `{name}`.",
+                locale,
+                name=self.bot.registry.default_name,
+            ),
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="enable")
+    @app_commands.describe(name="A model of the bot's to offer here again")
+    async def enable(self, interaction: Interaction, name: str) -> None:
+        """Offer a model in this server again."""
+        assert interaction.guild_id is not None
+        guilds = self.bot.service.db.guilds
+        disabled = (await guilds.settings(interaction.guild_id)).disabled_models
+        await guilds.update_settings(
+            interaction.guild_id,
+            disabled_models=[other for other in disabled if other != self._known(name)],
+        )
+        await interaction.followup.send(
+            translate(
+                "✅ `{name}` is offered in this server.", reader_locale(interaction), name=name
+            ),
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="disable")
+    @app_commands.describe(name="A model of the bot's not to offer here")
+    async def disable(self, interaction: Interaction, name: str) -> None:
+        """Stop offering a model in this server (its past results stay)."""
+        assert interaction.guild_id is not None
+        self._known(name)
+        default, _ = await self.bot.service.server_models(interaction.guild_id)
+        if name == default:
+            raise UserError(
+                N_(
+                    "`{name}` is this server's default model: choose another default with "
+                    "`/model default` first."
+                ),
+                name=name,
+            )
+        guilds = self.bot.service.db.guilds
+        disabled = (await guilds.settings(interaction.guild_id)).disabled_models
+        await guilds.update_settings(interaction.guild_id, disabled_models=[*disabled, name])
+        await interaction.followup.send(
+            translate(
+                "🚫 `{name}` is no longer offered in this server; its past results stay.",
+                reader_locale(interaction),
+                name=name,
+            ),
+            ephemeral=True,
+        )
+
+    @default.autocomplete("name")
+    @enable.autocomplete("name")
+    @disable.autocomplete("name")
+    async def name_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return model_choices(self.bot, current)
+
+
 async def setup(bot: DiffusionBot) -> None:
     await bot.add_cog(Banned(bot))
     await bot.add_cog(Settings(bot))
+    await bot.add_cog(ServerModels(bot))

@@ -159,6 +159,7 @@ class JobService:
         "all", the default; as many as fit in a job and the quota) or ``request.count``
         random ones ("random")."""
         typed_prompt = request.prompt
+        request = await self.with_server_model(requester.guild_id, request)
         chosen = None
         if style:
             chosen = await self.style(requester.guild_id, style)
@@ -324,6 +325,31 @@ class JobService:
             request, prompts=expansion.prompts, count=len(expansion.prompts)
         )
         return expanded, () if cap is None else (cap,)
+
+    async def with_server_model(
+        self, guild_id: int | None, request: GenerationRequest
+    ) -> GenerationRequest:
+        """``request`` with the server's default model when it names none; refused when the
+        model it would use is one the server turned off."""
+        settings = await self.db.guilds.settings(guild_id)
+        if request.model is None and settings.default_model in self.registry.names():
+            request = dataclasses.replace(request, model=settings.default_model)
+        model = request.model or self.registry.default_name
+        if model in settings.disabled_models:
+            raise InvalidField(
+                "model",
+                N_("The model `{name}` is turned off in this server. Pick another one."),
+                name=model,
+            )
+        return request
+
+    async def server_models(self, guild_id: int | None) -> tuple[str, list[str]]:
+        """The default model here and the registry's models offered here, in registry order."""
+        settings = await self.db.guilds.settings(guild_id)
+        names = self.registry.names()
+        offered = [name for name in names if name not in settings.disabled_models]
+        default = settings.default_model if settings.default_model in offered else None
+        return default or self.registry.default_name, offered
 
     async def wildcards(self, guild_id: int | None) -> dict[str, tuple[str, ...]]:
         return await self.db.guilds.wildcards(guild_id)

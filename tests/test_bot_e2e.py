@@ -501,3 +501,45 @@ async def poll(
         if until(status, body) or loop.time() > deadline:
             return status, body
         await asyncio.sleep(0.1)
+
+
+async def test_moderators_choose_the_servers_default_model_and_the_models_it_offers(
+    world: World,
+) -> None:
+    fake = world.fake
+
+    async def moderate(subcommand: str, options: dict[str, object] | None = None) -> str:
+        answer = await reply_text(
+            await fake.send_slash_command(f"model {subcommand}", options, user=fake.moderator)
+        )
+        assert answer.ephemeral
+        return answer.content
+
+    refused = await reply_text(
+        await fake.send_slash_command(
+            "model default", {"name": "tiny-xl"}, user=fake.bob, respect_permissions=False
+        )
+    )
+    assert refused.ephemeral and "Only moderators" in refused.content
+    unknown = await moderate("default", {"name": "no-such-model"})
+    assert "There is no model called `no-such-model`" in unknown
+    try:
+        assert "now draws with `tiny-xl` when" in await moderate("default", {"name": "tiny-xl"})
+        _, result = await imagine(world, prompt="a lighthouse", count=1, steps=2)
+        assert result.embeds[0]["footer"]["text"].startswith("tiny-xl · ")
+        assert "default model" in await moderate("disable", {"name": "tiny-xl"})
+        assert "no longer offered" in await moderate("disable", {"name": "tiny"})
+        choices = await fake.autocomplete("imagine", {"prompt": "x", "model": "tiny"})
+        assert [c["value"] for c in choices] == ["tiny-xl"]
+        turned_off = await reply_text(
+            await fake.send_slash_command("imagine", {"prompt": "a lighthouse", "model": "tiny"})
+        )
+        assert turned_off.ephemeral and "turned off in this server" in turned_off.content
+        listed = await reply_text(await fake.send_slash_command("models"))
+        assert "`tiny`" not in listed.content and "`tiny-xl`" in listed.content
+        assert "the default here" in listed.content
+    finally:
+        await moderate("enable", {"name": "tiny"})
+        assert "bot's default model, `tiny`" in await moderate("default")
+    _, result = await imagine(world, prompt="a lighthouse", count=1, steps=2)
+    assert result.embeds[0]["footer"]["text"].startswith("tiny · ")

@@ -36,6 +36,8 @@ def _guild_from_row(row: sqlite3.Row) -> Guild:
             extra=json.loads(row["extra"]),
             gallery_channel_id=row["gallery_channel_id"],
             retention_days=row["retention_days"],
+            default_model=row["default_model"],
+            disabled_models=tuple(json.loads(row["disabled_models"])),
         ),
         created_at=from_db(row["created_at"]),
         updated_at=from_db(row["updated_at"]),
@@ -73,6 +75,8 @@ class GuildRepository:
         extra: Mapping[str, Any] | _Unset = UNSET,
         gallery_channel_id: int | _Unset | None = UNSET,
         retention_days: int | _Unset | None = UNSET,
+        default_model: str | _Unset | None = UNSET,
+        disabled_models: Iterable[str] | _Unset = UNSET,
     ) -> GuildSettings:
         """Change the named settings (others stay); returns the settings now in force."""
         changes: dict[str, Any] = {}
@@ -84,6 +88,10 @@ class GuildRepository:
             if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
                 raise InvalidInput(f"Images can be kept for 1 to {MAX_RETENTION_DAYS} days.")
             changes["retention_days"] = retention_days
+        if default_model is not UNSET:
+            changes["default_model"] = default_model
+        if disabled_models is not UNSET:
+            changes["disabled_models"] = json.dumps(sorted(set(disabled_models)))
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:
             await ensure_guild(tx, guild_id, now)

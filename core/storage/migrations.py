@@ -335,6 +335,15 @@ V11_USAGE_FACTS = Migration(
     USAGE_FACTS_SCHEMA,
 )
 
+V12_SERVER_MODELS = Migration(
+    12,
+    "server models: a server's default model and the registry models it does not offer",
+    (
+        "ALTER TABLE guilds ADD COLUMN default_model TEXT",
+        "ALTER TABLE guilds ADD COLUMN disabled_models TEXT NOT NULL DEFAULT '[]'",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -347,6 +356,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V9_USAGE,
     V10_WILDCARDS,
     V11_USAGE_FACTS,
+    V12_SERVER_MODELS,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -97,6 +97,10 @@ class GuildSettings:
     gallery_channel_id: int | None = None
     # How long this server's images are kept (favourites stay); None: the operator's default.
     retention_days: int | None = None
+    # The model used when a request names none; None: the registry's default.
+    default_model: str | None = None
+    # Registry models this server does not offer.
+    disabled_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

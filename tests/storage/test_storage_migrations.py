@@ -172,12 +172,14 @@ async def test_migrate_from_each_earlier_version(tmp_path: Path, version: int) -
         assert await db.guilds.add_banned_words(100, ["Bad Word"]) == ["bad word"]
         job = await db.create_job(job_spec(guild_id=100), QuotaPolicy(None, None))
         assert (await db.jobs.get(job.id)).status == "queued"
-    # v5: the per-server settings that nothing read are gone.
+    # v5: the per-server settings that nothing read are gone (v12 brings default_model back,
+    # read this time, with the server's chosen models).
     columns = {
         name
         for (name,) in sqlite3.connect(path).execute("SELECT name FROM pragma_table_info('guilds')")
     }
-    assert not columns & {"default_model", "preview_every", "private_allowed"}
+    assert not columns & {"preview_every", "private_allowed"}
+    assert {"default_model", "disabled_models"} <= columns
 
 
 @pytest.mark.asyncio
