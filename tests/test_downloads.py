@@ -457,3 +457,14 @@ async def test_an_image_link_is_sniffed_and_time_capped(
         await get("page.png")
     with pytest.raises(UserError, match=r"took too long to download \(over 0.5 s\)"):
         await get("slow.png")
+
+
+@pytest.mark.asyncio
+async def test_other_spellings_of_this_machine_are_refused_too() -> None:
+    # Names and odd numeric forms that the system resolver turns into 127.0.0.1.
+    for url in ("https://localhost/a.png", "https://0x7f.1/a.png"):
+        with pytest.raises(DownloadRefused, match="private or local address"):
+            await downloads.image_from_link(url, max_bytes=CAP, timeout_s=5)
+    for url in ("https://2130706433/a.png", "https://127.1/a.png"):
+        with pytest.raises(UserError):  # not even a valid address for the HTTP client
+            await downloads.image_from_link(url, max_bytes=CAP, timeout_s=5)
