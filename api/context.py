@@ -91,6 +91,8 @@ class ApiContext:
         fields: set[str],
         style: str | None = None,
         expand: ExpandMode | None = None,
+        parent: tuple[str, int] | None = None,
+        init_image_key: str | None = None,
     ) -> Accepted:
         """Queue a job for ``account`` and keep its record as it runs. A refusal is an
         ``ApiError``: 429 over a quota, else 422 naming the field when it can (one of
@@ -102,6 +104,8 @@ class ApiContext:
                 private=True,
                 style=style,
                 expand=expand,
+                parent=parent,
+                init_image_key=init_image_key,
             )
         except QuotaRefused as error:
             wait = math.ceil(error.retry_after_s) if error.retry_after_s else 30

@@ -26,9 +26,10 @@ from api.schemas import (
     JobUrls,
     Metrics,
     ModelInfo,
+    RefineBody,
 )
 from core import downloads
-from core.errors import UserError
+from core.errors import InvalidField, UserError
 from core.feed import FeedEvent, JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.errors import InvalidTransition
@@ -119,6 +120,33 @@ def diffusion_routes() -> APIRouter:
             resource.model_dump(mode="json"),
             status_code=200 if job.finished else 202,
             headers={"Location": resource.urls.get, **headers},
+        )
+        return with_rate_headers(request, response)
+
+    @router.post("/refine", status_code=202, response_model=JobResource)
+    async def refine(body: RefineBody, request: Request, account: Caller) -> Response:
+        """Change one of your results as `instruction` says ("make it night"): a new job,
+        an img2img of that image with the prompt refined, chained to it (`parent_id`).
+        Refine the new job next to keep the conversation going."""
+        context: ApiContext = request.app.state.context
+        parent = await _own_job(context, body.parent_id, account)
+        try:
+            refinement = await context.service.refinement(parent, body.image, body.instruction)
+        except InvalidField as error:
+            raise ApiError(422, "invalid_request", str(error), field=error.field) from None
+        accepted = await context.accept(
+            account,
+            refinement.request,
+            fields=set(RefineBody.model_fields),
+            parent=refinement.parent,
+            init_image_key=refinement.init_image_key,
+        )
+        resource = await _resource(context, request, accepted.job)
+        resource.notes = [f"The prompt was refined by {refinement.by}: {refinement.request.prompt}"]
+        response = JSONResponse(
+            resource.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": resource.urls.get},
         )
         return with_rate_headers(request, response)
 
@@ -446,6 +474,7 @@ async def _resource(
         seeds=[image.seed for image in images] if images else None,
         prompts=list(stored.prompts) or None,
         error=job.error if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None,
+        parent_id=job.parent_job_id,
         metrics=Metrics(
             queued_s=timings.get("queued_s"),
             load_s=timings.get("load_s"),

@@ -70,6 +70,18 @@ class GenerateBody(BaseModel):
     _check_images = field_validator("init_image", "mask_image")(_image)
 
 
+class RefineBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parent_id: str = Field(min_length=1, max_length=40, description="a job of yours")
+    instruction: str = Field(
+        min_length=1,
+        max_length=500,
+        description='what to change, in a few words: "make it night", "add a red hat", "더 밝게"',
+    )
+    image: int = Field(default=0, ge=0, le=3, description="which of the parent's images (0-3)")
+
+
 class Metrics(BaseModel):
     queued_s: float | None = None
     load_s: float | None = None
@@ -100,6 +112,9 @@ class JobResource(BaseModel):
         default=None, description="what to know about the request (a capped expansion)"
     )
     error: str | None = None
+    parent_id: str | None = Field(
+        default=None, description="the job this one changes (an upscale, a refinement...)"
+    )
     metrics: Metrics
     created_at: str
     started_at: str | None = None

@@ -24,6 +24,7 @@ from core.errors import StartupError
 from core.events import JobEvents
 from core.logs import configure_logging, register_secret
 from core.metrics import HealthReport, Metrics, start_metrics_server
+from core.refine import Refiner
 from core.service import JobService
 from core.storage.database import Database
 from core.storage.files import LocalImageStore
@@ -83,7 +84,15 @@ async def run(settings: Settings) -> None:
     except STARTUP_STORAGE_ERRORS as error:
         raise StartupError(explain_storage_failure(error, settings.data_dir)) from None
     engine = build_engine(settings, registry)
-    service = JobService(db, images, engine, registry, preview_every=settings.preview_every)
+    refiner = Refiner(
+        settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout_s=settings.llm_timeout_s,
+    )
+    service = JobService(
+        db, images, engine, registry, preview_every=settings.preview_every, refiner=refiner
+    )
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None
     tracer = (
@@ -186,6 +195,7 @@ def main(env_file: Path | None = Path(".env")) -> int:
         print(error, file=sys.stderr)
         return 2
     register_secret(settings.discord_token)
+    register_secret(settings.llm_api_key)
     configure_logging(settings.log_level, settings.log_format)
     if start_error_tracking(settings):
         log.info("unexpected errors are sent to Sentry (%s)", settings.sentry_environment)

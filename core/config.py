@@ -81,6 +81,11 @@ class Settings:
     sentry_send_prompts: bool = False
     otel_endpoint: str | None = None
     otel_service_name: str = "diffusion-chat"
+    # Conversational refinement: an OpenAI-compatible chat endpoint, else the rule.
+    llm_base_url: str | None = None
+    llm_model: str = "default"
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_timeout_s: float = 8.0
 
     @property
     def database_path(self) -> Path:
@@ -281,6 +286,17 @@ def load_settings(
             "use the OTLP/HTTP collector's address, such as http://127.0.0.1:4318",
         ),
         otel_service_name=values.get("OTEL_SERVICE_NAME", "").strip() or d.otel_service_name,
+        llm_base_url=get(
+            "LLM_BASE_URL",
+            _url(("http", "https")),
+            d.llm_base_url,
+            "use the chat API's base address, such as http://127.0.0.1:8080/v1",
+        ),
+        llm_model=values.get("LLM_MODEL", "").strip() or d.llm_model,
+        llm_api_key=values.get("LLM_API_KEY", "").strip() or d.llm_api_key,
+        llm_timeout_s=get(
+            "LLM_TIMEOUT_S", _non_negative_float, d.llm_timeout_s, "use a number of seconds"
+        ),
         api_public_url=get(
             "API_PUBLIC_URL",
             lambda raw: _url(("http", "https"))(raw).rstrip("/"),

@@ -19,6 +19,7 @@ from core import wildcards as prompt_choices
 from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
+from core.refine import Refiner
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
@@ -82,6 +83,18 @@ class Requester:
 
 
 EDIT_KIND = "edit"  # a job made by a plain edit: no model ran
+REFINE_STRENGTH = 0.6  # a refinement keeps the picture's layout and changes what was asked
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """A job that changes an earlier result: accept ``request`` with ``parent`` and
+    ``init_image_key``. ``by``: how the prompt was refined ("rule" or "llm")."""
+
+    request: GenerationRequest
+    parent: tuple[str, int]
+    init_image_key: str
+    by: str
 
 
 def explicit_settings(request: GenerationRequest) -> tuple[str, ...]:
@@ -111,12 +124,14 @@ class JobService:
         registry: ModelRegistry,
         *,
         preview_every: int = 5,
+        refiner: Refiner | None = None,
     ) -> None:
         self.db = db
         self.images = images
         self.engine = engine
         self.registry = registry
         self.preview_every = preview_every
+        self.refiner = refiner if refiner is not None else Refiner()
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------
@@ -433,6 +448,33 @@ class JobService:
             },
             generation_seconds=timings.generate_s,
         )
+
+    async def refinement(self, parent: Job, index: int, instruction: str) -> Refinement:
+        """The job that changes image ``index`` of ``parent`` as ``instruction`` says ("make
+        it night"): an img2img of that image, its prompt refined (by rule, or by the LLM
+        endpoint when one is set). Accept it with ``parent`` and ``init_image_key``."""
+        image = next((i for i in await self.job_images(parent.id) if i.index == index), None)
+        if image is None:
+            raise InvalidField("image", N_("That image no longer exists."))
+        before = StoredRequest.loads(parent.request).request
+        refined = await self.refiner.refine(
+            before.prompt_of(index), before.negative_prompt, instruction
+        )
+        request = GenerationRequest(
+            prompt=refined.prompt,
+            negative_prompt=refined.negative_prompt,
+            model=before.model,
+            operation=Operation.IMG2IMG,
+            count=1,
+            steps=before.steps,
+            guidance=before.guidance,
+            scheduler=before.scheduler,
+            width=image.width,
+            height=image.height,
+            strength=REFINE_STRENGTH,
+            init_image=await self.image_bytes(image),
+        )
+        return Refinement(request, (parent.id, image.index), image.file_key, refined.by)
 
     async def image_bytes(self, image: Image) -> bytes:
         return await self.images.get(image.file_key)

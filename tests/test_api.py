@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -498,6 +499,92 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
                 error = (await answer.json())["error"]
             assert answer.status == 422 and error["field"] == "init_image_url", error
             assert message in error["message"], error
+    finally:
+        await api.stop()
+        await runner.cleanup()
+
+
+async def refine(
+    http: aiohttp.ClientSession, api: ApiProcess, key: str, **body: object
+) -> tuple[int, dict[str, object]]:
+    async with http.post(f"{api.base}{PREFIX}/refine", json=body, headers=auth(key)) as answer:
+        return answer.status, await answer.json()
+
+
+async def finished(http: aiohttp.ClientSession, job: dict[str, object], key: str) -> None:
+    stream = await follow(http, job["urls"]["events"], key)  # type: ignore[index]
+    assert stream[-1].name == "succeeded", stream[-1]
+
+
+async def test_a_conversation_refines_each_result_from_the_last(
+    api: ApiProcess, key: str, http: aiohttp.ClientSession
+) -> None:
+    _, job = await generate(http, api, key, prompt="a fox in a field", count=1)
+    await finished(http, job, key)
+    expected = (
+        ("make it night", "a fox in a field, night"),
+        ("add a red hat", "a fox in a field, night, a red hat"),
+        ("더 밝게", "a fox in a field, night, a red hat, (bright:1.3)"),
+    )
+    for instruction, prompt in expected:
+        status, child = await refine(http, api, key, parent_id=job["id"], instruction=instruction)
+        assert status == 202, child
+        assert child["parent_id"] == job["id"] and child["input"]["prompt"] == prompt  # type: ignore[index]
+        assert child["input"]["operation"] == "img2img"  # type: ignore[index]
+        assert child["notes"] == [f"The prompt was refined by rule: {prompt}"]
+        await finished(http, child, key)
+        job = child
+    refusals = (
+        ({"parent_id": "nope", "instruction": "make it night"}, 404, None),
+        ({"parent_id": job["id"], "instruction": "   "}, 422, "instruction"),
+        ({"parent_id": job["id"], "instruction": "x", "image": 2}, 422, "image"),
+        ({"parent_id": job["id"], "instruction": "x" * 501}, 422, "instruction"),
+    )
+    for body, code, field in refusals:
+        status, answer = await refine(http, api, key, **body)
+        assert status == code, answer
+        assert answer["error"]["field"] == field  # type: ignore[index]
+    stranger = api.new_key("stranger")
+    status, _ = await refine(http, api, stranger, parent_id=job["id"], instruction="make it night")
+    assert status == 404  # someone else's job is not there for them
+
+
+async def test_an_llm_endpoint_refines_and_the_rule_covers_its_timeouts(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    behaviour = {"slow": False}
+
+    async def chat(request: web.Request) -> web.Response:
+        if behaviour["slow"]:
+            await asyncio.sleep(3)
+        body = await request.json()
+        asked = json.loads(body["messages"][1]["content"])
+        answer = {"prompt": f"{asked['prompt']}, under the moon", "negative_prompt": "daylight"}
+        reply = {"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}]}
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    api = await start_api(tmp_path / "data", LLM_BASE_URL=base, LLM_TIMEOUT_S="1")
+    key = api.new_key()
+    try:
+        _, job = await generate(http, api, key, prompt="a fox", count=1)
+        await finished(http, job, key)
+        status, by_llm = await refine(http, api, key, parent_id=job["id"], instruction="밤으로")
+        assert status == 202 and by_llm["input"]["prompt"] == "a fox, under the moon"  # type: ignore[index]
+        assert by_llm["input"]["negative_prompt"] == "daylight"  # type: ignore[index]
+        await finished(http, by_llm, key)
+        behaviour["slow"] = True
+        status, by_rule = await refine(
+            http, api, key, parent_id=by_llm["id"], instruction="add a lantern"
+        )
+        assert status == 202, by_rule
+        assert by_rule["input"]["prompt"] == "a fox, under the moon, a lantern"  # type: ignore[index]
+        assert by_rule["notes"][0].startswith("The prompt was refined by rule")  # type: ignore[index]
     finally:
         await api.stop()
         await runner.cleanup()
