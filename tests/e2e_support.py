@@ -7,11 +7,12 @@ import contextlib
 import signal
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from fakediscord.interactions import FakeDiscordTimeout, InteractionHandle
 from fakediscord.models import StoredMessage
 from fakediscord.process import BotProcess, start_bot_process
@@ -219,3 +220,22 @@ async def click_id(world: World, message: StoredMessage, custom_id: str, user: A
     data = {"custom_id": custom_id, "component_type": 2}
     handle, _ = fake._component_payload(message, fake._resolve_user(user), "en-US", data)
     return await fake._dispatch(handle, wait_connected=True, timeout=10)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def local_server(routes: dict[str, Handler], method: str = "GET") -> AsyncIterator[str]:
+    """A real HTTP server on 127.0.0.1 answering ``routes`` (path: handler); yields its
+    origin (``http://127.0.0.1:PORT``): an image host, a chat endpoint..."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from api_support import PREFIX, ApiProcess, ServerEvent, auth, events, start_api
-from e2e_support import hold_jobs
+from e2e_support import hold_jobs, local_server
 from PIL import Image
 
 from engine.images import read_png_parameters
@@ -465,43 +465,41 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
     async def square(request: web.Request) -> web.Response:
         return web.Response(body=picture.getvalue(), content_type="image/png")
 
-    app = web.Application()
-    app.router.add_get("/square.png", square)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    # The test setting stands in for a public https server: this one host:port only.
-    api = await start_api(tmp_path / "data", LINK_TEST_HOSTS=f"127.0.0.1:{port}")
+    async with local_server({"/square.png": square}) as origin:
+        # The test setting stands in for a public https server: this one host:port only.
+        api = await start_api(tmp_path / "data", LINK_TEST_HOSTS=origin.removeprefix("http://"))
+        try:
+            await _generate_from_links(http, api, origin)
+        finally:
+            await api.stop()
+
+
+async def _generate_from_links(http: aiohttp.ClientSession, api: ApiProcess, origin: str) -> None:
     key = api.new_key()
     url = f"{api.base}{PREFIX}/generate"
-    try:
-        body = {
-            "prompt": "a red square, remixed",
-            "operation": "img2img",
-            "steps": 4,
-            "strength": 0.5,
-            "init_image_url": f"http://127.0.0.1:{port}/square.png",
-        }
-        async with http.post(url, json=body, headers={**auth(key), "Prefer": "wait=60"}) as answer:
-            job = await answer.json()
-        assert answer.status == 200 and job["status"] == "succeeded", job
-        refused = {
-            f"http://127.0.0.1:{port + 1}/square.png": "private or local address",
-            "https://169.254.169.254/latest/meta-data": "private or local address",
-            "http://example.com/a.png": "Only https links",
-            "not a link": "not a web address",
-        }
-        for link, message in refused.items():
-            wrong = {**body, "init_image_url": link}
-            async with http.post(url, json=wrong, headers=auth(key)) as answer:
-                error = (await answer.json())["error"]
-            assert answer.status == 422 and error["field"] == "init_image_url", error
-            assert message in error["message"], error
-    finally:
-        await api.stop()
-        await runner.cleanup()
+    body = {
+        "prompt": "a red square, remixed",
+        "operation": "img2img",
+        "steps": 4,
+        "strength": 0.5,
+        "init_image_url": f"{origin}/square.png",
+    }
+    async with http.post(url, json=body, headers={**auth(key), "Prefer": "wait=60"}) as answer:
+        job = await answer.json()
+    assert answer.status == 200 and job["status"] == "succeeded", job
+    port = int(origin.rsplit(":", 1)[1])
+    refused = {
+        f"http://127.0.0.1:{port + 1}/square.png": "private or local address",
+        "https://169.254.169.254/latest/meta-data": "private or local address",
+        "http://example.com/a.png": "Only https links",
+        "not a link": "not a web address",
+    }
+    for link, message in refused.items():
+        wrong = {**body, "init_image_url": link}
+        async with http.post(url, json=wrong, headers=auth(key)) as answer:
+            error = (await answer.json())["error"]
+        assert answer.status == 422 and error["field"] == "init_image_url", error
+        assert message in error["message"], error
 
 
 async def refine(
@@ -563,28 +561,28 @@ async def test_an_llm_endpoint_refines_and_the_rule_covers_its_timeouts(
         reply = {"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}]}
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    api = await start_api(tmp_path / "data", LLM_BASE_URL=base, LLM_TIMEOUT_S="1")
+    async with local_server({"/v1/chat/completions": chat}, method="POST") as origin:
+        api = await start_api(tmp_path / "data", LLM_BASE_URL=f"{origin}/v1", LLM_TIMEOUT_S="1")
+        try:
+            await _refine_through_the_llm(http, api, behaviour)
+        finally:
+            await api.stop()
+
+
+async def _refine_through_the_llm(
+    http: aiohttp.ClientSession, api: ApiProcess, behaviour: dict[str, bool]
+) -> None:
     key = api.new_key()
-    try:
-        _, job = await generate(http, api, key, prompt="a fox", count=1)
-        await finished(http, job, key)
-        status, by_llm = await refine(http, api, key, parent_id=job["id"], instruction="밤으로")
-        assert status == 202 and by_llm["input"]["prompt"] == "a fox, under the moon"  # type: ignore[index]
-        assert by_llm["input"]["negative_prompt"] == "daylight"  # type: ignore[index]
-        await finished(http, by_llm, key)
-        behaviour["slow"] = True
-        status, by_rule = await refine(
-            http, api, key, parent_id=by_llm["id"], instruction="add a lantern"
-        )
-        assert status == 202, by_rule
-        assert by_rule["input"]["prompt"] == "a fox, under the moon, a lantern"  # type: ignore[index]
-        assert by_rule["notes"][0].startswith("The prompt was refined by rule")  # type: ignore[index]
-    finally:
-        await api.stop()
-        await runner.cleanup()
+    _, job = await generate(http, api, key, prompt="a fox", count=1)
+    await finished(http, job, key)
+    status, by_llm = await refine(http, api, key, parent_id=job["id"], instruction="밤으로")
+    assert status == 202 and by_llm["input"]["prompt"] == "a fox, under the moon"  # type: ignore[index]
+    assert by_llm["input"]["negative_prompt"] == "daylight"  # type: ignore[index]
+    await finished(http, by_llm, key)
+    behaviour["slow"] = True
+    status, by_rule = await refine(
+        http, api, key, parent_id=by_llm["id"], instruction="add a lantern"
+    )
+    assert status == 202, by_rule
+    assert by_rule["input"]["prompt"] == "a fox, under the moon, a lantern"  # type: ignore[index]
+    assert by_rule["notes"][0].startswith("The prompt was refined by rule")  # type: ignore[index]

@@ -21,6 +21,7 @@ from e2e_support import (
     in_progress,
     is_grid,
     is_result,
+    local_server,
     recorded_message_id,
     reply_text,
     stand_in,
@@ -212,14 +213,8 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
     async def square(request: web.Request) -> web.Response:
         return web.Response(body=buffer.getvalue(), content_type="image/png")
 
-    app = web.Application()
-    app.router.add_get("/square.png", square)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    link = f"http://127.0.0.1:{port}/square.png"
-    try:
+    async with local_server({"/square.png": square}) as origin:
+        link = f"{origin}/square.png"
         # The world's bot has no test hosts: a link to this machine is a private address.
         refused = await reply_text(
             await fake.send_slash_command("imagine", {"prompt": "a square", "image_url": link})
@@ -237,7 +232,7 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
         )
         assert neither.ephemeral and "give a link to one with `image_url`" in neither.content
         # With the test setting this server stands in for a public https one.
-        async with stand_in(world, LINK_TEST_HOSTS=f"127.0.0.1:{port}"):
+        async with stand_in(world, LINK_TEST_HOSTS=origin.removeprefix("http://")):
             ix = await fake.send_slash_command(
                 "imagine",
                 {"prompt": "a blue square", "count": 1, "image_url": link, "strength": 0.3},
@@ -254,8 +249,6 @@ async def test_a_starting_image_can_be_a_link_and_private_links_are_refused(
             shown = Image.open(io.BytesIO(grey.attachments[0].data)).convert("RGB")
             red, green, blue = shown.getpixel((32, 32))  # type: ignore[misc]
             assert red == green == blue and 40 < red < 200
-    finally:
-        await runner.cleanup()
 
 
 async def test_private_results_are_ephemeral(world: World) -> None:

@@ -4,6 +4,7 @@ server) with the rule answering whenever the endpoint does not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from e2e_support import Handler, local_server
 
 from core.errors import InvalidField
 from core.refine import Refiner, refine_by_rule
@@ -46,25 +48,15 @@ async def test_an_empty_or_huge_instruction_is_refused_on_its_field() -> None:
         assert refused.value.field == "instruction"
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @pytest_asyncio.fixture
 async def endpoint() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        async def start(handler: Handler) -> str:
+            routes = {"/v1/chat/completions": handler}
+            return f"{await servers.enter_async_context(local_server(routes, 'POST'))}/v1"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 def chat_reply(content: str) -> dict[str, Any]:
