@@ -22,7 +22,7 @@ MAX_PROMPT_CHARS: Final = 1500
 EMPHASIS: Final = 1.3  # "more red": (red:1.3), the AUTOMATIC1111 emphasis the engine reads
 
 # Korean words people use to ask for a change, in English for the text encoder (which reads
-# English). Longer keys first, so "어둡게" is not read as "어둡" plus leftovers.
+# English). Matched longest first, so "어둡게" is not read as "어둡" plus leftovers.
 _KOREAN: Final = {
     "밝게": "bright",
     "밝은": "bright",
@@ -55,6 +55,7 @@ _KOREAN: Final = {
     "따뜻하게": "warm colors",
     "차갑게": "cool colors",
 }
+_KOREAN_LONGEST_FIRST: Final = sorted(_KOREAN.items(), key=lambda item: -len(item[0]))
 _KOREAN_REMOVE = re.compile(r"(빼|없애|지워|제거|말고)")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
@@ -73,10 +74,11 @@ def refine_by_rule(prompt: str, negative: str, instruction: str) -> Refined:
     if _HANGUL.search(text):
         return _korean(prompt, negative, text)
     lowered = text.lower()
-    for pattern in (r"^(?:no|without|remove|get rid of|drop|less|fewer)\s+(?:the\s+)?(.+)$",):
-        match = re.match(pattern, lowered)
-        if match:
-            return _without(prompt, negative, text[match.start(1) :])
+    match = re.match(
+        r"^(?:no|without|remove|get rid of|drop|less|fewer)\s+(?:the\s+)?(.+)$", lowered
+    )
+    if match:
+        return _without(prompt, negative, text[match.start(1) :])
     match = re.match(r"^(?:more|extra)\s+(.+)$", lowered)
     if match:
         return _with(prompt, negative, f"({text[match.start(1) :]}:{EMPHASIS:g})")
@@ -108,7 +110,7 @@ def _plain(instruction: str) -> str:
 
 
 def _korean(prompt: str, negative: str, text: str) -> Refined:
-    words = [english for korean, english in _by_length() if korean in text]
+    words = [english for korean, english in _KOREAN_LONGEST_FIRST if korean in text]
     # Each English word once, in the order of the table (longer Korean forms first).
     found = list(dict.fromkeys(words))
     if not found:
@@ -119,10 +121,6 @@ def _korean(prompt: str, negative: str, text: str) -> Refined:
     if "더" in text.split() or text.startswith("더"):
         change = ", ".join(f"({word}:{EMPHASIS:g})" for word in found)
     return _with(prompt, negative, change)
-
-
-def _by_length() -> list[tuple[str, str]]:
-    return sorted(_KOREAN.items(), key=lambda item: -len(item[0]))
 
 
 def _with(prompt: str, negative: str, change: str) -> Refined:

@@ -263,17 +263,15 @@ class UsageRepository:
                 (first.isoformat(), last.isoformat()),
             )
         # Each job is counted once, for its server; the totals over all are their sums.
-        per_day: dict[tuple[str, int], UsageStats] = {}
+        per_day: dict[tuple[str, int | None], UsageStats] = {}
 
         def stats_of(day: str, guild_id: int | None) -> UsageStats:
-            found = per_day.get((day, guild_key(guild_id)))
+            found = per_day.get((day, guild_id))
             if found is None:
-                found = per_day[day, guild_key(guild_id)] = UsageStats()
+                found = per_day[day, guild_id] = UsageStats()
             return found
 
-        # A plain dict per (day, server) for the 100,000-row loop; UsageStats built after.
-        seen: dict[tuple[str, int | None], UsageStats] = {}
-        settings_seen: dict[tuple[str, int | None], Counter[int]] = {}
+        masks: Counter[tuple[str, int | None, int]] = Counter()  # settings bits, per day
         for (
             day_text,
             guild_id,
@@ -288,11 +286,7 @@ class UsageRepository:
             total,
             settings,
         ) in rows:
-            where_key = (day_text, guild_id)
-            stats = seen.get(where_key)
-            if stats is None:
-                stats = seen[where_key] = stats_of(day_text, guild_id)
-                settings_seen[where_key] = Counter()
+            stats = stats_of(day_text, guild_id)
             stats.jobs += 1
             stats.users.add(user_id)
             stats.operations[kind] += 1
@@ -313,13 +307,12 @@ class UsageRepository:
             elif status == "cancelled":
                 stats.cancelled += 1
             if settings:
-                settings_seen[where_key][settings] += 1
-        for (day_text, guild_id), masks in settings_seen.items():
+                masks[day_text, guild_id, settings] += 1
+        for (day_text, guild_id, mask), count in masks.items():
             advanced = stats_of(day_text, guild_id).advanced
-            for mask, count in masks.items():
-                for bit, name in enumerate(ADVANCED):
-                    if mask & (1 << bit):
-                        advanced[name] += count
+            for bit, name in enumerate(ADVANCED):
+                if mask & (1 << bit):
+                    advanced[name] += count
         for day_text, guild_id, reason, count in failures:
             stats_of(day_text, guild_id).failure_reasons[reason] += count
         for day_text, guild_id, model, value in votes:
@@ -332,9 +325,9 @@ class UsageRepository:
                 stats.thumbs_down += 1
                 counts[1] += 1
         days: dict[dt.date, dict[int, UsageStats]] = {}
-        for (day, key), stats in per_day.items():
+        for (day, guild_id), stats in per_day.items():
             servers = days.setdefault(dt.date.fromisoformat(day), {ALL_SERVERS: UsageStats()})
-            servers[key] = stats
+            servers[guild_key(guild_id)] = stats
             servers[ALL_SERVERS].add(stats)
         kept_rows = [
             (day.isoformat(), key, json.dumps(stats.to_json()))
