@@ -516,39 +516,6 @@ _UPLOAD_MESSAGES: Final[dict[str, dict[str, str]]] = {
     },
 }
 
-# What ``_sniff_unsupported`` names, and the whole message for each.
-_UNSUPPORTED_MESSAGES: Final[dict[str, str]] = {
-    "a PDF document": N_(
-        "That file is a PDF document, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "a TIFF image": N_(
-        "That file is a TIFF image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "an AVIF image": N_(
-        "That file is an AVIF image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "a HEIC/HEIF image": N_(
-        "That file is a HEIC/HEIF image, which I can't use. "
-        "Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "a video": N_(
-        "That file is a video, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "a JPEG XL image": N_(
-        "That file is a JPEG XL image, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "a Photoshop file": N_(
-        "That file is a Photoshop file, which I can't use. "
-        "Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "an archive": N_(
-        "That file is an archive, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-    "an SVG drawing": N_(
-        "That file is an SVG drawing, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
-    ),
-}
-
 
 def _describe_bytes(count: int) -> str:
     if count >= 2**20:
@@ -560,28 +527,54 @@ def _describe_bytes(count: int) -> str:
 
 def _sniff_unsupported(data: bytes) -> str | None:
     # Name the common things people send by mistake so the error says what went wrong,
-    # without handing them to Pillow's less exercised parsers.
+    # without handing them to Pillow's less exercised parsers. Returns the refusal (each a
+    # whole sentence, so that each translates as one).
     head = data[:64]
     if head.startswith(b"%PDF"):
-        return "a PDF document"
+        return N_(
+            "That file is a PDF document, which I can't use. "
+            "Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "a TIFF image"
+        return N_(
+            "That file is a TIFF image, which I can't use. "
+            "Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in (b"avif", b"avis"):
-            return "an AVIF image"
+            return N_(
+                "That file is an AVIF image, which I can't use. "
+                "Send a PNG, JPEG, WebP, GIF or BMP image."
+            )
         if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1"):
-            return "a HEIC/HEIF image"
-        return "a video"
+            return N_(
+                "That file is a HEIC/HEIF image, which I can't use. "
+                "Send a PNG, JPEG, WebP, GIF or BMP image."
+            )
+        return N_(
+            "That file is a video, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     if head.startswith((b"\x00\x00\x00\x0cJXL ", b"\xff\x0a")):
-        return "a JPEG XL image"
+        return N_(
+            "That file is a JPEG XL image, which I can't use. "
+            "Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     if head.startswith(b"8BPS"):
-        return "a Photoshop file"
+        return N_(
+            "That file is a Photoshop file, which I can't use. "
+            "Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     if head.startswith((b"PK\x03\x04", b"\x1f\x8b", b"7z\xbc\xaf", b"Rar!")):
-        return "an archive"
+        return N_(
+            "That file is an archive, which I can't use. Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if stripped.startswith((b"<svg", b"<?xml")):
-        return "an SVG drawing"
+        return N_(
+            "That file is an SVG drawing, which I can't use. "
+            "Send a PNG, JPEG, WebP, GIF or BMP image."
+        )
     return None
 
 
@@ -616,9 +609,9 @@ def _decode_upload(data: bytes, *, max_pixels: int, max_bytes: int, what: str) -
             size=_describe_bytes(len(data)),
             limit=_describe_bytes(max_bytes),
         )
-    kind = _sniff_unsupported(data)
-    if kind is not None:
-        raise ValidationError(_UNSUPPORTED_MESSAGES[kind])
+    unsupported = _sniff_unsupported(data)
+    if unsupported is not None:
+        raise ValidationError(unsupported)
 
     # Pillow's own bomb guard fires inside open() on the header size. Its warning is caught
     # as well, for processes that turn warnings into errors; by default it only logs, and our
