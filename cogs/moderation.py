@@ -254,11 +254,11 @@ class ServerModels(commands.GroupCog, group_name="model"):
     async def enable(self, interaction: Interaction, name: str) -> None:
         """Offer a model in this server again."""
         assert interaction.guild_id is not None
+        self._known(name)
         guilds = self.bot.service.db.guilds
         disabled = (await guilds.settings(interaction.guild_id)).disabled_models
         await guilds.update_settings(
-            interaction.guild_id,
-            disabled_models=[other for other in disabled if other != self._known(name)],
+            interaction.guild_id, disabled_models=[other for other in disabled if other != name]
         )
         await interaction.followup.send(
             translate(

@@ -516,6 +516,7 @@ async def test_moderators_choose_the_servers_default_model_and_the_models_it_off
     assert refused.ephemeral and "Only moderators" in refused.content
     unknown = await moderate("default", {"name": "no-such-model"})
     assert "There is no model called `no-such-model`" in unknown
+    assert "There is no model called" in await moderate("enable", {"name": "no-such-model"})
     try:
         assert "now draws with `tiny-xl` when" in await moderate("default", {"name": "tiny-xl"})
         _, result = await imagine(world, prompt="a lighthouse", count=1, steps=2)
