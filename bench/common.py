@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
@@ -246,6 +248,16 @@ class Report:
         with path.open("a", encoding="utf-8") as file:
             file.write(separator + self.markdown() + "\n")
         print(f"(appended to {path})", flush=True)
+
+
+def save_outputs(out: Path | None, stem: str, report: Report, results: Mapping[str, Any]) -> None:
+    """``stem``.md and ``stem``.json in ``out`` (nothing when None): written after every
+    section, so a run cut short keeps what it measured."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(report.markdown(), encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
 
 def _module_command() -> str:

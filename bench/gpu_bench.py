@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import functools
 import gc
-import json
 import os
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from bench.common import (
     pct,
     quiet_libraries,
     record_path,
+    save_outputs,
     summarize,
 )
 from bench.harness import (
@@ -146,13 +146,7 @@ class Run:
         return self.family_deadline - time.monotonic()
 
     def save(self) -> None:
-        if self.out is None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_bench.md").write_text(self.report.markdown(), encoding="utf-8")
-        (self.out / "gpu_bench.json").write_text(
-            json.dumps(self.results, indent=2, default=str), encoding="utf-8"
-        )
+        save_outputs(self.out, "gpu_bench", self.report, self.results)
 
 
 # --- the UNet alone -----------------------------------------------------------------------

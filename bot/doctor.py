@@ -330,6 +330,8 @@ def _check_models(
         label = f"{spec.name}: "
         if spec.source_kind is SourceKind.BUILTIN:
             section.ok(label + f"{spec.source}, built in (random noise, for testing)")
+            if spec.unet:
+                _check_unet(section, label, spec.unet, spec.unet_weight_name, cache)
             continue
         if spec.source_kind is SourceKind.HUB:
             to_download += _check_hub_model(section, label, spec, cache, cached_sizes, offline)
@@ -337,6 +339,8 @@ def _check_models(
             _check_local_model(section, label, spec.source_kind, Path(spec.source))
         if spec.upscaler:
             _check_upscaler(section, label, spec.upscaler, cache)
+        if spec.unet:
+            _check_unet(section, label, spec.unet, spec.unet_weight_name, cache)
         needed = VRAM_GB.get(spec.family.value, 0.0)
         if vram and vram < needed and not settings.cpu_offload:
             section.warn(
@@ -413,6 +417,24 @@ def _check_hub_model(
         "or fetch it now: " + _download_command(repo, fp16),
     )
     return gb
+
+
+def _check_unet(
+    section: Section, label: str, unet: str, weight_name: str | None, cache: Path
+) -> None:
+    """The UNet that replaces the model's own (a few-step model's): a file, or a hub file."""
+    if weight_name is None:
+        if not Path(unet).is_file():
+            section.fail(
+                label + f"its UNet file {unet} does not exist", "fix 'unet' in the registry"
+            )
+        return
+    if not _cached_file(unet, weight_name, cache):
+        section.warn(
+            label + f"its UNet {weight_name} ({unet}) is not downloaded yet: it downloads on "
+            "first use (about 5 GB)",
+            f"or fetch it now: hf download {unet} {weight_name}",
+        )
 
 
 def _download_command(repo: str, fp16: bool) -> str:

@@ -52,6 +52,10 @@ class Settings:
     dtype: str = "auto"
     channels_last: bool = False
     torch_compile: bool = False
+    compile_mode: str = "default"
+    compile_cache_dir: Path | None = None  # None: <DATA_DIR>/compile-cache
+    cuda_graphs: str = "auto"  # auto: for the launch-bound SD 1.x/2.x UNets on CUDA
+    unet_fp8: bool = False
     fuse_qkv: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
@@ -94,6 +98,10 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def compile_cache(self) -> Path:
+        return self.compile_cache_dir or self.data_dir / "compile-cache"
 
 
 def load_settings(
@@ -218,6 +226,20 @@ def load_settings(
         ),
         channels_last=get("CHANNELS_LAST", _bool, d.channels_last, "use true or false"),
         torch_compile=get("TORCH_COMPILE", _bool, d.torch_compile, "use true or false"),
+        compile_mode=get(
+            "COMPILE_MODE",
+            _choice("default", "max-autotune", "max-autotune-no-cudagraphs"),
+            d.compile_mode,
+            "use default, max-autotune or max-autotune-no-cudagraphs",
+        ),
+        compile_cache_dir=get("COMPILE_CACHE_DIR", Path, d.compile_cache_dir, "use a folder"),
+        cuda_graphs=get(
+            "CUDA_GRAPHS",
+            _choice("auto", "true", "false"),
+            d.cuda_graphs,
+            "use auto, true or false",
+        ),
+        unet_fp8=get("UNET_FP8", _bool, d.unet_fp8, "use true or false"),
         fuse_qkv=get("FUSE_QKV", _bool, d.fuse_qkv, "use true or false"),
         vae_tiling=get("VAE_TILING", _bool, d.vae_tiling, "use true or false"),
         vae_slicing=get("VAE_SLICING", _bool, d.vae_slicing, "use true or false"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from engine import cuda_graphs
 from engine.errors import N_, EngineError, OutOfMemory, ValidationError
 from engine.images import format_parameters, open_user_image, open_user_mask
 from engine.loader import LoadedModel, ModelManager, load_lora
@@ -272,6 +273,12 @@ class DiffusersBackend:
         model.active_loras = loras
         # A LoRA may change the text encoders: embeddings made before do not hold.
         forget_embeddings(pipe)
+        graphs = cuda_graphs.graphs_of(pipe.unet)
+        if graphs is not None:
+            # PEFT reads its scales in Python at each call, which a graph would freeze, and
+            # loading an adapter rewraps layers: recapture once no LoRA is on.
+            graphs.reset()
+            graphs.paused = bool(loras)
 
     def _after_oom(self) -> None:
         if self.manager.device.type == "cuda":

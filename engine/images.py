@@ -62,6 +62,7 @@ NEGATIVE_PREFIX: Final = "Negative prompt:"
 _SCHEDULER_TO_SAMPLER: Final[dict[str, str]] = {
     "euler_a": "Euler a",
     "euler": "Euler",
+    "euler_trailing": "Euler SGM Uniform",
     "ddim": "DDIM",
     "dpmpp_2m": "DPM++ 2M",
     # The pre-1.9 web UI spelling; engine.backend writes "Schedule type: Karras" instead.
@@ -105,11 +106,13 @@ def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str 
     letter case and our own names are accepted too.
     """
     name = sampler.strip().lower()
-    if name in _SCHEDULER_TO_SAMPLER:
-        return name
     schedule = (schedule_type or "").strip().lower()
     if schedule and schedule != "automatic":
-        name = f"{name} {schedule}"
+        combined = f"{name} {schedule}"  # "Euler" + "SGM Uniform": a scheduler of its own
+        if combined in _SAMPLER_TO_SCHEDULER:
+            return _SAMPLER_TO_SCHEDULER[combined]
+    if name in _SCHEDULER_TO_SAMPLER:
+        return name
     if name in _SAMPLER_TO_SCHEDULER:
         return _SAMPLER_TO_SCHEDULER[name]
     for suffix in _SCHEDULE_SUFFIXES:

@@ -39,12 +39,14 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from tqdm.std import tqdm
 from transformers import CLIPTokenizer
 
+from engine import cuda_graphs
 from engine.errors import (
     HubUnreachableError,
     ModelLoadError,
     ModelNotFoundError,
     UnsafeCheckpointError,
 )
+from engine.quantize import quantize_fp8
 from engine.registry import PICKLED_SUFFIXES, SCHEDULERS, LoraSpec, ModelSpec, SourceKind
 from engine.tiny import build_tiny_by_name, tiny_tokenizer
 from engine.types import DEFAULT_BATCH_IMAGES, Family, LoadCallback
@@ -57,6 +59,10 @@ TOKENIZER_ENCODERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encod
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "euler_trailing": (
+        "EulerDiscreteScheduler",
+        {"use_karras_sigmas": False, "timestep_spacing": "trailing"},
+    ),
     "ddim": ("DDIMScheduler", {}),
     "dpmpp_2m": (
         "DPMSolverMultistepScheduler",
@@ -119,6 +125,14 @@ class LoaderOptions:
     # torch.compile the UNet and the VAE decoder, then warm them up at load (see _warm_up).
     torch_compile: bool = False
     compile_backend: str = "inductor"  # tests use "eager": dynamo traces, nothing is generated
+    compile_mode: str | None = None  # inductor's mode: None (default), "max-autotune", ...
+    # Inductor's and Triton's caches (compiled kernels): a later start reuses them. None:
+    # torch's default, a folder under the system's temporary directory.
+    compile_cache_dir: Path | None = None
+    # Replay the UNet's steps as CUDA graphs (engine/cuda_graphs.py); ignored off CUDA.
+    # None (auto): for UNets without SDXL's size conditioning, whose steps are launch-bound.
+    cuda_graphs: bool | None = None
+    fp8: bool = False  # the UNet's large linear layers in float8 (engine/quantize.py)
     # Batch sizes compiled at load; None: 1 and the family's default batch size.
     warmup_batches: tuple[int, ...] | None = None
     fuse_qkv: bool = False  # one matmul for attention's query, key and value projections
@@ -272,6 +286,10 @@ class ModelManager:
         self.device = pick_device(self.options.device)
         self.dtype = pick_dtype(self.device, self.options.dtype)
         self.memory_budget = self.options.memory_budget_bytes or default_memory_budget(self.device)
+        if self.options.compile_cache_dir is not None:
+            # Read by inductor whenever it compiles; Triton's cache goes inside it.
+            self.options.compile_cache_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.options.compile_cache_dir)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._known_sizes: dict[str, int] = {}  # bytes of models loaded before
         self._upscalers: OrderedDict[str, DiffusionPipeline] = OrderedDict()
@@ -338,7 +356,7 @@ class ModelManager:
                 self._evict_over_budget(keep=spec.name)
             if self.options.cpu_offload:
                 self._activate_offload(loaded, PipelineKind.TXT2IMG)
-            if self.options.torch_compile:
+            if self.options.torch_compile or cuda_graphs.graphs_of(loaded.pipe.unet):
                 self._warm_up(loaded, report)
             return loaded
 
@@ -441,6 +459,8 @@ class ModelManager:
     def _load(self, spec: ModelSpec, report: LoadCallback) -> LoadedModel:
         started = time.perf_counter()
         pipe = self._load_pipeline(spec, report)
+        if spec.unet is not None:
+            self._replace_unet(pipe, spec)
         self._prepare(pipe)
         size = module_bytes(pipe)
         loaded = LoadedModel(
@@ -457,6 +477,43 @@ class ModelManager:
             spec.name, spec.source, size / 2**20, self.device, loaded.load_s,
         )  # fmt: skip
         return loaded
+
+    def _replace_unet(self, pipe: DiffusionPipeline, spec: ModelSpec) -> None:
+        """Load ``spec.unet``'s weights into the pipeline's UNet (same architecture)."""
+        assert spec.unet is not None
+        location = Path(spec.unet)
+        if spec.unet_weight_name is not None:  # a hub id
+            from huggingface_hub import hf_hub_download
+
+            try:
+                location = Path(
+                    hf_hub_download(
+                        spec.unet,
+                        spec.unet_weight_name,
+                        cache_dir=self.options.hf_cache_dir,
+                        local_files_only=self.options.local_files_only,
+                    )
+                )
+            except Exception as error:  # every hub failure gets the same advice
+                raise ModelLoadError(
+                    f"The UNet of {spec.name!r} ({spec.unet_weight_name} in {spec.unet}) could "
+                    f"not be downloaded ({_first_line(error)}). Check the network, or download "
+                    "the file and point 'unet' at it."
+                ) from None
+        if not location.is_file():
+            raise ModelNotFoundError(f"The UNet file {location} of {spec.name!r} does not exist.")
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(location))
+            pipe.unet.load_state_dict(weights, strict=True)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ModelLoadError(
+                f"The UNet file {location.name} does not fit {spec.name!r}'s "
+                f"{spec.family.value} UNet ({_first_line(error)}). It must be a diffusers-format "
+                "UNet of the same architecture."
+            ) from None
+        log.info("%s: UNet weights from %s", spec.name, location.name)
 
     def _make_room_for(self, spec: ModelSpec) -> None:
         """Evict least recently used models that a new one would not fit beside, judging
@@ -675,11 +732,48 @@ class ModelManager:
         unet = getattr(pipe, "unet", None)
         if unet is not None and self.options.channels_last:
             unet.to(memory_format=torch.channels_last)
-        if self.options.torch_compile:
+        if unet is not None and self.options.fp8:
+            quantize_fp8(unet, self.device)
+        options = self.options
+        compile_options = {"backend": options.compile_backend}
+        if options.compile_mode and options.compile_backend == "inductor":
+            compile_options["mode"] = options.compile_mode
+        graphed = isinstance(unet, torch.nn.Module) and self._install_graphs(unet)
+        if options.torch_compile:
             # In place, so the modules keep their classes and from_pipe still accepts them.
-            for module in (unet, getattr(vae, "decoder", None)):
+            for module in (None if graphed else unet, getattr(vae, "decoder", None)):
                 if isinstance(module, torch.nn.Module):
-                    module.compile(backend=self.options.compile_backend)
+                    module.compile(**compile_options)
+
+    def _install_graphs(self, unet: torch.nn.Module) -> bool:
+        """CUDA graphs for the UNet (compiled inside them when torch.compile is on)."""
+        options = self.options
+        wanted = options.cuda_graphs
+        if wanted is None:
+            # Measured on an H200 (BENCHMARKS.md): SD 1.5 at 512 px gains 1.06-4.3x; SDXL's
+            # steps keep the GPU busy, so graphs would only hold memory for it.
+            wanted = (
+                self.device.type == "cuda"
+                and not options.cpu_offload
+                and getattr(unet.config, "addition_embed_type", None) != "text_time"
+            )
+        if not wanted:
+            return False
+        if options.cpu_offload:
+            # Offloading moves the weights between devices; a graph replays fixed addresses.
+            log.warning("CUDA_GRAPHS is ignored with CPU_OFFLOAD")
+            return False
+        if self.device.type != "cuda":
+            log.warning("CUDA_GRAPHS is on but the device is %s: ignored", self.device.type)
+            return False
+        largest_batch = max(options.warmup_batches or DEFAULT_BATCH_IMAGES.values())
+        cuda_graphs.install(
+            unet,
+            cuda_graphs.graph_rows(largest_batch),
+            compile_with=options.compile_backend if options.torch_compile else None,
+            compile_mode=options.compile_mode,
+        )
+        return True
 
     def _warm_up(self, model: LoadedModel, report: LoadCallback) -> None:
         """Run the compiled model once per warm-up batch size at its default size, so that
@@ -687,8 +781,7 @@ class ModelManager:
         After a second batch size, dynamo treats the batch dimension as dynamic, so the sizes
         in between reuse the same compiled graphs."""
         presets = model.spec.presets
-        batches = self.options.warmup_batches or (1, DEFAULT_BATCH_IMAGES[model.family])
-        for batch in dict.fromkeys(batches):
+        for batch in self._warmup_batches(DEFAULT_BATCH_IMAGES[model.family]):
             report(f"compiling for {batch} image{'s' if batch > 1 else ''}")
             started = time.perf_counter()
             model.pipe(
@@ -704,6 +797,9 @@ class ModelManager:
                 "%s: compiled for %d images in %.1fs",
                 model.spec.name, batch, time.perf_counter() - started,
             )  # fmt: skip
+
+    def _warmup_batches(self, family_default: int) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.options.warmup_batches or (1, family_default)))
 
     def _activate_offload(self, model: LoadedModel, kind: PipelineKind) -> None:
         # Offload hooks live on the shared modules and chain one pipeline's components; when

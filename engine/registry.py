@@ -58,6 +58,8 @@ NATIVE_SIZES: dict[Family, dict[str, tuple[int, int]]] = {
 SCHEDULERS: dict[str, str] = {
     "euler_a": "Euler a",
     "euler": "Euler",
+    # Euler with trailing timesteps: what few-step models (SDXL-Lightning, Hyper-SD) need.
+    "euler_trailing": "Euler SGM Uniform",
     "ddim": "DDIM",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
@@ -129,6 +131,10 @@ class ModelSpec:
     upscaler: str | None = None  # hub id or folder of a dedicated 2x/4x upscaler pipeline
     upscaler_steps: int = 20
     family_detected: bool = False  # family came from the weights, not from the TOML
+    # A UNet that replaces the source's (a distilled few-step UNet over its base model):
+    # a .safetensors file, or a hub id with unet_weight_name naming the file in it.
+    unet: str | None = None
+    unet_weight_name: str | None = None
 
     @property
     def is_builtin(self) -> bool:
@@ -324,7 +330,7 @@ class ModelRegistry:
 _ENTRY_KEYS = {
     "source", "family", "description", "license", "config", "variant", "upscaler", "upscaler_steps",
     "steps", "max_steps", "guidance", "width", "height", "min_size", "max_size",
-    "scheduler", "negative_prefix",
+    "scheduler", "negative_prefix", "unet", "unet_weight_name",
 }  # fmt: skip
 
 
@@ -395,6 +401,7 @@ def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> Model
     upscaler_steps = _get(entry, "upscaler_steps", int, where) or 20
     if not 1 <= upscaler_steps <= 200:
         raise RegistryError(f"{where}: upscaler_steps must be between 1 and 200.")
+    unet, unet_weight_name = _parse_unet(entry, base_dir, where)
 
     description = _get(entry, "description", str, where) or ""
     if kind is SourceKind.BUILTIN and "noise" not in description.lower():
@@ -415,7 +422,37 @@ def _parse_entry(name: str, entry: Any, *, base_dir: Path, origin: str) -> Model
         upscaler=upscaler,
         upscaler_steps=upscaler_steps,
         family_detected=detected,
+        unet=unet,
+        unet_weight_name=unet_weight_name,
     )
+
+
+def _parse_unet(
+    entry: Mapping[str, Any], base_dir: Path, where: str
+) -> tuple[str | None, str | None]:
+    unet = _get(entry, "unet", str, where)
+    weight_name = _get(entry, "unet_weight_name", str, where)
+    if unet is None:
+        if weight_name is not None:
+            raise RegistryError(f"{where}: unet_weight_name needs 'unet' (the hub id it is in).")
+        return None, None
+    unet = unet.strip()
+    for name in (unet, weight_name or ""):
+        if name.lower().endswith(PICKLED_SUFFIXES):
+            raise UnsafeCheckpointError(
+                f"{where}: {name!r} is a pickled file; loading it could run arbitrary code, so "
+                "it is refused. Use the UNet's .safetensors file."
+            )
+    if _looks_like_path(unet, base_dir) or unet.lower().endswith(".safetensors"):
+        if not unet.lower().endswith(".safetensors"):
+            raise RegistryError(f"{where}: 'unet' must be a .safetensors file or a hub id.")
+        return str(_resolve_path(unet, base_dir)), None
+    if not _HUB_ID_PATTERN.match(unet) or not (weight_name or "").endswith(".safetensors"):
+        raise RegistryError(
+            f"{where}: 'unet' is a .safetensors file or a hub id; with a hub id, "
+            "unet_weight_name names the .safetensors file in it."
+        )
+    return unet, weight_name
 
 
 _LORA_KEYS = {

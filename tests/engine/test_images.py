@@ -228,7 +228,7 @@ def test_sampler_mapping() -> None:
     assert sampler_to_scheduler("DPM++ 2M", "Automatic") == "dpmpp_2m"
     assert sampler_to_scheduler("DPM++ 2M", "Exponential") == "dpmpp_2m"
     assert sampler_to_scheduler("Euler a Karras") == "euler_a"
-    assert sampler_to_scheduler("Euler", "SGM Uniform") == "euler"
+    assert sampler_to_scheduler("Euler", "SGM Uniform") == "euler_trailing"  # trailing steps
     assert sampler_to_scheduler("euler A") == "euler_a"
     assert sampler_to_scheduler("UniPC") == "unipc"
     assert sampler_to_scheduler("lcm") == "lcm"

@@ -12,6 +12,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from engine.backend import DiffusersBackend
 from engine.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError
+from engine.images import sampler_to_scheduler
 from engine.loader import (
     LoaderOptions,
     ModelManager,
@@ -25,7 +26,7 @@ from engine.loader import (
     progress_reporter,
     select_pipeline_files,
 )
-from engine.registry import SCHEDULERS, ModelRegistry, ModelSpec, SourceKind
+from engine.registry import SCHEDULERS, ModelRegistry, ModelSpec, RegistryError, SourceKind
 from engine.tiny import build_tiny_by_name
 from engine.types import Family, GenerationRequest
 from tests.engine.helpers import max_pixel_difference, never_cancel
@@ -111,6 +112,10 @@ def test_every_scheduler_name_builds_its_class(
     assert type(make_scheduler("euler_a", config)).__name__ == "EulerAncestralDiscreteScheduler"
     assert make_scheduler("dpmpp_2m_karras", config).config.use_karras_sigmas is True
     assert make_scheduler("dpmpp_2m", config).config.use_karras_sigmas is False
+    trailing = make_scheduler("euler_trailing", config)
+    assert trailing.config.timestep_spacing == "trailing"
+    trailing.set_timesteps(4)
+    assert trailing.timesteps[0] == 999  # starts from pure noise, as few-step models need
 
 
 # --- local folders and single files ----------------------------------------------------------
@@ -487,3 +492,92 @@ def test_an_sdxl_checkpoint_diffusers_cannot_map_is_refused_clearly(tmp_path: Pa
     manager = ModelManager(LoaderOptions(device="cpu"))
     with pytest.raises(ModelLoadError, match=r"text_encoder_2 without weights.*diffusers folder"):
         manager.get(registry.get("file"))
+
+
+# --- a UNet from another file (few-step models) ------------------------------------------------
+
+
+def write_unet(model: str, path: Path, *, shift: float) -> dict[str, torch.Tensor]:
+    """The tiny model's UNet weights, moved by ``shift``, as a .safetensors file."""
+    from safetensors.torch import save_file
+
+    weights = {
+        key: value + shift if value.is_floating_point() else value
+        for key, value in build_tiny_by_name(model).unet.state_dict().items()
+    }
+    save_file(weights, str(path))
+    return weights
+
+
+def test_a_registry_unet_replaces_the_base_models_unet(
+    tmp_path: Path, backend: DiffusersBackend
+) -> None:
+    weights = write_unet("tiny-xl", tmp_path / "fast-unet.safetensors", shift=0.01)
+    registry = registry_for(
+        tmp_path,
+        '[models.fast-xl]\nsource = "builtin:tiny-xl"\nunet = "./fast-unet.safetensors"\n'
+        'steps = 4\nguidance = 0.0\nscheduler = "euler_trailing"\n',
+    )
+    spec = registry.get("fast-xl")
+    assert spec.unet == str(tmp_path / "fast-unet.safetensors") and spec.presets.steps == 4
+    fast = DiffusersBackend(registry, ModelManager(LoaderOptions(device="cpu")))
+    unet = fast.manager.get(spec).pipe.unet
+    assert all(torch.equal(unet.state_dict()[key], value) for key, value in weights.items())
+    request = fast.resolve(GenerationRequest(prompt="a red fox", model="fast-xl", seed=5))
+    assert request.scheduler == "euler_trailing" and request.guidance == 0.0
+    [image] = fast.run(request, request.slots("job"), never_cancel)
+    assert image is not None and "Sampler: Euler SGM Uniform" in image.parameters
+    assert max_pixel_difference(image.image, first_image(backend, "tiny-xl")) > 8
+
+
+def test_a_unet_that_does_not_fit_is_a_clear_load_error(tmp_path: Path) -> None:
+    write_unet("tiny", tmp_path / "sd15-unet.safetensors", shift=0.0)
+    registry = registry_for(
+        tmp_path, '[models.odd]\nsource = "builtin:tiny-xl"\nunet = "./sd15-unet.safetensors"\n'
+    )
+    manager = ModelManager(LoaderOptions(device="cpu"))
+    with pytest.raises(ModelLoadError, match=r"does not fit 'odd'.*same architecture"):
+        manager.get(registry.get("odd"))
+    missing = registry_for(
+        tmp_path, '[models.gone]\nsource = "builtin:tiny"\nunet = "./gone.safetensors"\n'
+    )
+    with pytest.raises(ModelNotFoundError, match=r"gone\.safetensors"):
+        manager.get(missing.get("gone"))
+    offline = ModelManager(LoaderOptions(device="cpu", local_files_only=True))
+    hub = registry_for(
+        tmp_path,
+        '[models.hub]\nsource = "builtin:tiny"\nunet = "someone/fast-unet"\n'
+        'unet_weight_name = "unet.safetensors"\n',
+    )
+    with pytest.raises(ModelLoadError, match=r"unet.safetensors in someone/fast-unet.*download"):
+        offline.get(hub.get("hub"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "message"),
+    [
+        ('unet = "./fast.ckpt"', UnsafeCheckpointError, "pickled"),
+        ('unet = "someone/fast"\nunet_weight_name = "unet.bin"', UnsafeCheckpointError, "pickled"),
+        ('unet = "someone/fast"', RegistryError, "unet_weight_name names"),
+        ('unet_weight_name = "unet.safetensors"', RegistryError, "needs 'unet'"),
+        ('unet = "./folder/"', RegistryError, "must be a .safetensors file"),
+    ],
+)
+def test_the_registry_checks_unet_entries(
+    tmp_path: Path, entry: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        registry_for(tmp_path, f'[models.x]\nsource = "builtin:tiny"\n{entry}\n')
+
+
+def test_the_bundled_few_step_model_names_its_unet_and_sampler() -> None:
+    spec = ModelRegistry.load().get("sdxl-lightning")
+    assert spec.unet == "ByteDance/SDXL-Lightning"
+    assert spec.unet_weight_name == "sdxl_lightning_4step_unet.safetensors"
+    assert (spec.presets.steps, spec.presets.guidance, spec.presets.scheduler) == (
+        4, 0.0, "euler_trailing",
+    )  # fmt: skip
+    assert "RAIL++" in spec.license
+    # The web UI writes this sampler as Euler with the SGM Uniform schedule; both read back.
+    assert sampler_to_scheduler("Euler", "SGM Uniform") == "euler_trailing"
+    assert sampler_to_scheduler("Euler SGM Uniform") == "euler_trailing"
