@@ -24,6 +24,8 @@ from api.dashboard import dashboard_routes
 from api.diffusion import PREFIX, diffusion_routes
 from api.library import library_routes, share_routes
 from api.schemas import ErrorBody, GenerateBody
+from api.vision import PREFIX as VISION_PREFIX
+from api.vision import vision_routes
 from core.errors import incident_id
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(diffusion_routes(), prefix=PREFIX)
     app.include_router(library_routes(), prefix=PREFIX)
     app.include_router(dashboard_routes(), prefix=PREFIX)
+    app.include_router(vision_routes(), prefix=VISION_PREFIX)
     app.include_router(share_routes())
     app.include_router(compat_routes())
     _document_generate_body(app)

@@ -315,15 +315,7 @@ async def _generation_request(context: ApiContext, body: GenerateBody) -> Genera
                 "Give init_image or init_image_url, not both.",
                 field="init_image_url",
             )
-        try:
-            init_image = await downloads.image_from_link(
-                body.init_image_url,
-                max_bytes=context.settings.api_max_body_mb * 2**20,
-                timeout_s=LINK_TIMEOUT_S,
-                allowed=downloads.allowed_hosts(context.settings.link_test_hosts),
-            )
-        except UserError as error:
-            raise ApiError(422, "invalid_request", str(error), field="init_image_url") from None
+        init_image = await linked_image(context, body.init_image_url, "init_image_url")
     return GenerationRequest(
         prompt=body.prompt,
         model=body.model,
@@ -344,6 +336,19 @@ async def _generation_request(context: ApiContext, body: GenerateBody) -> Genera
         outpaint_sides=tuple(body.outpaint_sides),
         outpaint_pixels=body.outpaint_pixels,
     )
+
+
+async def linked_image(context: ApiContext, url: str, field: str) -> bytes:
+    """The picture at ``url``, through the address checks; a refusal names ``field``."""
+    try:
+        return await downloads.image_from_link(
+            url,
+            max_bytes=context.settings.api_max_body_mb * 2**20,
+            timeout_s=LINK_TIMEOUT_S,
+            allowed=downloads.allowed_hosts(context.settings.link_test_hosts),
+        )
+    except UserError as error:
+        raise ApiError(422, "invalid_request", str(error), field=field) from None
 
 
 async def _replayed_job(

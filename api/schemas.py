@@ -82,6 +82,35 @@ class RefineBody(BaseModel):
     image: int = Field(default=0, ge=0, le=3, description="which of the parent's images (0-3)")
 
 
+class DetectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(default=None, description="base64 or data: URL of the picture")
+    image_url: str | None = Field(
+        default=None, max_length=2000, description="or an https link to it"
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, le=1, description="how sure a detection must be (default 0.5)"
+    )
+
+    _check_image = field_validator("image")(_image)
+
+
+class DetectionItem(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1)
+    box: list[float] = Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in pixels")
+
+
+class DetectResult(BaseModel):
+    detector: str = Field(description='"local" (a model in this process) or "remote" (a service)')
+    width: int
+    height: int
+    detections: list[DetectionItem] = Field(description="most certain first")
+    counts: dict[str, int] = Field(description="how many of each label")
+    annotated_image: str = Field(description="base64 PNG: the picture with the boxes drawn")
+
+
 class Metrics(BaseModel):
     queued_s: float | None = None
     load_s: float | None = None

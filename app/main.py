@@ -19,6 +19,7 @@ from api.context import ApiContext
 from api.server import ApiServer
 from app.observability import start_error_tracking
 from bot.client import DiffusionBot, point_discord_at
+from core.analysis import Analyzer
 from core.config import Settings, SettingsError, load_settings
 from core.errors import StartupError
 from core.events import JobEvents
@@ -31,7 +32,8 @@ from core.storage.files import LocalImageStore
 from core.storage.records import QuotaPolicy
 from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 from core.tracing import JobTracer
-from engine.backend import DiffusersBackend
+from engine.backend import DEFAULT_MAX_INPUT_PIXELS, DiffusersBackend
+from engine.detect import Detector, LocalDetector, RemoteDetector
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
 from engine.loader import LoaderOptions, ModelManager
@@ -73,6 +75,23 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
     )
 
 
+def build_analyzer(settings: Settings) -> Analyzer:
+    """A YOLO service when YOLO_SERVICE_URL is set, else DETECTOR_MODEL (loaded on first use;
+    "off": none)."""
+    detector: Detector | None
+    if settings.yolo_service_url:
+        detector = RemoteDetector(settings.yolo_service_url, timeout_s=settings.yolo_timeout_s)
+    elif settings.detector_model.lower() == "off":
+        detector = None
+    else:
+        detector = LocalDetector(
+            settings.detector_model, device=None if settings.device == "auto" else settings.device
+        )
+    return Analyzer(
+        detector, max_pixels=DEFAULT_MAX_INPUT_PIXELS, default_threshold=settings.detect_threshold
+    )
+
+
 async def run(settings: Settings) -> None:
     registry = ModelRegistry.load(settings.models_file, default_name=settings.default_model)
     images = LocalImageStore(settings.images_dir)
@@ -95,7 +114,13 @@ async def run(settings: Settings) -> None:
         timeout_s=settings.llm_timeout_s,
     )
     service = JobService(
-        db, images, engine, registry, preview_every=settings.preview_every, refiner=refiner
+        db,
+        images,
+        engine,
+        registry,
+        preview_every=settings.preview_every,
+        refiner=refiner,
+        analyzer=build_analyzer(settings),
     )
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None

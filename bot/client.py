@@ -40,6 +40,8 @@ EXTENSIONS = (
     "cogs.account",
     "cogs.edit",
     "cogs.styles",
+    "cogs.converse",
+    "cogs.analyze",
 )
 BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton, FavouritePicker)
 
@@ -95,6 +97,10 @@ class DiffusionBot(BotHost):
                 log.exception("extension %s failed to load; its commands are missing", extension)
         await self.sync_commands_if_changed()
         await self.resume_unfinished()
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No prefix commands: a message that mentions the bot is a conversation with one of
+        its results (cogs.converse), not a command to parse."""
 
     async def sync_commands_if_changed(self) -> None:
         """Sync only when the definitions differ from what was last synced (Discord rate-limits

@@ -59,10 +59,11 @@ class BotHost(commands.Bot):
         metrics: Any = None,
         tracer: JobTracer | None = None,
     ) -> None:
-        # No privileged intents: slash commands and buttons need only the guilds intent.
+        # No privileged intents: slash commands and buttons need only the guilds intent; the
+        # message intents bring replies that mention the bot, with their text (cogs.converse).
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=discord.Intents(guilds=True),
+            intents=discord.Intents(guilds=True, guild_messages=True, dm_messages=True),
             help_command=None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
         )

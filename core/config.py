@@ -90,6 +90,11 @@ class Settings:
     llm_model: str = "default"
     llm_api_key: str | None = field(default=None, repr=False)
     llm_timeout_s: float = 8.0
+    # object detection (/analyze, POST /api/cv/yolo/detect)
+    detector_model: str = "hustvl/yolos-tiny"  # "off": no detection
+    yolo_service_url: str | None = None  # set: a YOLO service answers instead of the model
+    yolo_timeout_s: float = 10.0
+    detect_threshold: float = 0.5
 
     @property
     def database_path(self) -> Path:
@@ -316,6 +321,19 @@ def load_settings(
         ),
         llm_model=values.get("LLM_MODEL", "").strip() or d.llm_model,
         llm_api_key=values.get("LLM_API_KEY", "").strip() or d.llm_api_key,
+        detector_model=values.get("DETECTOR_MODEL", "").strip() or d.detector_model,
+        yolo_service_url=get(
+            "YOLO_SERVICE_URL",
+            _url(("http", "https")),
+            d.yolo_service_url,
+            "use the service's detect address, such as http://127.0.0.1:8000/detect",
+        ),
+        yolo_timeout_s=get(
+            "YOLO_TIMEOUT_S", _positive_float, d.yolo_timeout_s, "use a number of seconds"
+        ),
+        detect_threshold=get(
+            "DETECT_THRESHOLD", _fraction, d.detect_threshold, "use a number above 0, at most 1"
+        ),
         llm_timeout_s=get(
             "LLM_TIMEOUT_S", _non_negative_float, d.llm_timeout_s, "use a number of seconds"
         ),
@@ -378,6 +396,20 @@ def _host_list(raw: str) -> tuple[str, ...]:
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
         raise ValueError(raw)
     return value
 

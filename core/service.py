@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from core import textguard
 from core import wildcards as prompt_choices
+from core.analysis import Analyzer
 from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -125,6 +126,7 @@ class JobService:
         *,
         preview_every: int = 5,
         refiner: Refiner | None = None,
+        analyzer: Analyzer | None = None,
     ) -> None:
         self.db = db
         self.images = images
@@ -132,6 +134,7 @@ class JobService:
         self.registry = registry
         self.preview_every = preview_every
         self.refiner = refiner if refiner is not None else Refiner()
+        self.analyzer = analyzer if analyzer is not None else Analyzer(None, max_pixels=0)
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------

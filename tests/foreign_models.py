@@ -79,3 +79,29 @@ def save_test_style_sd(folder: Path) -> Path:
     )
     pipe.to(torch.float16).save_pretrained(folder, variant="fp16")
     return folder
+
+
+DETECTION_LABELS = {0: "cat", 1: "dog", 2: "hat"}
+
+
+def save_tiny_yolos(folder: Path) -> Path:
+    """A YOLOS object detector with random weights and 10 detection tokens, saved as a hub
+    repository holds one (model and image processor), for DETECTOR_MODEL."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    config = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=[64, 64],
+        patch_size=16,
+        num_detection_tokens=10,
+        id2label=DETECTION_LABELS,
+        label2id={name: index for index, name in DETECTION_LABELS.items()},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        YolosForObjectDetection(config).save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
+    return folder

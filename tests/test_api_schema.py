@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from api_support import start_api
+from foreign_models import save_tiny_yolos
 
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "15"))
 
@@ -25,7 +26,11 @@ EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "15"))
 async def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     """All of schemathesis's phases (examples, boundary coverage, fuzzing, stateful links),
     valid and invalid data, deterministic so a failure is reproducible."""
-    api = await start_api(tmp_path / "data", API_REQUESTS_PER_MINUTE="100000")
+    # A tiny local detector, so that /api/cv/yolo/detect answers without the internet.
+    detector = save_tiny_yolos(tmp_path / "yolos")
+    api = await start_api(
+        tmp_path / "data", API_REQUESTS_PER_MINUTE="100000", DETECTOR_MODEL=str(detector)
+    )
     try:
         base, key = api.base, api.new_key("fuzz")
         result = await asyncio.to_thread(run_schemathesis, base, key, tmp_path)

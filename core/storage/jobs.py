@@ -239,6 +239,16 @@ class JobRepository:
             )
         return [job_from_row(row) for row in rows]
 
+    async def by_message(self, message_id: int) -> Job | None:
+        """The job whose Discord message (its progress, then its result) is ``message_id``."""
+        async with self._ctx.read() as tx:
+            row = await tx.one(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE message_id = ? "
+                "ORDER BY created_at DESC, id DESC LIMIT 1",
+                (message_id,),
+            )
+        return None if row is None else job_from_row(row)
+
     async def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first (without changing them)."""
         async with self._ctx.read() as tx:

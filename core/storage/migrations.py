@@ -344,6 +344,12 @@ V12_SERVER_MODELS = Migration(
     ),
 )
 
+V13_CONVERSATIONS = Migration(
+    13,
+    "conversations: a result found by its Discord message, for replies that refine it",
+    ("CREATE INDEX jobs_message ON jobs(message_id) WHERE message_id IS NOT NULL",),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -357,6 +363,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V10_WILDCARDS,
     V11_USAGE_FACTS,
     V12_SERVER_MODELS,
+    V13_CONVERSATIONS,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

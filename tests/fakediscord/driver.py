@@ -9,6 +9,7 @@ no user could; pass ``require_registered=False`` to skip that.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,52 @@ class DriverMixin:
                 if command["name"] == name and (command.get("type") or 1) == type:
                     return command
         return None
+
+    async def post_message(
+        self,
+        content: str,
+        *,
+        user: UserLike | None = None,
+        guild: FakeGuild | str | None = None,
+        channel: FakeChannel | None = None,
+        reply_to: StoredMessage | None = None,
+        ping: bool = True,
+    ) -> StoredMessage:
+        """``user`` (default alice) writes ``content`` in a channel, as a Discord client
+        does; the bot gets MESSAGE_CREATE (without the content unless it is mentioned or has
+        the message content intent). ``<@id>`` in the content mentions that user;
+        ``reply_to`` makes it a reply, which with ``ping`` (Discord's default) also mentions
+        the replied message's author."""
+        fake = self._as_fake()
+        author = self._resolve_user(user)
+        g, ch = self._where(guild, channel, author)
+        if g is not None and author.id not in g.members:
+            raise CommandRejected(f"{author.username} is not a member of {g.name}")
+        mentioned = [
+            fake.users[int(found)]
+            for found in re.findall(r"<@!?(\d+)>", content)
+            if int(found) in fake.users
+        ]
+        msg = StoredMessage(
+            id=fake.snowflake(),
+            channel_id=ch.id,
+            guild_id=ch.guild_id,
+            author=author,
+            content=content,
+            member=None if g is None else g.members.get(author.id),
+        )
+        if reply_to is not None:
+            msg.reply_to(reply_to)
+            if ping and reply_to.author not in mentioned:
+                mentioned.append(reply_to.author)
+        msg.mentions = mentioned
+        msg.snapshot("user")
+        fake._messages[msg.id] = msg
+        fake._channel_messages.setdefault(ch.id, []).append(msg.id)
+        ch.last_message_id = msg.id
+        await fake._announce(msg, "MESSAGE_CREATE")
+        fake._notify()
+        return msg
 
     def _resolve_user(self, user: UserLike | None) -> FakeUser:
         fake = self._as_fake()

@@ -507,6 +507,7 @@ class StoredMessage:
     deleted_at: float | None = None
     versions: list[MessageVersion] = field(default_factory=list)
     member: FakeMember | None = None
+    mentions: list[FakeUser] = field(default_factory=list)
 
     # -- convenience for tests ---------------------------------------------------------
     @property
@@ -602,7 +603,7 @@ class StoredMessage:
             "edited_timestamp": iso(self.edited_at) if self.edited_at else None,
             "tts": self.tts,
             "mention_everyone": False,
-            "mentions": [],
+            "mentions": [user.payload() for user in self.mentions],
             "mention_roles": [],
             "attachments": [a.payload() for a in self.attachments],
             "embeds": [_embed_response(e, self.attachments) for e in self.embeds],

@@ -1469,7 +1469,24 @@ class FakeDiscord(DriverMixin):
         if not self.dispatch_message_events:
             return
         intent = Intents.GUILD_MESSAGES if msg.guild_id is not None else Intents.DIRECT_MESSAGES
+        session = self.gateway.session_for_guild(msg.guild_id)
+        if (
+            session is not None
+            and not session.intents & Intents.MESSAGE_CONTENT
+            and not self._content_visible(msg)
+        ):
+            # Discord's rule for bots without the privileged intent: a guild message's
+            # content reaches them only when it is theirs or mentions them.
+            data = {**data, "content": "", "embeds": [], "attachments": [], "components": []}
         await self.gateway.broadcast(event, data, intent=intent, guild_id=msg.guild_id)
+
+    def _content_visible(self, msg: StoredMessage) -> bool:
+        bot_id = self.bot_user.id
+        return (
+            msg.guild_id is None
+            or msg.author.id == bot_id
+            or any(user.id == bot_id for user in msg.mentions)
+        )
 
     def _make_attachments(
         self,
