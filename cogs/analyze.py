@@ -1,26 +1,160 @@
-"""/analyze: what is in a picture, as boxes drawn on it and a count per label (core.analysis)."""
+"""/analyze: what is in a picture, as boxes drawn on it and a count per label (core.analysis),
+with a Repaint and a Remove button per object found: an inpaint of the picture with that
+object's box as the mask."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
+from PIL import Image as PILImage
 
-from bot import render
+from bot import editing, render
+from bot.actions import launch
 from bot.i18n import number, reader_locale, translate, translate_template
+from bot.views import PREFIX
+from cogs.edit import _mask_png
 from cogs.imagine import require_picture
-from core.errors import UserError
+from core import textguard
+from core.errors import N_, UserError
+from core.storage import ImageNotFound
+from engine.detect import Detection
 from engine.errors import EngineError
+from engine.types import GenerationRequest, Operation
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
 
 Interaction = discord.Interaction["DiffusionBot"]
 MAX_LISTED = 15  # labels listed in the answer; the picture shows every box
+MAX_EDITABLE = 10  # objects with buttons: two each, in four rows of five
+REMOVE_PROMPT = "empty background, nothing there, seamless"
+MARGIN = 0.08  # the mask reaches this share of the box beyond it, for the object's edges
+
+
+class DetectionButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    # The picture (by its stored PNG's digest) and the box in pixels fit a custom_id.
+    template=re.compile(
+        rf"{PREFIX}:det:(?P<action>[rx]):(?P<digest>[0-9a-f]{{64}}):"
+        r"(?P<box>\d{1,5}\.\d{1,5}\.\d{1,5}\.\d{1,5})"
+    ),
+):
+    def __init__(
+        self, action: str, digest: str, box: tuple[int, int, int, int], label: str
+    ) -> None:
+        self.action = action
+        self.digest = digest
+        self.box = box
+        super().__init__(
+            discord.ui.Button(
+                label=label[:80],
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"{PREFIX}:det:{action}:{digest}:{'.'.join(map(str, box))}",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> DetectionButton:
+        x0, y0, x1, y1 = (int(v) for v in match["box"].split("."))
+        return cls(match["action"], match["digest"], (x0, y0, x1, y1), "")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        locale = reader_locale(interaction)
+        if self.action == "r":
+            await interaction.response.send_modal(RepaintModal(self.digest, self.box, locale))
+            return
+        try:
+            await repaint(interaction, self.digest, self.box, REMOVE_PROMPT)
+        except UserError as error:
+            await interaction.client.reply_error(interaction, error)
+
+
+class RepaintModal(discord.ui.Modal):
+    def __init__(
+        self, digest: str, box: tuple[int, int, int, int], locale: discord.Locale | None
+    ) -> None:
+        super().__init__(title=translate("Repaint", locale), timeout=900)
+        self.digest = digest
+        self.box = box
+        self.prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label=translate("What to put there", locale), custom_id="prompt", max_length=1000
+        )
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await repaint(interaction, self.digest, self.box, self.prompt.value)
+        except UserError as error:
+            await interaction.client.reply_error(interaction, error)
+
+
+async def repaint(
+    interaction: discord.Interaction[Any], digest: str, box: tuple[int, int, int, int], prompt: str
+) -> None:
+    """Inpaint the analysed picture inside ``box`` as ``prompt`` says."""
+    key = f"{digest[:2]}/{digest[2:4]}/{digest}.png"
+    try:
+        picture = await interaction.client.service.images.get(key)
+    except ImageNotFound:
+        raise UserError(N_("That picture is no longer kept; run /analyze again.")) from None
+    canvas, fitted, _ = await asyncio.to_thread(_box_mask, picture, box)
+    request = GenerationRequest(
+        prompt=textguard.clean(prompt),
+        operation=Operation.INPAINT,
+        count=1,
+        init_image=canvas,
+        mask_image=fitted,
+        strength=editing.REGION_STRENGTH,
+    )
+    await launch(interaction, request)
+
+
+def _box_mask(
+    picture: bytes, box: tuple[int, int, int, int]
+) -> tuple[bytes, bytes, tuple[int, int]]:
+    with PILImage.open(io.BytesIO(picture)) as opened:
+        size = opened.size
+    x0, y0, x1, y1 = box
+    grow_x, grow_y = round((x1 - x0) * MARGIN), round((y1 - y0) * MARGIN)
+    mask = PILImage.new("L", size, 0)
+    mask.paste(
+        255,
+        (
+            max(0, x0 - grow_x),
+            max(0, y0 - grow_y),
+            min(size[0], x1 + grow_x),
+            min(size[1], y1 + grow_y),
+        ),
+    )
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return _mask_png(picture, buffer.getvalue())
+
+
+def detection_view(
+    digest: str, detections: list[Detection], locale: discord.Locale | None
+) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for number_, found in enumerate(detections[:MAX_EDITABLE], start=1):
+        x0, y0, x1, y1 = (round(v) for v in found.box)
+        box = (x0, y0, x1, y1)
+        if box[2] - box[0] < 8 or box[3] - box[1] < 8:
+            continue  # too small to repaint
+        name = f"{render.clip(found.label, 30)} {number_}"
+        repaint_label = translate("Repaint {label}", locale, label=name)
+        remove_label = translate("Remove {label}", locale, label=name)
+        view.add_item(DetectionButton("r", digest, box, repaint_label))
+        view.add_item(DetectionButton("x", digest, box, remove_label))
+    return view
 
 
 class Analyze(commands.Cog):
@@ -91,8 +225,15 @@ class Analyze(commands.Cog):
             )
         )
         file = discord.File(io.BytesIO(analysis.annotated_png), filename="analyzed.png")
-        await interaction.followup.send(embed=embed, file=file)
+        if analysis.detections:
+            key = await self.bot.service.images.put(analysis.picture_png, ext="png")
+            digest = key.rsplit("/", 1)[1].split(".", 1)[0]
+            view = detection_view(digest, analysis.detections, locale)
+            await interaction.followup.send(embed=embed, file=file, view=view)
+        else:
+            await interaction.followup.send(embed=embed, file=file)
 
 
 async def setup(bot: DiffusionBot) -> None:
+    bot.add_dynamic_items(DetectionButton)
     await bot.add_cog(Analyze(bot))

@@ -26,6 +26,7 @@ class Analysis:
     detections: list[Detection]
     counts: list[tuple[str, int]]  # (label, how many), most first
     annotated_png: bytes
+    picture_png: bytes  # the picture as decoded, kept for editing what was found
     width: int
     height: int
     detector: str  # "local" or "remote"
@@ -59,18 +60,23 @@ class Analyzer:
             raise InvalidField("threshold", N_("The threshold is a number above 0 and at most 1."))
         image = await asyncio.to_thread(open_user_image, data, max_pixels=self.max_pixels)
         detections = await self.detector.detect(image, chosen)
-        png = await asyncio.to_thread(_annotated_png, image, detections)
+        annotated, picture = await asyncio.to_thread(_pngs, image, detections)
         return Analysis(
             detections=detections,
             counts=count_labels(detections),
-            annotated_png=png,
+            annotated_png=annotated,
+            picture_png=picture,
             width=image.width,
             height=image.height,
             detector=self.detector.name,
         )
 
 
-def _annotated_png(image: Image.Image, detections: list[Detection]) -> bytes:
-    buffer = io.BytesIO()
-    annotate(image, detections).save(buffer, "PNG", compress_level=3)
-    return buffer.getvalue()
+def _pngs(image: Image.Image, detections: list[Detection]) -> tuple[bytes, bytes]:
+    """(the picture with its boxes drawn, the picture itself) as PNGs."""
+    out = []
+    for picture in (annotate(image, detections), image):
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG", compress_level=3)
+        out.append(buffer.getvalue())
+    return out[0], out[1]

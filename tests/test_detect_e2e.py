@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from api_support import ApiProcess, auth, start_api
-from e2e_support import World, local_server, reply_text, stand_in
+from e2e_support import World, is_result, local_server, reply_text, stand_in
 from foreign_models import DETECTION_LABELS, save_tiny_yolos
 from PIL import Image
 
@@ -30,6 +32,20 @@ def picture_png() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def job_of(data_dir: Path, message_id: int) -> dict[str, object]:
+    database = data_dir / "diffusion-chat.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute(
+            "SELECT prompt, user_id, json_extract(request, '$.operation') AS operation,"
+            " json_extract(request, '$.mask_image_key') AS mask"
+            " FROM jobs WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+    assert row is not None, f"no job has message {message_id}"
+    return dict(row)
 
 
 class Service:
@@ -144,7 +160,8 @@ async def test_analyze_in_discord_draws_and_counts_and_says_when_the_service_is_
 ) -> None:
     fake = world.fake
     fake_service, url = service
-    async with stand_in(world, YOLO_SERVICE_URL=url, YOLO_TIMEOUT_S="1"):
+    async with stand_in(world, YOLO_SERVICE_URL=url, YOLO_TIMEOUT_S="1") as bot:
+        data_dir = Path(bot.env["DATA_DIR"])
         ix = await fake.send_slash_command("analyze", {"image": ("shapes.png", picture_png())})
         await ix.response()
         answer = await ix.wait_for_message(lambda m: bool(m.attachments), timeout=30)
@@ -153,6 +170,23 @@ async def test_analyze_in_discord_draws_and_counts_and_says_when_the_service_is_
         embed = answer.embeds[0]
         assert embed["title"] == "What I see" and "**dog** × 1" in embed["description"]
         assert "1 objects · 120x80" in embed["footer"]["text"]
+        assert answer.button_labels == ["Repaint dog 1", "Remove dog 1"]
+        # Remove: an inpaint of the picture inside the dog's box (grown by 8%), as the clicker's.
+        removed = await fake.click_button(answer, label="Remove dog 1", user=fake.bob)
+        await removed.response()
+        gone = await removed.wait_for_original(is_result, timeout=90)
+        job = job_of(data_dir, gone.id)
+        assert job["operation"] == "inpaint" and job["user_id"] == fake.bob.user.id
+        mask = Image.open(data_dir / "images" / str(job["mask"])).convert("L")
+        assert mask.size == (120, 80)
+        assert mask.getpixel((25, 25)) == 255 and mask.getpixel((9, 9)) == 255  # box + margin
+        assert mask.getpixel((100, 70)) == 0 and mask.getpixel((50, 50)) == 0
+        # Repaint asks what to put there first.
+        asked = await fake.click_button(answer, label="Repaint dog 1")
+        painted = await fake.submit_modal(asked, {"prompt": "a red ball"})
+        await painted.response()
+        result = await painted.wait_for_original(is_result, timeout=90)
+        assert job_of(data_dir, result.id)["prompt"] == "a red ball"
         korean = await fake.send_slash_command(
             "analyze", {"image": ("shapes.png", picture_png())}, locale="ko"
         )
