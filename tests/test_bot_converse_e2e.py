@@ -161,3 +161,12 @@ async def test_an_llm_endpoint_refines_replies_and_the_rule_covers_its_timeouts(
         by_rule = job_of(data_dir, third.id)
         assert by_rule["parent_job_id"] == by_llm["id"]
         assert prompt_of(by_rule) == "an owl on a branch, under a full moon, a lantern"
+        slow["on"] = False  # back: the third reply of the chain is the model's again
+        await fake.post_message("더 밝게", reply_to=third)
+        fourth = await answer_to(fake, third)
+        again = job_of(data_dir, fourth.id)
+        assert again["parent_job_id"] == by_rule["id"]
+        assert (
+            prompt_of(again)
+            == "an owl on a branch, under a full moon, a lantern, under a full moon"
+        )
