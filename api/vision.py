@@ -27,7 +27,7 @@ def vision_routes() -> APIRouter:
         context: ApiContext = request.app.state.context
         analyzer = context.service.analyzer
         if not analyzer.enabled:
-            raise ApiError(503, "detection_off", "Object detection is turned off on this server.")
+            raise ApiError(503, "detection_off", analyzer.disabled_reason)
         data = await _picture(context, body)
         try:
             analysis = await analyzer.analyze(data, body.threshold)

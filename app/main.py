@@ -28,7 +28,7 @@ from core.metrics import HealthReport, Metrics, start_metrics_server
 from core.refine import Refiner
 from core.service import JobService
 from core.storage.database import Database
-from core.storage.files import LocalImageStore
+from core.storage.files import ImageStore, LocalImageStore
 from core.storage.records import QuotaPolicy
 from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 from core.tracing import JobTracer
@@ -75,7 +75,7 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
     )
 
 
-def build_analyzer(settings: Settings) -> Analyzer:
+def build_analyzer(settings: Settings, images: ImageStore) -> Analyzer:
     """A YOLO service when YOLO_SERVICE_URL is set, else DETECTOR_MODEL (loaded on first use;
     "off": none)."""
     detector: Detector | None
@@ -88,7 +88,10 @@ def build_analyzer(settings: Settings) -> Analyzer:
             settings.detector_model, device=None if settings.device == "auto" else settings.device
         )
     return Analyzer(
-        detector, max_pixels=DEFAULT_MAX_INPUT_PIXELS, default_threshold=settings.detect_threshold
+        detector,
+        images,
+        max_pixels=DEFAULT_MAX_INPUT_PIXELS,
+        default_threshold=settings.detect_threshold,
     )
 
 
@@ -120,7 +123,7 @@ async def run(settings: Settings) -> None:
         registry,
         preview_every=settings.preview_every,
         refiner=refiner,
-        analyzer=build_analyzer(settings),
+        analyzer=build_analyzer(settings, images),
     )
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None

@@ -36,6 +36,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 
 
+def explain_unexpected(error: BaseException, locale: discord.Locale | None) -> str:
+    """Log an error the user did not cause and say what they can do: wait for a busy
+    database (a busy write is rolled back, nothing is lost), or quote the incident reference."""
+    if isinstance(error, DatabaseBusy):
+        log.warning("database busy: %s", error)
+        return translate(
+            "I'm busy right now (my database is locked). Please try again in a moment.", locale
+        )
+    ref = incident_id()
+    log.error("unexpected error (ref %s)", ref, exc_info=error, extra={"incident": ref})
+    return translate(
+        "Something went wrong on our side. If it keeps happening, quote `{ref}`.", locale, ref=ref
+    )
+
+
 class AnswerTarget(Protocol):
     def answered(self, message_id: int | None) -> None: ...
 
@@ -146,27 +161,7 @@ class BotHost(commands.Bot):
     async def reply_unexpected(
         self, interaction: discord.Interaction[Any], error: BaseException
     ) -> None:
-        if isinstance(error, DatabaseBusy):
-            # Nothing was lost (a busy write is rolled back); the user just has to wait.
-            log.warning("database busy: %s", error)
-            await self._reply(
-                interaction,
-                translate(
-                    "I'm busy right now (my database is locked). Please try again in a moment.",
-                    reader_locale(interaction),
-                ),
-            )
-            return
-        ref = incident_id()
-        log.error("unexpected error (ref %s)", ref, exc_info=error, extra={"incident": ref})
-        await self._reply(
-            interaction,
-            translate(
-                "Something went wrong on our side. If it keeps happening, quote `{ref}`.",
-                reader_locale(interaction),
-                ref=ref,
-            ),
-        )
+        await self._reply(interaction, explain_unexpected(error, reader_locale(interaction)))
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
         try:

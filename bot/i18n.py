@@ -65,6 +65,15 @@ def reader_locale(interaction: discord.Interaction[Any]) -> discord.Locale | Non
     return None
 
 
+def message_locale(message: discord.Message) -> discord.Locale | None:
+    """``reader_locale`` for a plain message, which carries no reader locale: the server's,
+    when it has a catalog."""
+    guild = message.guild
+    if guild is not None and language_of(guild.preferred_locale) is not None:
+        return guild.preferred_locale
+    return None
+
+
 def translate(text: str, locale: discord.Locale | None, **values: object) -> str:
     """``text`` in ``locale``'s language (English when there is no translation), with its
     ``{name}`` placeholders filled from ``values``."""

@@ -19,11 +19,10 @@ from bot import editing, render
 from bot.actions import launch
 from bot.i18n import number, reader_locale, translate, translate_template
 from bot.views import PREFIX
-from cogs.edit import _mask_png
 from cogs.imagine import require_picture
 from core import textguard
-from core.errors import N_, UserError
-from core.storage import ImageNotFound
+from core.errors import UserError
+from engine import edits
 from engine.detect import Detection
 from engine.errors import EngineError
 from engine.types import GenerationRequest, Operation
@@ -101,43 +100,36 @@ async def repaint(
     interaction: discord.Interaction[Any], digest: str, box: tuple[int, int, int, int], prompt: str
 ) -> None:
     """Inpaint the analysed picture inside ``box`` as ``prompt`` says."""
-    key = f"{digest[:2]}/{digest[2:4]}/{digest}.png"
-    try:
-        picture = await interaction.client.service.images.get(key)
-    except ImageNotFound:
-        raise UserError(N_("That picture is no longer kept; run /analyze again.")) from None
-    canvas, fitted, _ = await asyncio.to_thread(_box_mask, picture, box)
+    picture = await interaction.client.service.analyzer.picture(digest)
+    mask = await asyncio.to_thread(_box_mask, picture, box)
     request = GenerationRequest(
         prompt=textguard.clean(prompt),
         operation=Operation.INPAINT,
         count=1,
-        init_image=canvas,
-        mask_image=fitted,
+        init_image=picture,
+        mask_image=mask,
         strength=editing.REGION_STRENGTH,
     )
     await launch(interaction, request)
 
 
-def _box_mask(
-    picture: bytes, box: tuple[int, int, int, int]
-) -> tuple[bytes, bytes, tuple[int, int]]:
+def _box_mask(picture: bytes, box: tuple[int, int, int, int]) -> bytes:
+    """The inpainting mask (PNG) of ``box`` on the picture, grown by ``MARGIN`` each way."""
     with PILImage.open(io.BytesIO(picture)) as opened:
-        size = opened.size
+        width, height = opened.size
     x0, y0, x1, y1 = box
     grow_x, grow_y = round((x1 - x0) * MARGIN), round((y1 - y0) * MARGIN)
-    mask = PILImage.new("L", size, 0)
-    mask.paste(
-        255,
-        (
-            max(0, x0 - grow_x),
-            max(0, y0 - grow_y),
-            min(size[0], x1 + grow_x),
-            min(size[1], y1 + grow_y),
-        ),
+    left, top = max(0, x0 - grow_x), max(0, y0 - grow_y)
+    right, bottom = min(width, x1 + grow_x), min(height, y1 + grow_y)
+    percent = (
+        100 * left / width,
+        100 * top / height,
+        100 * (right - left) / width,
+        100 * (bottom - top) / height,
     )
     buffer = io.BytesIO()
-    mask.save(buffer, "PNG")
-    return _mask_png(picture, buffer.getvalue())
+    edits.region_mask((width, height), edits.Region.BOX, percent).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def detection_view(
@@ -225,10 +217,8 @@ class Analyze(commands.Cog):
             )
         )
         file = discord.File(io.BytesIO(analysis.annotated_png), filename="analyzed.png")
-        if analysis.detections:
-            key = await self.bot.service.images.put(analysis.picture_png, ext="png")
-            digest = key.rsplit("/", 1)[1].split(".", 1)[0]
-            view = detection_view(digest, analysis.detections, locale)
+        if analysis.picture_id is not None:
+            view = detection_view(analysis.picture_id, analysis.detections, locale)
             await interaction.followup.send(embed=embed, file=file, view=view)
         else:
             await interaction.followup.send(embed=embed, file=file)

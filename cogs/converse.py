@@ -11,7 +11,6 @@ refines it further, so a conversation (in a thread too) goes on reply by reply.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -19,15 +18,14 @@ import discord
 from discord.ext import commands
 
 from bot.actions import member_role_ids
-from bot.i18n import language_of, translate, translate_template
-from core.errors import N_, UserError, incident_id
+from bot.host import explain_unexpected
+from bot.i18n import message_locale, translate, translate_template
+from core.errors import N_, UserError
 from core.service import Requester
 from core.storage.records import Job, JobStatus
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
-
-log = logging.getLogger(__name__)
 
 # "#2 make it night" or "2: make it night" picks the second image of a grid.
 _IMAGE_NUMBER = re.compile(r"^\s*#?([1-9])\s*[:.)]?\s+")
@@ -45,14 +43,6 @@ def image_choice(instruction: str, images: int) -> tuple[int, str]:
     if match is not None and 1 <= int(match.group(1)) <= images:
         return int(match.group(1)) - 1, instruction[match.end() :].strip()
     return 0, instruction
-
-
-def message_locale(message: discord.Message) -> discord.Locale | None:
-    """A message carries no reader locale: the server's, when it has a catalog."""
-    guild = message.guild
-    if guild is not None and language_of(guild.preferred_locale) is not None:
-        return guild.preferred_locale
-    return None
 
 
 class Conversation(commands.Cog):
@@ -85,16 +75,7 @@ class Conversation(commands.Cog):
         except UserError as error:
             await self._answer(message, translate_template(error, locale))
         except Exception as error:  # a listener's failure would otherwise go unanswered
-            ref = incident_id()
-            log.error("refining by reply failed (ref %s)", ref, exc_info=error)
-            await self._answer(
-                message,
-                translate(
-                    "Something went wrong on our side. If it keeps happening, quote `{ref}`.",
-                    locale,
-                    ref=ref,
-                ),
-            )
+            await self._answer(message, explain_unexpected(error, locale))
 
     async def _parent(self, message: discord.Message) -> Job | None:
         """The result a message replies to."""

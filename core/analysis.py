@@ -8,15 +8,14 @@ service) and draws the boxes, all off the event loop.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 from dataclasses import dataclass
 
-from PIL import Image
-
 from core.errors import N_, InvalidField, UserError
+from core.storage.errors import ImageNotFound
+from core.storage.files import ImageStore, hash_of_key, key_for
 from engine.detect import Detection, Detector, annotate, count_labels
-from engine.images import open_user_image
+from engine.images import encode_png, open_user_image
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -26,7 +25,8 @@ class Analysis:
     detections: list[Detection]
     counts: list[tuple[str, int]]  # (label, how many), most first
     annotated_png: bytes
-    picture_png: bytes  # the picture as decoded, kept for editing what was found
+    # The picture, kept for editing what was found (``Analyzer.picture``); None: nothing was.
+    picture_id: str | None
     width: int
     height: int
     detector: str  # "local" or "remote"
@@ -38,11 +38,13 @@ class Analyzer:
     def __init__(
         self,
         detector: Detector | None,
+        images: ImageStore,
         *,
         max_pixels: int,
         default_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         self.detector = detector
+        self.images = images
         self.max_pixels = max_pixels
         self.default_threshold = default_threshold
 
@@ -60,23 +62,24 @@ class Analyzer:
             raise InvalidField("threshold", N_("The threshold is a number above 0 and at most 1."))
         image = await asyncio.to_thread(open_user_image, data, max_pixels=self.max_pixels)
         detections = await self.detector.detect(image, chosen)
-        annotated, picture = await asyncio.to_thread(_pngs, image, detections)
+        annotated = await asyncio.to_thread(lambda: encode_png(annotate(image, detections)))
+        picture_id = None
+        if detections:
+            picture = await asyncio.to_thread(encode_png, image)
+            picture_id = hash_of_key(await self.images.put(picture, ext="png"))
         return Analysis(
             detections=detections,
             counts=count_labels(detections),
             annotated_png=annotated,
-            picture_png=picture,
+            picture_id=picture_id,
             width=image.width,
             height=image.height,
             detector=self.detector.name,
         )
 
-
-def _pngs(image: Image.Image, detections: list[Detection]) -> tuple[bytes, bytes]:
-    """(the picture with its boxes drawn, the picture itself) as PNGs."""
-    out = []
-    for picture in (annotate(image, detections), image):
-        buffer = io.BytesIO()
-        picture.save(buffer, "PNG", compress_level=3)
-        out.append(buffer.getvalue())
-    return out[0], out[1]
+    async def picture(self, picture_id: str) -> bytes:
+        """The PNG of an analysed picture; UserError once cleanup has swept it."""
+        try:
+            return await self.images.get(key_for(picture_id, "png"))
+        except ImageNotFound:
+            raise UserError(N_("That picture is no longer kept; run /analyze again.")) from None

@@ -134,7 +134,7 @@ class JobService:
         self.registry = registry
         self.preview_every = preview_every
         self.refiner = refiner if refiner is not None else Refiner()
-        self.analyzer = analyzer if analyzer is not None else Analyzer(None, max_pixels=0)
+        self.analyzer = analyzer if analyzer is not None else Analyzer(None, images, max_pixels=0)
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------

@@ -16,7 +16,6 @@ sums them per label.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import threading
@@ -31,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from engine.errors import N_, EngineError, ModelLoadError
+from engine.images import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class RemoteDetector:
                 ),
                 seconds=math.ceil(wait),
             )
-        png = await asyncio.to_thread(_png, image)
+        png = await asyncio.to_thread(lambda: encode_png(image.convert("RGB")))
         try:
             answer = await self._ask(png, threshold)
         except DetectionUnavailable:
@@ -283,12 +283,6 @@ def _clip_box(box: list[float], width: int, height: int) -> tuple[float, float, 
 
 def _strongest(detections: list[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: -d.score)[:MAX_DETECTIONS]
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def count_labels(detections: list[Detection]) -> list[tuple[str, int]]:

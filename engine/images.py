@@ -392,8 +392,9 @@ def _is_plain_latin1(text: str) -> bool:
     return all(c == "\n" or 0x20 <= ord(c) <= 0x7E or 0xA0 <= ord(c) <= 0xFF for c in text)
 
 
-def encode_png(image: Image.Image, parameters: str, compress_level: int = 1) -> bytes:
-    """PNG bytes of ``image`` with ``parameters`` in a "parameters" text chunk.
+def encode_png(image: Image.Image, parameters: str = "", compress_level: int = 1) -> bytes:
+    """PNG bytes of ``image`` with ``parameters`` in a "parameters" text chunk (none when
+    empty).
 
     The chunk is tEXt when the text is plain Latin-1 (what the web UI writes for such text)
     and iTXt (UTF-8) otherwise, e.g. for emoji or right-to-left prompts. NUL characters are
@@ -403,10 +404,9 @@ def encode_png(image: Image.Image, parameters: str, compress_level: int = 1) -> 
     # Lone surrogates cannot be written as UTF-8; replace them rather than fail a finished job.
     text = parameters.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     info = PngImagePlugin.PngInfo()
-    if _is_plain_latin1(text):
-        info.add_text(PARAMETERS_KEY, text)
-    else:
-        info.add_itxt(PARAMETERS_KEY, text)
+    if text:
+        add = info.add_text if _is_plain_latin1(text) else info.add_itxt
+        add(PARAMETERS_KEY, text)
     options: dict[str, int] = {"compress_level": compress_level}
     if 1 <= compress_level <= 3:
         # After PNG's row filters, zlib's run-length strategy is faster than level 1's default

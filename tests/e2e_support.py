@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sqlite3
 import uuid
@@ -174,6 +175,21 @@ def recorded_message_id(data_dir: Path, prompt: str) -> int | None:
             (prompt,),
         ).fetchone()
     return None if row is None else row[0]
+
+
+def job_by_message(data_dir: Path, message_id: int) -> dict[str, Any]:
+    """The bot's record of the job whose message is ``message_id``: its columns, and its
+    request decoded as ``input``."""
+    database = data_dir / "diffusion-chat.sqlite3"
+    with contextlib.closing(
+        sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    ) as connection:
+        connection.row_factory = sqlite3.Row
+        row = connection.execute(
+            "SELECT * FROM jobs WHERE message_id = ?", (message_id,)
+        ).fetchone()
+    assert row is not None, f"no job has message {message_id}"
+    return {**dict(row), "input": json.loads(row["request"])}
 
 
 def is_grid(message: StoredMessage | None) -> bool:

@@ -11,10 +11,11 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
-from e2e_support import World, imagine, is_result, local_server, stand_in
+from e2e_support import World, imagine, is_result, job_by_message, local_server, stand_in
 from fakediscord.models import StoredMessage
 from fakediscord.server import FakeDiscord
 
@@ -44,29 +45,14 @@ async def answer_to(
     return await fake.wait_for(found, timeout=limit_s, description=f"an answer to {message.id}")
 
 
-def job_of(data_dir: Path, message_id: int) -> dict[str, object]:
-    """The bot's record of the job whose message is ``message_id``."""
-    database = data_dir / "diffusion-chat.sqlite3"
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute(
-            "SELECT id, parent_job_id, prompt, request, user_id FROM jobs WHERE message_id = ?",
-            (message_id,),
-        ).fetchone()
-    assert row is not None, f"no job has message {message_id}"
-    return {**dict(row), "input": json.loads(row["request"])}
-
-
 def job_count(data_dir: Path) -> int:
     database = data_dir / "diffusion-chat.sqlite3"
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
 
-def prompt_of(job: dict[str, object]) -> str:
-    request = job["input"]
-    assert isinstance(request, dict)
-    return str(request["prompt"])
+def prompt_of(job: dict[str, Any]) -> str:
+    return str(job["input"]["prompt"])
 
 
 async def test_three_replies_each_refine_the_result_they_answer(world: World) -> None:
@@ -82,13 +68,13 @@ async def test_three_replies_each_refine_the_result_they_answer(world: World) ->
     hat = await fake.post_message("add a red hat", reply_to=third, user=fake.bob)
     fourth = await answer_to(fake, third)
 
-    jobs = [job_of(world.data_dir, m.id) for m in (first, second, third, fourth)]
+    jobs = [job_by_message(world.data_dir, m.id) for m in (first, second, third, fourth)]
     for parent, child in itertools.pairwise(jobs):
         assert child["parent_job_id"] == parent["id"]  # each chained to the one it answers
     assert prompt_of(jobs[1]) == "a fox in a meadow, night"
     assert "bright" in prompt_of(jobs[2]) and "night" in prompt_of(jobs[2])
     assert prompt_of(jobs[3]).endswith("a red hat")
-    assert all(job["input"]["operation"] == "img2img" for job in jobs[1:])  # type: ignore[index]
+    assert all(job["input"]["operation"] == "img2img" for job in jobs[1:])
     # Each new job is its writer's: quota and history follow who asked.
     assert jobs[3]["user_id"] == fake.bob.user.id and jobs[1]["user_id"] == fake.alice.user.id
     assert second.content.startswith(f"<@{fake.alice.user.id}>")
@@ -153,18 +139,18 @@ async def test_an_llm_endpoint_refines_replies_and_the_rule_covers_its_timeouts(
         _, first = await imagine(world, prompt="an owl on a branch", count=1, seed=13)
         await fake.post_message("make it night", reply_to=first)
         second = await answer_to(fake, first)
-        by_llm = job_of(data_dir, second.id)
+        by_llm = job_by_message(data_dir, second.id)
         assert prompt_of(by_llm) == "an owl on a branch, under a full moon"
         slow["on"] = True
         await fake.post_message("add a lantern", reply_to=second)
         third = await answer_to(fake, second)
-        by_rule = job_of(data_dir, third.id)
+        by_rule = job_by_message(data_dir, third.id)
         assert by_rule["parent_job_id"] == by_llm["id"]
         assert prompt_of(by_rule) == "an owl on a branch, under a full moon, a lantern"
         slow["on"] = False  # back: the third reply of the chain is the model's again
         await fake.post_message("더 밝게", reply_to=third)
         fourth = await answer_to(fake, third)
-        again = job_of(data_dir, fourth.id)
+        again = job_by_message(data_dir, fourth.id)
         assert again["parent_job_id"] == by_rule["id"]
         assert (
             prompt_of(again)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from api_support import ApiProcess, auth, start_api
-from e2e_support import World, is_result, local_server, reply_text, stand_in
+from e2e_support import World, is_result, job_by_message, local_server, reply_text, stand_in
 from foreign_models import DETECTION_LABELS, save_tiny_yolos
 from PIL import Image
 
@@ -32,20 +30,6 @@ def picture_png() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def job_of(data_dir: Path, message_id: int) -> dict[str, object]:
-    database = data_dir / "diffusion-chat.sqlite3"
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute(
-            "SELECT prompt, user_id, json_extract(request, '$.operation') AS operation,"
-            " json_extract(request, '$.mask_image_key') AS mask"
-            " FROM jobs WHERE message_id = ?",
-            (message_id,),
-        ).fetchone()
-    assert row is not None, f"no job has message {message_id}"
-    return dict(row)
 
 
 class Service:
@@ -175,9 +159,9 @@ async def test_analyze_in_discord_draws_and_counts_and_says_when_the_service_is_
         removed = await fake.click_button(answer, label="Remove dog 1", user=fake.bob)
         await removed.response()
         gone = await removed.wait_for_original(is_result, timeout=90)
-        job = job_of(data_dir, gone.id)
-        assert job["operation"] == "inpaint" and job["user_id"] == fake.bob.user.id
-        mask = Image.open(data_dir / "images" / str(job["mask"])).convert("L")
+        job = job_by_message(data_dir, gone.id)
+        assert job["input"]["operation"] == "inpaint" and job["user_id"] == fake.bob.user.id
+        mask = Image.open(data_dir / "images" / job["input"]["mask_image_key"]).convert("L")
         assert mask.size == (120, 80)
         assert mask.getpixel((25, 25)) == 255 and mask.getpixel((9, 9)) == 255  # box + margin
         assert mask.getpixel((100, 70)) == 0 and mask.getpixel((50, 50)) == 0
@@ -186,7 +170,7 @@ async def test_analyze_in_discord_draws_and_counts_and_says_when_the_service_is_
         painted = await fake.submit_modal(asked, {"prompt": "a red ball"})
         await painted.response()
         result = await painted.wait_for_original(is_result, timeout=90)
-        assert job_of(data_dir, result.id)["prompt"] == "a red ball"
+        assert job_by_message(data_dir, result.id)["prompt"] == "a red ball"
         korean = await fake.send_slash_command(
             "analyze", {"image": ("shapes.png", picture_png())}, locale="ko"
         )

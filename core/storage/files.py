@@ -76,8 +76,11 @@ class ImageStore(Protocol):
 
 def content_key(data: bytes, ext: str | None = None) -> str:
     """The key ``put`` gives ``data``."""
-    digest = hashlib.sha256(data).hexdigest()
-    ext = ext or sniff_extension(data)
+    return key_for(hashlib.sha256(data).hexdigest(), ext or sniff_extension(data))
+
+
+def key_for(digest: str, ext: str) -> str:
+    """The key of the content whose SHA-256 is ``digest`` (``hash_of_key``'s inverse)."""
     if ext not in _EXTENSIONS:
         raise ValueError(f"unsupported extension {ext!r}; use one of {_EXTENSIONS}")
     return f"{digest[:2]}/{digest[2:4]}/{digest}.{ext}"

@@ -5,11 +5,11 @@ slow, broken)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from api_support import free_port
 from e2e_support import local_server
 from foreign_models import DETECTION_LABELS, save_tiny_yolos
 from PIL import Image
@@ -122,12 +122,6 @@ class FakeService:
         return web.json_response({"detections": [{"label": "dog", "score": 0.9, "box": box}]})
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.asyncio
 async def test_a_remote_service_up_slow_broken_and_down() -> None:
     service = FakeService()
@@ -145,7 +139,7 @@ async def test_a_remote_service_up_slow_broken_and_down() -> None:
         service.mode = "garbage"
         with pytest.raises(DetectionUnavailable, match="not a list of detections"):
             await detector.detect(image, 0.4)
-    down = RemoteDetector(f"http://127.0.0.1:{closed_port()}/detect", retries=0)
+    down = RemoteDetector(f"http://127.0.0.1:{free_port()}/detect", retries=0)
     with pytest.raises(DetectionUnavailable, match="cannot be reached"):
         await down.detect(picture(), 0.5)
 
