@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from engine.cache import CacheKey, ResultCache, cache_key
 from engine.errors import N_, EngineError, EngineStopped, Interrupted, OutOfMemory
+from engine.safety import ImageCheck
 from engine.scheduler import QueuedJob, Scheduler
 from engine.types import (
     DEFAULT_BATCH_IMAGES,
@@ -158,8 +159,11 @@ class Engine:
         settings: EngineSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        image_check: ImageCheck | None = None,
     ) -> None:
         self._backend = backend
+        # Scores every image of each pipeline call, on the device thread right after it.
+        self._image_check = image_check
         self.settings = settings or EngineSettings()
         self._clock = clock
         self._scheduler = Scheduler(
@@ -202,6 +206,8 @@ class Engine:
         if self._supervisor is not None:
             return
         self._loop = asyncio.get_running_loop()
+        if (start_loading := getattr(self._image_check, "start_loading", None)) is not None:
+            start_loading()
         if self._device_executor is None:
             self._device_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._accepting = True
@@ -592,7 +598,19 @@ class Engine:
         on_step: Callable[[StepInfo], frozenset[str]],
     ) -> list[GeneratedImage | str | None]:
         with self._device_lock:
-            return list(self._backend.run(request, slots, on_step))
+            outputs: list[GeneratedImage | str | None] = list(
+                self._backend.run(request, slots, on_step)
+            )
+            if self._image_check is None:
+                return outputs
+            made = [output for output in outputs if isinstance(output, GeneratedImage)]
+            scores = iter(self._image_check.scores([output.image for output in made]))
+            return [
+                replace(output, nsfw_score=next(scores))
+                if isinstance(output, GeneratedImage)
+                else output
+                for output in outputs
+            ]
 
     def _on_step(self, works: dict[str, _Work], info: StepInfo, started: float) -> None:
         elapsed = self._clock() - started

@@ -193,6 +193,7 @@ class GeneratedImage:
     image: Image.Image
     seed: int
     parameters: str  # AUTOMATIC1111-style "parameters" text, also embedded in png_bytes()
+    nsfw_score: float | None = None  # the image check's score, 0..1; None: not checked
 
     def png_bytes(self, compress_level: int = 1) -> bytes:
         from engine.images import encode_png

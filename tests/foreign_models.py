@@ -105,3 +105,30 @@ def save_tiny_yolos(folder: Path) -> Path:
         YolosForObjectDetection(config).save_pretrained(folder)
     YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
     return folder
+
+
+NSFW_LABELS = {0: "normal", 1: "nsfw"}
+
+
+def save_tiny_nsfw_classifier(folder: Path, labels: dict[int, str] | None = None) -> Path:
+    """A ViT image classifier with random weights and the default model's labels ("normal",
+    "nsfw"), saved as a hub repository holds one (safetensors and image processor), for
+    NSFW_MODEL. Its scores sit near 0.5: tests pick the threshold for the outcome they want."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    labels = labels or NSFW_LABELS
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        id2label=labels,
+        label2id={name: index for index, name in labels.items()},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ViTForImageClassification(config).save_pretrained(folder, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
