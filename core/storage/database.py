@@ -61,6 +61,7 @@ from .records import (
     DEFAULT_POLICY,
     CleanupReport,
     CompletedJob,
+    Flag,
     ForgetReport,
     GeneratedImage,
     Job,
@@ -68,6 +69,7 @@ from .records import (
     NewJob,
     QuotaPolicy,
 )
+from .safety import SafetyRepository
 from .usage import UsageRepository
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -244,6 +246,7 @@ class Database:
         self.idempotency = IdempotencyRepository(ctx)
         self.library = LibraryRepository(ctx)
         self.usage = UsageRepository(ctx)
+        self.safety = SafetyRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -390,11 +393,15 @@ class Database:
         *,
         timings: dict[str, Any] | None = None,
         generation_seconds: float | None = None,
+        flags: Sequence[Flag] = (),
     ) -> CompletedJob:
         """Store each image (file + WebP thumbnail) and mark the job done with their
         records, in one transaction. Files are written (and fsynced) before the commit, so
         a recorded image always has its file. Raises ``InvalidTransition`` if the job was
-        cancelled meanwhile (its files are then swept by ``cleanup`` later)."""
+        cancelled meanwhile (its files are then swept by ``cleanup`` later).
+
+        ``flags``: the image check's verdicts. Each goes to the audit log; a blocked image
+        is kept there instead of among the job's images, and given back to the quota."""
         files = self.images.files
         job = await self.jobs.get(job_id)
         if job.finished:
@@ -418,7 +425,7 @@ class Database:
                     await files.put(thumbnail, ext="webp")
 
         return await self.jobs._mark_done(
-            job_id, [new for new, _, _ in stored], timings, generation_seconds, ensure_files
+            job_id, [new for new, _, _ in stored], timings, generation_seconds, ensure_files, flags
         )
 
     # -- retention
@@ -643,7 +650,10 @@ class Database:
                 for key in keys[start : start + _FILE_BATCH]:
                     if await tx.scalar(
                         "SELECT 1 FROM images WHERE file_key = ?1 "
-                        "UNION ALL SELECT 1 FROM images WHERE thumbnail_key = ?1 LIMIT 1",
+                        "UNION ALL SELECT 1 FROM images WHERE thumbnail_key = ?1 "
+                        # A blocked image waits in the audit log for a moderator.
+                        "UNION ALL SELECT 1 FROM safety_log WHERE file_key = ?1 "
+                        "UNION ALL SELECT 1 FROM safety_log WHERE thumbnail_key = ?1 LIMIT 1",
                         (key,),
                     ):
                         continue

@@ -39,6 +39,8 @@ from .records import (
     TRANSITIONS,
     ActiveCounts,
     CompletedJob,
+    Flag,
+    FlagAction,
     HistoryEntry,
     Image,
     Job,
@@ -50,6 +52,7 @@ from .records import (
     QuotaPolicy,
     ResumeResult,
 )
+from .safety import record_flags, refund_images
 from .usage_schema import UPDATE_USAGE_FACTS
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -410,7 +413,13 @@ class JobRepository:
         timings: Mapping[str, Any] | None,
         generation_seconds: float | None,
         ensure_files: EnsureFiles | None,
+        flags: Sequence[Flag] = (),
     ) -> CompletedJob:
+        verdicts = {flag.index: flag for flag in flags}
+        blocked = [
+            i for i in images if (f := verdicts.get(i.index)) and f.action is FlagAction.BLOCKED
+        ]
+        shown = [i for i in images if i not in blocked]
         timings_json = None if timings is None else json.dumps(dict(timings), sort_keys=True)
         now = self._ctx.now()
         async with self._ctx.write() as tx:
@@ -420,7 +429,15 @@ class JobRepository:
             started = await tx.scalar("SELECT started_at FROM jobs WHERE id = ?", (job_id,))
             if generation_seconds is None and started is not None:
                 generation_seconds = max(0.0, (now - from_db(started)).total_seconds())
-            stored = await insert_images(tx, job_id, images, to_db(now))
+            stored = await insert_images(tx, job_id, shown, to_db(now))
+            entries = await record_flags(
+                tx,
+                job_id,
+                [(i, verdicts[i.index]) for i in images if i.index in verdicts],
+                to_db(now),
+            )
+            if blocked:
+                await refund_images(tx, job_id, len(blocked), to_db(now))
             await tx.run(
                 """UPDATE jobs SET status = 'done', finished_at = ?, error = NULL,
                        timings = ?, generation_seconds = ? WHERE id = ?""",
@@ -428,7 +445,7 @@ class JobRepository:
             )
             await tx.run(UPDATE_USAGE_FACTS, (job_id,))
             job = await self._load(tx, job_id)
-        return CompletedJob(job, stored)
+        return CompletedJob(job, stored, entries)
 
     async def mark_failed(self, job_id: str, error: str) -> Job:
         """queued/running -> failed with a user-safe ``error``; the job's images are refunded."""

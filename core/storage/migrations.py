@@ -350,6 +350,46 @@ V13_CONVERSATIONS = Migration(
     ("CREATE INDEX jobs_message ON jobs(message_id) WHERE message_id IS NOT NULL",),
 )
 
+V14_SAFETY = Migration(
+    14,
+    "the image check: what a server does with flagged images, and the moderators' audit log"
+    " (a held-back image is kept there, not among the job's images, until it is released)",
+    (
+        """CREATE TABLE safety_policies (
+            guild_id   INTEGER NOT NULL,
+            channel_id INTEGER NOT NULL,  -- 0: the server's own setting
+            action     TEXT NOT NULL CHECK (action IN ('blur', 'block')),
+            updated_by INTEGER,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (guild_id, channel_id)
+        ) STRICT""",
+        """CREATE TABLE safety_log (
+            id            INTEGER PRIMARY KEY,
+            job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            idx           INTEGER NOT NULL CHECK (idx >= 0),
+            guild_id      INTEGER,
+            channel_id    INTEGER,
+            user_id       INTEGER NOT NULL,
+            prompt        TEXT NOT NULL,
+            score         REAL NOT NULL,
+            action        TEXT NOT NULL CHECK (action IN ('blurred', 'blocked')),
+            seed          INTEGER NOT NULL,
+            width         INTEGER NOT NULL,
+            height        INTEGER NOT NULL,
+            content_hash  TEXT NOT NULL,
+            file_key      TEXT,  -- a blocked image's file, kept for release; NULL when blurred
+            thumbnail_key TEXT,
+            size_bytes    INTEGER NOT NULL,
+            created_at    TEXT NOT NULL,
+            released_by   INTEGER,
+            released_at   TEXT,
+            UNIQUE (job_id, idx)
+        ) STRICT""",
+        "CREATE INDEX safety_log_guild ON safety_log(guild_id, id)",
+        "CREATE INDEX safety_log_file_key ON safety_log(file_key) WHERE file_key IS NOT NULL",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -364,6 +404,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V11_USAGE_FACTS,
     V12_SERVER_MODELS,
     V13_CONVERSATIONS,
+    V14_SAFETY,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -244,6 +244,81 @@ class Image:
 class CompletedJob:
     job: Job
     images: tuple[Image, ...]
+    # The images the image check flagged: blurred ones are among ``images``, blocked ones
+    # are not (they wait in the audit log for a moderator).
+    flags: tuple[SafetyEntry, ...] = ()
+
+    @property
+    def blocked(self) -> frozenset[int]:
+        return frozenset(f.index for f in self.flags if f.held)
+
+    @property
+    def blurred(self) -> frozenset[int]:
+        return frozenset(f.index for f in self.flags if f.action is FlagAction.BLURRED)
+
+
+class SafetyAction(enum.StrEnum):
+    """What a server does with a flagged image outside age-restricted channels."""
+
+    BLUR = "blur"  # posted blurred, as a spoiler
+    BLOCK = "block"  # held back for a moderator, and not charged
+
+
+class FlagAction(enum.StrEnum):
+    """What was done with one flagged image."""
+
+    BLURRED = "blurred"
+    BLOCKED = "blocked"
+
+
+DEFAULT_SAFETY_ACTION = SafetyAction.BLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyPolicy:
+    """A server's action, and the channels that override it."""
+
+    action: SafetyAction = DEFAULT_SAFETY_ACTION
+    channels: Mapping[int, SafetyAction] = field(default_factory=dict)
+    customised: bool = False  # a moderator set the server's action (not the default)
+
+    def action_in(self, channel_id: int | None) -> SafetyAction:
+        if channel_id is not None and channel_id in self.channels:
+            return self.channels[channel_id]
+        return self.action
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """The image check's verdict on one image of a finishing job."""
+
+    index: int
+    score: float
+    action: FlagAction
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyEntry:
+    """One flagged image in the audit log."""
+
+    id: int
+    job_id: str
+    index: int
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int
+    prompt: str
+    score: float
+    action: FlagAction
+    seed: int
+    created_at: dt.datetime
+    released_by: int | None = None
+    released_at: dt.datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        """Blocked and not released: its image is kept out of the job's images."""
+        return self.action is FlagAction.BLOCKED and self.released_at is None
 
 
 @dataclass(frozen=True, slots=True)
