@@ -445,6 +445,11 @@ async def _resource(
     base = _routes_url(request)
     if images is None:
         images = list(await context.service.job_images(job.id)) if job.finished else []
+    withheld = (
+        [entry.index for entry in await context.service.db.safety.for_job(job.id) if entry.held]
+        if job.status is JobStatus.DONE
+        else []
+    )
     stored = StoredRequest.loads(job.request).request
     status = STATUS[job.status]
     position = eta = None
@@ -479,6 +484,7 @@ async def _resource(
         seeds=[image.seed for image in images] if images else None,
         prompts=list(stored.prompts) or None,
         error=job.error if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None,
+        withheld=withheld or None,
         parent_id=job.parent_job_id,
         metrics=Metrics(
             queued_s=timings.get("queued_s"),

@@ -141,6 +141,11 @@ class JobResource(BaseModel):
         default=None, description="what to know about the request (a capped expansion)"
     )
     error: str | None = None
+    withheld: list[int] | None = Field(
+        default=None,
+        description="indices (from 0) of images the image check held back: not in output, "
+        "not charged; a moderator can release them",
+    )
     parent_id: str | None = Field(
         default=None, description="the job this one changes (an upscale, a refinement...)"
     )

@@ -34,6 +34,7 @@ from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failur
 from core.tracing import JobTracer
 from engine.backend import DEFAULT_MAX_INPUT_PIXELS, DiffusersBackend
 from engine.detect import Detector, LocalDetector, RemoteDetector
+from engine.safety import NsfwClassifier
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
 from engine.loader import LoaderOptions, ModelManager
@@ -72,6 +73,16 @@ def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
             cache_entries=settings.cache_entries,
             cache_bytes=settings.cache_mb * 2**20,
         ),
+        image_check=build_image_check(settings),
+    )
+
+
+def build_image_check(settings: Settings) -> NsfwClassifier | None:
+    """NSFW_MODEL on the engine's device, or none when it is "off"."""
+    if settings.nsfw_model.lower() == "off":
+        return None
+    return NsfwClassifier(
+        settings.nsfw_model, device=None if settings.device == "auto" else settings.device
     )
 
 
@@ -124,6 +135,7 @@ async def run(settings: Settings) -> None:
         preview_every=settings.preview_every,
         refiner=refiner,
         analyzer=build_analyzer(settings, images),
+        nsfw_threshold=settings.nsfw_threshold,
     )
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None

@@ -81,6 +81,13 @@ def member_role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()) if not role.is_default())
 
 
+def is_age_restricted(channel: object) -> bool:
+    """Whether Discord marks ``channel`` age-restricted ("NSFW"); a thread follows its
+    parent. DMs and channels of unknown kinds are not."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 def requester_from(interaction: Interaction) -> Requester:
     member = interaction.user
     return Requester(
@@ -91,6 +98,7 @@ def requester_from(interaction: Interaction) -> Requester:
         interaction_token=interaction.token,
         token_expires_at=issued_at(interaction) + INTERACTION_TOKEN_LIFETIME,
         locale=None if (locale := reader_locale(interaction)) is None else locale.value,
+        age_restricted=is_age_restricted(interaction.channel),
     )
 
 

@@ -42,6 +42,7 @@ EXTENSIONS = (
     "cogs.styles",
     "cogs.converse",
     "cogs.analyze",
+    "cogs.safety",
 )
 BUTTONS = (JobButton, PageButton, LibraryPageButton, ForgetButton, FavouritePicker)
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,9 +23,17 @@ from core.errors import N_, incident_id
 from core.jobcodec import StoredRequest
 from core.service import STORAGE_ERRORS
 from core.storage.errors import InvalidTransition
-from core.storage.records import GeneratedImage, Image, Job, JobStatus
+from core.storage.records import (
+    Flag,
+    FlagAction,
+    GeneratedImage,
+    Image,
+    Job,
+    JobStatus,
+    SafetyEntry,
+)
 from engine.errors import EngineStopped
-from engine.images import encode_preview, make_grid
+from engine.images import encode_preview, make_grid, obscured, withheld_tile
 from engine.types import (
     Cancelled,
     Done,
@@ -58,6 +67,61 @@ SAVE_RETRY_MAX_S = 30.0
 COLOUR_WORKING = discord.Colour.blurple()
 COLOUR_DONE = discord.Colour.green()
 COLOUR_FAILED = discord.Colour.red()
+
+
+@dataclass(frozen=True, slots=True)
+class Censored:
+    """A result's images the image check flagged: shown blurred as a spoiler, or held back."""
+
+    blurred: frozenset[int] = frozenset()
+    blocked: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, flags: Sequence[Flag | SafetyEntry]) -> Censored:
+        live = [f for f in flags if not (isinstance(f, SafetyEntry) and f.released_at)]
+        return cls(
+            frozenset(f.index for f in live if f.action is FlagAction.BLURRED),
+            frozenset(f.index for f in live if f.action is FlagAction.BLOCKED),
+        )
+
+    def pictures(self, pictures: list[PILImage.Image]) -> list[PILImage.Image]:
+        """What to show of each picture: as it is, obscured, or a withheld tile. Blocks."""
+        return [
+            withheld_tile(picture.width, picture.height)
+            if index in self.blocked
+            else obscured(picture)
+            if index in self.blurred
+            else picture
+            for index, picture in enumerate(pictures)
+        ]
+
+    def lines(self, count: int, locale: discord.Locale | None) -> list[str]:
+        lines = []
+        if self.blurred:
+            lines.append(
+                translate(
+                    "🔞 The image check flagged {images}: shown blurred, as a spoiler.",
+                    locale,
+                    images=self._numbers(self.blurred, count, locale),
+                )
+            )
+        if self.blocked:
+            lines.append(
+                translate(
+                    "🚫 This server's image check held back {images}. Held-back images are not "
+                    "counted against your quota; a moderator can release them.",
+                    locale,
+                    images=self._numbers(self.blocked, count, locale),
+                )
+            )
+        return lines
+
+    @staticmethod
+    def _numbers(indices: frozenset[int], count: int, locale: discord.Locale | None) -> str:
+        if count == 1:
+            return translate("the image", locale)
+        numbers = ", ".join(f"#{i + 1}" for i in sorted(indices))
+        return translate("image {numbers}", locale, numbers=numbers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,11 +394,15 @@ class JobReporter:
         """Store first, then show: the job is recorded done with its images before anyone
         sees them, so a restart after this point shows them again without the GPU."""
         outputs = await self._bot.service.encode_result(result)
+        flags = await self._bot.service.safety_flags(self.job, result)
+        censored = Censored.of(flags)
         facts = ResultFacts.of(result)
         # The grid is made while the images are stored.
-        grid = asyncio.ensure_future(render_grid(self.job, [g.image for g in result.images]))
+        grid = asyncio.ensure_future(
+            render_result(self.job, [g.image for g in result.images], censored)
+        )
         try:
-            saved = await self._save(outputs, result)
+            saved = await self._save(outputs, result, flags)
         except InvalidTransition:
             # Cancelled (or ended another way) just before it finished: that outcome stands.
             grid.cancel()
@@ -344,15 +412,21 @@ class JobReporter:
         if not saved:
             await self._give_up(grid_file)
             return
-        embed, view = await result_embed_and_view(self._bot, self.job, facts, self._role_ids)
-        embed.set_image(url=f"attachment://{grid_file.filename}")
+        embed, view = await result_embed_and_view(
+            self._bot, self.job, facts, self._role_ids, censored
+        )
+        attachments = [] if grid_file is None else [grid_file]
+        if grid_file is not None:
+            embed.set_image(url=f"attachment://{grid_file.filename}")
         try:
-            await self._final(embed, view, attachments=[grid_file])
+            await self._final(embed, view, attachments=attachments)
         finally:
             self._bot.events("done", self.job, self._model, result=result)
         await mark_delivered(self._bot, self.job)
 
-    async def _save(self, outputs: list[GeneratedImage], result: JobResult) -> bool:
+    async def _save(
+        self, outputs: list[GeneratedImage], result: JobResult, flags: list[Flag]
+    ) -> bool:
         """Store the images and mark the job done, retrying with backoff while the disk or
         the database cannot take them; False once ``RESULT_SAVE_GIVE_UP_S`` has passed."""
         loop = asyncio.get_running_loop()
@@ -360,7 +434,7 @@ class JobReporter:
         delay = SAVE_RETRY_FIRST_S
         while True:
             try:
-                await self._bot.service.complete(self.job, outputs, result)
+                await self._bot.service.complete(self.job, outputs, result, flags)
                 return True
             except STORAGE_ERRORS as error:
                 left = give_up_at - loop.time()
@@ -383,7 +457,7 @@ class JobReporter:
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, SAVE_RETRY_MAX_S)
 
-    async def _give_up(self, grid_file: discord.File) -> None:
+    async def _give_up(self, grid_file: discord.File | None) -> None:
         """Show what was made, say it could not be kept, and record the failure (which
         gives the images back to the quota) as soon as storage takes it."""
         ref = incident_id()
@@ -399,9 +473,10 @@ class JobReporter:
             ),
             COLOUR_FAILED,
         )
-        embed.set_image(url=f"attachment://{grid_file.filename}")
+        if grid_file is not None:
+            embed.set_image(url=f"attachment://{grid_file.filename}")
         try:
-            await self._final(embed, None, attachments=[grid_file])
+            await self._final(embed, None, attachments=[] if grid_file is None else [grid_file])
         finally:
             self._bot.events("failed", self.job, self._model, reason="storage")
             self._bot.keep_trying(lambda: record_failure(self._bot, self.job, reason), self.job.id)
@@ -508,31 +583,53 @@ class ResultFacts:
         )
 
     @classmethod
-    def stored(cls, job: Job, images: list[Image], default_model: str) -> ResultFacts:
+    def stored(
+        cls, job: Job, images: list[Image], default_model: str, held: Sequence[SafetyEntry] = ()
+    ) -> ResultFacts:
+        """Facts of a stored result; ``held``: its images still held back by the image check."""
         request = StoredRequest.loads(job.request).request
-        first = images[0]
+        first = images[0] if images else None
+        seeds = sorted([(i.index, i.seed) for i in images] + [(e.index, e.seed) for e in held])
         return cls(
             operation=request.operation,
             model=request.model or default_model,
-            seeds=tuple(image.seed for image in images),
+            seeds=tuple(seed for _, seed in seeds),
             steps=request.steps,
             guidance=request.guidance,
-            width=request.width or first.width,
-            height=request.height or first.height,
+            width=request.width or (first.width if first else 0),
+            height=request.height or (first.height if first else 0),
             total_s=(job.timings or {}).get("total_s"),
         )
 
 
-async def render_grid(job: Job, pictures: list[PILImage.Image]) -> discord.File:
+async def render_grid(
+    job: Job, pictures: list[PILImage.Image], *, spoiler: bool = False
+) -> discord.File:
     """The images as one attachment (a grid for several), within Discord's upload limit."""
     grid = pictures[0] if len(pictures) == 1 else await asyncio.to_thread(make_grid, pictures)
     data, ext = await asyncio.to_thread(encode_preview, grid, max_bytes=UPLOAD_LIMIT, prefer="jpeg")
-    return discord.File(io.BytesIO(data), f"{job.id}.{ext}")
+    return discord.File(io.BytesIO(data), f"{job.id}.{ext}", spoiler=spoiler)
+
+
+async def render_result(
+    job: Job, pictures: list[PILImage.Image], censored: Censored
+) -> discord.File | None:
+    """A result's grid as the image check allows: flagged images obscured (the file then a
+    spoiler) or replaced by a withheld tile; None when every image is held back."""
+    if len(censored.blocked) >= len(pictures):
+        return None
+    if censored.blurred or censored.blocked:
+        pictures = await asyncio.to_thread(censored.pictures, pictures)
+    return await render_grid(job, pictures, spoiler=bool(censored.blurred))
 
 
 async def result_embed_and_view(
-    bot: BotHost, job: Job, facts: ResultFacts, role_ids: tuple[int, ...] = ()
-) -> tuple[discord.Embed, discord.ui.View]:
+    bot: BotHost,
+    job: Job,
+    facts: ResultFacts,
+    role_ids: tuple[int, ...] = (),
+    censored: Censored = Censored(),
+) -> tuple[discord.Embed, discord.ui.View | None]:
     stored = StoredRequest.loads(job.request)
     locale = locale_named(stored.locale)
     took = "" if facts.total_s is None else f" · {render.duration(facts.total_s, locale)}"
@@ -565,6 +662,7 @@ async def result_embed_and_view(
                 "♻ Same settings and seed as an earlier image: served from the cache.", locale
             )
         )
+    lines += censored.lines(len(facts.seeds), locale)
     embed = discord.Embed(
         title=render.embed_title(job.prompt),
         description="\n".join(lines),
@@ -574,8 +672,11 @@ async def result_embed_and_view(
     usage = await bot.service.db.quotas.usage(job.guild_id, job.user_id, role_ids=role_ids)
     footer = f"{facts.model} · " + render.quota_footer(usage.remaining, usage.resets_at, locale)
     embed.set_footer(text=footer)
-    if facts.operation is Operation.TXT2IMG or len(facts.seeds) > 1:
-        view = grid_view(job.id, len(facts.seeds))
+    view: discord.ui.View | None
+    if len(censored.blocked) >= len(facts.seeds):
+        view = None  # nothing shown, nothing to act on
+    elif facts.operation is Operation.TXT2IMG or len(facts.seeds) > 1:
+        view = grid_view(job.id, len(facts.seeds), withheld=censored.blocked)
     else:
         can_upscale = bot.can_upscale_size(facts.model, facts.width * 2, facts.height * 2)
         if not can_upscale:
@@ -600,18 +701,28 @@ async def show_stored_outcome(bot: BotHost, job: Job) -> None:
     model = StoredRequest.loads(job.request).request.model or bot.registry.default_name
     if job.status is JobStatus.DONE:
         images = sorted(await bot.service.job_images(job.id), key=lambda image: image.index)
-        if not images:  # cleaned up since: nothing left to show
+        flags = await bot.service.db.safety.for_job(job.id)
+        held = [entry for entry in flags if entry.held]
+        if not images and not held:  # cleaned up since: nothing left to show
             await mark_delivered(bot, job)
             return
-        pictures = [
-            await asyncio.to_thread(_open_png, await bot.service.image_bytes(image))
+        by_index = {
+            image.index: await asyncio.to_thread(_open_png, await bot.service.image_bytes(image))
             for image in images
+        }
+        size = next(iter(by_index.values())).size if by_index else (512, 512)
+        pictures = [
+            by_index.get(index) or withheld_tile(*size) for index in range(len(images) + len(held))
         ]
-        grid = await render_grid(job, pictures)
-        facts = ResultFacts.stored(job, images, bot.registry.default_name)
-        embed, view = await result_embed_and_view(bot, job, facts)
-        embed.set_image(url=f"attachment://{grid.filename}")
-        await edit_with_retries(target, embed, view, {"attachments": [grid]})
+        censored = Censored.of(flags)
+        grid = await render_result(job, pictures, censored)
+        facts = ResultFacts.stored(job, images, bot.registry.default_name, held)
+        embed, view = await result_embed_and_view(bot, job, facts, censored=censored)
+        if grid is not None:
+            embed.set_image(url=f"attachment://{grid.filename}")
+        await edit_with_retries(
+            target, embed, view, {"attachments": [] if grid is None else [grid]}
+        )
     else:
         locale = locale_named(StoredRequest.loads(job.request).locale)
         line = (

@@ -349,6 +349,7 @@ def _check_models(
                 "set CPU_OFFLOAD=true (slower, far less VRAM) and VAE_TILING=true, or offer "
                 "a smaller model",
             )
+    _check_image_check(section, settings.nsfw_model, cache, offline)
     if to_download:
         free = _free_bytes(cache)
         if free is not None and free < to_download * GIB:
@@ -417,6 +418,41 @@ def _check_hub_model(
         "or fetch it now: " + _download_command(repo, fp16),
     )
     return gb
+
+
+def _check_image_check(section: Section, source: str, cache: Path, offline: bool) -> None:
+    """NSFW_MODEL: without it loaded, images are posted unchecked (the bot still runs)."""
+    label = "image check: "
+    if source.lower() == "off":
+        section.warn(
+            label + "off (NSFW_MODEL=off): images are posted without being checked",
+            "set NSFW_MODEL to an image classifier (the default is "
+            "Falconsai/nsfw_image_detection) for servers that need it",
+        )
+        return
+    folder = Path(source).expanduser()
+    if folder.is_absolute() or source.startswith((".", "~")):
+        if (folder / "config.json").is_file():
+            section.ok(label + f"{source}")
+        else:
+            section.fail(
+                label + f"{source} is not a transformers model folder (no config.json)",
+                "fix NSFW_MODEL, or set it to off; until then images are posted unchecked",
+            )
+        return
+    if _cached_file(source, "config.json", cache):
+        section.ok(label + f"{source} is downloaded")
+    elif offline:
+        section.fail(
+            label + f"{source} is not downloaded, and HF_HUB_OFFLINE is set; images would be "
+            "posted unchecked",
+            f"download it on a machine with internet access: hf download {source}",
+        )
+    else:
+        section.warn(
+            label + f"{source} is not downloaded yet: it downloads at start (about 0.35 GB)",
+            f"or fetch it now: hf download {source}",
+        )
 
 
 def _check_unet(

@@ -319,12 +319,14 @@ def progress_view(job_id: str, locale: discord.Locale | None) -> discord.ui.View
     return view
 
 
-def grid_view(job_id: str, count: int) -> discord.ui.View:
-    """U1..Un and V1..Vn per image, then reroll, favourite, delete and info."""
+def grid_view(job_id: str, count: int, withheld: frozenset[int] = frozenset()) -> discord.ui.View:
+    """U1..Un and V1..Vn per image (none for an image the image check held back), then
+    reroll, favourite, delete and info."""
     view = discord.ui.View(timeout=None)
-    for i in range(count):
+    shown = [i for i in range(count) if i not in withheld]
+    for i in shown:
         view.add_item(JobButton(Action.UPSCALE, job_id, i, label=f"U{i + 1}", row=0))
-    for i in range(count):
+    for i in shown:
         view.add_item(JobButton(Action.VARIATION, job_id, i, label=f"V{i + 1}", row=1))
     _add_common(view, job_id, row=2, reroll=True)
     _add_feedback(view, job_id, row=3)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.actions import member_role_ids
+from bot.actions import is_age_restricted, member_role_ids
 from bot.host import explain_unexpected
 from bot.i18n import message_locale, translate, translate_template
 from core.errors import N_, UserError
@@ -100,6 +100,7 @@ class Conversation(commands.Cog):
             channel_id=message.channel.id,
             role_ids=member_role_ids(message.author),
             locale=None if locale is None else locale.value,
+            age_restricted=is_age_restricted(message.channel),
         )
         accepted = await service.accept(
             requester,

@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 DISCORD_API = "https://discord.com/api/v10"
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
+# An image the image check scores at least this likely to be sexual content is flagged.
+DEFAULT_NSFW_THRESHOLD = 0.7
 # A bot token is three base64url parts separated by dots.
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
@@ -95,6 +97,9 @@ class Settings:
     yolo_service_url: str | None = None  # set: a YOLO service answers instead of the model
     yolo_timeout_s: float = 10.0
     detect_threshold: float = 0.5
+    # The image check: a transformers image classifier (hub id or folder); "off": none.
+    nsfw_model: str = "Falconsai/nsfw_image_detection"
+    nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD
 
     @property
     def database_path(self) -> Path:
@@ -333,6 +338,10 @@ def load_settings(
         ),
         detect_threshold=get(
             "DETECT_THRESHOLD", _fraction, d.detect_threshold, "use a number above 0, at most 1"
+        ),
+        nsfw_model=values.get("NSFW_MODEL", "").strip() or d.nsfw_model,
+        nsfw_threshold=get(
+            "NSFW_THRESHOLD", _fraction, d.nsfw_threshold, "use a number above 0, at most 1"
         ),
         llm_timeout_s=get(
             "LLM_TIMEOUT_S", _non_negative_float, d.llm_timeout_s, "use a number of seconds"

@@ -26,6 +26,8 @@ class StoredRequest:
     explicit: tuple[str, ...] = ()
     style: str | None = None  # the style applied (request.prompt is the styled prompt)
     locale: str | None = None  # the language its messages are written in (None: English)
+    # Asked in a channel Discord marks age-restricted: the image check lets its images through.
+    age_restricted: bool = False
 
     def dumps(self) -> str:
         fields = {
@@ -44,6 +46,7 @@ class StoredRequest:
         fields["explicit"] = list(self.explicit)
         fields["style"] = self.style
         fields["locale"] = self.locale
+        fields["age_restricted"] = self.age_restricted
         return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -56,6 +59,7 @@ class StoredRequest:
         explicit = tuple(str(name) for name in data.pop("explicit", ()))
         style = data.pop("style", None)
         locale = data.pop("locale", None)
+        age_restricted = bool(data.pop("age_restricted", False))
         known = {f.name for f in dataclasses.fields(GenerationRequest)}
         # Fields written by a newer version are ignored rather than failing the resume.
         kwargs = {k: v for k, v in data.items() if k in known and k not in _IMAGE_FIELDS}
@@ -75,4 +79,5 @@ class StoredRequest:
             explicit,
             style,
             locale,
+            age_restricted,
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from core import textguard
 from core import wildcards as prompt_choices
 from core.analysis import Analyzer
+from core.config import DEFAULT_NSFW_THRESHOLD
 from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -24,7 +25,16 @@ from core.refine import Refiner
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
-from core.storage.records import CompletedJob, GeneratedImage, Image, Job, NewJob
+from core.storage.records import (
+    CompletedJob,
+    Flag,
+    FlagAction,
+    GeneratedImage,
+    Image,
+    Job,
+    NewJob,
+    SafetyAction,
+)
 from core.styles import BUILTIN, Style, normalise_name
 from core.wildcards import ExpandMode
 from engine.engine import Engine, JobHandle
@@ -81,6 +91,8 @@ class Requester:
     token_expires_at: dt.datetime | None = None
     source: str = "discord"  # the front door: "discord" or "api"
     locale: str | None = None  # the language to answer in (a Discord locale), None: English
+    # Where Discord marks the channel age-restricted, the image check lets images through.
+    age_restricted: bool = False
 
 
 EDIT_KIND = "edit"  # a job made by a plain edit: no model ran
@@ -127,6 +139,7 @@ class JobService:
         preview_every: int = 5,
         refiner: Refiner | None = None,
         analyzer: Analyzer | None = None,
+        nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD,
     ) -> None:
         self.db = db
         self.images = images
@@ -135,6 +148,7 @@ class JobService:
         self.preview_every = preview_every
         self.refiner = refiner if refiner is not None else Refiner()
         self.analyzer = analyzer if analyzer is not None else Analyzer(None, images, max_pixels=0)
+        self.nsfw_threshold = nsfw_threshold
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------
@@ -231,6 +245,7 @@ class JobService:
             explicit=explicit_settings(request),
             style=None if chosen is None else chosen.name,
             locale=requester.locale,
+            age_restricted=requester.age_restricted,
         )
         try:
             job = await self.db.jobs.create(
@@ -433,13 +448,23 @@ class JobService:
         ]
 
     async def complete(
-        self, job: Job, outputs: Sequence[GeneratedImage], result: JobResult
+        self,
+        job: Job,
+        outputs: Sequence[GeneratedImage],
+        result: JobResult,
+        flags: Sequence[Flag] | None = None,
     ) -> CompletedJob:
         """Store the images and mark the job done, in one transaction: once anyone is told
         the result exists, a restart finds it stored and shows it without generating again.
         Raises ``InvalidTransition`` if the job ended another way meanwhile, and storage
-        errors (``STORAGE_ERRORS``) when the disk or the database cannot take it now."""
+        errors (``STORAGE_ERRORS``) when the disk or the database cannot take it now.
+
+        Images the image check flagged are blurred or held back as the server's policy says
+        (``CompletedJob.flags``, or ``flags`` when the caller has them from
+        ``safety_flags``); a held-back one is not charged."""
         timings = result.timings
+        if flags is None:
+            flags = await self.safety_flags(job, result)
         return await self.db.complete_job(
             job.id,
             outputs,
@@ -450,7 +475,26 @@ class JobService:
                 "total_s": round(timings.total_s, 3),
             },
             generation_seconds=timings.generate_s,
+            flags=flags,
         )
+
+    async def safety_flags(self, job: Job, result: JobResult) -> list[Flag]:
+        """The result's images the image check flagged, with what this channel does with
+        them; none in a channel Discord marks age-restricted."""
+        flagged = [
+            (index, image.nsfw_score)
+            for index, image in enumerate(result.images)
+            if image.nsfw_score is not None and image.nsfw_score >= self.nsfw_threshold
+        ]
+        if not flagged or StoredRequest.loads(job.request).age_restricted:
+            return []
+        policy = await self.db.safety.policy(job.guild_id)
+        action = (
+            FlagAction.BLURRED
+            if policy.action_in(job.channel_id) is SafetyAction.BLUR
+            else FlagAction.BLOCKED
+        )
+        return [Flag(index, score, action) for index, score in flagged]
 
     async def refinement(self, parent: Job, index: int, instruction: str) -> Refinement:
         """The job that changes image ``index`` of ``parent`` as ``instruction`` says ("make

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFilter, ImageOps, PngImagePlugin
 
 from engine.errors import N_, ValidationError
 
@@ -772,6 +772,35 @@ def grid_layout(count: int, cell_size: tuple[int, int], gap: int) -> tuple[int, 
 
 def _default_gap(cell_w: int, cell_h: int) -> int:
     return max(2, min(cell_w, cell_h) // 128)
+
+
+def obscured(image: Image.Image) -> Image.Image:
+    """``image`` made unreadable for a spoiler: shrunk to a few dozen pixels and blurred
+    back to its size, so no detail survives (a plain blur can be partly undone)."""
+    rgb = _flatten_rgb(image)
+    small = rgb.resize((max(1, rgb.width // 32), max(1, rgb.height // 32)), Image.Resampling.BOX)
+    return small.resize(rgb.size, Image.Resampling.BILINEAR).filter(
+        ImageFilter.GaussianBlur(max(2, min(rgb.size) // 64))
+    )
+
+
+WITHHELD_COLOUR = (54, 57, 63)
+WITHHELD_MARK = (237, 66, 69)
+
+
+def withheld_tile(width: int, height: int) -> Image.Image:
+    """The cell of an image held back by the image check: a dark tile with a struck circle."""
+    tile = Image.new("RGB", (width, height), WITHHELD_COLOUR)
+    draw = ImageDraw.Draw(tile)
+    radius = min(width, height) // 5
+    cx, cy = width // 2, height // 2
+    line = max(2, radius // 6)
+    draw.ellipse(
+        (cx - radius, cy - radius, cx + radius, cy + radius), outline=WITHHELD_MARK, width=line
+    )
+    offset = int(radius * 0.7)
+    draw.line((cx - offset, cy + offset, cx + offset, cy - offset), fill=WITHHELD_MARK, width=line)
+    return tile
 
 
 def make_grid(

@@ -37,6 +37,8 @@ def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "ENGINE_HOLD_DIR": str(hold_dir(data_dir)),
         "DATA_DIR": str(data_dir),
         "DEFAULT_MODEL": "tiny",
+        # The image check's tests turn it on with a tiny classifier (foreign_models).
+        "NSFW_MODEL": "off",
         "PREVIEW_EVERY": "2",
         "PROGRESS_EDIT_INTERVAL_S": str(EDIT_INTERVAL_S),
         "LOG_LEVEL": "INFO",

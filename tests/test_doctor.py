@@ -290,3 +290,14 @@ def test_the_api_alone_needs_no_discord_token(tmp_path: Path) -> None:
     assert "HTTP API on http://127.0.0.1:8080/api/docs" in output
     code, output = doctor(tmp_path, DISCORD_TOKEN="")
     assert code == 1 and "DISCORD_TOKEN is not set" in output
+
+
+def test_the_image_check_model_is_checked(tmp_path: Path) -> None:
+    _, output = doctor(tmp_path, NSFW_MODEL="off")
+    assert "⚠ image check: off (NSFW_MODEL=off)" in output
+    _, output = doctor(tmp_path, NSFW_MODEL=str(tmp_path / "no-such-folder"))
+    assert "✘ image check: " in output and "no-such-folder is not a transformers model" in output
+    _, output = doctor(tmp_path, NSFW_MODEL="someone/nsfw", HF_HUB_OFFLINE="1")
+    assert "✘ image check: someone/nsfw is not downloaded, and HF_HUB_OFFLINE is set" in output
+    _, output = doctor(tmp_path, NSFW_MODEL="someone/nsfw")
+    assert "⚠ image check: someone/nsfw is not downloaded yet" in output

@@ -187,6 +187,7 @@ class FakeChannel:
     position: int = 0
     recipients: list[FakeUser] = field(default_factory=list)
     last_message_id: int | None = None
+    nsfw: bool = False  # age-restricted, as a server's moderators can mark a channel
 
     @property
     def mention(self) -> str:
@@ -211,7 +212,7 @@ class FakeChannel:
             "flags": 0,
             "parent_id": None,
             "topic": None,
-            "nsfw": False,
+            "nsfw": self.nsfw,
             "rate_limit_per_user": 0,
             "last_message_id": str(self.last_message_id) if self.last_message_id else None,
             "last_pin_timestamp": None,

@@ -404,9 +404,11 @@ class FakeDiscord(DriverMixin):
         )
         return guild
 
-    def add_channel(self, guild: FakeGuild, name: str, *, type: int = 0) -> FakeChannel:
+    def add_channel(
+        self, guild: FakeGuild, name: str, *, type: int = 0, nsfw: bool = False
+    ) -> FakeChannel:
         channel = FakeChannel(
-            self.snowflake(), name, guild.id, type=type, position=len(guild.channels)
+            self.snowflake(), name, guild.id, type=type, position=len(guild.channels), nsfw=nsfw
         )
         guild.channels.append(channel)
         self.channels[channel.id] = channel
@@ -1432,6 +1434,18 @@ class FakeDiscord(DriverMixin):
         msg.deleted = True
         msg.deleted_at = time.monotonic()
         self._notify()
+
+    async def create_channel(
+        self, guild: FakeGuild, name: str, *, nsfw: bool = False
+    ) -> FakeChannel:
+        """Create a text channel as a server admin would: CHANNEL_CREATE on the gateway."""
+        channel = self.add_channel(guild, name, nsfw=nsfw)
+        data = {**channel.payload(), "guild_id": str(guild.id)}
+        await self.gateway.broadcast(
+            "CHANNEL_CREATE", data, intent=Intents.GUILDS, guild_id=guild.id
+        )
+        self._notify()
+        return channel
 
     async def delete_channel(self, channel: FakeChannel) -> None:
         """Delete a channel as a server admin would: CHANNEL_DELETE on the gateway, its messages
