@@ -712,7 +712,8 @@ async def show_stored_outcome(bot: BotHost, job: Job) -> None:
         }
         size = next(iter(by_index.values())).size if by_index else (512, 512)
         pictures = [
-            by_index.get(index) or withheld_tile(*size) for index in range(len(images) + len(held))
+            withheld_tile(*size) if (picture := by_index.get(index)) is None else picture
+            for index in range(len(images) + len(held))
         ]
         censored = Censored.of(flags)
         grid = await render_result(job, pictures, censored)

@@ -25,6 +25,7 @@ from e2e_support import (
     start_world,
     stop_world,
 )
+from fakediscord.faults import Routes
 from fakediscord.models import StoredMessage
 from foreign_models import save_tiny_nsfw_classifier
 
@@ -180,6 +181,28 @@ async def test_blur_posts_a_spoiler_and_age_restricted_channels_post_as_is(
     finally:
         await moderate(world, "set", action="default")
     assert "Elsewhere in this server: held back" in (await moderate(world, "show")).content
+
+
+async def test_a_result_shown_again_from_storage_keeps_its_verdicts(world: World) -> None:
+    fake = world.fake
+    await moderate(world, "set", action="blur")
+    refused = fake.faults.error(
+        Routes.EDIT_FOLLOWUP,
+        status=400,
+        message="Invalid Form Body",
+        when=lambda info: "dc:1:up:" in str((info.json or {}).get("components")),
+    )
+    try:
+        ix = await fake.send_slash_command("imagine", {"prompt": "a foggy pier", "count": 2})
+        await ix.response()
+        shown = await ix.wait_for_original(is_result, timeout=90)
+        assert refused.hits == 1 and "delivery failed" in world.bot.output
+        (grid,) = shown.attachments
+        assert grid.filename.startswith("SPOILER_")
+        assert "shown blurred, as a spoiler" in shown.text()
+    finally:
+        refused.times = 0
+        await moderate(world, "set", action="default")
 
 
 async def test_below_the_threshold_images_are_posted_as_they_are(
