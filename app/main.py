@@ -34,11 +34,11 @@ from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failur
 from core.tracing import JobTracer
 from engine.backend import DEFAULT_MAX_INPUT_PIXELS, DiffusersBackend
 from engine.detect import Detector, LocalDetector, RemoteDetector
-from engine.safety import NsfwClassifier
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
 from engine.loader import LoaderOptions, ModelManager
 from engine.registry import ModelRegistry
+from engine.safety import NsfwClassifier
 
 log = logging.getLogger("diffusion_chat")
 
