@@ -26,6 +26,7 @@ from api.library import library_routes, share_routes
 from api.schemas import ErrorBody, GenerateBody
 from api.vision import PREFIX as VISION_PREFIX
 from api.vision import vision_routes
+from api.web import web_routes
 from core.errors import incident_id
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(vision_routes(), prefix=VISION_PREFIX)
     app.include_router(share_routes())
     app.include_router(compat_routes())
+    web_routes(app, context.settings.web_api_base_url)
     _document_generate_body(app)
 
     @app.get("/healthz", include_in_schema=False)

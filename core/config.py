@@ -81,6 +81,8 @@ class Settings:
     # Where people reach the API from outside (behind the TLS proxy), for share links; None:
     # no links, sharing only posts to a server's gallery channel.
     api_public_url: str | None = None
+    # Where the web chat sends its API calls when it is served elsewhere; None: its origin.
+    web_api_base_url: str | None = None
     # Error tracking and traces, both off unless set.
     sentry_dsn: str | None = None
     sentry_environment: str = "production"
@@ -351,6 +353,14 @@ def load_settings(
             lambda raw: _url(("http", "https"))(raw).rstrip("/"),
             d.api_public_url,
             "use the address people open, such as https://chat.example.com",
+        ),
+        web_api_base_url=get(
+            "API_BASE_URL"
+            if values.get("API_BASE_URL", "").strip()
+            else "NEXT_PUBLIC_API_BASE_URL",
+            lambda raw: _url(("http", "https"))(raw).rstrip("/"),
+            d.web_api_base_url,
+            "use the API's address as the browser reaches it, such as https://api.example.com",
         ),
     )
     if problems:

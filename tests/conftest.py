@@ -30,6 +30,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A failed test that used the bot process shows what the bot logged."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)  # for fixtures that act on a failure
     world = getattr(item, "funcargs", {}).get("world")
     if report.when == "call" and report.failed and isinstance(world, World):
         report.sections.append(("the bot's output (its end)", world.bot.output[-8000:]))

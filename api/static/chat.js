@@ -1,0 +1,365 @@
+// The web chat: each prompt is a turn that follows its job over the HTTP API's event
+// stream (fetch, not EventSource: the key travels in the Authorization header) and shows
+// its images. Plain JavaScript, no build step.
+"use strict";
+
+const PREFIX = "/api/cv/diffusion";
+const KEY_STORE = "diffusion-chat.key";
+const SETTINGS_STORE = "diffusion-chat.settings";
+const LANGUAGE_STORE = "diffusion-chat.language";
+const FIELDS = ["prompt", "negative_prompt", "model", "count", "steps", "guidance", "aspect", "seed"];
+const REMEMBERED = FIELDS.filter((name) => name !== "prompt" && name !== "seed");
+
+const STRINGS = {
+  en: {
+    language: "Language", identity: "Your API key",
+    "key-label": "API key (from /apikey create in Discord)", "save-key": "Save", "forget-key": "Forget",
+    "key-saved": "Key saved in this browser.", "key-missing": "Enter your API key to start.",
+    "prompt-label": "Prompt", "prompt-placeholder": "a red fox in the snow, watercolour",
+    "negative-label": "Negative prompt", "negative-placeholder": "blurry, text",
+    advanced: "Advanced settings", model: "Model", "model-default": "Default", count: "Images",
+    steps: "Steps", guidance: "Guidance", aspect: "Aspect", seed: "Seed", auto: "auto", random: "random",
+    generate: "Generate", conversation: "Conversation",
+    queued: "Queued: #{position}{eta}", eta: " · about {seconds} s", starting: "Starting…",
+    "loading model": "Loading the model…", denoising: "Denoising: step {step} of {total} ({percent}%){eta}",
+    decoding: "Decoding…", succeeded: "Done in {seconds} s.", failed: "Failed: {message}",
+    canceled: "Cancelled.", cancel: "Cancel", progress: "Progress",
+    preview: "Preview of the image being made", download: "Download PNG", upscale: "Upscale",
+    vary: "Vary", reroll: "Reroll", remix: "Remix", copy: "Copy settings", copied: "Settings copied.",
+    "refine-label": "Change it (“make it night”)", refine: "Refine",
+    image: "Image {number} of “{prompt}”", withheld: "Held back by the image check: {count}.",
+    "no-key": "Enter your API key first.", network: "The server could not be reached. Try again.",
+  },
+  ko: {
+    language: "언어", identity: "API 키",
+    "key-label": "API 키 (Discord에서 /apikey create)", "save-key": "저장", "forget-key": "지우기",
+    "key-saved": "이 브라우저에 키를 저장했습니다.", "key-missing": "시작하려면 API 키를 입력하세요.",
+    "prompt-label": "프롬프트", "prompt-placeholder": "눈 속의 붉은 여우, 수채화",
+    "negative-label": "네거티브 프롬프트", "negative-placeholder": "흐림, 글자",
+    advanced: "고급 설정", model: "모델", "model-default": "기본값", count: "이미지 수",
+    steps: "스텝", guidance: "가이던스", aspect: "비율", seed: "시드", auto: "자동", random: "무작위",
+    generate: "생성", conversation: "대화",
+    queued: "대기 중: {position}번째{eta}", eta: " · 약 {seconds}초", starting: "시작하는 중…",
+    "loading model": "모델을 불러오는 중…", denoising: "노이즈 제거: {total}스텝 중 {step} ({percent}%){eta}",
+    decoding: "디코딩 중…", succeeded: "{seconds}초 만에 완료.", failed: "실패: {message}",
+    canceled: "취소됨.", cancel: "취소", progress: "진행률",
+    preview: "만들고 있는 이미지 미리보기", download: "PNG 다운로드", upscale: "업스케일",
+    vary: "변형", reroll: "다시 생성", remix: "리믹스", copy: "설정 복사", copied: "설정을 복사했습니다.",
+    "refine-label": "바꾸기 (“밤으로 바꿔줘”)", refine: "다듬기",
+    image: "“{prompt}”의 이미지 {number}", withheld: "이미지 검사로 보류됨: {count}개.",
+    "no-key": "먼저 API 키를 입력하세요.", network: "서버에 연결할 수 없습니다. 다시 시도하세요.",
+  },
+};
+
+let language = "en";
+const base = (document.querySelector('meta[name="api-base"]')?.content || "").replace(/\/$/, "");
+
+function t(key, values = {}) {
+  const text = (STRINGS[language] && STRINGS[language][key]) || STRINGS.en[key] || key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
+}
+
+function applyLanguage(chosen) {
+  language = STRINGS[chosen] ? chosen : "en";
+  document.documentElement.lang = language;
+  document.getElementById("language").value = language;
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) {
+    node.placeholder = t(node.dataset.i18nPlaceholder);
+  }
+  document.getElementById("turns").setAttribute("aria-label", t("conversation"));
+}
+
+function key() { return localStorage.getItem(KEY_STORE) || ""; }
+
+function showError(message) {
+  const box = document.getElementById("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+class ApiError extends Error {
+  constructor(message, field) { super(message); this.field = field; }
+}
+
+async function api(path, options = {}) {
+  if (!key()) throw new ApiError(t("no-key"), "key");
+  const url = path.startsWith("http") ? path : `${base}${PREFIX}${path}`;
+  let response;
+  try {
+    response = await fetch(url, {
+      ...options,
+      headers: { Authorization: `Bearer ${key()}`, "Content-Type": "application/json", ...(options.headers || {}) },
+    });
+  } catch {
+    throw new ApiError(t("network"));
+  }
+  if (!response.ok) {
+    let error = { message: `HTTP ${response.status}` };
+    try { error = (await response.json()).error || error; } catch { /* not JSON */ }
+    throw new ApiError(error.message, error.field);
+  }
+  return response;
+}
+
+async function apiJson(path, body) {
+  const options = body === undefined ? {} : { method: "POST", body: JSON.stringify(body) };
+  return (await api(path, options)).json();
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function formBody() {
+  const form = document.getElementById("prompt-form");
+  const body = {};
+  for (const name of FIELDS) {
+    const field = form.elements[name];
+    const value = field.value.trim();
+    if (value === "") continue;
+    body[name] = field.type === "number" ? Number(value) : value;
+  }
+  return body;
+}
+
+function fillForm(body) {
+  const form = document.getElementById("prompt-form");
+  for (const name of FIELDS) {
+    if (form.elements[name]) form.elements[name].value = body[name] ?? "";
+  }
+}
+
+function rememberSettings(body) {
+  const kept = Object.fromEntries(REMEMBERED.filter((n) => n in body).map((n) => [n, body[n]]));
+  localStorage.setItem(SETTINGS_STORE, JSON.stringify(kept));
+}
+
+// --- a turn ---------------------------------------------------------------------------------
+
+class Turn {
+  constructor(body) {
+    this.body = body;
+    this.status = element("p", { class: "status", role: "status" });
+    this.bar = element("progress", { max: "100", value: "0", "aria-label": t("progress") });
+    this.preview = element("img", { class: "preview", alt: t("preview"), hidden: "" });
+    this.cancel = element("button", { type: "button", class: "secondary cancel", text: t("cancel"), onclick: () => this.cancelJob() });
+    this.images = element("div", { class: "images" });
+    this.actions = element("div", { class: "actions" });
+    this.node = element(
+      "li", { class: "turn" },
+      element("p", { class: "turn-prompt", text: body.prompt }),
+      this.status, this.bar, this.preview, this.cancel, this.images, this.actions,
+    );
+    document.getElementById("turns").append(this.node);
+    this.node.scrollIntoView({ block: "nearest" });
+  }
+
+  async start(request) {
+    try {
+      this.job = await request;
+      this.node.dataset.job = this.job.id;
+      await this.follow();
+    } catch (error) {
+      this.fail(error.message);
+    }
+  }
+
+  async follow() {
+    const response = await api(this.job.urls.events, { headers: { Accept: "text/event-stream" } });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const name = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (name && data) await this.on(name, JSON.parse(data));
+      }
+    }
+  }
+
+  async on(name, data) {
+    const eta = data.eta_s ? t("eta", { seconds: Math.ceil(data.eta_s) }) : "";
+    if (name === "queued") this.say(t("queued", { position: data.position, eta }));
+    else if (name === "loading") this.say(t("loading model"));
+    else if (name === "started") this.say(t("starting"));
+    else if (name === "progress") {
+      this.bar.value = data.percent;
+      this.say(data.stage === "decoding" ? t("decoding") : t("denoising", { ...data, eta }));
+      if (data.preview) { this.preview.src = data.preview; this.preview.hidden = false; }
+    } else if (["succeeded", "failed", "canceled"].includes(name)) await this.finish(data);
+  }
+
+  say(text) { this.status.textContent = text; this.node.dataset.state = "running"; }
+
+  fail(message) {
+    this.status.textContent = t("failed", { message });
+    this.node.dataset.state = "failed";
+    this.cancel.remove();
+  }
+
+  async cancelJob() {
+    this.cancel.disabled = true;
+    try { await api(this.job.urls.cancel, { method: "POST" }); } catch (error) { showError(error.message); }
+  }
+
+  async finish(job) {
+    this.job = job;
+    this.cancel.remove();
+    this.preview.hidden = true;
+    if (job.status === "failed") return this.fail(job.error || "");
+    if (job.status === "canceled") {
+      this.status.textContent = t("canceled");
+      this.node.dataset.state = "canceled";
+      return;
+    }
+    this.bar.value = 100;
+    const seconds = job.metrics?.total_s ? job.metrics.total_s.toFixed(1) : "?";
+    this.status.textContent = t("succeeded", { seconds });
+    if (job.withheld) this.status.textContent += " " + t("withheld", { count: job.withheld.length });
+    const urls = job.output || [];
+    for (const [index, url] of urls.entries()) await this.addImage(url, index);
+    this.actions.append(
+      element("button", { type: "button", class: "secondary", text: t("reroll"), onclick: () => submit({ ...this.body, seed: undefined }) }),
+      element("button", { type: "button", class: "secondary", text: t("remix"), onclick: () => this.remix() }),
+      element("button", { type: "button", class: "secondary", text: t("copy"), onclick: () => this.copySettings() }),
+    );
+    if (urls.length) this.node.append(this.refineForm());
+    this.node.dataset.state = "done";
+  }
+
+  async addImage(url, index) {
+    const blob = await (await api(url)).blob();
+    const source = URL.createObjectURL(blob);
+    const label = t("image", { number: index + 1, prompt: this.body.prompt });
+    const picture = element("img", { src: source, alt: label });
+    const name = `diffusion-chat-${this.job.id}-${index + 1}.png`;
+    this.images.append(element(
+      "figure", {}, picture,
+      element("figcaption", {},
+        element("a", { href: source, download: name, class: "download", text: t("download") }),
+        element("button", { type: "button", class: "secondary", text: t("upscale"), onclick: () => this.derive(blob, "upscale") }),
+        element("button", { type: "button", class: "secondary", text: t("vary"), onclick: () => this.derive(blob, "variation") }),
+      ),
+    ));
+  }
+
+  async derive(blob, operation) {
+    const image = await new Promise((resolve) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result));
+      reader.readAsDataURL(blob);
+    });
+    const body = { prompt: this.body.prompt, negative_prompt: this.body.negative_prompt, model: this.job.input.model, operation, init_image: image };
+    if (operation === "variation") body.variation = "subtle";
+    submit(body, { remember: false });
+  }
+
+  remix() {
+    fillForm(this.body);
+    document.getElementById("prompt").focus();
+  }
+
+  async copySettings() {
+    const text = JSON.stringify({ ...this.body, seed: this.job.input.seed });
+    try {
+      await navigator.clipboard.writeText(text);
+      this.status.textContent = t("copied");
+    } catch {
+      window.prompt(t("copy"), text);
+    }
+  }
+
+  refineForm() {
+    const id = `refine-${this.job.id}`;
+    const input = element("input", { id, maxlength: "300", required: "" });
+    return element(
+      "form", {
+        class: "refine",
+        onsubmit: (event) => {
+          event.preventDefault();
+          const instruction = input.value.trim();
+          if (!instruction) return;
+          const turn = new Turn({ ...this.body, prompt: `${this.body.prompt} → ${instruction}` });
+          turn.start(apiJson("/refine", { parent_id: this.job.id, instruction, image: 0 }));
+          input.value = "";
+        },
+      },
+      element("label", { for: id, text: t("refine-label") }), input,
+      element("button", { type: "submit", text: t("refine") }),
+    );
+  }
+}
+
+function submit(body, { remember = true } = {}) {
+  showError("");
+  const clean = Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined && v !== ""));
+  if (remember) rememberSettings(clean);
+  const turn = new Turn(clean);
+  turn.start(apiJson("/generate", clean).catch((error) => {
+    showError(error.field ? `${error.field}: ${error.message}` : error.message);
+    throw error;
+  }));
+  return turn;
+}
+
+async function loadModels() {
+  try {
+    const models = await apiJson("/models");
+    const select = document.getElementById("model");
+    const chosen = select.value;
+    for (const model of models) {
+      if (![...select.options].some((o) => o.value === model.name)) {
+        select.append(element("option", { value: model.name, text: model.name }));
+      }
+    }
+    select.value = chosen;
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function showKeyState() {
+  document.getElementById("key-status").textContent = key() ? t("key-saved") : t("key-missing");
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const stored = localStorage.getItem(LANGUAGE_STORE);
+  applyLanguage(stored || (navigator.language || "en").toLowerCase().split("-")[0]);
+  document.getElementById("language").addEventListener("change", (event) => {
+    localStorage.setItem(LANGUAGE_STORE, event.target.value);
+    applyLanguage(event.target.value);
+    showKeyState();
+  });
+  try { fillForm(JSON.parse(localStorage.getItem(SETTINGS_STORE) || "{}")); } catch { /* ignore */ }
+  showKeyState();
+  document.getElementById("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    localStorage.setItem(KEY_STORE, document.getElementById("key").value.trim());
+    document.getElementById("key").value = "";
+    showKeyState();
+    loadModels();
+  });
+  document.getElementById("forget-key").addEventListener("click", () => {
+    localStorage.removeItem(KEY_STORE);
+    showKeyState();
+  });
+  document.getElementById("prompt-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit(formBody());
+  });
+  if (key()) loadModels();
+});

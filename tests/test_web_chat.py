@@ -1,0 +1,169 @@
+"""The web chat in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
+against the product as its own process with the tiny model: a key, a prompt whose progress
+bar moves, its image, a cancelled job, a downloaded PNG with its parameters, refusals, and
+the page in Korean. A failing test leaves a screenshot (its path is in the failure)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from api_support import ApiProcess, start_api
+from e2e_support import hold_jobs
+from PIL import Image
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+# CI installs Debian's chromium and sets REQUIRE_BROWSER=1: there a missing browser fails.
+CHROMIUM = (
+    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+)
+if CHROMIUM is None and os.environ.get("REQUIRE_BROWSER") != "1":
+    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiProcess]:
+    started = await start_api(tmp_path_factory.mktemp("web") / "data")
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Any]:
+    assert CHROMIUM is not None, "REQUIRE_BROWSER=1 but no chromium: apt-get install chromium"
+    async with playwright_api.async_playwright() as driver:
+        launched = await driver.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+Page = Any
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def open_page(
+    browser: Any, api: ApiProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
+    """Open the chat (in a locale), with a screenshot of every open page if the test fails."""
+    contexts: list[Any] = []
+
+    async def opener(locale: str = "en-US") -> Page:
+        context = await browser.new_context(locale=locale, accept_downloads=True)
+        contexts.append(context)
+        page = await context.new_page()
+        await page.goto(f"{api.base}/")
+        return page
+
+    yield opener
+    failed = getattr(request.node, "rep_call", None)
+    for number, context in enumerate(contexts):
+        if failed is not None and failed.failed:
+            for page in context.pages:
+                shot = Path(os.environ.get("SCREENSHOT_DIR", tmp_path)) / (
+                    f"{request.node.name}-{number}.png"
+                )
+                await page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot}")
+        await context.close()
+
+
+async def sign_in(page: Page, api: ApiProcess) -> None:
+    await page.get_by_role("textbox", name="API key").fill(api.new_key("browser"))
+    await page.get_by_role("button", name="Save").click()
+    await page.get_by_text("Key saved in this browser.").wait_for()
+
+
+async def ask(page: Page, prompt: str, steps: int = 6) -> Any:
+    await page.get_by_label("Prompt", exact=True).fill(prompt)
+    if not await page.locator("#advanced").evaluate("details => details.open"):
+        await page.get_by_text("Advanced settings").click()
+    await page.get_by_label("Steps").fill(str(steps))
+    await page.get_by_role("button", name="Generate").click()
+    return page.locator(".turn", has_text=prompt).last
+
+
+async def test_a_prompt_shows_progress_then_its_image_to_download(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    await sign_in(page, api)
+    with hold_jobs(api.data_dir, "lantern in fog", 3) as release:
+        turn = await ask(page, "a lantern in fog", steps=6)
+        await turn.wait_for()
+        bar = turn.locator("progress")
+        await page.wait_for_function(
+            "bar => bar.value > 0 && bar.value < 100",
+            arg=await bar.element_handle(),
+            timeout=60_000,
+        )
+        assert "Denoising: step" in await turn.locator(".status").inner_text()
+        release()
+        done = page.locator('.turn[data-state="done"]', has_text="a lantern in fog")
+        await done.wait_for(timeout=60_000)
+    picture = turn.locator(".images img")
+    await picture.wait_for()
+    assert "a lantern in fog" in (await picture.get_attribute("alt") or "")
+    assert await bar.evaluate("bar => bar.value") == 100
+    async with page.expect_download() as waiting:
+        await turn.get_by_role("link", name="Download PNG").click()
+    download = await waiting.value
+    data = await asyncio.to_thread(Path(await download.path()).read_bytes)
+    with Image.open(io.BytesIO(data)) as png:
+        assert png.format == "PNG"
+        assert "a lantern in fog" in png.info["parameters"]
+        assert "Steps: 6" in png.info["parameters"]
+
+
+async def test_a_running_job_is_cancelled_from_its_turn(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    await sign_in(page, api)
+    with hold_jobs(api.data_dir, "a slow tide", 2):
+        turn = await ask(page, "a slow tide", steps=8)
+        await turn.locator(".status", has_text="Denoising").wait_for(timeout=60_000)
+        await turn.get_by_role("button", name="Cancel").click()
+        await turn.locator(".status", has_text="Cancelled.").wait_for(timeout=60_000)
+    assert await turn.locator(".images img").count() == 0
+
+
+async def test_refusals_are_shown_and_nothing_is_sent_without_a_key(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    turn = await ask(page, "no key yet")
+    await turn.locator(".status", has_text="Enter your API key first.").wait_for()
+    await page.get_by_role("textbox", name="API key").fill("dc_not-a-real-key")
+    await page.get_by_role("button", name="Save").click()
+    turn = await ask(page, "a wrong key")
+    alert = page.get_by_role("alert")
+    await alert.wait_for()
+    assert "key" in (await alert.inner_text()).lower()
+
+
+async def test_the_page_speaks_korean_to_a_korean_browser(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page("ko-KR")
+    assert await page.evaluate("document.documentElement.lang") == "ko"
+    assert await page.get_by_role("button", name="생성").is_visible()
+    assert await page.get_by_label("프롬프트", exact=True).is_visible()
+    await page.get_by_label("언어").select_option("en")
+    assert await page.get_by_role("button", name="Generate").is_visible()
+    await page.reload()
+    assert await page.get_by_role("button", name="Generate").is_visible()  # remembered
