@@ -16,10 +16,11 @@ from api.diffusion import (
     ImageId,
     JobId,
     _own_image,
+    _own_job,
     _resource,
     is_shared,
 )
-from api.schemas import HistoryPage
+from api.schemas import HistoryPage, ShareLink
 from core.errors import InvalidField
 from core.jobcodec import StoredRequest
 from core.library import MAX_SEARCH_CHARS, OPERATIONS, build_query
@@ -39,6 +40,32 @@ Moment = Annotated[
 
 def library_routes() -> APIRouter:
     router = APIRouter(tags=["library"])
+
+    @router.post("/jobs/{job_id}/share", response_model=ShareLink)
+    async def share(job_id: JobId, request: Request, account: Caller) -> Response:
+        """Make a finished job's images public at a link (`/s/{id}`) that chats unfurl."""
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        if job.status is not JobStatus.DONE:
+            raise ApiError(409, "not_finished", "Only a finished job can be shared.")
+        if job.gallery_removed_at is not None:
+            raise ApiError(
+                403, "removed", "A moderator took this result out of the gallery: it stays private."
+            )
+        library = context.service.db.library
+        if await library.claim_share(job.id):
+            await library.record_share(job.id, job.share_channel_id, job.share_message_id)
+        link = ShareLink(url=_share_url(context, request, job.id), shared=True)
+        return with_rate_headers(request, JSONResponse(link.model_dump()))
+
+    @router.post("/jobs/{job_id}/unshare", response_model=ShareLink)
+    async def unshare(job_id: JobId, request: Request, account: Caller) -> Response:
+        """Revoke the public link: the page and its images answer 404 from now on."""
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        await context.service.db.library.unshare(job.id)
+        link = ShareLink(url=_share_url(context, request, job.id), shared=False)
+        return with_rate_headers(request, JSONResponse(link.model_dump()))
 
     @router.get("/history", response_model=HistoryPage)
     async def history(
@@ -146,7 +173,8 @@ _SHARE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "public, max-age=300",
+    # Revalidated on every view: a revoked or removed link must stop working at once.
+    "Cache-Control": "no-cache",
 }
 
 
@@ -154,6 +182,7 @@ def share_routes() -> APIRouter:
     """No key needed: a result its owner shared is public until a moderator removes it."""
     router = APIRouter(include_in_schema=False)
 
+    @router.get("/s/{job_id}", response_class=HTMLResponse)
     @router.get("/share/{job_id}", response_class=HTMLResponse)
     async def share_page(job_id: JobId, request: Request) -> Response:
         context: ApiContext = request.app.state.context
@@ -184,6 +213,11 @@ def share_routes() -> APIRouter:
     return router
 
 
+def _share_url(context: ApiContext, request: Request, job_id: str) -> str:
+    base = context.settings.api_public_url or str(request.base_url).rstrip("/")
+    return f"{base}/s/{job_id}"
+
+
 async def _shared_job(context: ApiContext, job_id: str) -> Job:
     job = await context.service.db.jobs.find(job_id)
     if job is None or not is_shared(job):
@@ -210,6 +244,9 @@ def _share_html(job: Job, image_urls: list[str]) -> str:
 <meta property="og:title" content="{title}">
 <meta property="og:image" content="{first}">
 <meta property="og:type" content="website">
+<meta name="twitter:card" content="summary_large_image">
+<meta name="twitter:title" content="{title}">
+<meta name="twitter:image" content="{first}">
 <style>
 body {{ font-family: system-ui, sans-serif; background: #202225; color: #eee;
        max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }}

@@ -156,6 +156,11 @@ class JobResource(BaseModel):
     urls: JobUrls
 
 
+class ShareLink(BaseModel):
+    url: str = Field(description="the public page: no key needed, with a preview for chats")
+    shared: bool = Field(description="false once revoked")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -88,11 +88,12 @@ async def sign_in(page: Page, api: ApiProcess) -> None:
     await page.get_by_text("Key saved in this browser.").wait_for()
 
 
-async def ask(page: Page, prompt: str, steps: int = 6) -> Any:
+async def ask(page: Page, prompt: str, steps: int = 6, count: int = 1) -> Any:
     await page.get_by_label("Prompt", exact=True).fill(prompt)
     if not await page.locator("#advanced").evaluate("details => details.open"):
         await page.get_by_text("Advanced settings").click()
     await page.get_by_label("Steps").fill(str(steps))
+    await page.get_by_label("Images").fill(str(count))
     await page.get_by_role("button", name="Generate").click()
     return page.locator(".turn", has_text=prompt).last
 
@@ -127,6 +128,61 @@ async def test_a_prompt_shows_progress_then_its_image_to_download(
         assert png.format == "PNG"
         assert "a lantern in fog" in png.info["parameters"]
         assert "Steps: 6" in png.info["parameters"]
+
+
+async def test_zoom_compare_and_a_share_link_opened_logged_out(
+    api: ApiProcess, browser: Any, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    await sign_in(page, api)
+    first = await ask(page, "two paper boats", steps=2, count=2)
+    await page.locator('.turn[data-state="done"]', has_text="two paper boats").wait_for()
+
+    # Zoom: a lightbox that arrow keys walk through.
+    pictures = first.locator(".images img")
+    await pictures.first.click()
+    viewer = page.get_by_role("dialog")
+    await viewer.get_by_role("heading", name="Image 1 of 2").wait_for()
+    await page.keyboard.press("ArrowRight")
+    await viewer.get_by_role("heading", name="Image 2 of 2").wait_for()
+    shown = await viewer.locator("img.zoomed").get_attribute("src")
+    assert shown == await pictures.nth(1).get_attribute("src")
+    await page.keyboard.press("Escape")
+    await viewer.wait_for(state="detached")
+
+    # Compare with the previous generation: side by side, then a slider.
+    second = await ask(page, "one paper plane", steps=2)
+    await page.locator('.turn[data-state="done"]', has_text="one paper plane").wait_for()
+    await second.get_by_role("button", name="Compare with the previous").click()
+    assert await viewer.locator(".side-by-side img").count() == 2
+    await viewer.get_by_role("button", name="Slider").click()
+    slider = viewer.get_by_label("Slide between them")
+    await slider.fill("80")
+    clip = await viewer.locator(".stack .top").evaluate("img => img.style.clipPath")
+    assert "80%" in clip
+    await viewer.get_by_role("button", name="Close").click()
+
+    # Share: a public link that works without a key, with a preview for chats; then revoked.
+    await second.get_by_role("button", name="Share").click()
+    link = await second.get_by_label("Public link").input_value()
+    job_id = await second.get_attribute("data-job")
+    assert link.endswith(f"/s/{job_id}")
+    stranger = await browser.new_context()
+    try:
+        public = await stranger.new_page()
+        answer = await public.goto(link)
+        assert answer is not None and answer.status == 200
+        preview = await public.locator('meta[property="og:image"]').get_attribute("content")
+        assert preview and preview.endswith(".png")
+        assert await public.locator("img").first.evaluate(
+            "img => img.complete && img.naturalWidth > 0"
+        )
+        await second.get_by_role("button", name="Revoke link").click()
+        await second.get_by_text("The link is revoked.").wait_for()
+        gone = await public.goto(link)
+        assert gone is not None and gone.status == 404
+    finally:
+        await stranger.close()
 
 
 async def test_a_running_job_is_cancelled_from_its_turn(

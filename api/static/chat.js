@@ -29,6 +29,12 @@ const STRINGS = {
     "refine-label": "Change it (“make it night”)", refine: "Refine",
     image: "Image {number} of “{prompt}”", withheld: "Held back by the image check: {count}.",
     "no-key": "Enter your API key first.", network: "The server could not be reached. Try again.",
+    share: "Share", "share-link": "Public link", revoke: "Revoke link", revoked: "The link is revoked.",
+    compare: "Compare with the previous", "compare-title": "This result and the previous one",
+    previous: "Previous", current: "This one", slider: "Slide between them",
+    "side-by-side": "Side by side", overlay: "Slider", close: "Close",
+    "zoom-title": "Image {number} of {total}", "zoom-hint": "Arrow keys: previous and next image. Esc: close.",
+    next: "Next image", back: "Previous image",
   },
   ko: {
     language: "언어", identity: "API 키",
@@ -48,6 +54,12 @@ const STRINGS = {
     "refine-label": "바꾸기 (“밤으로 바꿔줘”)", refine: "다듬기",
     image: "“{prompt}”의 이미지 {number}", withheld: "이미지 검사로 보류됨: {count}개.",
     "no-key": "먼저 API 키를 입력하세요.", network: "서버에 연결할 수 없습니다. 다시 시도하세요.",
+    share: "공유", "share-link": "공개 링크", revoke: "링크 취소", revoked: "링크를 취소했습니다.",
+    compare: "이전 결과와 비교", "compare-title": "이번 결과와 이전 결과",
+    previous: "이전", current: "이번", slider: "밀어서 비교",
+    "side-by-side": "나란히", overlay: "슬라이더", close: "닫기",
+    "zoom-title": "이미지 {number} / {total}", "zoom-hint": "화살표 키: 이전/다음 이미지. Esc: 닫기.",
+    next: "다음 이미지", back: "이전 이미지",
   },
 };
 
@@ -160,7 +172,10 @@ class Turn {
     );
     document.getElementById("turns").append(this.node);
     this.node.scrollIntoView({ block: "nearest" });
+    Turn.all.push(this);
   }
+
+  static all = [];
 
   async start(request) {
     try {
@@ -232,6 +247,13 @@ class Turn {
     if (job.withheld) this.status.textContent += " " + t("withheld", { count: job.withheld.length });
     const urls = job.output || [];
     for (const [index, url] of urls.entries()) await this.addImage(url, index);
+    const previous = Turn.all[Turn.all.indexOf(this) - 1];
+    if (urls.length) {
+      this.actions.append(element("button", { type: "button", class: "secondary", text: t("share"), onclick: () => this.share() }));
+    }
+    if (urls.length && previous?.firstImage) {
+      this.actions.append(element("button", { type: "button", class: "secondary", text: t("compare"), onclick: () => compare(previous.firstImage, this.firstImage) }));
+    }
     this.actions.append(
       element("button", { type: "button", class: "secondary", text: t("reroll"), onclick: () => submit({ ...this.body, seed: undefined }) }),
       element("button", { type: "button", class: "secondary", text: t("remix"), onclick: () => this.remix() }),
@@ -245,7 +267,10 @@ class Turn {
     const blob = await (await api(url)).blob();
     const source = URL.createObjectURL(blob);
     const label = t("image", { number: index + 1, prompt: this.body.prompt });
-    const picture = element("img", { src: source, alt: label });
+    const picture = element("img", { src: source, alt: label, tabindex: "0", class: "zoomable" });
+    picture.addEventListener("click", () => zoom(picture));
+    picture.addEventListener("keydown", (event) => { if (event.key === "Enter") zoom(picture); });
+    this.firstImage = this.firstImage || picture;
     const name = `diffusion-chat-${this.job.id}-${index + 1}.png`;
     this.images.append(element(
       "figure", {}, picture,
@@ -266,6 +291,26 @@ class Turn {
     const body = { prompt: this.body.prompt, negative_prompt: this.body.negative_prompt, model: this.job.input.model, operation, init_image: image };
     if (operation === "variation") body.variation = "subtle";
     submit(body, { remember: false });
+  }
+
+  async share() {
+    try {
+      const link = await apiJson(`/jobs/${this.job.id}/share`, {});
+      this.node.querySelector(".share")?.remove();
+      const id = `share-${this.job.id}`;
+      const box = element("div", { class: "share" },
+        element("label", { for: id, text: t("share-link") }),
+        element("input", { id, readonly: "", value: link.url }),
+        element("a", { href: link.url, target: "_blank", rel: "noopener", text: link.url.replace(/^https?:\/\//, "") }),
+        element("button", { type: "button", class: "secondary", text: t("revoke"), onclick: async () => {
+          await apiJson(`/jobs/${this.job.id}/unshare`, {});
+          box.replaceChildren(element("p", { text: t("revoked") }));
+        } }),
+      );
+      this.node.append(box);
+    } catch (error) {
+      showError(error.message);
+    }
   }
 
   remix() {
@@ -302,6 +347,62 @@ class Turn {
       element("button", { type: "submit", text: t("refine") }),
     );
   }
+}
+
+// --- zoom and compare -------------------------------------------------------------------------
+
+function dialog(title, ...content) {
+  document.getElementById("viewer")?.remove();
+  const heading = element("h2", { id: "viewer-title", text: title });
+  const close = element("button", { type: "button", class: "secondary", text: t("close"), onclick: () => box.close() });
+  const box = element("dialog", { id: "viewer", "aria-labelledby": "viewer-title" }, heading, ...content, close);
+  box.addEventListener("close", () => box.remove());
+  document.body.append(box);
+  box.showModal();
+  return box;
+}
+
+function zoom(picture) {
+  const pictures = [...document.querySelectorAll("img.zoomable")];
+  let index = pictures.indexOf(picture);
+  const big = element("img", { class: "zoomed" });
+  const hint = element("p", { class: "hint", text: t("zoom-hint") });
+  const box = dialog("", big, hint,
+    element("button", { type: "button", class: "secondary", text: t("back"), onclick: () => show(index - 1) }),
+    element("button", { type: "button", class: "secondary", text: t("next"), onclick: () => show(index + 1) }),
+  );
+  function show(at) {
+    index = (at + pictures.length) % pictures.length;
+    big.src = pictures[index].src;
+    big.alt = pictures[index].alt;
+    box.querySelector("h2").textContent = t("zoom-title", { number: index + 1, total: pictures.length });
+  }
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowRight") show(index + 1);
+    else if (event.key === "ArrowLeft") show(index - 1);
+  });
+  show(index);
+}
+
+function compare(before, after) {
+  const left = element("figure", {}, element("img", { src: before.src, alt: before.alt }), element("figcaption", { text: t("previous") }));
+  const right = element("figure", {}, element("img", { src: after.src, alt: after.alt }), element("figcaption", { text: t("current") }));
+  const sideBySide = element("div", { class: "side-by-side" }, left, right);
+  const top = element("img", { src: after.src, alt: after.alt, class: "top" });
+  const stack = element("div", { class: "stack" }, element("img", { src: before.src, alt: before.alt }), top);
+  const slider = element("input", { type: "range", min: "0", max: "100", value: "50", id: "compare-slider" });
+  const reveal = () => { top.style.clipPath = `inset(0 0 0 ${slider.value}%)`; };
+  slider.addEventListener("input", reveal);
+  reveal();
+  const overlay = element("div", { class: "overlay", hidden: "" }, stack,
+    element("label", { for: "compare-slider", text: t("slider") }), slider);
+  const toggle = element("button", { type: "button", class: "secondary", text: t("overlay"), onclick: () => {
+    const showingSlider = sideBySide.hidden;
+    sideBySide.hidden = !showingSlider;
+    overlay.hidden = showingSlider;
+    toggle.textContent = showingSlider ? t("overlay") : t("side-by-side");
+  } });
+  dialog(t("compare-title"), toggle, sideBySide, overlay);
 }
 
 function submit(body, { remember = true } = {}) {

@@ -280,6 +280,12 @@ class LibraryRepository:
                 (job_id,),
             )
 
+    async def unshare(self, job_id: str) -> None:
+        """Its owner revoked the public link: the share page is gone (a post already in a
+        server's gallery channel stays; moderators remove those)."""
+        async with self._ctx.write() as tx:
+            await tx.run("UPDATE jobs SET shared_at = NULL WHERE id = ?", (job_id,))
+
     async def hide(self, job_id: str) -> None:
         """Its owner deleted the result: it leaves their lists and the gallery (its record
         and images stay until /forget or retention)."""
