@@ -20,7 +20,7 @@ from api.diffusion import (
     _resource,
     is_shared,
 )
-from api.schemas import HistoryPage, ShareLink
+from api.schemas import HistoryPage, PromptSuggestions, ShareLink, StyleInfo
 from core.errors import InvalidField
 from core.jobcodec import StoredRequest
 from core.library import MAX_SEARCH_CHARS, OPERATIONS, build_query
@@ -40,6 +40,31 @@ Moment = Annotated[
 
 def library_routes() -> APIRouter:
     router = APIRouter(tags=["library"])
+
+    @router.get("/prompts/suggestions", response_model=PromptSuggestions)
+    async def prompt_suggestions(
+        request: Request,
+        account: Caller,
+        q: Annotated[str, Query(max_length=MAX_SEARCH_CHARS, description="what is typed")] = "",
+    ) -> Response:
+        """Autocomplete for a prompt box: the caller's own prompts and popular shared ones."""
+        context: ApiContext = request.app.state.context
+        history = context.service.db.history
+        suggestions = PromptSuggestions(
+            mine=await history.recent(account.user_id, q, limit=8),
+            popular=await history.shared(q, limit=5),
+        )
+        return with_rate_headers(request, JSONResponse(suggestions.model_dump()))
+
+    @router.get("/styles", response_model=list[StyleInfo])
+    async def styles(request: Request, account: Caller) -> Response:
+        """The built-in styles (templates) a job's `style` names."""
+        context: ApiContext = request.app.state.context
+        found = [
+            StyleInfo(name=style.name, template=style.template, negative=style.negative)
+            for style in await context.service.styles(None)
+        ]
+        return with_rate_headers(request, JSONResponse([s.model_dump() for s in found]))
 
     @router.post("/jobs/{job_id}/share", response_model=ShareLink)
     async def share(job_id: JobId, request: Request, account: Caller) -> Response:

@@ -156,6 +156,19 @@ class JobResource(BaseModel):
     urls: JobUrls
 
 
+class PromptSuggestions(BaseModel):
+    mine: list[str] = Field(description="your own recent prompts that match, prefix matches first")
+    popular: list[str] = Field(
+        description="prompts of shared results that match, most shared first"
+    )
+
+
+class StyleInfo(BaseModel):
+    name: str
+    template: str = Field(description='the prompt goes where "{prompt}" is')
+    negative: str
+
+
 class ShareLink(BaseModel):
     url: str = Field(description="the public page: no key needed, with a preview for chats")
     shared: bool = Field(description="false once revoked")

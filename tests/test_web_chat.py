@@ -185,6 +185,46 @@ async def test_zoom_compare_and_a_share_link_opened_logged_out(
         await stranger.close()
 
 
+async def test_styles_favourites_suggestions_and_the_gallery(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    await sign_in(page, api)
+    await page.locator("summary", has_text="Advanced settings").click()
+    await page.get_by_label("Style").select_option("photo")
+    kettle = await ask(page, "a copper kettle", steps=2)
+    await page.locator('.turn[data-state="done"]', has_text="a copper kettle").wait_for()
+    async with page.expect_download() as waiting:
+        await kettle.get_by_role("link", name="Download PNG").click()
+    data = await asyncio.to_thread(Path(await (await waiting.value).path()).read_bytes)
+    with Image.open(io.BytesIO(data)) as png:
+        assert "photograph of a copper kettle" in png.info["parameters"]  # the style's template
+    star = kettle.get_by_role("button", name="☆ Favourite")
+    await star.click()
+    await kettle.locator('.favourite[aria-pressed="true"]').wait_for()
+    await page.get_by_label("Style").select_option("")
+    await ask(page, "a copper teapot", steps=2)
+    await page.locator('.turn[data-state="done"]', has_text="a copper teapot").wait_for()
+
+    await page.get_by_label("Prompt", exact=True).fill("copper ke")
+    suggestion = page.get_by_role("option").filter(has_text="a copper kettle")
+    await suggestion.click()
+    assert await page.get_by_label("Prompt", exact=True).input_value() == "a copper kettle"
+
+    await page.get_by_text("Gallery: history and favourites").click()
+    items = page.locator("#gallery-items figure")
+    await playwright_api.expect(items).to_have_count(2)
+    await page.locator("#gallery-q").fill("teapot")
+    await page.locator("#gallery-form").get_by_role("button", name="Search").click()
+    await playwright_api.expect(items.locator(".caption")).to_have_text(["a copper teapot"])
+    await page.locator("#gallery-q").fill("")
+    await page.get_by_role("button", name="Favourites", exact=True).click()
+    # The gallery shows what was drawn: the prompt in its style's template.
+    await playwright_api.expect(items.locator(".caption")).to_contain_text(["a copper kettle"])
+    await items.first.locator("img").click()
+    await page.get_by_role("dialog").get_by_role("heading", name="Image").wait_for()
+
+
 async def test_a_running_job_is_cancelled_from_its_turn(
     api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
 ) -> None:

@@ -7,7 +7,7 @@ const PREFIX = "/api/cv/diffusion";
 const KEY_STORE = "diffusion-chat.key";
 const SETTINGS_STORE = "diffusion-chat.settings";
 const LANGUAGE_STORE = "diffusion-chat.language";
-const FIELDS = ["prompt", "negative_prompt", "model", "count", "steps", "guidance", "aspect", "seed"];
+const FIELDS = ["prompt", "negative_prompt", "model", "count", "steps", "guidance", "aspect", "style", "seed"];
 const REMEMBERED = FIELDS.filter((name) => name !== "prompt" && name !== "seed");
 
 const STRINGS = {
@@ -35,6 +35,10 @@ const STRINGS = {
     "side-by-side": "Side by side", overlay: "Slider", close: "Close",
     "zoom-title": "Image {number} of {total}", "zoom-hint": "Arrow keys: previous and next image. Esc: close.",
     next: "Next image", back: "Previous image",
+    style: "Style", "style-none": "None", favourite: "☆ Favourite", favourited: "★ Favourite",
+    gallery: "Gallery: history and favourites", history: "History", favorites: "Favourites",
+    search: "Search", "all-models": "All models", more: "More", suggestions: "Suggestions",
+    found: "{count} jobs.", nothing: "Nothing here yet.",
   },
   ko: {
     language: "언어", identity: "API 키",
@@ -60,6 +64,10 @@ const STRINGS = {
     "side-by-side": "나란히", overlay: "슬라이더", close: "닫기",
     "zoom-title": "이미지 {number} / {total}", "zoom-hint": "화살표 키: 이전/다음 이미지. Esc: 닫기.",
     next: "다음 이미지", back: "이전 이미지",
+    style: "스타일", "style-none": "없음", favourite: "☆ 즐겨찾기", favourited: "★ 즐겨찾기",
+    gallery: "갤러리: 기록과 즐겨찾기", history: "기록", favorites: "즐겨찾기",
+    search: "검색", "all-models": "모든 모델", more: "더 보기", suggestions: "추천",
+    found: "작업 {count}개.", nothing: "아직 아무것도 없습니다.",
   },
 };
 
@@ -80,6 +88,7 @@ function applyLanguage(chosen) {
     node.placeholder = t(node.dataset.i18nPlaceholder);
   }
   document.getElementById("turns").setAttribute("aria-label", t("conversation"));
+  document.getElementById("suggestions").setAttribute("aria-label", t("suggestions"));
 }
 
 function key() { return localStorage.getItem(KEY_STORE) || ""; }
@@ -278,6 +287,7 @@ class Turn {
         element("a", { href: source, download: name, class: "download", text: t("download") }),
         element("button", { type: "button", class: "secondary", text: t("upscale"), onclick: () => this.derive(blob, "upscale") }),
         element("button", { type: "button", class: "secondary", text: t("vary"), onclick: () => this.derive(blob, "variation") }),
+        favouriteButton(url),
       ),
     ));
   }
@@ -346,6 +356,99 @@ class Turn {
       element("label", { for: id, text: t("refine-label") }), input,
       element("button", { type: "submit", text: t("refine") }),
     );
+  }
+}
+
+// --- favourites, the gallery, suggestions and styles -------------------------------------
+
+function favouriteButton(url, starred = false) {
+  const button = element("button", { type: "button", class: "secondary favourite", "aria-pressed": String(starred), text: t(starred ? "favourited" : "favourite") });
+  button.addEventListener("click", async () => {
+    const on = button.getAttribute("aria-pressed") !== "true";
+    try {
+      await api(url.replace(/\.png$/, "/favorite"), { method: on ? "PUT" : "DELETE" });
+      button.setAttribute("aria-pressed", String(on));
+      button.textContent = t(on ? "favourited" : "favourite");
+    } catch (error) {
+      showError(error.message);
+    }
+  });
+  return button;
+}
+
+const gallery = { scope: "history", page: 0 };
+
+async function loadGallery(more = false) {
+  gallery.page = more ? gallery.page + 1 : 0;
+  const items = document.getElementById("gallery-items");
+  if (!more) items.replaceChildren();
+  const query = new URLSearchParams({ page: String(gallery.page) });
+  const q = document.getElementById("gallery-q").value.trim();
+  const model = document.getElementById("gallery-model").value;
+  if (q) query.set("q", q);
+  if (model) query.set("model", model);
+  try {
+    const found = await apiJson(`/${gallery.scope}?${query}`);
+    document.getElementById("gallery-status").textContent = found.total ? t("found", { count: found.total }) : t("nothing");
+    for (const job of found.items) {
+      for (const [index, url] of (job.output || []).entries()) {
+        const blob = await (await api(url.replace(/\.png$/, "/thumb.webp"))).blob();
+        const label = t("image", { number: index + 1, prompt: job.input.prompt });
+        const picture = element("img", { src: URL.createObjectURL(blob), alt: label, tabindex: "0", class: "zoomable" });
+        picture.addEventListener("click", () => zoom(picture));
+        items.append(element("figure", { "data-job": job.id }, picture,
+          element("figcaption", {}, element("span", { class: "caption", text: job.input.prompt }),
+            favouriteButton(url, gallery.scope === "favorites"))));
+      }
+    }
+    document.getElementById("gallery-more").hidden = found.page + 1 >= found.pages;
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function chooseScope(scope) {
+  gallery.scope = scope;
+  for (const [id, name] of [["tab-history", "history"], ["tab-favorites", "favorites"]]) {
+    document.getElementById(id).setAttribute("aria-pressed", String(name === scope));
+  }
+  loadGallery();
+}
+
+let suggestTimer = 0;
+
+function suggest() {
+  clearTimeout(suggestTimer);
+  suggestTimer = setTimeout(async () => {
+    const list = document.getElementById("suggestions");
+    const typed = document.getElementById("prompt").value.trim();
+    if (typed.length < 2 || !key()) { list.hidden = true; return; }
+    try {
+      const found = await apiJson(`/prompts/suggestions?${new URLSearchParams({ q: typed })}`);
+      const prompts = [...new Set([...found.mine, ...found.popular])].filter((p) => p !== typed);
+      list.replaceChildren(...prompts.map((prompt) => element("li", { role: "option" },
+        element("button", { type: "button", class: "secondary", text: prompt, onclick: () => {
+          document.getElementById("prompt").value = prompt;
+          list.hidden = true;
+          document.getElementById("prompt").focus();
+        } }))));
+      list.hidden = prompts.length === 0;
+    } catch { list.hidden = true; }
+  }, 200);
+}
+
+async function loadStyles() {
+  try {
+    const select = document.getElementById("style");
+    const chosen = JSON.parse(localStorage.getItem(SETTINGS_STORE) || "{}").style || select.value;
+    for (const style of await apiJson("/styles")) {
+      if (![...select.options].some((o) => o.value === style.name)) {
+        select.append(element("option", { value: style.name, text: style.name, title: style.template }));
+      }
+    }
+    select.value = chosen;
+  } catch (error) {
+    showError(error.message);
   }
 }
 
@@ -420,14 +523,16 @@ function submit(body, { remember = true } = {}) {
 async function loadModels() {
   try {
     const models = await apiJson("/models");
-    const select = document.getElementById("model");
-    const chosen = select.value;
-    for (const model of models) {
-      if (![...select.options].some((o) => o.value === model.name)) {
-        select.append(element("option", { value: model.name, text: model.name }));
+    for (const id of ["model", "gallery-model"]) {
+      const select = document.getElementById(id);
+      const chosen = id === "model" ? JSON.parse(localStorage.getItem(SETTINGS_STORE) || "{}").model || select.value : select.value;
+      for (const model of models) {
+        if (![...select.options].some((o) => o.value === model.name)) {
+          select.append(element("option", { value: model.name, text: model.name }));
+        }
       }
+      select.value = chosen;
     }
-    select.value = chosen;
   } catch (error) {
     showError(error.message);
   }
@@ -453,6 +558,7 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("key").value = "";
     showKeyState();
     loadModels();
+    loadStyles();
   });
   document.getElementById("forget-key").addEventListener("click", () => {
     localStorage.removeItem(KEY_STORE);
@@ -462,5 +568,14 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     submit(formBody());
   });
-  if (key()) loadModels();
+  document.getElementById("prompt").addEventListener("input", suggest);
+  document.getElementById("gallery").addEventListener("toggle", (event) => { if (event.target.open) loadGallery(); });
+  document.getElementById("tab-history").addEventListener("click", () => chooseScope("history"));
+  document.getElementById("tab-favorites").addEventListener("click", () => chooseScope("favorites"));
+  document.getElementById("gallery-more").addEventListener("click", () => loadGallery(true));
+  document.getElementById("gallery-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadGallery();
+  });
+  if (key()) { loadModels(); loadStyles(); }
 });

@@ -117,6 +117,21 @@ class PromptHistoryRepository:
             )
         return [PromptUse(row[0], row[1], from_db(row[2])) for row in rows]
 
+    async def shared(self, query: str = "", *, limit: int = 10) -> list[str]:
+        """Prompts of results their owners shared (public by their choice), most shared
+        first: the popular prompts offered to people outside any server."""
+        needle = _query(query)
+        async with self._ctx.read() as tx:
+            rows = await tx.all(
+                """SELECT prompt, count(*) AS uses, max(created_at) AS last FROM jobs
+                   WHERE shared_at IS NOT NULL AND private = 0 AND hidden_at IS NULL
+                     AND gallery_removed_at IS NULL AND kind = 'txt2img'
+                     AND (:needle = '' OR instr(dc_fold(prompt), :needle) > 0)
+                   GROUP BY prompt ORDER BY uses DESC, last DESC LIMIT :limit""",
+                {"needle": needle, "limit": limit},
+            )
+        return [row[0] for row in rows]
+
     async def suggestions(
         self, user_id: int, guild_id: int | None, query: str = "", *, limit: int = 25
     ) -> list[str]:
