@@ -23,6 +23,7 @@ from api.context import ApiContext, ApiError, error_response
 from api.dashboard import dashboard_routes
 from api.diffusion import PREFIX, diffusion_routes
 from api.library import library_routes, share_routes
+from api.login import login_enabled, login_routes
 from api.schemas import ErrorBody, GenerateBody
 from api.vision import PREFIX as VISION_PREFIX
 from api.vision import vision_routes
@@ -78,7 +79,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(vision_routes(), prefix=VISION_PREFIX)
     app.include_router(share_routes())
     app.include_router(compat_routes())
-    web_routes(app, context.settings.web_api_base_url)
+    app.include_router(login_routes())
+    web_routes(app, context.settings.web_api_base_url, login_enabled(context.settings))
     _document_generate_body(app)
 
     @app.get("/healthz", include_in_schema=False)

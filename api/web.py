@@ -20,16 +20,19 @@ def _page_template() -> str:
     return (STATIC / "index.html").read_text(encoding="utf-8")
 
 
-def web_routes(app: FastAPI, api_base_url: str | None) -> None:
+def web_routes(app: FastAPI, api_base_url: str | None, discord_login: bool = False) -> None:
     """Serve the page at ``/`` and its files under ``/static``. ``api_base_url``: where the
-    page sends its API calls when it is not served by the API itself (None: its origin)."""
+    page sends its API calls when it is not served by the API itself (None: its origin);
+    ``discord_login``: whether it offers "Log in with Discord"."""
     router = APIRouter()
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         base = html.escape(api_base_url or "", quote=True)
         return HTMLResponse(
-            _page_template().replace("{{API_BASE}}", base),
+            _page_template()
+            .replace("{{API_BASE}}", base)
+            .replace("{{DISCORD_LOGIN}}", "on" if discord_login else "off"),
             headers={
                 "Cache-Control": "no-cache",
                 # The page runs its own script only, and talks to its API and nothing else.

@@ -240,6 +240,7 @@ def main(env_file: Path | None = Path(".env")) -> int:
         return 2
     register_secret(settings.discord_token)
     register_secret(settings.llm_api_key)
+    register_secret(settings.discord_client_secret)
     configure_logging(settings.log_level, settings.log_format)
     if start_error_tracking(settings):
         log.info("unexpected errors are sent to Sentry (%s)", settings.sentry_environment)

@@ -5,6 +5,7 @@ Every setting is listed in ``.env.example``; keep the two in step.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -83,6 +84,9 @@ class Settings:
     api_public_url: str | None = None
     # Where the web chat sends its API calls when it is served elsewhere; None: its origin.
     web_api_base_url: str | None = None
+    # "Log in with Discord" on the web chat: the application's OAuth2 client (both needed).
+    discord_client_id: int | None = None
+    discord_client_secret: str = field(default="", repr=False)
     # Error tracking and traces, both off unless set.
     sentry_dsn: str | None = None
     sentry_environment: str = "production"
@@ -354,6 +358,13 @@ def load_settings(
             d.api_public_url,
             "use the address people open, such as https://chat.example.com",
         ),
+        discord_client_id=get(
+            "DISCORD_CLIENT_ID",
+            _snowflake,
+            _application_id(token),
+            "use the application id from the Developer Portal (a number)",
+        ),
+        discord_client_secret=values.get("DISCORD_CLIENT_SECRET", "").strip(),
         web_api_base_url=get(
             "API_BASE_URL"
             if values.get("API_BASE_URL", "").strip()
@@ -424,6 +435,16 @@ def _positive_float(raw: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(raw)
     return value
+
+
+def _application_id(token: str) -> int | None:
+    """A bot token starts with its bot's user id in base64: for an application's bot, that
+    is the application (OAuth2 client) id."""
+    first = token.split(".", 1)[0]
+    try:
+        return _snowflake(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _fraction(raw: str) -> float:

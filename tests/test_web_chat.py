@@ -6,9 +6,11 @@ the page in Korean. A failing test leaves a screenshot (its path is in the failu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import pytest_asyncio
 from api_support import ApiProcess, start_api
 from e2e_support import hold_jobs
+from fakediscord.server import FakeDiscord
 from PIL import Image
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -223,6 +226,41 @@ async def test_styles_favourites_suggestions_and_the_gallery(
     await playwright_api.expect(items.locator(".caption")).to_contain_text(["a copper kettle"])
     await items.first.locator("img").click()
     await page.get_by_role("dialog").get_by_role("heading", name="Image").wait_for()
+
+
+async def test_log_in_with_discord_through_the_fake(
+    browser: Any, tmp_path: Path, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    fake = FakeDiscord(spec=None)
+    await fake.start()
+    site = await start_api(
+        tmp_path / "login-data",
+        DISCORD_API_BASE_URL=fake.api_base,
+        DISCORD_CLIENT_ID=str(fake.application_id),
+        DISCORD_CLIENT_SECRET=fake.oauth_secret,
+    )
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{site.base}/")
+        fake.oauth_denies = True
+        await page.get_by_role("link", name="Log in with Discord").click()
+        await page.get_by_role("alert").filter(has_text="Discord login was cancelled.").wait_for()
+        fake.oauth_denies = False
+        await page.get_by_role("link", name="Log in with Discord").click()
+        await page.get_by_text("Logged in with Discord.").wait_for()
+        assert "key=" not in page.url  # the key left the address bar at once
+        turn = await ask(page, "a login lantern", steps=2)
+        await page.locator('.turn[data-state="done"]', has_text="a login lantern").wait_for()
+        job_id = await turn.get_attribute("data-job")
+    finally:
+        await context.close()
+        await site.stop()
+        await fake.stop()
+    database = tmp_path / "login-data" / "diffusion-chat.sqlite3"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        (owner,) = db.execute("SELECT user_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert owner == fake.alice.user.id  # the Discord account: one history, one quota
 
 
 async def test_a_running_job_is_cancelled_from_its_turn(

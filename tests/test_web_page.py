@@ -3,10 +3,14 @@ it to its own script and its API."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from api.login import STATE_COOKIE, login_routes
 from api.web import web_routes
 from core.config import SettingsError, load_settings
 
@@ -42,3 +46,30 @@ def test_the_api_base_setting_is_read_from_either_name() -> None:
     assert settings.web_api_base_url == "https://b.example"
     with pytest.raises(SettingsError, match="API_BASE_URL"):
         load_settings({"DISCORD_TOKEN": TOKEN, "API_BASE_URL": "javascript:alert(1)"}, None)
+
+
+def test_discord_login_refuses_a_callback_without_its_state() -> None:
+    settings = load_settings(
+        {
+            "DISCORD_TOKEN": TOKEN,
+            "DISCORD_CLIENT_SECRET": "s3cret",
+            "DISCORD_API_BASE_URL": "https://discord.example/api/v10",
+        },
+        None,
+    )
+    assert settings.discord_client_id == 123456789012345678  # the token's application
+    assert "s3cret" not in repr(settings)
+    app = FastAPI()
+    app.state.context = SimpleNamespace(settings=settings)
+    app.include_router(login_routes())
+    with TestClient(app, follow_redirects=False) as client:
+        start = client.get("/auth/discord")
+        assert start.status_code == 307
+        target = start.headers["location"]
+        assert target.startswith("https://discord.example/api/v10/oauth2/authorize?")
+        state = parse_qs(urlsplit(target).query)["state"][0]
+        assert client.cookies.get(STATE_COOKIE) == state
+        forged = client.get("/auth/discord/callback", params={"code": "x", "state": "forged"})
+        assert forged.status_code == 303 and forged.headers["location"] == "/#login-error=state"
+        denied = client.get("/auth/discord/callback", params={"error": "access_denied"})
+        assert denied.headers["location"] == "/#login-error=denied"

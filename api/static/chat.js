@@ -39,6 +39,9 @@ const STRINGS = {
     gallery: "Gallery: history and favourites", history: "History", favorites: "Favourites",
     search: "Search", "all-models": "All models", more: "More", suggestions: "Suggestions",
     found: "{count} jobs.", nothing: "Nothing here yet.",
+    "discord-login": "Log in with Discord", "logged-in": "Logged in with Discord.",
+    "login-denied": "Discord login was cancelled.", "login-state": "That login link expired. Try again.",
+    "login-discord": "Discord could not confirm who you are. Try again.",
   },
   ko: {
     language: "언어", identity: "API 키",
@@ -68,6 +71,9 @@ const STRINGS = {
     gallery: "갤러리: 기록과 즐겨찾기", history: "기록", favorites: "즐겨찾기",
     search: "검색", "all-models": "모든 모델", more: "더 보기", suggestions: "추천",
     found: "작업 {count}개.", nothing: "아직 아무것도 없습니다.",
+    "discord-login": "Discord로 로그인", "logged-in": "Discord로 로그인했습니다.",
+    "login-denied": "Discord 로그인이 취소되었습니다.", "login-state": "로그인 링크가 만료되었습니다. 다시 시도하세요.",
+    "login-discord": "Discord에서 본인 확인을 하지 못했습니다. 다시 시도하세요.",
   },
 };
 
@@ -539,7 +545,21 @@ async function loadModels() {
 }
 
 function showKeyState() {
-  document.getElementById("key-status").textContent = key() ? t("key-saved") : t("key-missing");
+  const status = document.getElementById("key-status");
+  status.textContent = !key() ? t("key-missing") : status.dataset.login ? t("logged-in") : t("key-saved");
+}
+
+function takeLogin() {
+  // "Log in with Discord" comes back with the key (or the reason) in the fragment.
+  const answer = new URLSearchParams(location.hash.slice(1));
+  if (!answer.has("key") && !answer.has("login-error")) return;
+  history.replaceState(null, "", location.pathname);
+  if (answer.get("key")) {
+    localStorage.setItem(KEY_STORE, answer.get("key"));
+    document.getElementById("key-status").dataset.login = "yes";
+  } else {
+    showError(t(`login-${answer.get("login-error")}`));
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -551,6 +571,9 @@ document.addEventListener("DOMContentLoaded", () => {
     showKeyState();
   });
   try { fillForm(JSON.parse(localStorage.getItem(SETTINGS_STORE) || "{}")); } catch { /* ignore */ }
+  document.getElementById("discord-login").hidden =
+    document.querySelector('meta[name="discord-login"]')?.content !== "on";
+  takeLogin();
   showKeyState();
   document.getElementById("key-form").addEventListener("submit", (event) => {
     event.preventDefault();

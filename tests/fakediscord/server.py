@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from yarl import URL
 
 from . import rules
 from .driver import DriverMixin
@@ -295,6 +296,14 @@ class FakeDiscord(DriverMixin):
         self.rate_limits: list[RateLimitRule] = []
         self.gateway = GatewayServer(self)
 
+        # OAuth2 ("Log in with Discord"): the person at the browser is ``oauth_user``, who
+        # approves at once unless ``oauth_denies``; the app's secret is ``oauth_secret``.
+        self.oauth_user: FakeUser = self.alice.user
+        self.oauth_denies = False
+        self.oauth_secret = "fake-client-secret"
+        self._oauth_codes: dict[str, tuple[FakeUser, str]] = {}
+        self._oauth_tokens: dict[str, FakeUser] = {}
+
         self._waiters: list[asyncio.Future[None]] = []
         self._routes: list[_Route] = []
         self._register_routes()
@@ -318,6 +327,9 @@ class FakeDiscord(DriverMixin):
             "/ephemeral-attachments/{app_id}/{attachment_id}/{filename}",
             self._serve_attachment,
         )
+        for prefix in ("/api/v10", "/api", ""):
+            app.router.add_route("GET", f"{prefix}/oauth2/authorize", self._oauth_authorize)
+            app.router.add_route("POST", f"{prefix}/oauth2/token", self._oauth_token)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._handle_api)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -1010,7 +1022,7 @@ class FakeDiscord(DriverMixin):
     # ----------------------------------------------------------------------------------
     def _register_routes(self) -> None:
         r = self._route
-        r("GET", "/users/@me", self._get_me)
+        r("GET", "/users/@me", self._get_me, auth=False)
         r("GET", "/users/{user_id}", self._get_user)
         r("POST", "/users/@me/channels", self._create_dm)
         r("GET", "/gateway", self._get_gateway, auth=False)
@@ -1064,7 +1076,61 @@ class FakeDiscord(DriverMixin):
 
     # -- users, gateway, application --------------------------------------------------------
     async def _get_me(self, ctx: Ctx) -> Any:
-        return self.bot_user.pii_payload()
+        auth = ctx.request.headers.get("Authorization", "")
+        if auth == f"Bot {self.token}":
+            return self.bot_user.pii_payload()
+        user = self._oauth_tokens.get(auth.removeprefix("Bearer "))
+        if not auth.startswith("Bearer ") or user is None:
+            raise DiscordHTTPError(401, 0, "401: Unauthorized")
+        return user.pii_payload()
+
+    # -- OAuth2: the authorization-code grant, as "Log in with Discord" uses it ----------------
+    async def _oauth_authorize(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        redirect = query.get("redirect_uri", "")
+        if query.get("client_id") != str(self.application_id) or not redirect:
+            return web.Response(status=400, text="Invalid OAuth2 redirect_uri or client_id")
+        if query.get("response_type") != "code" or "identify" not in query.get("scope", ""):
+            return web.Response(status=400, text="Invalid response_type or scope")
+        state = query.get("state", "")
+        if self.oauth_denies:
+            target = URL(redirect).update_query(
+                error="access_denied",
+                error_description="The resource owner denied the request",
+                state=state,
+            )
+        else:
+            code = secrets.token_urlsafe(16)
+            self._oauth_codes[code] = (self.oauth_user, redirect)
+            target = URL(redirect).update_query(code=code, state=state)
+        raise web.HTTPFound(str(target))
+
+    async def _oauth_token(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        client_ok = (
+            form.get("client_id") == str(self.application_id)
+            and form.get("client_secret") == self.oauth_secret
+        )
+        if not client_ok:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        granted = self._oauth_codes.pop(str(form.get("code", "")), None)
+        if (
+            form.get("grant_type") != "authorization_code"
+            or granted is None
+            or granted[1] != form.get("redirect_uri")
+        ):
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        token = secrets.token_urlsafe(24)
+        self._oauth_tokens[token] = granted[0]
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": 604800,
+                "refresh_token": secrets.token_urlsafe(24),
+                "scope": "identify",
+            }
+        )
 
     async def _get_user(self, ctx: Ctx) -> Any:
         user = self.users.get(int(ctx.params["user_id"]))
