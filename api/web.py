@@ -12,12 +12,19 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from engine.registry import SCHEDULERS
+
 STATIC = Path(__file__).resolve().parent / "static"
 
 
 @cache
 def _page_template() -> str:
-    return (STATIC / "index.html").read_text(encoding="utf-8")
+    schedulers = "".join(
+        f'<option value="{html.escape(name)}">{html.escape(label)}</option>'
+        for name, label in SCHEDULERS.items()
+    )
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    return page.replace("{{SCHEDULERS}}", schedulers)
 
 
 def web_routes(app: FastAPI, api_base_url: str | None, discord_login: bool = False) -> None:

@@ -165,6 +165,20 @@ async def test_zoom_compare_and_a_share_link_opened_logged_out(
     assert "80%" in clip
     await viewer.get_by_role("button", name="Close").click()
 
+    # Zoom out and pan: outpainting jobs of their own, each a new, larger picture.
+    width = await second.locator(".images img").evaluate("img => img.naturalWidth")
+    turns = page.locator(".turn")
+    before = await turns.count()
+    await second.get_by_role("button", name="Zoom out").click()
+    await page.locator('.turn[data-state="done"]').nth(before).wait_for(timeout=60_000)
+    await second.get_by_role("button", name="Pan right").click()
+    await page.locator('.turn[data-state="done"]').nth(before + 1).wait_for(timeout=60_000)
+    widths = [
+        await turns.nth(n).locator(".images img").evaluate("img => img.naturalWidth")
+        for n in (before, before + 1)
+    ]
+    assert widths[0] == 2 * width and widths[1] > width, (width, widths)
+
     # Share: a public link that works without a key, with a preview for chats; then revoked.
     await second.get_by_role("button", name="Share").click()
     link = await second.get_by_label("Public link").input_value()
@@ -226,6 +240,19 @@ async def test_styles_favourites_suggestions_and_the_gallery(
     await playwright_api.expect(items.locator(".caption")).to_contain_text(["a copper kettle"])
     await items.first.locator("img").click()
     await page.get_by_role("dialog").get_by_role("heading", name="Image").wait_for()
+    await page.keyboard.press("Escape")
+
+    # Talking to a result: the box under it refines it into a new turn, chained to it.
+    parent = await kettle.get_attribute("data-job")  # before a turn "a copper kettle → ..."
+    await kettle.get_by_label("Change it").fill("make it night")
+    await kettle.get_by_role("button", name="Refine").click()
+    refined = page.locator('.turn[data-state="done"]', has_text="→ make it night")
+    await refined.wait_for(timeout=60_000)
+    job = await refined.evaluate("turn => turn.dataset.job")
+    database = api.data_dir / "diffusion-chat.sqlite3"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        row = db.execute("SELECT parent_job_id, kind FROM jobs WHERE id = ?", (job,)).fetchone()
+    assert row == (parent, "img2img")
 
 
 async def test_log_in_with_discord_through_the_fake(

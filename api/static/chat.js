@@ -7,7 +7,7 @@ const PREFIX = "/api/cv/diffusion";
 const KEY_STORE = "diffusion-chat.key";
 const SETTINGS_STORE = "diffusion-chat.settings";
 const LANGUAGE_STORE = "diffusion-chat.language";
-const FIELDS = ["prompt", "negative_prompt", "model", "count", "steps", "guidance", "aspect", "style", "seed"];
+const FIELDS = ["prompt", "negative_prompt", "model", "count", "steps", "guidance", "aspect", "scheduler", "style", "seed"];
 const REMEMBERED = FIELDS.filter((name) => name !== "prompt" && name !== "seed");
 
 const STRINGS = {
@@ -39,6 +39,8 @@ const STRINGS = {
     gallery: "Gallery: history and favourites", history: "History", favorites: "Favourites",
     search: "Search", "all-models": "All models", more: "More", suggestions: "Suggestions",
     found: "{count} jobs.", nothing: "Nothing here yet.",
+    scheduler: "Sampler", "zoom-out": "Zoom out", pan: "Pan {side}",
+    left: "left", right: "right", top: "up", bottom: "down",
     "discord-login": "Log in with Discord", "logged-in": "Logged in with Discord.",
     "login-denied": "Discord login was cancelled.", "login-state": "That login link expired. Try again.",
     "login-discord": "Discord could not confirm who you are. Try again.",
@@ -71,6 +73,8 @@ const STRINGS = {
     gallery: "갤러리: 기록과 즐겨찾기", history: "기록", favorites: "즐겨찾기",
     search: "검색", "all-models": "모든 모델", more: "더 보기", suggestions: "추천",
     found: "작업 {count}개.", nothing: "아직 아무것도 없습니다.",
+    scheduler: "샘플러", "zoom-out": "축소", pan: "{side}로 확장",
+    left: "왼쪽", right: "오른쪽", top: "위", bottom: "아래",
     "discord-login": "Discord로 로그인", "logged-in": "Discord로 로그인했습니다.",
     "login-denied": "Discord 로그인이 취소되었습니다.", "login-state": "로그인 링크가 만료되었습니다. 다시 시도하세요.",
     "login-discord": "Discord에서 본인 확인을 하지 못했습니다. 다시 시도하세요.",
@@ -294,11 +298,16 @@ class Turn {
         element("button", { type: "button", class: "secondary", text: t("upscale"), onclick: () => this.derive(blob, "upscale") }),
         element("button", { type: "button", class: "secondary", text: t("vary"), onclick: () => this.derive(blob, "variation") }),
         favouriteButton(url),
+        element("button", { type: "button", class: "secondary", text: t("zoom-out"), onclick: () => this.derive(blob, "outpaint", { outpaint_pixels: Math.min(1024, Math.round(picture.naturalWidth / 2)) }) }),
+        ...["left", "right", "top", "bottom"].map((side) => element("button", {
+          type: "button", class: "secondary", text: t("pan", { side: t(side) }),
+          onclick: () => this.derive(blob, "outpaint", { outpaint_sides: [side], outpaint_pixels: Math.min(1024, Math.round(picture.naturalWidth / 4)) }),
+        })),
       ),
     ));
   }
 
-  async derive(blob, operation) {
+  async derive(blob, operation, extra = {}) {
     const image = await new Promise((resolve) => {
       const reader = new FileReader();
       reader.onload = () => resolve(String(reader.result));
@@ -306,6 +315,7 @@ class Turn {
     });
     const body = { prompt: this.body.prompt, negative_prompt: this.body.negative_prompt, model: this.job.input.model, operation, init_image: image };
     if (operation === "variation") body.variation = "subtle";
+    Object.assign(body, extra);
     submit(body, { remember: false });
   }
 
