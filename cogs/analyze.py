@@ -21,7 +21,7 @@ from bot.i18n import number, reader_locale, translate, translate_template
 from bot.views import PREFIX
 from cogs.imagine import require_picture
 from core import textguard
-from core.errors import UserError
+from core.errors import N_, UserError
 from engine import edits
 from engine.detect import Detection
 from engine.errors import EngineError
@@ -152,6 +152,36 @@ def detection_view(
 class Analyze(commands.Cog):
     def __init__(self, bot: DiffusionBot) -> None:
         self.bot = bot
+        # Apps → Analyze on any message: a result of the bot's, or a message with a picture.
+        self.menu = app_commands.ContextMenu(name="Analyze", callback=self.analyze_message)
+        bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    async def analyze_message(self, interaction: Interaction, message: discord.Message) -> None:
+        """What is in this message's picture: a result's first image, or its attachment."""
+        analyzer = self.bot.service.analyzer
+        if not analyzer.enabled:
+            raise UserError(analyzer.disabled_reason)
+        picture = await self._message_picture(interaction, message)
+        await self._answer(interaction, picture, None)
+
+    async def _message_picture(self, interaction: Interaction, message: discord.Message) -> bytes:
+        service = self.bot.service
+        job = await service.db.jobs.by_message(message.id)
+        if job is not None:
+            if job.private and job.user_id != interaction.user.id:
+                raise UserError(N_("That result is private; only its owner sees it."))
+            images = sorted(await service.job_images(job.id), key=lambda image: image.index)
+            if images:
+                return await service.image_bytes(images[0])
+        attachment = next(
+            (a for a in message.attachments if (a.content_type or "").startswith("image/")), None
+        )
+        if attachment is None:
+            raise UserError(N_("That message has no picture to analyze."))
+        return await require_picture(self.bot, attachment, None)
 
     @app_commands.command()
     @app_commands.describe(
@@ -168,10 +198,16 @@ class Analyze(commands.Cog):
     ) -> None:
         """Find the objects in a picture: boxes, labels and how many of each."""
         analyzer = self.bot.service.analyzer
-        locale = reader_locale(interaction)
         if not analyzer.enabled:
             raise UserError(analyzer.disabled_reason)
         picture = await require_picture(self.bot, image, image_url)
+        await self._answer(interaction, picture, threshold)
+
+    async def _answer(
+        self, interaction: Interaction, picture: bytes, threshold: float | None
+    ) -> None:
+        analyzer = self.bot.service.analyzer
+        locale = reader_locale(interaction)
         # A local model loads on first use, a service may be slow: answer within Discord's
         # three seconds, then follow up.
         await interaction.response.defer(thinking=True)

@@ -171,6 +171,15 @@ async def test_analyze_in_discord_draws_and_counts_and_says_when_the_service_is_
         await painted.response()
         result = await painted.wait_for_original(is_result, timeout=90)
         assert job_by_message(data_dir, result.id)["prompt"] == "a red ball"
+        # Apps → Analyze on a result: its first image, as stored.
+        menu = await fake.send_message_command("Analyze", result, user=fake.bob)
+        await menu.response()
+        looked = await menu.wait_for_message(lambda m: bool(m.attachments), timeout=30)
+        assert looked.embeds[0]["title"] == "What I see"
+        assert "1 objects · 120x80" in looked.embeds[0]["footer"]["text"]
+        words = await fake.post_message("no picture here", user=fake.bob)
+        refused = await reply_text(await fake.send_message_command("Analyze", words))
+        assert refused.ephemeral and "no picture to analyze" in refused.content
         korean = await fake.send_slash_command(
             "analyze", {"image": ("shapes.png", picture_png())}, locale="ko"
         )

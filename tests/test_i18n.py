@@ -77,8 +77,10 @@ async def test_korean_names_are_valid_and_distinct_where_discord_requires_it() -
                 assert NAME.match(korean_name) and korean_name == korean_name.lower(), item
             description = item.get("description_localizations", {}).get("ko")
             assert description is None or 1 <= len(description) <= 100, item
-        # Siblings (commands; a command's options) need distinct names in each language.
-        for group in [payloads, *(p.get("options", []) for p in names_in(payload))]:
+        # Siblings (commands of one type; a command's options) need distinct names in each
+        # language. A context menu may share a slash command's name: Discord keeps them apart.
+        same_type = [p for p in payloads if p.get("type", 1) == payload.get("type", 1)]
+        for group in [same_type, *(p.get("options", []) for p in names_in(payload))]:
             names = [o.get("name_localizations", {}).get("ko", o["name"]) for o in group]
             assert len(names) == len(set(names)), names
     imagine = next(p for p in payloads if p["name"] == "imagine")

@@ -594,6 +594,48 @@ class DriverMixin:
             )
         return candidates[0]
 
+    async def send_message_command(
+        self,
+        name: str,
+        message: StoredMessage | int,
+        *,
+        user: UserLike | None = None,
+        locale: str = "en-US",
+        timeout: float = 10.0,
+    ) -> InteractionHandle:
+        """Run the message context-menu command ``name`` (Apps → name) on ``message``, as a
+        user right-clicking it would: the message arrives resolved in the interaction."""
+        fake = self._as_fake()
+        target = self._message_arg(message)
+        the_user = self._resolve_user(user)
+        channel = fake.channels[target.channel_id]
+        guild, channel = self._where(None, channel, the_user)
+        data = self._command_data(
+            name,
+            None,
+            guild=guild,
+            focused=None,
+            require_registered=True,
+            user=the_user,
+            command_type=3,
+        )
+        data["target_id"] = str(target.id)
+        data["resolved"] = {"messages": {str(target.id): target.payload()}}
+        iid, token, payload = self._base_payload(2, the_user, guild, channel, locale)
+        payload["data"] = data
+        handle = InteractionHandle(
+            fake,
+            id=iid,
+            token=token,
+            type=2,
+            payload=payload,
+            user=the_user,
+            guild=guild,
+            channel=channel,
+            name=f"{name} (message)",
+        )
+        return await self._dispatch(handle, wait_connected=True, timeout=timeout)
+
     def _component_payload(
         self, message: StoredMessage, user: FakeUser, locale: str, data: dict[str, Any]
     ) -> tuple[InteractionHandle, dict[str, Any]]:
