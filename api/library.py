@@ -20,7 +20,14 @@ from api.diffusion import (
     _resource,
     is_shared,
 )
-from api.schemas import HistoryPage, PromptSuggestions, ShareLink, StyleInfo
+from api.schemas import (
+    FeedbackBody,
+    FeedbackState,
+    HistoryPage,
+    PromptSuggestions,
+    ShareLink,
+    StyleInfo,
+)
 from core.errors import InvalidField
 from core.jobcodec import StoredRequest
 from core.library import MAX_SEARCH_CHARS, OPERATIONS, build_query
@@ -65,6 +72,22 @@ def library_routes() -> APIRouter:
             for style in await context.service.styles(None)
         ]
         return with_rate_headers(request, JSONResponse([s.model_dump() for s in found]))
+
+    @router.post("/jobs/{job_id}/feedback", response_model=FeedbackState)
+    async def feedback(
+        job_id: JobId, body: FeedbackBody, request: Request, account: Caller
+    ) -> Response:
+        """👍/👎 on a finished job of yours: the quality signal, counted per model in the
+        operator dashboard and /stats, as the bot's buttons are."""
+        context: ApiContext = request.app.state.context
+        job = await _own_job(context, job_id, account)
+        if job.status is not JobStatus.DONE:
+            raise ApiError(409, "not_finished", "Only a finished job can be rated.")
+        now = await context.service.db.usage.vote(
+            account.user_id, job.id, 1 if body.vote == "up" else -1
+        )
+        state = FeedbackState(vote={1: "up", -1: "down"}.get(now))  # type: ignore[arg-type]
+        return with_rate_headers(request, JSONResponse(state.model_dump()))
 
     @router.post("/jobs/{job_id}/share", response_model=ShareLink)
     async def share(job_id: JobId, request: Request, account: Caller) -> Response:

@@ -169,6 +169,14 @@ class StyleInfo(BaseModel):
     negative: str
 
 
+class FeedbackBody(BaseModel):
+    vote: Literal["up", "down"] = Field(description="👍 or 👎; the same vote again takes it back")
+
+
+class FeedbackState(BaseModel):
+    vote: Literal["up", "down"] | None = Field(description="the vote now in force")
+
+
 class ShareLink(BaseModel):
     url: str = Field(description="the public page: no key needed, with a preview for chats")
     shared: bool = Field(description="false once revoked")

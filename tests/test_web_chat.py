@@ -85,8 +85,8 @@ async def open_page(
         await context.close()
 
 
-async def sign_in(page: Page, api: ApiProcess) -> None:
-    await page.get_by_role("textbox", name="API key").fill(api.new_key("browser"))
+async def sign_in(page: Page, api: ApiProcess, *options: str) -> None:
+    await page.get_by_role("textbox", name="API key").fill(api.new_key("browser", *options))
     await page.get_by_role("button", name="Save").click()
     await page.get_by_text("Key saved in this browser.").wait_for()
 
@@ -228,6 +228,7 @@ async def test_styles_favourites_suggestions_and_the_gallery(
     await suggestion.click()
     assert await page.get_by_label("Prompt", exact=True).input_value() == "a copper kettle"
 
+    assert await page.locator("#dashboard").is_hidden()  # not an operator's key
     await page.get_by_text("Gallery: history and favourites").click()
     items = page.locator("#gallery-items figure")
     await playwright_api.expect(items).to_have_count(2)
@@ -288,6 +289,33 @@ async def test_log_in_with_discord_through_the_fake(
     with contextlib.closing(sqlite3.connect(database)) as db:
         (owner,) = db.execute("SELECT user_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
     assert owner == fake.alice.user.id  # the Discord account: one history, one quota
+
+
+async def test_feedback_and_the_operator_dashboard(
+    api: ApiProcess, open_page: Callable[..., Awaitable[Page]]
+) -> None:
+    page = await open_page()
+    await sign_in(page, api, "--operator")
+    turn = await ask(page, "a brass compass", steps=2)
+    await page.locator('.turn[data-state="done"]', has_text="a brass compass").wait_for()
+    await turn.get_by_role("button", name="👍 Good").click()
+    await turn.locator('.vote[data-vote="up"][aria-pressed="true"]').wait_for()
+    await turn.get_by_role("button", name="👎 Poor").click()
+    await turn.locator('.vote[data-vote="down"][aria-pressed="true"]').wait_for()
+    assert await turn.locator('.vote[aria-pressed="true"]').count() == 1
+    await turn.get_by_role("button", name="👍 Good").click()
+    await turn.locator('.vote[data-vote="up"][aria-pressed="true"]').wait_for()
+
+    await page.reload()  # the dashboard appears for an operator's key
+    await page.get_by_text("Operator dashboard").click()
+    figures = page.locator("#dashboard-figures")
+    await playwright_api.expect(figures.locator('[data-figure="f-feedback"]')).to_have_text("1 / 0")
+    jobs = int(await figures.locator('[data-figure="f-jobs"]').inner_text())
+    assert jobs >= 1
+    assert "tiny: 1 / 0" in await figures.locator('[data-figure="f-models"]').inner_text()
+    chart = page.get_by_role("img", name="Generations a day and the p95 time")
+    await chart.wait_for()
+    assert await chart.evaluate("img => img.complete && img.naturalWidth > 0")
 
 
 async def test_a_running_job_is_cancelled_from_its_turn(

@@ -40,6 +40,12 @@ const STRINGS = {
     search: "Search", "all-models": "All models", more: "More", suggestions: "Suggestions",
     found: "{count} jobs.", nothing: "Nothing here yet.",
     scheduler: "Sampler", "zoom-out": "Zoom out", pan: "Pan {side}",
+    good: "👍 Good", poor: "👎 Poor", dashboard: "Operator dashboard", period: "Period",
+    day: "Today", week: "Last 7 days", month: "Last 30 days", chart: "Generations a day and the p95 time from request to result",
+    "f-jobs": "Generations", "f-images": "Images", "f-users": "Active people",
+    "f-wait": "Queue wait, median / p95", "f-generation": "Generation, median / p95",
+    "f-errors": "Error rate", "f-cancels": "Cancel rate", "f-favourited": "Saved to favourites",
+    "f-feedback": "👍 / 👎", "f-models": "Feedback per model",
     left: "left", right: "right", top: "up", bottom: "down",
     "discord-login": "Log in with Discord", "logged-in": "Logged in with Discord.",
     "login-denied": "Discord login was cancelled.", "login-state": "That login link expired. Try again.",
@@ -74,6 +80,12 @@ const STRINGS = {
     search: "검색", "all-models": "모든 모델", more: "더 보기", suggestions: "추천",
     found: "작업 {count}개.", nothing: "아직 아무것도 없습니다.",
     scheduler: "샘플러", "zoom-out": "축소", pan: "{side}로 확장",
+    good: "👍 좋아요", poor: "👎 별로예요", dashboard: "운영자 대시보드", period: "기간",
+    day: "오늘", week: "최근 7일", month: "최근 30일", chart: "하루 생성 수와 요청부터 결과까지의 p95 시간",
+    "f-jobs": "생성", "f-images": "이미지", "f-users": "활동한 사람",
+    "f-wait": "대기 시간, 중앙값 / p95", "f-generation": "생성 시간, 중앙값 / p95",
+    "f-errors": "오류율", "f-cancels": "취소율", "f-favourited": "즐겨찾기에 저장",
+    "f-feedback": "👍 / 👎", "f-models": "모델별 평가",
     left: "왼쪽", right: "오른쪽", top: "위", bottom: "아래",
     "discord-login": "Discord로 로그인", "logged-in": "Discord로 로그인했습니다.",
     "login-denied": "Discord 로그인이 취소되었습니다.", "login-state": "로그인 링크가 만료되었습니다. 다시 시도하세요.",
@@ -268,7 +280,18 @@ class Turn {
     for (const [index, url] of urls.entries()) await this.addImage(url, index);
     const previous = Turn.all[Turn.all.indexOf(this) - 1];
     if (urls.length) {
-      this.actions.append(element("button", { type: "button", class: "secondary", text: t("share"), onclick: () => this.share() }));
+      const votes = ["up", "down"].map((vote) => element("button", {
+        type: "button", class: "secondary vote", "aria-pressed": "false", "data-vote": vote,
+        text: t(vote === "up" ? "good" : "poor"),
+        onclick: async () => {
+          try {
+            const state = await apiJson(`/jobs/${this.job.id}/feedback`, { vote });
+            for (const button of votes) button.setAttribute("aria-pressed", String(button.dataset.vote === state.vote));
+          } catch (error) { showError(error.message); }
+        },
+      }));
+      this.actions.append(...votes,
+        element("button", { type: "button", class: "secondary", text: t("share"), onclick: () => this.share() }));
     }
     if (urls.length && previous?.firstImage) {
       this.actions.append(element("button", { type: "button", class: "secondary", text: t("compare"), onclick: () => compare(previous.firstImage, this.firstImage) }));
@@ -468,6 +491,40 @@ async function loadStyles() {
   }
 }
 
+// --- the operator dashboard (operator keys only) ---------------------------------------------
+
+function seconds(value) { return value == null ? "—" : `${value.toFixed(1)} s`; }
+function share(value) { return `${(100 * (value || 0)).toFixed(1)}%`; }
+
+async function loadDashboard() {
+  const period = document.getElementById("dashboard-period").value;
+  let response;
+  try {
+    response = await api(`/admin/usage?period=${period}`);
+  } catch {
+    document.getElementById("dashboard").hidden = true;  // not an operator's key
+    return;
+  }
+  const { summary } = await response.json();
+  document.getElementById("dashboard").hidden = false;
+  const rows = [
+    ["f-jobs", summary.jobs], ["f-images", summary.images], ["f-users", summary.active_users],
+    ["f-wait", `${seconds(summary.wait_p50_s)} / ${seconds(summary.wait_p95_s)}`],
+    ["f-generation", `${seconds(summary.generation_p50_s)} / ${seconds(summary.generation_p95_s)}`],
+    ["f-errors", share(summary.error_rate)], ["f-cancels", share(summary.cancel_rate)],
+    ["f-favourited", share(summary.favourited_share)],
+    ["f-feedback", `${summary.thumbs_up} / ${summary.thumbs_down}`],
+    ["f-models", Object.entries(summary.feedback_by_model).map(([m, c]) => `${m}: ${c.up} / ${c.down}`).join(", ") || "—"],
+  ];
+  document.getElementById("dashboard-figures").replaceChildren(...rows.flatMap(([name, value]) => [
+    element("dt", { text: t(name) }), element("dd", { text: String(value), "data-figure": name }),
+  ]));
+  const chart = document.getElementById("dashboard-chart");
+  chart.src = URL.createObjectURL(await (await api(`/admin/usage/chart.png?period=${period}`)).blob());
+  chart.alt = t("chart");
+  chart.hidden = false;
+}
+
 // --- zoom and compare -------------------------------------------------------------------------
 
 function dialog(title, ...content) {
@@ -592,6 +649,7 @@ document.addEventListener("DOMContentLoaded", () => {
     showKeyState();
     loadModels();
     loadStyles();
+    loadDashboard();
   });
   document.getElementById("forget-key").addEventListener("click", () => {
     localStorage.removeItem(KEY_STORE);
@@ -610,5 +668,7 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     loadGallery();
   });
-  if (key()) { loadModels(); loadStyles(); }
+  document.getElementById("dashboard").addEventListener("toggle", (event) => { if (event.target.open) loadDashboard(); });
+  document.getElementById("dashboard-period").addEventListener("change", loadDashboard);
+  if (key()) { loadModels(); loadStyles(); loadDashboard(); }
 });
