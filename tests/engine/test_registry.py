@@ -352,6 +352,7 @@ def test_custom_models_join_and_leave_a_running_registry(tmp_path: Path) -> None
     registry.add(hub)
     assert registry.remove("mine") is spec
     assert "mine" not in registry and registry.names() == ["base", "hub-one"]
+    assert not registry.is_custom("mine") and registry.custom_names() == ["hub-one"]
     with pytest.raises(ModelNotFoundError):
         registry.get("mine")
     with pytest.raises(RegistryError, match="valid model name"):
