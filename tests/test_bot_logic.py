@@ -57,6 +57,29 @@ def test_every_bad_setting_is_named_with_its_fix() -> None:
     assert "not-a-token" not in message  # a token, even a wrong one, is never echoed
 
 
+def test_owners_and_the_model_size_limit_are_read_and_checked(tmp_path: Path) -> None:
+    defaults = load_settings({}, env_file=None, require_token=False)
+    assert defaults.owner_ids == () and defaults.model_max_bytes == 8 * 2**30
+    assert defaults.custom_models_dir == defaults.data_dir / "models"
+    settings = load_settings(
+        {"OWNER_IDS": " 123, 456 ,", "MODEL_MAX_BYTES": "500MiB", "DATA_DIR": str(tmp_path)},
+        env_file=None,
+        require_token=False,
+    )
+    assert settings.owner_ids == (123, 456) and settings.model_max_bytes == 500 * 2**20
+    assert settings.custom_models_dir == tmp_path / "models"
+    for raw, size in (("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("4096", 4096), ("64 kb", 2**16)):
+        assert (
+            load_settings({"MODEL_MAX_BYTES": raw}, None, require_token=False).model_max_bytes
+            == size
+        )
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {"OWNER_IDS": "me", "MODEL_MAX_BYTES": "-1G"}, env_file=None, require_token=False
+        )
+    assert "OWNER_IDS" in str(raised.value) and "MODEL_MAX_BYTES" in str(raised.value)
+
+
 def test_missing_token_says_where_to_get_one() -> None:
     with pytest.raises(SettingsError, match="developer portal"):
         load_settings({}, env_file=None)
