@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from core import textguard
 from core import wildcards as prompt_choices
 from core.analysis import Analyzer
+from core.custom_models import CustomModels
 from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -127,6 +128,7 @@ class JobService:
         preview_every: int = 5,
         refiner: Refiner | None = None,
         analyzer: Analyzer | None = None,
+        custom_models: CustomModels | None = None,
     ) -> None:
         self.db = db
         self.images = images
@@ -135,6 +137,8 @@ class JobService:
         self.preview_every = preview_every
         self.refiner = refiner if refiner is not None else Refiner()
         self.analyzer = analyzer if analyzer is not None else Analyzer(None, images, max_pixels=0)
+        # Models added at run time (/model add); None where the front door offers no adding.
+        self.custom_models = custom_models
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------
