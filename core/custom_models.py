@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 8 * 2**30  # an SDXL checkpoint in fp16 is about 7 GB
 HUB_TIMEOUT_S = 15.0
+FREE_SPACE_MARGIN = 2**30  # left free on the disk after a download, for the database and images
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Weight files of a diffusers repository in another precision or kind: not counted twice
 # when the size of a hub model is estimated.
@@ -100,7 +102,8 @@ class CustomModels:
     ) -> None:
         self.db = db
         self.registry = registry
-        self.models_dir = models_dir
+        # Absolute: the registry takes a relative path from its own folder, not from here.
+        self.models_dir = models_dir.expanduser().absolute()
         self.max_bytes = max_bytes
         self.test_hosts = tuple(test_hosts)
         self._adding: set[str] = set()
@@ -229,12 +232,29 @@ class CustomModels:
         if path.endswith(PICKLED_SUFFIXES):
             raise CustomModelRefused(_PICKLED)
         partial = self.models_dir / f".{name}.{secrets.token_hex(4)}.part"
+        checked_space = False
+
+        async def progress(done: int, total: int | None) -> None:
+            # Once the size is announced: refuse a file the disk cannot hold now, rather
+            # than fail with a full disk gigabytes later.
+            nonlocal checked_space
+            if not checked_space and total is not None:
+                checked_space = True
+                free = (await asyncio.to_thread(shutil.disk_usage, self.models_dir)).free
+                if total - done > free - FREE_SPACE_MARGIN:
+                    raise CustomModelRefused(
+                        N_("There is not enough free disk space here for that file ({size})."),
+                        size=human_size(total),
+                    )
+            if on_progress is not None:
+                await on_progress(done, total)
+
         downloaded = await download_link_to_file(
             url,
             partial,
             max_bytes=self.max_bytes,
             allowed=self.test_hosts,
-            on_progress=on_progress,
+            on_progress=progress,
         )
         kept: Path | None = None
         try:

@@ -5,6 +5,9 @@ tests/test_custom_models_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,12 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from e2e_support import local_server
 from huggingface_hub.hf_api import RepoSibling
 from safetensors.numpy import save_file
 
 from core import custom_models as custom_module
 from core.custom_models import CustomModelRefused, CustomModels
-from core.downloads import DownloadTooLarge
+from core.downloads import DownloadTooLarge, allowed_hosts
 from core.errors import UserError
 from core.storage import Database
 from core.storage.custom_models import NewCustomModel
@@ -173,3 +178,36 @@ async def test_a_hub_model_is_checked_recorded_and_offered(
     assert added.record.kind == "hub" and added.record.size_bytes == 900
     assert models.registry.get("xl") is added.spec
     assert (await db.custom_models.get("xl")) == added.record
+
+
+@pytest.mark.asyncio
+async def test_a_file_is_kept_under_an_absolute_path_and_refused_when_the_disk_is_full(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = write_checkpoint(tmp_path / "served" / "m.safetensors").read_bytes()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    monkeypatch.chdir(tmp_path)
+    async with local_server({"/m.safetensors": serve}) as origin:
+        models = CustomModels(
+            db,
+            ModelRegistry.loads(REGISTRY),
+            models_dir=Path("data") / "models",  # relative, as DATA_DIR's default is
+            test_hosts=allowed_hosts([origin.removeprefix("http://")]),
+        )
+        assert models.models_dir == tmp_path / "data" / "models"
+        real_disk_usage = shutil.disk_usage
+        with monkeypatch.context() as full_disk:
+            full_disk.setattr(
+                custom_module.shutil, "disk_usage", lambda p: real_disk_usage(p)._replace(free=0)
+            )
+            with pytest.raises(CustomModelRefused, match="not enough free disk space"):
+                await models.add("full", f"{origin}/m.safetensors", added_by=1)
+        assert list(models.models_dir.iterdir()) == []
+        added = await models.add("fits", f"{origin}/m.safetensors", added_by=1)
+    kept = Path(added.spec.source)
+    assert kept.is_absolute() and await asyncio.to_thread(kept.read_bytes) == body
+    assert added.record.sha256 == hashlib.sha256(body).hexdigest()
+    assert added.record.size_bytes == len(body) and added.spec.family is Family.SD15
