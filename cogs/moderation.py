@@ -3,6 +3,8 @@ channel and how long its images are kept."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -17,12 +19,14 @@ from cogs.imagine import model_choices
 from core.custom_models import AddedModel, CustomModels
 from core.downloads import human_size
 from core.errors import N_, UserError
+from core.service import INTERACTION_TOKEN_LIFETIME
 from core.storage.guilds import MAX_RETENTION_DAYS
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
 
 Interaction = discord.Interaction["DiffusionBot"]
+log = logging.getLogger(__name__)
 
 
 def _words(text: str) -> list[str]:
@@ -337,18 +341,19 @@ class ServerModels(commands.GroupCog, group_name="model"):
         )
 
         async def progress(done: int, total: int | None) -> None:
-            editor.update(_progress_text(name, done, total, locale))
+            if _answerable(interaction):
+                editor.update(_progress_text(name, done, total, locale))
 
         try:
             added = await custom.add(
                 name, source, added_by=interaction.user.id, config=config, on_progress=progress
             )
         except UserError as error:
-            await editor.finish(translate_template(error, locale))
+            await _tell_outcome(interaction, editor, translate_template(error, locale))
             return
         finally:
             await editor.close()
-        await editor.finish(_added_text(added, locale))
+        await _tell_outcome(interaction, editor, _added_text(added, locale))
 
     @app_commands.command(name="remove")
     @app_commands.describe(name="A model added with /model add")
@@ -387,6 +392,25 @@ class ServerModels(commands.GroupCog, group_name="model"):
 
 
 OWNER_COMMANDS = frozenset({"add", "remove"})
+# Edits through the interaction stop a little before its token expires.
+ANSWER_WINDOW = INTERACTION_TOKEN_LIFETIME - dt.timedelta(minutes=1)
+
+
+def _answerable(interaction: Interaction) -> bool:
+    return discord.utils.utcnow() - interaction.created_at < ANSWER_WINDOW
+
+
+async def _tell_outcome(interaction: Interaction, editor: ThrottledEditor[str], text: str) -> None:
+    """The outcome in place of the progress, or, after a download longer than the
+    interaction's 15 minutes, in a direct message (an ephemeral answer cannot be reached
+    any other way)."""
+    if _answerable(interaction):
+        await editor.finish(text)
+        return
+    try:
+        await interaction.user.send(text)
+    except discord.HTTPException:
+        log.warning("could not tell %s how /model add ended: %s", interaction.user.id, text)
 
 
 def _progress_text(name: str, done: int, total: int | None, locale: discord.Locale | None) -> str:

@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import discord
 import pytest
@@ -202,3 +203,28 @@ def test_interaction_time_falls_back_to_now_when_its_id_disagrees_with_the_clock
     for skewed in (now - dt.timedelta(days=3000), now + dt.timedelta(hours=2)):
         taken = issued_at(SimpleNamespace(created_at=skewed))  # type: ignore[arg-type]
         assert abs((taken - now).total_seconds()) < 5
+
+
+@pytest.mark.asyncio
+async def test_a_model_download_longer_than_the_interaction_ends_in_a_direct_message() -> None:
+    from cogs.moderation import _tell_outcome
+
+    edits: list[str] = []
+    direct: list[str] = []
+
+    async def edit(text: str) -> None:
+        edits.append(text)
+
+    async def send(text: str) -> None:
+        direct.append(text)
+
+    editor: ThrottledEditor[str] = ThrottledEditor(edit, 0)
+    now = discord.utils.utcnow()
+    fresh: Any = SimpleNamespace(created_at=now, user=SimpleNamespace(send=send))
+    await _tell_outcome(fresh, editor, "added")
+    assert edits == ["added"] and direct == []
+    stale: Any = SimpleNamespace(
+        created_at=now - dt.timedelta(minutes=20), user=SimpleNamespace(send=send)
+    )
+    await _tell_outcome(stale, editor, "added late")
+    assert edits == ["added"] and direct == ["added late"]
