@@ -1,5 +1,6 @@
 """/banned: the words this server does not allow in prompts. /settings: the server's gallery
-channel and how long its images are kept."""
+channel and how long its images are kept. /model: the models this server offers and draws
+with by default, and the models the bot's owners add for every server (/model add, remove)."""
 
 from __future__ import annotations
 
