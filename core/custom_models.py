@@ -226,9 +226,13 @@ class CustomModels:
         on_progress: ProgressCallback | None,
     ) -> AddedModel:
         try:
-            path = unquote(URL(url).path).lower()
+            link = URL(url)
         except ValueError:
             raise DownloadRefused(N_("That link is not a valid web address.")) from None
+        path = unquote(link.path).lower()
+        # What is recorded and logged: download links often carry an access token in their
+        # query (?token=...), which must not end up in the database or the logs.
+        shown_url = str(link.with_query(None).with_fragment(None))
         if path.endswith(PICKLED_SUFFIXES):
             raise CustomModelRefused(_PICKLED)
         partial = self.models_dir / f".{name}.{secrets.token_hex(4)}.part"
@@ -262,7 +266,9 @@ class CustomModels:
                 # The header of a file of gigabytes: read in a thread.
                 keys = await asyncio.to_thread(check_safetensors, partial)
             except ValueError as error:
-                log.info("custom model %s refused: %s is not .safetensors: %s", name, url, error)
+                log.info(
+                    "custom model %s refused: %s is not .safetensors: %s", name, shown_url, error
+                )
                 raise CustomModelRefused(
                     N_(
                         "That file is not a .safetensors file (or it is incomplete). Pickled "
@@ -287,7 +293,7 @@ class CustomModels:
             record = await self._record(
                 NewCustomModel(
                     name=name,
-                    source=url,
+                    source=shown_url,
                     kind="single_file",
                     family=family.value,
                     added_by=added_by,
@@ -304,7 +310,7 @@ class CustomModels:
         log.info(
             "custom model %s added from %s by %s (%s, sha256 %s)",
             name,
-            url,
+            shown_url,
             added_by,
             human_size(downloaded.size_bytes),
             downloaded.sha256,

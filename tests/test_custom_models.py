@@ -206,8 +206,9 @@ async def test_a_file_is_kept_under_an_absolute_path_and_refused_when_the_disk_i
             with pytest.raises(CustomModelRefused, match="not enough free disk space"):
                 await models.add("full", f"{origin}/m.safetensors", added_by=1)
         assert list(models.models_dir.iterdir()) == []
-        added = await models.add("fits", f"{origin}/m.safetensors", added_by=1)
+        added = await models.add("fits", f"{origin}/m.safetensors?token=secret#x", added_by=1)
     kept = Path(added.spec.source)
     assert kept.is_absolute() and await asyncio.to_thread(kept.read_bytes) == body
     assert added.record.sha256 == hashlib.sha256(body).hexdigest()
     assert added.record.size_bytes == len(body) and added.spec.family is Family.SD15
+    assert added.record.source == f"{origin}/m.safetensors"  # no token kept
