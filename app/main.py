@@ -21,6 +21,8 @@ from app.observability import start_error_tracking
 from bot.client import DiffusionBot, point_discord_at
 from core.analysis import Analyzer
 from core.config import Settings, SettingsError, load_settings
+from core.custom_models import CustomModels
+from core.downloads import allowed_hosts
 from core.errors import StartupError
 from core.events import JobEvents
 from core.logs import configure_logging, register_secret
@@ -120,6 +122,17 @@ async def run(settings: Settings) -> None:
         )
     except STARTUP_STORAGE_ERRORS as error:
         raise StartupError(explain_storage_failure(error, settings.data_dir)) from None
+    # The registry is the TOML file's models plus those the owners added (in the database).
+    custom_models = CustomModels(
+        db,
+        registry,
+        models_dir=settings.custom_models_dir,
+        max_bytes=settings.model_max_bytes,
+        test_hosts=allowed_hosts(settings.link_test_hosts),
+    )
+    restored = await custom_models.restore()
+    if restored:
+        log.info("custom models offered: %s", ", ".join(restored))
     engine = build_engine(settings, registry)
     refiner = Refiner(
         settings.llm_base_url,
@@ -136,6 +149,7 @@ async def run(settings: Settings) -> None:
         refiner=refiner,
         analyzer=build_analyzer(settings, images),
         nsfw_threshold=settings.nsfw_threshold,
+        custom_models=custom_models,
     )
     serve_metrics = settings.metrics_port or settings.api_port  # the API serves /metrics too
     metrics = Metrics(engine_status=engine.status) if serve_metrics else None

@@ -120,6 +120,13 @@ def require_moderator(interaction: Interaction, refusal: str) -> None:
         raise PermissionDenied(refusal)
 
 
+def require_owner(interaction: Interaction, refusal: str) -> None:
+    """Refuse anyone but the bot's owners (``OWNER_IDS``), with ``refusal`` (N_-marked).
+    Being a server's moderator is not enough: what an owner changes, every server gets."""
+    if interaction.user.id not in interaction.client.settings.owner_ids:
+        raise PermissionDenied(refusal)
+
+
 async def launch(
     interaction: Interaction,
     request: GenerationRequest,

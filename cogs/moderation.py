@@ -1,8 +1,11 @@
 """/banned: the words this server does not allow in prompts. /settings: the server's gallery
-channel and how long its images are kept."""
+channel and how long its images are kept. /model: the models this server offers and draws
+with by default, and the models the bot's owners add for every server (/model add, remove)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -10,16 +13,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.actions import require_moderator
-from bot.i18n import reader_locale, translate
+from bot.actions import require_moderator, require_owner
+from bot.i18n import reader_locale, translate, translate_template
+from bot.throttle import ThrottledEditor
 from cogs.imagine import model_choices
+from core.custom_models import AddedModel, CustomModels
+from core.downloads import human_size
 from core.errors import N_, UserError
+from core.service import INTERACTION_TOKEN_LIFETIME
 from core.storage.guilds import MAX_RETENTION_DAYS
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
 
 Interaction = discord.Interaction["DiffusionBot"]
+log = logging.getLogger(__name__)
 
 
 def _words(text: str) -> list[str]:
@@ -205,9 +213,14 @@ class ServerModels(commands.GroupCog, group_name="model"):
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         if interaction.type is discord.InteractionType.autocomplete:
             return True
-        require_moderator(
-            interaction, N_("Only moderators with Manage Server can choose this server's models.")
-        )
+        command = interaction.command
+        if command is not None and command.name in OWNER_COMMANDS:
+            require_owner(interaction, N_("Only the bot's owners can add or remove models."))
+        else:
+            require_moderator(
+                interaction,
+                N_("Only moderators with Manage Server can choose this server's models."),
+            )
         await interaction.response.defer(ephemeral=True, thinking=True)
         return True
 
@@ -294,6 +307,70 @@ class ServerModels(commands.GroupCog, group_name="model"):
             ephemeral=True,
         )
 
+    # --- models the bot's owners add for every server ----------------------------------
+
+    def _custom_models(self) -> CustomModels:
+        custom = self.bot.service.custom_models
+        if custom is None:
+            raise UserError(N_("Adding models is not available on this bot."))
+        return custom
+
+    @app_commands.command(name="add")
+    @app_commands.describe(
+        name="What the model is called here: letters, digits, '.', '_' or '-'",
+        source="A Hugging Face hub id (owner/name), or an https link to a .safetensors file",
+        config="A model of the bot's (or a hub id) whose configs a single file shares",
+    )
+    async def add(
+        self,
+        interaction: Interaction,
+        name: app_commands.Range[str, 1, 40],
+        source: app_commands.Range[str, 1, 1000],
+        config: str | None = None,
+    ) -> None:
+        """Add a model for every server, from the hub or a link (the bot's owners only)."""
+        custom = self._custom_models()
+        locale = reader_locale(interaction)
+
+        async def show(text: str) -> None:
+            await interaction.edit_original_response(content=text)
+
+        # The download can take minutes: its progress replaces the "thinking" message, paced
+        # as job progress is, and the outcome (or the reason it failed) replaces that.
+        editor: ThrottledEditor[str] = ThrottledEditor(
+            show, self.bot.settings.progress_edit_interval_s
+        )
+
+        async def progress(done: int, total: int | None) -> None:
+            if _answerable(interaction):
+                editor.update(_progress_text(name, done, total, locale))
+
+        try:
+            added = await custom.add(
+                name, source, added_by=interaction.user.id, config=config, on_progress=progress
+            )
+        except UserError as error:
+            await _tell_outcome(interaction, editor, translate_template(error, locale))
+            return
+        finally:
+            await editor.close()
+        await _tell_outcome(interaction, editor, _added_text(added, locale))
+
+    @app_commands.command(name="remove")
+    @app_commands.describe(name="A model added with /model add")
+    async def remove(self, interaction: Interaction, name: str) -> None:
+        """Remove a model added with /model add (the bot's owners only)."""
+        await self._custom_models().remove(name)
+        await interaction.followup.send(
+            translate(
+                "🗑 `{name}` is removed from every server and its file deleted; its past "
+                "results stay.",
+                reader_locale(interaction),
+                name=name,
+            ),
+            ephemeral=True,
+        )
+
     @default.autocomplete("name")
     @enable.autocomplete("name")
     @disable.autocomplete("name")
@@ -301,6 +378,76 @@ class ServerModels(commands.GroupCog, group_name="model"):
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return model_choices(self.bot, current)
+
+    @add.autocomplete("config")
+    async def config_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return model_choices(self.bot, current)
+
+    @remove.autocomplete("name")
+    async def custom_name_autocomplete(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return model_choices(self.bot, current, offered=self.bot.registry.custom_names())
+
+
+OWNER_COMMANDS = frozenset({"add", "remove"})
+# Edits through the interaction stop a little before its token expires.
+ANSWER_WINDOW = INTERACTION_TOKEN_LIFETIME - dt.timedelta(minutes=1)
+
+
+def _answerable(interaction: Interaction) -> bool:
+    return discord.utils.utcnow() - interaction.created_at < ANSWER_WINDOW
+
+
+async def _tell_outcome(interaction: Interaction, editor: ThrottledEditor[str], text: str) -> None:
+    """The outcome in place of the progress, or, after a download longer than the
+    interaction's 15 minutes, in a direct message (an ephemeral answer cannot be reached
+    any other way)."""
+    if _answerable(interaction):
+        await editor.finish(text)
+        return
+    try:
+        await interaction.user.send(text)
+    except discord.HTTPException:
+        log.warning("could not tell %s how /model add ended: %s", interaction.user.id, text)
+
+
+def _progress_text(name: str, done: int, total: int | None, locale: discord.Locale | None) -> str:
+    if total:
+        return translate(
+            "⬇️ Downloading `{name}`: {percent}% ({done} of {total})",
+            locale,
+            name=name,
+            percent=min(100, done * 100 // total),
+            done=human_size(done),
+            total=human_size(total),
+        )
+    return translate(
+        "⬇️ Downloading `{name}`: {done} so far", locale, name=name, done=human_size(done)
+    )
+
+
+def _added_text(added: AddedModel, locale: discord.Locale | None) -> str:
+    record = added.record
+    if record.kind == "hub":
+        return translate(
+            "✅ `{name}` ({family}) is added from the Hugging Face hub and offered in every "
+            "server now; its weights download on first use. Try `/imagine model:{name}`.",
+            locale,
+            name=record.name,
+            family=record.family,
+        )
+    return translate(
+        "✅ `{name}` ({family}, {size}, SHA-256 `{sha}…`) is added and offered in every server "
+        "now. Try `/imagine model:{name}`.",
+        locale,
+        name=record.name,
+        family=record.family,
+        size=human_size(record.size_bytes or 0),
+        sha=added.short_sha256,
+    )
 
 
 async def setup(bot: DiffusionBot) -> None:

@@ -50,6 +50,9 @@ class Settings:
     result_save_give_up_s: float = 300.0
     attachment_hosts: tuple[str, ...] | None = None  # None: Discord's CDN hosts
     link_test_hosts: tuple[str, ...] = ()  # tests only: host:port links may use, over http too
+    # custom models (/model add): who may add them, and the largest download accepted
+    owner_ids: tuple[int, ...] = ()
+    model_max_bytes: int = 8 * 2**30
     # loader
     device: str = "auto"
     dtype: str = "auto"
@@ -114,6 +117,11 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def custom_models_dir(self) -> Path:
+        """Where /model add keeps the .safetensors files it downloads."""
+        return self.data_dir / "models"
 
     @property
     def compile_cache(self) -> Path:
@@ -224,6 +232,19 @@ def load_settings(
             _host_list,
             d.link_test_hosts,
             "use host:port entries such as 127.0.0.1:8080, separated by commas (tests only)",
+        ),
+        owner_ids=get(
+            "OWNER_IDS",
+            _snowflake_list,
+            d.owner_ids,
+            "use Discord user ids (numbers; Developer Mode > right-click > Copy User ID), "
+            "separated by commas",
+        ),
+        model_max_bytes=get(
+            "MODEL_MAX_BYTES",
+            _byte_size,
+            d.model_max_bytes,
+            "use a size such as 8GiB, 500MiB or a number of bytes",
         ),
         result_save_give_up_s=get(
             "RESULT_SAVE_GIVE_UP_S",
@@ -395,6 +416,25 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
 
 def _snowflake(raw: str) -> int:
     value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _snowflake_list(raw: str) -> tuple[int, ...]:
+    return tuple(_snowflake(entry.strip()) for entry in raw.split(",") if entry.strip())
+
+
+_BYTE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_BYTE_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+
+
+def _byte_size(raw: str) -> int:
+    """``8GiB``, ``8G``, ``500MiB``, ``1.5GB`` (binary units either way) or plain bytes."""
+    match = _BYTE_SIZE.match(raw.strip())
+    if match is None:
+        raise ValueError(raw)
+    value = int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
     if value <= 0:
         raise ValueError(raw)
     return value

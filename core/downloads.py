@@ -10,10 +10,14 @@ never to a private, loopback or link-local address, for the link and for every r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -172,6 +176,10 @@ class PublicOnlyResolver(AbstractResolver):
         await self.inner.close()
 
 
+def _mebibytes(limit: int) -> str:
+    return f"{limit / 2**20:g}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Refusals:
     """What to tell the user when a download goes wrong (N_-marked templates)."""
@@ -180,6 +188,7 @@ class _Refusals:
     status: str  # with {status}
     redirects: str
     too_large: str  # with {size}
+    size_text: Callable[[int], str] = _mebibytes  # how {size} shows the limit
 
 
 _ATTACHMENT = _Refusals(
@@ -279,10 +288,40 @@ async def _get(
     max_redirects: int,
     refusals: _Refusals,
 ) -> bytes:
+    async with _final_response(
+        current, check, resolver, max_bytes, max_redirects, refusals
+    ) as response:
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            body += chunk
+            if len(body) > max_bytes:
+                raise _too_large(refusals, max_bytes)
+        return bytes(body)
+
+
+def _too_large(refusals: _Refusals, max_bytes: int) -> DownloadTooLarge:
+    return DownloadTooLarge(refusals.too_large, size=refusals.size_text(max_bytes))
+
+
+@contextlib.asynccontextmanager
+async def _final_response(
+    current: URL,
+    check: Callable[[URL], None],
+    resolver: AbstractResolver,
+    max_bytes: int,
+    max_redirects: int,
+    refusals: _Refusals,
+    client_timeout: aiohttp.ClientTimeout | None = None,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The 200 response at the end of ``current``'s redirects, each hop checked before the
+    connection is made; its body not read yet, and not announced as over ``max_bytes``."""
     check(current)
     connector = aiohttp.TCPConnector(resolver=resolver, limit=1, force_close=True)
     async with aiohttp.ClientSession(
-        connector=connector, trust_env=False, auto_decompress=False
+        connector=connector,
+        trust_env=False,
+        auto_decompress=False,
+        timeout=client_timeout or aiohttp.client.DEFAULT_TIMEOUT,
     ) as session:
         for _hop in range(max_redirects + 1):
             async with session.get(
@@ -297,16 +336,123 @@ async def _get(
                     continue
                 if response.status != 200:
                     raise DownloadFailed(refusals.status, status=response.status)
-                too_large = DownloadTooLarge(refusals.too_large, size=f"{max_bytes / 2**20:g}")
                 if response.content_length is not None and response.content_length > max_bytes:
-                    raise too_large
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise too_large
-                return bytes(body)
+                    raise _too_large(refusals, max_bytes)
+                yield response
+                return
         raise DownloadRefused(refusals.redirects)
+
+
+# What a model download tells the user when it goes wrong.
+_MODEL_LINK = _Refusals(
+    no_location=N_("I could not download the file at that link."),
+    status=N_("I could not download the file at that link (its server answered {status})."),
+    redirects=N_("That link redirected too many times."),
+    too_large=N_("The file at that link is larger than the limit of {size}."),
+    size_text=lambda limit: human_size(limit),
+)
+# Bytes gathered before a write (and the hashing of them) goes to a thread: few thread hops
+# for a file of gigabytes, and little memory.
+FILE_WRITE_BYTES = 4 * 2**20
+
+ProgressCallback = Callable[[int, int | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedFile:
+    path: Path
+    size_bytes: int
+    sha256: str  # hex
+
+
+async def download_link_to_file(
+    url: str,
+    destination: Path,
+    *,
+    max_bytes: int,
+    allowed: Iterable[AllowedHost] = (),
+    on_progress: ProgressCallback | None = None,
+    idle_timeout_s: float = 60.0,
+    max_redirects: int = MAX_REDIRECTS,
+    resolver: AbstractResolver | None = None,
+) -> DownloadedFile:
+    """Stream the file a user links to into ``destination``, with ``fetch_link``'s guard
+    (``check_link`` for each hop, public addresses only after DNS resolution) and its
+    SHA-256 computed on the way. ``on_progress(done, total)`` is awaited as chunks arrive
+    (``total``: the announced length, if any); the caller decides how often to show it.
+
+    Over ``max_bytes`` (announced or streamed), a server that stalls for ``idle_timeout_s``,
+    or any failure: ``destination`` is deleted and a UserError subclass raised. Writing
+    and hashing run in a thread, so a file of gigabytes never blocks the event loop.
+    """
+    exempt = tuple(allowed)
+    digest = hashlib.sha256()
+    done = 0
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    file = await asyncio.to_thread(destination.open, "wb")
+    try:
+        async with _final_response(
+            _parse(url, link=True),
+            lambda hop: check_link(hop, exempt),
+            PublicOnlyResolver(
+                None, resolver, exempt=[a.host for a in exempt], refusal=_PRIVATE_LINK
+            ),
+            max_bytes,
+            max_redirects,
+            _MODEL_LINK,
+            aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle_timeout_s),
+        ) as response:
+            total = response.content_length
+            pending = bytearray()
+            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                done += len(chunk)
+                if done > max_bytes:
+                    raise _too_large(_MODEL_LINK, max_bytes)
+                pending += chunk
+                if len(pending) >= FILE_WRITE_BYTES:
+                    await asyncio.to_thread(_write_and_hash, file, digest, bytes(pending))
+                    pending.clear()
+                if on_progress is not None:
+                    await on_progress(done, total)
+            await asyncio.to_thread(_write_and_hash, file, digest, bytes(pending))
+        await asyncio.to_thread(file.close)
+    except TimeoutError:
+        await _discard(file, destination)
+        raise DownloadFailed(
+            N_("The server of that link stopped sending the file (nothing for {seconds} s)."),
+            seconds=f"{idle_timeout_s:g}",
+        ) from None
+    except aiohttp.ClientError:
+        await _discard(file, destination)
+        raise DownloadFailed(N_("I could not reach the server of that link.")) from None
+    except BaseException:
+        await _discard(file, destination)
+        raise
+    return DownloadedFile(destination, done, digest.hexdigest())
+
+
+def _write_and_hash(file: BinaryIO, digest: Any, data: bytes) -> None:
+    file.write(data)
+    digest.update(data)
+
+
+async def _discard(file: BinaryIO, path: Path) -> None:
+    """Close and delete a partial download (shielded: it runs when the download is
+    cancelled too, and must not leave gigabytes behind)."""
+
+    def discard() -> None:
+        file.close()
+        path.unlink(missing_ok=True)
+
+    await asyncio.shield(asyncio.to_thread(discard))
+
+
+def human_size(size: int) -> str:
+    """``8 GiB``, ``1.5 MiB``, ``200 KiB``, ``17 bytes``: for messages, not for parsing."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 # What the bytes start with, whatever the server's headers claim: PNG, JPEG, GIF, BMP, WebP.

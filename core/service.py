@@ -18,6 +18,7 @@ from core import textguard
 from core import wildcards as prompt_choices
 from core.analysis import Analyzer
 from core.config import DEFAULT_NSFW_THRESHOLD
+from core.custom_models import CustomModels
 from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
@@ -140,6 +141,7 @@ class JobService:
         refiner: Refiner | None = None,
         analyzer: Analyzer | None = None,
         nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD,
+        custom_models: CustomModels | None = None,
     ) -> None:
         self.db = db
         self.images = images
@@ -149,6 +151,8 @@ class JobService:
         self.refiner = refiner if refiner is not None else Refiner()
         self.analyzer = analyzer if analyzer is not None else Analyzer(None, images, max_pixels=0)
         self.nsfw_threshold = nsfw_threshold
+        # Models added at run time (/model add); None where the front door offers no adding.
+        self.custom_models = custom_models
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------

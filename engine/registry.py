@@ -204,7 +204,13 @@ def _clamp_size(value: float, presets: Presets) -> int:
 
 
 class ModelRegistry:
-    """The models a deployment offers, read from TOML. Immutable once built."""
+    """The models a deployment offers: those of the TOML file, plus the custom models the
+    bot's owners add at run time (``add``/``remove``; the core keeps them in its database).
+
+    Every front door and the engine share one registry, so a model added is offered at once
+    everywhere. Changes replace the name table rather than edit it, so a reader in another
+    thread (the engine's worker) always sees a whole table, before or after.
+    """
 
     def __init__(
         self,
@@ -231,6 +237,7 @@ class ModelRegistry:
             )
         self.default_name = default_name
         self.origin = origin
+        self._custom: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path | str | None = None, default_name: str | None = None) -> ModelRegistry:
@@ -317,6 +324,31 @@ class ModelRegistry:
     def specs(self) -> list[ModelSpec]:
         return list(self._specs.values())
 
+    def is_custom(self, name: str) -> bool:
+        """Whether ``name`` is a model added at run time (and so may be removed)."""
+        return name in self._custom
+
+    def custom_names(self) -> list[str]:
+        return [name for name in self._specs if name in self._custom]
+
+    def add(self, spec: ModelSpec) -> None:
+        """Offer a custom model from now on. RegistryError when the name is taken."""
+        if not is_valid_model_name(spec.name):
+            raise RegistryError(f"{spec.name!r} is not a valid model name.")
+        if spec.name in self._specs:
+            raise RegistryError(f"A model called {spec.name!r} exists already.")
+        self._specs = {**self._specs, spec.name: spec}
+        self._custom = self._custom | {spec.name}
+
+    def remove(self, name: str) -> ModelSpec:
+        """Stop offering a custom model; the TOML file's models cannot be removed."""
+        if name not in self._custom:
+            raise RegistryError(f"{name!r} is not a custom model, so it cannot be removed.")
+        spec = self._specs[name]
+        self._specs = {key: value for key, value in self._specs.items() if key != name}
+        self._custom = self._custom - {name}
+        return spec
+
     def loras(self, family: Family | None = None) -> list[LoraSpec]:
         """The LoRAs offered (those for ``family`` only, when given)."""
         return [lora for lora in self._loras.values() if family in (None, lora.family)]
@@ -326,6 +358,30 @@ class ModelRegistry:
 
 
 # --- parsing ------------------------------------------------------------------------------
+
+
+def is_valid_model_name(name: str) -> bool:
+    """1 to 40 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    return bool(_NAME_PATTERN.match(name))
+
+
+def custom_model_spec(
+    name: str,
+    source: str,
+    *,
+    family: Family,
+    config: str | None = None,
+    description: str = "",
+) -> ModelSpec:
+    """The spec of a model added at run time: a hub id, or a downloaded .safetensors file
+    (an absolute path) with ``config`` (a diffusers folder or hub id of its architecture;
+    None lets diffusers pick the family's default configs from the hub). Presets are the
+    family's, re-centred on the size the configs give, as for a TOML entry."""
+    entry: dict[str, Any] = {"source": source, "family": family.value, "description": description}
+    if config is not None:
+        entry["config"] = config
+    return _parse_entry(name, entry, base_dir=Path("/"), origin="custom models")
+
 
 _ENTRY_KEYS = {
     "source", "family", "description", "license", "config", "variant", "upscaler", "upscaler_steps",
@@ -671,13 +727,64 @@ def safetensors_keys(path: Path) -> list[str]:
     return [key for key in header if key != "__metadata__"]
 
 
-def family_of_safetensors(path: Path) -> Family:
-    keys = safetensors_keys(path)
+def check_safetensors(path: Path) -> list[str]:
+    """Tensor names of a whole, well-formed .safetensors file; ValueError (saying what is
+    wrong) for anything else, a pickle under another name included. Reads the header only:
+    every tensor must have a dtype, a shape and offsets inside the data, and the offsets
+    must cover the data exactly (the format allows no holes and no trailing bytes)."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) != 8:
+            raise ValueError("the file is too short to be a .safetensors file")
+        (header_length,) = struct.unpack("<Q", prefix)
+        if not 2 <= header_length <= min(_SAFETENSORS_HEADER_LIMIT, size - 8):
+            raise ValueError("the file does not start with a .safetensors header")
+        raw = file.read(header_length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("the file's .safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("the file's .safetensors header is not a table of tensors")
+    data_size = size - 8 - header_length
+    end = 0
+    names = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("dtype"), str)
+            or not isinstance(info.get("shape"), list)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise ValueError(f"the tensor {name!r} in the .safetensors header is malformed")
+        end = max(end, offsets[1])
+        names.append(name)
+    if not names:
+        raise ValueError("the .safetensors file holds no tensors")
+    if end != data_size:
+        raise ValueError("the .safetensors file's data does not match its header")
+    return names
+
+
+def family_of_keys(keys: Iterable[str]) -> Family:
+    """The family of an original-layout checkpoint, from its tensor names."""
+    keys = list(keys)
     if any(key.startswith("conditioner.embedders.1.") for key in keys):
         return Family.SDXL
     if any("label_emb.0.0.weight" in key for key in keys):  # SDXL's size conditioning
         return Family.SDXL
     return Family.SD15
+
+
+def family_of_safetensors(path: Path) -> Family:
+    return family_of_keys(safetensors_keys(path))
 
 
 def _family_of_cached_hub_model(repo_id: str) -> Family | None:

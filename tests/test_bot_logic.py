@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import discord
 import pytest
@@ -55,6 +56,29 @@ def test_every_bad_setting_is_named_with_its_fix() -> None:
         assert name in message
     assert "MODELS_FILE" in message
     assert "not-a-token" not in message  # a token, even a wrong one, is never echoed
+
+
+def test_owners_and_the_model_size_limit_are_read_and_checked(tmp_path: Path) -> None:
+    defaults = load_settings({}, env_file=None, require_token=False)
+    assert defaults.owner_ids == () and defaults.model_max_bytes == 8 * 2**30
+    assert defaults.custom_models_dir == defaults.data_dir / "models"
+    settings = load_settings(
+        {"OWNER_IDS": " 123, 456 ,", "MODEL_MAX_BYTES": "500MiB", "DATA_DIR": str(tmp_path)},
+        env_file=None,
+        require_token=False,
+    )
+    assert settings.owner_ids == (123, 456) and settings.model_max_bytes == 500 * 2**20
+    assert settings.custom_models_dir == tmp_path / "models"
+    for raw, size in (("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("4096", 4096), ("64 kb", 2**16)):
+        assert (
+            load_settings({"MODEL_MAX_BYTES": raw}, None, require_token=False).model_max_bytes
+            == size
+        )
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {"OWNER_IDS": "me", "MODEL_MAX_BYTES": "-1G"}, env_file=None, require_token=False
+        )
+    assert "OWNER_IDS" in str(raised.value) and "MODEL_MAX_BYTES" in str(raised.value)
 
 
 def test_missing_token_says_where_to_get_one() -> None:
@@ -179,3 +203,28 @@ def test_interaction_time_falls_back_to_now_when_its_id_disagrees_with_the_clock
     for skewed in (now - dt.timedelta(days=3000), now + dt.timedelta(hours=2)):
         taken = issued_at(SimpleNamespace(created_at=skewed))  # type: ignore[arg-type]
         assert abs((taken - now).total_seconds()) < 5
+
+
+@pytest.mark.asyncio
+async def test_a_model_download_longer_than_the_interaction_ends_in_a_direct_message() -> None:
+    from cogs.moderation import _tell_outcome
+
+    edits: list[str] = []
+    direct: list[str] = []
+
+    async def edit(text: str) -> None:
+        edits.append(text)
+
+    async def send(text: str) -> None:
+        direct.append(text)
+
+    editor: ThrottledEditor[str] = ThrottledEditor(edit, 0)
+    now = discord.utils.utcnow()
+    fresh: Any = SimpleNamespace(created_at=now, user=SimpleNamespace(send=send))
+    await _tell_outcome(fresh, editor, "added")
+    assert edits == ["added"] and direct == []
+    stale: Any = SimpleNamespace(
+        created_at=now - dt.timedelta(minutes=20), user=SimpleNamespace(send=send)
+    )
+    await _tell_outcome(stale, editor, "added late")
+    assert edits == ["added"] and direct == ["added late"]

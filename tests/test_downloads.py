@@ -4,9 +4,11 @@ checked before it is followed, and the byte cap enforced while the body streams.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -468,3 +470,77 @@ async def test_other_spellings_of_this_machine_are_refused_too() -> None:
     for url in ("https://2130706433/a.png", "https://127.1/a.png"):
         with pytest.raises(UserError):  # not even a valid address for the HTTP client
             await downloads.image_from_link(url, max_bytes=CAP, timeout_s=5)
+
+
+# --- model files: streamed to disk with the link guard, hashed, progress reported -------------
+
+
+@pytest.mark.asyncio
+async def test_a_linked_file_streams_to_disk_with_its_sha256_and_progress(
+    servers: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * (3 * downloads.FILE_WRITE_BYTES // 256 + 17)
+    public = await servers(
+        **{"model.safetensors": png_route(body), "hop": redirect_route("/model.safetensors")}
+    )
+    seen: list[tuple[int, int | None]] = []
+
+    async def progress(done: int, total: int | None) -> None:
+        seen.append((done, total))
+
+    target = tmp_path / "models" / "m.part"
+    got = await downloads.download_link_to_file(
+        f"{public.origin}/hop",
+        target,
+        max_bytes=len(body),
+        allowed=(public.host,),
+        on_progress=progress,
+    )
+    assert got == downloads.DownloadedFile(target, len(body), hashlib.sha256(body).hexdigest())
+    assert target.read_bytes() == body
+    assert seen[-1] == (len(body), len(body)) and len(seen) > 1
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+@pytest.mark.asyncio
+async def test_a_linked_file_over_the_cap_or_refused_leaves_nothing_behind(
+    servers: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    async def streamed_without_length(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"\1" * 2**16)
+        await response.write_eof()
+        return response
+
+    inside = await servers(**{"x": png_route()})
+    public = await servers(
+        **{
+            "announced": png_route(b"\0" * (CAP + 1)),
+            "streamed": streamed_without_length,
+            "inside": redirect_route(f"{inside.origin}/x"),
+            "named-inside": redirect_route(f"https://localhost:{inside.port}/x"),
+        }
+    )
+    refused = {
+        "announced": "larger than the limit of 1 MiB",
+        "streamed": "larger than the limit of 1 MiB",
+        "inside": "private or local address",
+        "named-inside": "private or local address",  # a name, checked once resolved
+    }
+    for path, message in refused.items():
+        target = tmp_path / f"{path}.part"
+        with pytest.raises(UserError, match=message):
+            await downloads.download_link_to_file(
+                f"{public.origin}/{path}", target, max_bytes=CAP, allowed=(public.host,)
+            )
+        assert not target.exists(), path
+    assert inside.hits == []
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert downloads.human_size(8 * 2**30) == "8 GiB"
+    assert downloads.human_size(3 * 2**19) == "1.5 MiB"
+    assert downloads.human_size(200 * 2**10) == "200 KiB"
+    assert downloads.human_size(17) == "17 bytes"

@@ -33,6 +33,7 @@ import aiosqlite
 from ._base import Context
 from .apikeys import ApiKeyRepository, IdempotencyRepository
 from .clock import Clock, system_clock, to_db
+from .custom_models import CustomModelRepository
 from .errors import (
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
@@ -227,8 +228,8 @@ class Database:
     """The bot's storage. Open with ``await Database.open(path, images=...)``.
 
     Repositories: ``jobs``, ``images``, ``favourites``, ``history`` (prompts), ``quotas``,
-    ``guilds``, ``users``, ``api_keys``, ``library``, ``usage``. Cross-cutting operations
-    (jobs with their files, retention) are methods here.
+    ``guilds``, ``users``, ``api_keys``, ``library``, ``usage``, ``custom_models``.
+    Cross-cutting operations (jobs with their files, retention) are methods here.
     """
 
     def __init__(self, ctx: Context, schema_version: int) -> None:
@@ -247,6 +248,7 @@ class Database:
         self.library = LibraryRepository(ctx)
         self.usage = UsageRepository(ctx)
         self.safety = SafetyRepository(ctx)
+        self.custom_models = CustomModelRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:

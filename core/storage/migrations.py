@@ -390,6 +390,27 @@ V14_SAFETY = Migration(
     ),
 )
 
+# Models the bot's owners add at run time (/model add); the TOML registry still lists the rest.
+# Self-contained: nothing else refers to this table, so it can be renumbered freely.
+V15_CUSTOM_MODELS = Migration(
+    15,
+    "custom models: models the bot's owners add at run time, beside the TOML registry",
+    (
+        """CREATE TABLE custom_models (
+            name       TEXT PRIMARY KEY,
+            source     TEXT NOT NULL,
+            kind       TEXT NOT NULL CHECK (kind IN ('hub', 'single_file')),
+            family     TEXT NOT NULL,
+            config     TEXT,
+            file_path  TEXT,
+            sha256     TEXT CHECK (sha256 IS NULL OR length(sha256) = 64),
+            size_bytes INTEGER CHECK (size_bytes IS NULL OR size_bytes >= 0),
+            added_by   INTEGER NOT NULL,
+            added_at   TEXT NOT NULL
+        ) STRICT, WITHOUT ROWID""",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -405,6 +426,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V12_SERVER_MODELS,
     V13_CONVERSATIONS,
     V14_SAFETY,
+    V15_CUSTOM_MODELS,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

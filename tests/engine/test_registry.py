@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from engine.registry import (
     ModelRegistry,
     RegistryError,
     SourceKind,
+    check_safetensors,
+    custom_model_spec,
+    family_of_keys,
     family_of_safetensors,
 )
 from engine.types import Family
@@ -318,3 +322,61 @@ def test_scaled_aspect_sizes_keep_shape_and_multiples_of_8(name: str) -> None:
 def test_unknown_aspect_is_refused() -> None:
     with pytest.raises(ValueError, match="aspect ratio"):
         ModelRegistry.load().get("tiny").size_for_aspect("4:3")
+
+
+# --- custom models: added and removed at run time -------------------------------------------
+
+
+def test_custom_models_join_and_leave_a_running_registry(tmp_path: Path) -> None:
+    registry = registry_from('[models.base]\nsource = "org/base"\nfamily = "sd15"\n', tmp_path)
+    save_file(
+        {"conditioner.embedders.1.model.x": np.zeros((2, 2), dtype=np.float32)},
+        tmp_path / "xl.safetensors",
+    )
+    spec = custom_model_spec(
+        "mine", str(tmp_path / "xl.safetensors"), family=Family.SDXL, description="from a link"
+    )
+    assert spec.source_kind is SourceKind.SINGLE_FILE and spec.presets.width == 1024
+    names_before = registry.names()
+    registry.add(spec)
+    assert registry.get("mine") is spec and "mine" in registry
+    assert registry.names() == ["base", "mine"] and names_before == ["base"]
+    assert registry.is_custom("mine") and not registry.is_custom("base")
+    assert registry.custom_names() == ["mine"]
+    with pytest.raises(RegistryError, match="exists already"):
+        registry.add(spec)
+    with pytest.raises(RegistryError, match="not a custom model"):
+        registry.remove("base")
+    hub = custom_model_spec("hub-one", "org/other", family=Family.SD15)
+    assert hub.source_kind is SourceKind.HUB
+    registry.add(hub)
+    assert registry.remove("mine") is spec
+    assert "mine" not in registry and registry.names() == ["base", "hub-one"]
+    assert not registry.is_custom("mine") and registry.custom_names() == ["hub-one"]
+    with pytest.raises(ModelNotFoundError):
+        registry.get("mine")
+    with pytest.raises(RegistryError, match="valid model name"):
+        registry.add(dataclasses.replace(hub, name="not ok!"))
+
+
+def test_a_file_must_be_a_whole_safetensors_file_to_pass(tmp_path: Path) -> None:
+    good = tmp_path / "good.safetensors"
+    save_file({"a": np.zeros((4,), dtype=np.float32), "b": np.ones((2,), np.int64)}, good)
+    assert sorted(check_safetensors(good)) == ["a", "b"]
+    whole = good.read_bytes()
+    cases = {
+        "pickle": b"\x80\x04\x95" + b"\0" * 64,  # what torch.save writes first
+        "zip": b"PK\x03\x04" + b"\0" * 64,  # torch.save's zip container
+        "short": b"\1\0",
+        "truncated": whole[:-4],
+        "trailing": whole + b"\0" * 8,
+        "not-json": (8).to_bytes(8, "little") + b"{nope!!}" + b"\0" * 8,
+        "no-tensors": (2).to_bytes(8, "little") + b"{}",
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(data)
+        with pytest.raises(ValueError):
+            check_safetensors(path)
+    assert family_of_keys(["model.diffusion_model.label_emb.0.0.weight"]) is Family.SDXL
+    assert family_of_keys(["cond_stage_model.transformer.x"]) is Family.SD15
