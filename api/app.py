@@ -53,11 +53,16 @@ def create_app(context: ApiContext) -> FastAPI:
             for status, meaning in (
                 (400, "the body could not be read (not UTF-8, or cut short)"),
                 (401, "no key, or a key that is unknown or revoked"),
+                (
+                    403,
+                    "not allowed for this key (server_id: not a Discord user's, or not a member)",
+                ),
                 (404, "no such job or image, or not the caller's"),
                 (409, "the job was cancelled before it finished (synchronous routes)"),
                 (413, "the body is over API_MAX_BODY_MB"),
                 (422, "invalid request: the error names the field"),
                 (429, "rate limit or quota: see Retry-After"),
+                (503, "a service this needs is unavailable now: see Retry-After"),
                 (504, "still running after the synchronous routes' wait: poll the job"),
             )
         },

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -62,6 +63,48 @@ class ApiContext:
     events: JobEvents
     recorders: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     owners: dict[str, int] = field(default_factory=dict)  # job id -> user id, while live
+    # Whether a Discord user is in a server (the bot asks Discord); None without the bot.
+    is_member: Callable[[int, int], Awaitable[bool]] | None = None
+
+    async def server_for(self, account: Account, server_id: str | None) -> int | None:
+        """The Discord server a request draws for, checked: the caller must be a Discord
+        user (a key made with /apikey create) who is in it."""
+        if server_id is None:
+            return None
+        guild_id = int(server_id)
+        if account.user_id <= 0:
+            raise ApiError(
+                403,
+                "not_a_discord_user",
+                "Only a key that acts as a Discord user (/apikey create in Discord) can draw"
+                " for a server.",
+                field="server_id",
+            )
+        if self.is_member is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "The Discord bot does not run in this process, so servers cannot be checked.",
+                field="server_id",
+            )
+        try:
+            member = await self.is_member(guild_id, account.user_id)
+        except Exception:
+            log.warning("could not ask Discord about a server's member", exc_info=True)
+            raise ApiError(
+                503,
+                "discord_unavailable",
+                "Discord did not answer; try again shortly.",
+                headers={"Retry-After": "30"},
+            ) from None
+        if not member:
+            raise ApiError(
+                403,
+                "not_a_member",
+                "You are not in that server, or the bot is not.",
+                field="server_id",
+            )
+        return guild_id
 
     def follow(self, job: Job, feed: JobFeed) -> None:
         task = asyncio.create_task(
@@ -93,13 +136,16 @@ class ApiContext:
         expand: ExpandMode | None = None,
         parent: tuple[str, int] | None = None,
         init_image_key: str | None = None,
+        guild_id: int | None = None,
     ) -> Accepted:
         """Queue a job for ``account`` and keep its record as it runs. A refusal is an
         ``ApiError``: 429 over a quota, else 422 naming the field when it can (one of
         ``fields``, the names the caller's request uses)."""
         try:
             accepted = await self.service.accept(
-                Requester(user_id=account.user_id, guild_id=None, channel_id=None, source="api"),
+                Requester(
+                    user_id=account.user_id, guild_id=guild_id, channel_id=None, source="api"
+                ),
                 generation,
                 private=True,
                 style=style,

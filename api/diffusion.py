@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image as PILImage
@@ -94,6 +94,7 @@ def diffusion_routes() -> APIRouter:
             job_id = await _replayed_job(context, account, idempotency_key, body)
             headers["Idempotent-Replayed"] = "true" if job_id else "false"
         if job_id is None:
+            guild_id = await context.server_for(account, body.server_id)
             try:
                 accepted = await context.accept(
                     account,
@@ -101,6 +102,7 @@ def diffusion_routes() -> APIRouter:
                     fields=set(GenerateBody.model_fields),
                     style=body.style,
                     expand=body.expand,
+                    guild_id=guild_id,
                 )
             except BaseException:
                 if idempotency_key is not None:
@@ -227,15 +229,24 @@ def diffusion_routes() -> APIRouter:
         )
 
     @router.get("/models", response_model=list[ModelInfo])
-    async def models(request: Request, account: Caller) -> Response:
+    async def models(
+        request: Request,
+        account: Caller,
+        server_id: Annotated[
+            str | None,
+            Query(pattern=r"^[0-9]{1,20}$", description="the models that server offers"),
+        ] = None,
+    ) -> Response:
         context: ApiContext = request.app.state.context
+        guild_id = await context.server_for(account, server_id)
+        default, offered = await context.service.server_models(guild_id)
         listed = [
             ModelInfo(
                 name=spec.name,
                 family=spec.family.value,
                 description=spec.description,
                 license=spec.license,
-                default=spec.name == context.registry.default_name,
+                default=spec.name == default,
                 steps=spec.presets.steps,
                 max_steps=spec.presets.max_steps,
                 guidance=spec.presets.guidance,
@@ -245,6 +256,7 @@ def diffusion_routes() -> APIRouter:
                 scheduler=spec.presets.scheduler,
             ).model_dump(mode="json")
             for spec in context.registry.specs()
+            if spec.name in offered
         ]
         return with_rate_headers(request, JSONResponse(listed))
 

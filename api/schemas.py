@@ -66,6 +66,12 @@ class GenerateBody(BaseModel):
         description="a prompt with {a|b} choices makes one image per combination: every one"
         " (4 at most) or `count` random ones",
     )
+    server_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,20}$",
+        description="a Discord server you are in: its default model, the models it offers, its"
+        " quota and its image check apply (a key that acts as a Discord user, bot running)",
+    )
 
     _check_images = field_validator("init_image", "mask_image")(_image)
 

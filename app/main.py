@@ -174,6 +174,7 @@ async def run(settings: Settings) -> None:
                 settings,
                 RateLimiter(settings.api_requests_per_minute),
                 JobEvents(metrics, tracer),
+                is_member=None if doors.bot is None else doors.bot.is_member,
             )
             doors.api_context = context
             doors.api = ApiServer(create_app(context), settings.api_host, settings.api_port)

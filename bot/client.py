@@ -75,6 +75,20 @@ class DiffusionBot(BotHost):
         self.gateway_connected = False
         self.synced_scopes: list[str] = []
 
+    async def is_member(self, guild_id: int, user_id: int) -> bool:
+        """Whether ``user_id`` is in the server ``guild_id`` (and the bot is too), asking
+        Discord when the member is not cached: the bot has no members intent."""
+        guild = self.get_guild(guild_id)
+        if guild is None:
+            return False
+        if guild.get_member(user_id) is not None:
+            return True
+        try:
+            await guild.fetch_member(user_id)
+        except discord.NotFound:
+            return False
+        return True
+
     # --- start-up ------------------------------------------------------------------------
 
     async def serve(self, token: str) -> None:

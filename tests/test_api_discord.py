@@ -142,3 +142,55 @@ async def test_a_personal_key_shares_history_and_quota_with_discord(
         assert revoked.ephemeral and "Revoked keys: 1." in revoked.content
         async with http.get(f"http://127.0.0.1:{port}{PREFIX}/models", headers=auth(key)) as answer:
             assert answer.status == 401
+
+
+async def test_a_job_drawn_for_a_server_follows_that_servers_models(
+    world: World, no_problems: None
+) -> None:
+    fake = world.fake
+    member = fake.add_member("server drawer")
+    port = free_port()
+    data_dir = world.data_dir.parent / "for-a-server"
+    base = f"http://127.0.0.1:{port}{PREFIX}"
+    server = str(fake.guild.id)
+
+    async def moderate(subcommand: str, options: dict[str, object] | None = None) -> str:
+        ix = await fake.send_slash_command(f"model {subcommand}", options, user=fake.moderator)
+        return (await reply_text(ix)).content
+
+    async with stand_in(world, DATA_DIR=str(data_dir), API_PORT=str(port)):
+        made = await reply_text(await fake.send_slash_command("apikey create", user=member))
+        found = re.search(r"`(dc_[\w-]+)`", made.content)
+        assert found is not None, made.content
+        key = found[1]
+        (own_account,) = await make_keys(data_dir, 1)
+        async with Database.open_data_dir(data_dir) as db:
+            _, stranger = await db.api_keys.create("not in the server", user_id=4242424242)
+        assert "now draws with `tiny-xl`" in await moderate("default", {"name": "tiny-xl"})
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def draw(secret: str, **extra: str) -> tuple[int, dict[str, object]]:
+                    body = {"prompt": "a lighthouse for a server", "steps": 2, **extra}
+                    async with http.post(
+                        f"{base}/generate", json=body, headers={**auth(secret), "Prefer": "wait=60"}
+                    ) as answer:
+                        return answer.status, await answer.json()
+
+                status, job = await draw(key, server_id=server)
+                assert status == 200 and job["input"]["model"] == "tiny-xl", job  # type: ignore[index]
+                status, job = await draw(key)
+                assert status == 200 and job["input"]["model"] == "tiny", job  # type: ignore[index]
+                async with http.get(
+                    f"{base}/models", params={"server_id": server}, headers=auth(key)
+                ) as answer:
+                    listed = await answer.json()
+                assert [m["name"] for m in listed if m["default"]] == ["tiny-xl"]
+                status, refused = await draw(stranger, server_id=server)
+                assert status == 403 and refused["error"]["code"] == "not_a_member"  # type: ignore[index]
+                status, refused = await draw(own_account, server_id=server)
+                assert status == 403 and refused["error"]["field"] == "server_id"  # type: ignore[index]
+                status, refused = await draw(key, server_id="not-a-number")
+                assert status == 422 and refused["error"]["field"] == "server_id"  # type: ignore[index]
+        finally:
+            await moderate("default")
