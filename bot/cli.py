@@ -307,6 +307,7 @@ def _migrate(*, backup: bool) -> int:
 
 
 def _cleanup(older_than_days: float) -> int:
+    from core.downloads import human_size
     from core.storage import Database, LocalImageStore
     from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
@@ -324,7 +325,7 @@ def _cleanup(older_than_days: float) -> int:
             report = await db.cleanup(older_than_days)
         return (
             f"Deleted {report.images_deleted} image record(s) older than {older_than_days:g} "
-            f"day(s) and {report.files_deleted} file(s), freeing {_size(report.bytes_freed)}"
+            f"day(s) and {report.files_deleted} file(s), freeing {human_size(report.bytes_freed)}"
             f" ({report.orphan_files_deleted} orphaned file(s), "
             f"{report.temp_files_deleted} temporary file(s)); kept "
             f"{report.files_kept_recent} file(s) written in the last hour; forgot "
@@ -404,17 +405,6 @@ def _apikey(options: argparse.Namespace) -> int:
     except STARTUP_STORAGE_ERRORS as error:
         raise CommandError(explain_storage_failure(error, settings.data_dir)) from None
     return 0
-
-
-def _size(count: int) -> str:
-    if count < 1024:
-        return f"{count} bytes"
-    size = count / 1024
-    for unit in ("KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def _healthcheck() -> int:

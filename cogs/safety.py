@@ -16,7 +16,7 @@ from bot.actions import require_moderator
 from bot.i18n import reader_locale, translate
 from core.errors import N_, UserError
 from core.storage.records import FlagAction, SafetyAction, SafetyEntry, SafetyPolicy
-from core.storage.safety import MAX_LOG_PAGE, EntryNotFound
+from core.storage.safety import MAX_LOG_PAGE, AlreadyReleased, EntryNotFound, NotHeldBack
 
 if TYPE_CHECKING:
     from bot.client import DiffusionBot
@@ -105,20 +105,20 @@ class Safety(commands.GroupCog, group_name="safety"):
         """Give a held-back image to its owner (their history and buttons), and see it."""
         assert interaction.guild_id is not None
         locale = reader_locale(interaction)
-        safety = self.bot.service.db.safety
         try:
-            found = await safety.get(entry, interaction.guild_id)
+            found, image = await self.bot.service.db.safety.release(
+                entry, interaction.guild_id, by=interaction.user.id
+            )
         except EntryNotFound:
             raise UserError(
                 N_("There is no entry #{entry} in this server's image check log."), entry=entry
             ) from None
-        if found.action is not FlagAction.BLOCKED:
+        except NotHeldBack:
             raise UserError(
                 N_("Entry #{entry} was posted blurred; it was never held back."), entry=entry
-            )
-        if found.released_at is not None:
-            raise UserError(N_("Entry #{entry} was released already."), entry=entry)
-        _, image = await safety.release(entry, interaction.guild_id, by=interaction.user.id)
+            ) from None
+        except AlreadyReleased:
+            raise UserError(N_("Entry #{entry} was released already."), entry=entry) from None
         data = await self.bot.service.image_bytes(image)
         await interaction.followup.send(
             translate(

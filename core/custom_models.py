@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Iterable
@@ -48,6 +47,7 @@ from engine.registry import (
     custom_model_spec,
     detect_family,
     family_of_keys,
+    is_hub_id,
     is_valid_model_name,
 )
 from engine.types import Family
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 8 * 2**30  # an SDXL checkpoint in fp16 is about 7 GB
 HUB_TIMEOUT_S = 15.0
 FREE_SPACE_MARGIN = 2**30  # left free on the disk after a download, for the database and images
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Weight files of a diffusers repository in another precision or kind: not counted twice
 # when the size of a hub model is estimated.
 _VARIANT_MARKERS = (".fp16.", ".bf16.", ".fp32.", ".ema.", ".non_ema.")
@@ -165,7 +164,7 @@ class CustomModels:
                 return await self._add_file(
                     name, source, added_by, config_source, config_family, on_progress
                 )
-            if _HUB_ID.match(source):
+            if is_hub_id(source):
                 return await self._add_hub(name, source, added_by)
             raise CustomModelRefused(
                 N_(
@@ -209,7 +208,7 @@ class CustomModels:
                 ),
                 name=config,
             )
-        if _HUB_ID.match(config):
+        if is_hub_id(config):
             return config, None
         raise CustomModelRefused(
             N_("`{config}` is neither a model of the bot's nor a hub id (`owner/name`)."),

@@ -343,13 +343,21 @@ async def _final_response(
         raise DownloadRefused(refusals.redirects)
 
 
+def human_size(size: int) -> str:
+    """``8 GiB``, ``1.5 MiB``, ``200 KiB``, ``17 bytes``: for messages, not for parsing."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
 # What a model download tells the user when it goes wrong.
 _MODEL_LINK = _Refusals(
     no_location=N_("I could not download the file at that link."),
     status=N_("I could not download the file at that link (its server answered {status})."),
     redirects=N_("That link redirected too many times."),
     too_large=N_("The file at that link is larger than the limit of {size}."),
-    size_text=lambda limit: human_size(limit),
+    size_text=human_size,
 )
 # Bytes gathered before a write (and the hashing of them) goes to a thread: few thread hops
 # for a file of gigabytes, and little memory.
@@ -445,14 +453,6 @@ async def _discard(file: BinaryIO, path: Path) -> None:
         path.unlink(missing_ok=True)
 
     await asyncio.shield(asyncio.to_thread(discard))
-
-
-def human_size(size: int) -> str:
-    """``8 GiB``, ``1.5 MiB``, ``200 KiB``, ``17 bytes``: for messages, not for parsing."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}"
-    return f"{size} bytes"
 
 
 # What the bytes start with, whatever the server's headers claim: PNG, JPEG, GIF, BMP, WebP.

@@ -360,6 +360,11 @@ class ModelRegistry:
 # --- parsing ------------------------------------------------------------------------------
 
 
+def is_hub_id(text: str) -> bool:
+    """``owner/name``, as the Hugging Face hub spells a repository."""
+    return bool(_HUB_ID_PATTERN.match(text))
+
+
 def is_valid_model_name(name: str) -> bool:
     """1 to 40 letters, digits, '.', '_' or '-', starting with a letter or digit."""
     return bool(_NAME_PATTERN.match(name))
@@ -503,7 +508,7 @@ def _parse_unet(
         if not unet.lower().endswith(".safetensors"):
             raise RegistryError(f"{where}: 'unet' must be a .safetensors file or a hub id.")
         return str(_resolve_path(unet, base_dir)), None
-    if not _HUB_ID_PATTERN.match(unet) or not (weight_name or "").endswith(".safetensors"):
+    if not is_hub_id(unet) or not (weight_name or "").endswith(".safetensors"):
         raise RegistryError(
             f"{where}: 'unet' is a .safetensors file or a hub id; with a hub id, "
             "unet_weight_name names the .safetensors file in it."
@@ -618,7 +623,7 @@ def classify_source(source: str, base_dir: Path, where: str = "") -> tuple[str, 
         return str(_resolve_path(source, base_dir)), SourceKind.SINGLE_FILE
     if _looks_like_path(source, base_dir):
         return str(_resolve_path(source, base_dir)), SourceKind.FOLDER
-    if _HUB_ID_PATTERN.match(source):
+    if is_hub_id(source):
         return source, SourceKind.HUB
     return str(_resolve_path(source, base_dir)), SourceKind.FOLDER
 

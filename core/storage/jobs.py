@@ -52,7 +52,7 @@ from .records import (
     QuotaPolicy,
     ResumeResult,
 )
-from .safety import record_flags, refund_images
+from .safety import record_flags
 from .usage_schema import UPDATE_USAGE_FACTS
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -437,7 +437,7 @@ class JobRepository:
                 to_db(now),
             )
             if blocked:
-                await refund_images(tx, job_id, len(blocked), to_db(now))
+                await refund_job(tx, job_id, to_db(now), images=len(blocked))
             await tx.run(
                 """UPDATE jobs SET status = 'done', finished_at = ?, error = NULL,
                        timings = ?, generation_seconds = ? WHERE id = ?""",

@@ -62,14 +62,15 @@ async def active_jobs(tx: Tx, user_id: int) -> int:
     return int(await tx.scalar(ACTIVE_JOBS_SQL, (user_id,)))
 
 
-async def refund_job(tx: Tx, job_id: str, now: str) -> bool:
-    """Give a job's images back, once. Returns whether a refund was written now."""
+async def refund_job(tx: Tx, job_id: str, now: str, images: int | None = None) -> bool:
+    """Give a job's images back (``images`` of them; None: all it spent), once. Returns
+    whether a refund was written now."""
     changed = await tx.run(
         """INSERT INTO usage_ledger (guild_key, user_id, day, entry, images, job_id, created_at)
-           SELECT guild_key, user_id, day, 'refund', images, job_id, ?
+           SELECT guild_key, user_id, day, 'refund', coalesce(?, images), job_id, ?
            FROM usage_ledger WHERE job_id = ? AND entry = 'spend'
            ON CONFLICT DO NOTHING""",
-        (now, job_id),
+        (images, now, job_id),
     )
     return changed > 0
 

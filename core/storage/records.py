@@ -248,14 +248,6 @@ class CompletedJob:
     # are not (they wait in the audit log for a moderator).
     flags: tuple[SafetyEntry, ...] = ()
 
-    @property
-    def blocked(self) -> frozenset[int]:
-        return frozenset(f.index for f in self.flags if f.held)
-
-    @property
-    def blurred(self) -> frozenset[int]:
-        return frozenset(f.index for f in self.flags if f.action is FlagAction.BLURRED)
-
 
 class SafetyAction(enum.StrEnum):
     """What a server does with a flagged image outside age-restricted channels."""

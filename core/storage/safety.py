@@ -33,6 +33,14 @@ class EntryNotFound(InvalidInput):
     """No audit entry with that number in this server."""
 
 
+class NotHeldBack(InvalidInput):
+    """The entry's image was posted blurred: it was never held back."""
+
+
+class AlreadyReleased(InvalidInput):
+    """The entry's image was released before."""
+
+
 def entry_from_row(row: sqlite3.Row) -> SafetyEntry:
     return SafetyEntry(
         id=row["id"],
@@ -91,17 +99,6 @@ async def record_flags(
         assert row is not None
         entries.append(entry_from_row(row))
     return tuple(entries)
-
-
-async def refund_images(tx: Tx, job_id: str, images: int, now: str) -> None:
-    """Give ``images`` of a finished job back to its quota (its blocked images)."""
-    await tx.run(
-        """INSERT INTO usage_ledger (guild_key, user_id, day, entry, images, job_id, created_at)
-           SELECT guild_key, user_id, day, 'refund', ?, job_id, ?
-           FROM usage_ledger WHERE job_id = ? AND entry = 'spend'
-           ON CONFLICT DO NOTHING""",
-        (images, now, job_id),
-    )
 
 
 class SafetyRepository:
@@ -171,16 +168,6 @@ class SafetyRepository:
             )
         return tuple(entry_from_row(row) for row in rows)
 
-    async def get(self, entry_id: int, guild_id: int | None) -> SafetyEntry:
-        async with self._ctx.read() as tx:
-            row = await tx.one(
-                f"SELECT {ENTRY_COLUMNS} FROM safety_log WHERE id = ? AND guild_id IS ?",
-                (entry_id, guild_id),
-            )
-        if row is None:
-            raise EntryNotFound(f"There is no safety log entry #{entry_id} in this server.")
-        return entry_from_row(row)
-
     async def release(
         self, entry_id: int, guild_id: int | None, by: int
     ) -> tuple[SafetyEntry, Image]:
@@ -195,9 +182,9 @@ class SafetyRepository:
             if row is None:
                 raise EntryNotFound(f"There is no safety log entry #{entry_id} in this server.")
             if row["action"] != FlagAction.BLOCKED.value:
-                raise InvalidInput("That image was posted blurred; there is nothing to release.")
+                raise NotHeldBack("That image was posted blurred; there is nothing to release.")
             if row["released_at"] is not None:
-                raise InvalidInput("That image was released already.")
+                raise AlreadyReleased("That image was released already.")
             (image,) = await insert_images(
                 tx,
                 row["job_id"],
