@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -39,44 +40,70 @@ from engine.detect import Detector, LocalDetector, RemoteDetector
 from engine.engine import Engine, EngineSettings
 from engine.errors import EngineError
 from engine.loader import LoaderOptions, ModelManager
-from engine.registry import ModelRegistry
+from engine.registry import ModelRegistry, ModelSpec
+from engine.replicas import RayDevice, RayOptions, ReplicaConfig, replica_count
 from engine.safety import NsfwClassifier
 
 log = logging.getLogger("diffusion_chat")
 
 
-def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
+async def build_engine(settings: Settings, registry: ModelRegistry) -> Engine:
+    """The engine on this process's device, or on Ray replicas with ENGINE=ray."""
     budget = settings.model_memory_budget_gb
-    manager = ModelManager(
-        LoaderOptions(
-            device=None if settings.device == "auto" else settings.device,
-            dtype=None if settings.dtype == "auto" else settings.dtype,
-            channels_last=settings.channels_last,
-            torch_compile=settings.torch_compile,
-            compile_mode=None if settings.compile_mode == "default" else settings.compile_mode,
-            compile_cache_dir=settings.compile_cache,
-            cuda_graphs={"auto": None, "true": True, "false": False}[settings.cuda_graphs],
-            fp8=settings.unet_fp8,
-            warmup_batches=(1, settings.max_batch_images) if settings.max_batch_images else None,
-            fuse_qkv=settings.fuse_qkv,
-            vae_tiling=settings.vae_tiling,
-            vae_slicing=settings.vae_slicing,
-            cpu_offload=settings.cpu_offload,
-            memory_budget_bytes=int(budget * 2**30) if budget else None,
+    loader = LoaderOptions(
+        device=None if settings.device == "auto" else settings.device,
+        dtype=None if settings.dtype == "auto" else settings.dtype,
+        channels_last=settings.channels_last,
+        torch_compile=settings.torch_compile,
+        compile_mode=None if settings.compile_mode == "default" else settings.compile_mode,
+        compile_cache_dir=settings.compile_cache,
+        cuda_graphs={"auto": None, "true": True, "false": False}[settings.cuda_graphs],
+        fp8=settings.unet_fp8,
+        warmup_batches=(1, settings.max_batch_images) if settings.max_batch_images else None,
+        fuse_qkv=settings.fuse_qkv,
+        vae_tiling=settings.vae_tiling,
+        vae_slicing=settings.vae_slicing,
+        cpu_offload=settings.cpu_offload,
+        memory_budget_bytes=int(budget * 2**30) if budget else None,
+    )
+    engine_settings = EngineSettings(
+        max_queued=settings.max_queued,
+        max_queued_per_user=settings.max_queued_per_user,
+        max_batch_images=settings.max_batch_images,
+        affinity_max_wait_s=settings.affinity_max_wait_s,
+        cache_entries=settings.cache_entries,
+        cache_bytes=settings.cache_mb * 2**20,
+    )
+    if settings.engine != "ray":
+        return Engine(
+            DiffusersBackend(registry, ModelManager(loader)),
+            engine_settings,
+            image_check=build_image_check(settings),
         )
+    # Here the backend only resolves requests (no weights); the replicas run them.
+    options = RayOptions(
+        address=settings.ray_address,
+        replicas=settings.ray_replicas,
+        gpus_per_replica=settings.ray_gpus_per_replica,
+        cpus_per_replica=settings.ray_cpus_per_replica,
+        namespace=settings.ray_namespace,
+        env={name: os.environ[name] for name in settings.ray_forward_env if name in os.environ},
     )
-    return Engine(
-        DiffusersBackend(registry, manager),
-        EngineSettings(
-            max_queued=settings.max_queued,
-            max_queued_per_user=settings.max_queued_per_user,
-            max_batch_images=settings.max_batch_images,
-            affinity_max_wait_s=settings.affinity_max_wait_s,
-            cache_entries=settings.cache_entries,
-            cache_bytes=settings.cache_mb * 2**20,
-        ),
-        image_check=build_image_check(settings),
+    config = ReplicaConfig(
+        registry=registry,
+        loader=loader,
+        nsfw_model=settings.nsfw_model,
+        torch_threads=settings.ray_torch_threads,
     )
+    count = await asyncio.to_thread(replica_count, options)
+    log.info("engine: %d Ray replica(s) at %s", count, settings.ray_address or "this machine")
+
+    def model_spec(name: str) -> ModelSpec | None:
+        return registry.get(name) if name in registry else None
+
+    devices = [RayDevice(index, config, options, model_spec) for index in range(count)]
+    backend = DiffusersBackend(registry, ModelManager(loader))
+    return Engine(backend, engine_settings, devices=devices)
 
 
 def build_image_check(settings: Settings) -> NsfwClassifier | None:
@@ -133,7 +160,7 @@ async def run(settings: Settings) -> None:
     restored = await custom_models.restore()
     if restored:
         log.info("custom models offered: %s", ", ".join(restored))
-    engine = build_engine(settings, registry)
+    engine = await build_engine(settings, registry)
     refiner = Refiner(
         settings.llm_base_url,
         model=settings.llm_model,

@@ -67,6 +67,16 @@ class Settings:
     vae_slicing: bool = False
     cpu_offload: bool = False
     model_memory_budget_gb: float = 0.0  # 0: a share of the device's memory (the loader's)
+    # where pipelines run: "local" (this process's device) or "ray" (replicas on a cluster)
+    engine: str = "local"
+    ray_address: str | None = None  # None: a cluster on this machine ("auto")
+    ray_replicas: int = 0  # 0: one per GPU in the cluster
+    ray_gpus_per_replica: float = 1.0
+    ray_cpus_per_replica: float = 1.0
+    ray_namespace: str = "diffusion-chat"
+    ray_torch_threads: int = 0  # 0: torch's default
+    # Environment variables the replicas get from this process (hub access, caches).
+    ray_forward_env: tuple[str, ...] = ("HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT")
     # quotas
     default_daily_images: int | None = 200
     default_concurrent_jobs: int | None = 2
@@ -287,6 +297,30 @@ def load_settings(
             d.model_memory_budget_gb,
             "use a number of GiB",
         ),
+        engine=get("ENGINE", _choice("local", "ray"), d.engine, "use local or ray"),
+        ray_address=values.get("RAY_ADDRESS", "").strip() or None,
+        ray_replicas=get(
+            "RAY_REPLICAS", _non_negative_int, d.ray_replicas, "use 0 (one per GPU) or a number"
+        ),
+        ray_gpus_per_replica=get(
+            "RAY_GPUS_PER_REPLICA",
+            _non_negative_float,
+            d.ray_gpus_per_replica,
+            "use a number of GPUs (1; 0 for CPU replicas; 0.5 to share one)",
+        ),
+        ray_cpus_per_replica=get(
+            "RAY_CPUS_PER_REPLICA", _non_negative_float, d.ray_cpus_per_replica, "use a number"
+        ),
+        ray_namespace=values.get("RAY_NAMESPACE", "").strip() or d.ray_namespace,
+        ray_torch_threads=get(
+            "RAY_TORCH_THREADS", _non_negative_int, d.ray_torch_threads, "use 0 or a number"
+        ),
+        ray_forward_env=get(
+            "RAY_FORWARD_ENV",
+            _name_list,
+            d.ray_forward_env,
+            "use environment variable names separated by commas",
+        ),
         default_daily_images=get(
             "DEFAULT_DAILY_IMAGES",
             _limit,
@@ -452,6 +486,13 @@ def _non_negative_int(raw: str) -> int:
     if value < 0:
         raise ValueError(raw)
     return value
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names):
+        raise ValueError(raw)
+    return names
 
 
 def _host_list(raw: str) -> tuple[str, ...]:

@@ -1,8 +1,11 @@
-"""The engine: one asyncio task that owns the GPU and serves a fair, batching queue.
+"""The engine: a fair, batching queue served by one lane per device.
 
-Callers ``submit`` requests and get a ``JobHandle`` whose events tell the job's life. The
-pipeline runs in a worker thread; everything it reports comes back to the event loop
-through ``loop.call_soon_threadsafe``, so the loop (and Discord's heartbeat) never stalls.
+Callers ``submit`` requests and get a ``JobHandle`` whose events tell the job's life. Each
+device (``engine.devices``: this process's GPU by default, or Ray replicas) has a lane, an
+asyncio task that takes the next batch the scheduler picks for what that device holds. The
+pipeline runs off the event loop (a worker thread, or another process); everything it
+reports comes back through ``loop.call_soon_threadsafe``, so the loop (and Discord's
+heartbeat) never stalls.
 """
 
 from __future__ import annotations
@@ -12,14 +15,12 @@ import contextlib
 import itertools
 import logging
 import secrets
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
 
 from engine.cache import CacheKey, ResultCache, cache_key
+from engine.devices import Device, DeviceLost, LocalDevice, SlotOutput
 from engine.errors import N_, EngineError, EngineStopped, Interrupted, OutOfMemory
 from engine.safety import ImageCheck
 from engine.scheduler import QueuedJob, Scheduler
@@ -45,10 +46,12 @@ from engine.types import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 TOO_LARGE = N_("This request is too large for this GPU. Try fewer images or a smaller size.")
 POSITION_WINDOW = 250  # queued jobs told their exact position on every change
+# A batch whose device was lost (a replica or its machine died) runs again this many times
+# elsewhere before its jobs fail: a job that itself kills replicas must not kill them all.
+DEVICE_LOSS_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,19 @@ class _Work:
             handle._emit(event)
 
 
+@dataclass(eq=False)
+class _Lane:
+    """One device and the batch it is running."""
+
+    device: Device
+    running: list[_Work] = field(default_factory=list)
+    cancelled: frozenset[str] = frozenset()  # running jobs nobody waits for any more
+    loaded_model: str | None = None
+    eta_end: float | None = None
+    token: int = 0  # the running call's; any other value tells it to stop at its next step
+    task: asyncio.Task[None] | None = None
+
+
 class Engine:
     def __init__(
         self,
@@ -160,10 +176,14 @@ class Engine:
         *,
         clock: Callable[[], float] = time.monotonic,
         image_check: ImageCheck | None = None,
+        devices: Sequence[Device] | None = None,
     ) -> None:
+        """``backend`` resolves requests here. Without ``devices`` it also runs them, on
+        this process's device, with ``image_check``; remote devices check their own."""
+        if devices is not None and image_check is not None:
+            raise ValueError("image_check is for the local device; remote devices bring theirs")
         self._backend = backend
-        # Scores every image of each pipeline call, on the device thread right after it.
-        self._image_check = image_check
+        self._lanes = [_Lane(d) for d in devices or [LocalDevice(backend, image_check)]]
         self.settings = settings or EngineSettings()
         self._clock = clock
         self._scheduler = Scheduler(
@@ -175,28 +195,17 @@ class Engine:
         self._cache = ResultCache(self.settings.cache_entries, self.settings.cache_bytes)
         self._works: dict[str, _Work] = {}
         self._inflight: dict[CacheKey, _Work] = {}
-        self._running: list[_Work] = []
-        self._cancelled_running: frozenset[str] = frozenset()
-        self._loaded_model: str | None = None
         # Seconds per denoising step per image, by (model, pixels): the basis of every ETA.
         self._step_cost: dict[tuple[str, int], float] = {}
-        self._running_eta_end: float | None = None
-        # One pipeline call at a time, even if a restarted worker overlaps an orphaned thread.
-        self._device_lock = threading.Lock()
         self._run_token = itertools.count(1)
-        self._current_token = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._worker_task: asyncio.Task[None] | None = None
         self._positions_dirty = False
         self._unplaced: list[_Work] = []  # submitted since the last position update
-        # One thread runs every pipeline call and load: torch keeps a thread pool per
-        # calling thread, and two pools on a small CPU slow each other down.
-        self._device_executor: ThreadPoolExecutor | None = None
         self._decode_slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_decodes))
         self.worker_restarts = 0
 
@@ -206,10 +215,7 @@ class Engine:
         if self._supervisor is not None:
             return
         self._loop = asyncio.get_running_loop()
-        if (start_loading := getattr(self._image_check, "start_loading", None)) is not None:
-            start_loading()
-        if self._device_executor is None:
-            self._device_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        await asyncio.gather(*(lane.device.start() for lane in self._lanes))
         self._accepting = True
         self._stopping = False
         self._supervisor = asyncio.create_task(self._supervise(), name="engine-supervisor")
@@ -219,6 +225,10 @@ class Engine:
         self._accepting = False
         await self._wait_empty()
         await self.stop()
+
+    @property
+    def _running(self) -> list[_Work]:
+        return [work for lane in self._lanes for work in lane.running]
 
     async def _wait_empty(self) -> None:
         while len(self._scheduler) or self._running:
@@ -231,30 +241,28 @@ class Engine:
         a caller that keeps durable records can resume them on the next start."""
         self._accepting = False
         self._stopping = True
-        self._current_token = -1  # tells a running pipeline call to abort at its next step
-        for task in (self._supervisor, self._worker_task):
+        tasks = [self._supervisor, *(lane.task for lane in self._lanes)]
+        for lane in self._lanes:
+            lane.token = -1  # tells a running pipeline call to abort at its next step
+        for task in tasks:
             if task is not None:
                 task.cancel()
-        for task in (self._supervisor, self._worker_task):
+        for task in tasks:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        # Wait for an orphaned pipeline thread so the device is free when we return.
-        acquired = await asyncio.to_thread(self._device_lock.acquire, True, 30.0)
-        if acquired:
-            self._device_lock.release()
-        if self._device_executor is not None:
-            self._device_executor.shutdown(wait=False)
-            self._device_executor = None
+        # Wait for orphaned pipeline calls so the devices are free when we return.
+        await asyncio.gather(*(lane.device.close() for lane in self._lanes))
         stopped = EngineStopped("The bot is restarting; your job will resume.")
         for work in list(self._works.values()):
             for handle in work.handles:
                 handle._emit(stopped)
         self._works.clear()
         self._inflight.clear()
-        self._running = []
+        for lane in self._lanes:
+            lane.running = []
+            lane.task = None
         self._supervisor = None
-        self._worker_task = None
 
     # --- submission ----------------------------------------------------------------------
 
@@ -354,8 +362,8 @@ class Engine:
         if self._scheduler.remove(work.id) is not None:
             self._forget(work)
             self._publish_positions_soon()
-        elif work in self._running:
-            self._cancelled_running = self._cancelled_running | {work.id}
+        elif lane := next((lane for lane in self._lanes if work in lane.running), None):
+            lane.cancelled = lane.cancelled | {work.id}
             # An identical request arriving now must not join a computation being dropped.
             if work.key is not None and self._inflight.get(work.key) is work:
                 del self._inflight[work.key]
@@ -382,23 +390,33 @@ class Engine:
     def queue_snapshot(self, limit: int | None = None) -> list[QueueEntry]:
         """Running jobs (position 0), then queued ones in expected order (the first ``limit``)."""
         entries = [
-            QueueEntry(w.id, w.user_id, w.request.model, w.request.count, 0, self._running_left())
-            for w in self._running
+            QueueEntry(w.id, w.user_id, w.request.model, w.request.count, 0, self._lane_left(lane))
+            for lane in self._lanes
+            for w in lane.running
         ]
         eta: float | None = self._running_left() or 0.0
         ordered = itertools.islice(self._scheduler.iter_ordered(), limit)
         for position, job in enumerate(ordered, start=1):
             estimate = self._estimate_s(job.request)
-            eta = None if eta is None or estimate is None else eta + estimate
+            # The devices work through the queue side by side.
+            share = None if estimate is None else estimate / len(self._lanes)
+            eta = None if eta is None or share is None else eta + share
             entries.append(
                 QueueEntry(job.job_id, job.user_id, job.request.model, job.images, position, eta)
             )
         return entries
 
     def _running_left(self) -> float | None:
-        if self._running_eta_end is None:
+        """When the first device is expected to be free: where the queue's ETAs start."""
+        if any(not lane.running for lane in self._lanes):
+            return 0.0
+        known = [s for lane in self._lanes if (s := self._lane_left(lane)) is not None]
+        return min(known) if known else None
+
+    def _lane_left(self, lane: _Lane) -> float | None:
+        if lane.eta_end is None:
             return None
-        return max(0.0, self._running_eta_end - self._clock())
+        return max(0.0, lane.eta_end - self._clock())
 
     def _publish_positions_soon(self) -> None:
         # Coalesce: many submits in one loop iteration cost one pass over the queue.
@@ -427,77 +445,108 @@ class Engine:
         self._unplaced.clear()
 
     def status(self) -> EngineStatus:
+        models = sorted({lane.loaded_model for lane in self._lanes if lane.loaded_model})
         return EngineStatus(
             queued=len(self._scheduler),
             running=len(self._running),
-            loaded_model=self._loaded_model,
-            worker_alive=self._worker_task is not None and not self._worker_task.done(),
+            loaded_model=", ".join(models) or None,
+            worker_alive=all(
+                lane.task is not None and not lane.task.done() for lane in self._lanes
+            ),
             worker_restarts=self.worker_restarts,
             cache_hits=self._cache.hits,
             cache_misses=self._cache.misses,
         )
 
-    # --- the worker ----------------------------------------------------------------------
+    # --- the lanes -----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        """Keep one lane task per device alive; a lane that dies (a bug, never a job's
+        failure) is restarted and its batch retried once."""
+        for lane in self._lanes:
+            lane.task = asyncio.create_task(self._lane_loop(lane), name="engine-worker")
         while not self._stopping:
-            self._worker_task = asyncio.create_task(self._work_loop(), name="engine-worker")
-            await asyncio.wait({self._worker_task})
+            tasks = {lane.task for lane in self._lanes if lane.task is not None}
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if self._stopping:
                 return
-            crash = None if self._worker_task.cancelled() else self._worker_task.exception()
-            log.error("engine worker died; restarting it", exc_info=crash)
-            self.worker_restarts += 1
-            self._current_token = 0  # the orphaned pipeline call, if any, stops at its next step
-            held, self._running = self._running, []
-            self._cancelled_running = frozenset()
-            self._running_eta_end = None
-            for work in held:
-                work.attempts += 1
-                if not work.handles:
-                    self._forget(work)
-                elif work.attempts > 1:
-                    self._finish_failed(
-                        work, N_("Something went wrong while generating. Please try again.")
-                    )
-                else:
-                    work.started_at = None
-                    self._scheduler.push(
-                        QueuedJob(
-                            work.id,
-                            work.user_id,
-                            work.request,
-                            enqueued_at=work.enqueued_at,
-                            tier=work.tier,
-                        ),
-                        front=True,
-                        bypass_limits=True,
-                    )
+            for lane in self._lanes:
+                if lane.task is None or not lane.task.done():
+                    continue
+                crash = None if lane.task.cancelled() else lane.task.exception()
+                log.error("engine worker died; restarting it", exc_info=crash)
+                self.worker_restarts += 1
+                lane.token = 0  # the orphaned pipeline call, if any, stops at its next step
+                held, lane.running = lane.running, []
+                lane.cancelled = frozenset()
+                lane.eta_end = None
+                self._run_again(held, tries=1)
+                lane.task = asyncio.create_task(self._lane_loop(lane), name="engine-worker")
 
-    async def _work_loop(self) -> None:
+    def _run_again(self, works: Iterable[_Work], *, tries: int) -> None:
+        """Put works whose run was lost back at the front of the queue, up to ``tries``
+        times each; after that they fail."""
+        for work in works:
+            work.attempts += 1
+            if not work.handles:
+                self._forget(work)
+            elif work.attempts > tries:
+                self._finish_failed(
+                    work, N_("Something went wrong while generating. Please try again.")
+                )
+            else:
+                work.started_at = None
+                work.last_position = None
+                self._scheduler.push(
+                    QueuedJob(
+                        work.id,
+                        work.user_id,
+                        work.request,
+                        enqueued_at=work.enqueued_at,
+                        tier=work.tier,
+                    ),
+                    front=True,
+                    bypass_limits=True,
+                )
+        self._publish_positions_soon()
+        self._wakeup.set()
+
+    async def _lane_loop(self, lane: _Lane) -> None:
         while True:
-            batch = self._scheduler.next_batch(self._loaded_model, self._clock())
+            batch = self._scheduler.next_batch(lane.loaded_model, self._clock())
             if not batch:
-                self._idle.set()
+                if not self._running:
+                    self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             self._idle.clear()
-            self._running = [self._works[job.job_id] for job in batch]
+            lane.running = [self._works[job.job_id] for job in batch]
             self._publish_positions_soon()
-            await self._run_batch(self._running)
-            self._running = []
-            self._cancelled_running = frozenset()
-            self._running_eta_end = None
+            try:
+                await self._run_batch(lane, lane.running)
+            except DeviceLost as error:
+                log.warning(
+                    "%s was lost mid-batch (%s); its jobs run again", lane.device.name, error
+                )
+                held, lane.running = lane.running, []
+                lane.loaded_model = None
+                self._run_again(held, tries=DEVICE_LOSS_RETRIES)
+                await lane.device.recover()
+            lane.running = []
+            lane.cancelled = frozenset()
+            lane.eta_end = None
+            if len(self._lanes) > 1:
+                self._wakeup.set()  # a lane waiting for work may take what this one left
 
-    async def _run_batch(self, works: list[_Work]) -> None:
+    async def _run_batch(self, lane: _Lane, works: list[_Work]) -> None:
         request = works[0].request
         now = self._clock()
         for work in works:
             work.started_at = now
         load_s = 0.0
         try:
-            if not self._backend.is_loaded(request.model):
+            if not lane.device.is_loaded(request.model):
                 for work in works:
                     work.emit(ModelLoading(request.model))
                 started = self._clock()
@@ -506,11 +555,12 @@ class Engine:
                     for work in works:
                         work.emit(ModelLoading(request.model, detail))
 
-                await self._on_device(
-                    self._backend.load, request.model, self._thread_callback(loading)
-                )
+                lane.loaded_model = None
+                await lane.device.load(request.model, self._thread_callback(loading))
                 load_s = self._clock() - started
-            self._loaded_model = request.model
+            lane.loaded_model = request.model
+        except DeviceLost:
+            raise
         except Exception as error:  # every load failure fails the batch
             reason = _user_reason(error, f"The model {request.model!r} could not be loaded.")
             for work in works:
@@ -520,12 +570,14 @@ class Engine:
             work.load_s = load_s
             work.emit(Started())
         estimate = sum(self._estimate_s(w.request) or 0.0 for w in works)
-        self._running_eta_end = self._clock() + estimate if estimate else None
+        lane.eta_end = self._clock() + estimate if estimate else None
 
         slots = [slot for work in works for slot in work.request.slots(work.id)]
         started = self._clock()
         try:
-            outputs = await self._run_slots(request, slots, works)
+            outputs = await self._run_slots(lane, request, slots, works)
+        except DeviceLost:
+            raise
         except Exception as error:  # a failure ends this batch only
             reason = _user_reason(error, N_("Something went wrong while generating this image."))
             for work in works:
@@ -534,7 +586,7 @@ class Engine:
         generate_s = self._clock() - started
         self._record_step_cost(request, len(slots), generate_s)
 
-        by_work: dict[str, list[GeneratedImage | str | None]] = {w.id: [] for w in works}
+        by_work: dict[str, list[SlotOutput]] = {w.id: [] for w in works}
         for slot, output in zip(slots, outputs, strict=True):
             by_work[slot.job_id].append(output)
         for work in works:
@@ -550,33 +602,34 @@ class Engine:
                 self._finish_done(work, images, generate_s)
 
     async def _run_slots(
-        self, request: ResolvedRequest, slots: list[ImageSlot], works: list[_Work]
-    ) -> list[GeneratedImage | str | None]:
+        self, lane: _Lane, request: ResolvedRequest, slots: list[ImageSlot], works: list[_Work]
+    ) -> list[SlotOutput]:
         """Run slots in one call; on out-of-memory, split in halves down to single images."""
-        live = [s for s in slots if s.job_id not in self._cancelled_running]
+        live = [s for s in slots if s.job_id not in lane.cancelled]
         if not live:
             return [None] * len(slots)
         token = next(self._run_token)
-        self._current_token = token
+        lane.token = token
         started = self._clock()
         by_id = {w.id: w for w in works}
+        everyone = frozenset(s.job_id for s in slots)
 
         interval = self.settings.progress_interval_s
         last_report = [-interval]
 
         def on_step(info: StepInfo) -> frozenset[str]:
-            if self._current_token != token:
-                return frozenset(s.job_id for s in slots)
+            if lane.token != token:
+                return everyone
             # Waking the event loop on every step costs the launching thread time when steps
             # are short; a preview or the last step is always reported.
             now = time.monotonic()
             if info.previews or info.step == info.total or now - last_report[0] >= interval:
                 last_report[0] = now
                 self._loop.call_soon_threadsafe(self._on_step, by_id, info, started)
-            return self._cancelled_running
+            return lane.cancelled
 
         try:
-            return await self._on_device(self._run_locked, request, slots, on_step)
+            return await lane.device.run(request, slots, on_step)
         except Interrupted:
             return [None] * len(slots)
         except OutOfMemory:
@@ -584,33 +637,8 @@ class Engine:
                 return [TOO_LARGE]
             half = len(slots) // 2
             log.warning("out of memory with %d images; retrying in halves", len(slots))
-            first = await self._run_slots(request, slots[:half], works)
-            return first + await self._run_slots(request, slots[half:], works)
-
-    async def _on_device(self, function: Callable[..., T], *args: object) -> T:
-        assert self._device_executor is not None, "the engine is not started"
-        return await self._loop.run_in_executor(self._device_executor, function, *args)
-
-    def _run_locked(
-        self,
-        request: ResolvedRequest,
-        slots: list[ImageSlot],
-        on_step: Callable[[StepInfo], frozenset[str]],
-    ) -> list[GeneratedImage | str | None]:
-        with self._device_lock:
-            outputs: list[GeneratedImage | str | None] = list(
-                self._backend.run(request, slots, on_step)
-            )
-            if self._image_check is None:
-                return outputs
-            made = [output for output in outputs if isinstance(output, GeneratedImage)]
-            scores = iter(self._image_check.scores([output.image for output in made]))
-            return [
-                replace(output, nsfw_score=next(scores))
-                if isinstance(output, GeneratedImage)
-                else output
-                for output in outputs
-            ]
+            first = await self._run_slots(lane, request, slots[:half], works)
+            return first + await self._run_slots(lane, request, slots[half:], works)
 
     def _on_step(self, works: dict[str, _Work], info: StepInfo, started: float) -> None:
         elapsed = self._clock() - started

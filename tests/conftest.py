@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 from e2e_support import World, assert_no_problems, start_world, stop_world
+from ray_support import RayCluster
+from ray_support import ray_cluster as start_ray_cluster
 
 pytest_plugins = ["fakediscord.plugin"]
 
@@ -41,3 +43,11 @@ def no_problems(world: World) -> Iterator[None]:
     """After the test: nothing the bot sent would have been refused by Discord."""
     yield
     assert_no_problems(world)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A Ray cluster on 127.0.0.1 for the whole session, started by the first test that
+    needs one."""
+    with start_ray_cluster() as cluster:
+        yield cluster

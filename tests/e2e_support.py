@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import sqlite3
 import uuid
@@ -132,6 +133,9 @@ def assert_no_problems(world: World) -> None:
     assert not problems, "\n".join(str(p) for p in problems) + "\n" + world.bot.output[-3000:]
 
 
+_TROUBLE = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
+
+
 @contextlib.contextmanager
 def explained_by(bot: BotProcess | None) -> Iterator[None]:
     """A wait in the block that times out says what ``bot`` logged meanwhile: a job that
@@ -139,8 +143,15 @@ def explained_by(bot: BotProcess | None) -> Iterator[None]:
     try:
         yield
     except (FakeDiscordTimeout, TimeoutError) as error:
-        logged = bot.output[-6000:] if bot is not None else "(no bot)"
-        raise AssertionError(f"{error}\n--- the bot's output ---\n{logged}") from error
+        if bot is None:
+            raise AssertionError(f"{error}\n(no bot)") from error
+        # The tail alone can be all heartbeat noise: the warnings before it say what broke.
+        troubles = [line for line in bot.output.splitlines() if _TROUBLE.search(line)]
+        raise AssertionError(
+            f"{error}\n--- the bot's warnings and errors ---\n"
+            + "\n".join(troubles[-40:])
+            + f"\n--- the bot's output ---\n{bot.output[-6000:]}"
+        ) from error
 
 
 def hold(

@@ -37,6 +37,21 @@ def jobs_by_prompt(data_dir: Path) -> dict[str, sqlite3.Row]:
     return {row["prompt"]: row for row in rows}
 
 
+async def until_all_done(data_dir: Path, expected: int) -> None:
+    """Wait for ``expected`` crowd jobs recorded done; a timeout names the ones that are not."""
+    rows: dict[str, sqlite3.Row] = {}
+    try:
+        async with asyncio.timeout(240):
+            while True:
+                rows = jobs_by_prompt(data_dir)
+                if len(rows) == expected and all(r["status"] == "done" for r in rows.values()):
+                    return
+                await asyncio.sleep(0.2)
+    except TimeoutError as error:
+        waiting = {prompt: row["status"] for prompt, row in rows.items() if row["status"] != "done"}
+        raise TimeoutError(f"{len(rows)} of {expected} recorded; not done: {waiting}") from error
+
+
 async def test_fifty_people_through_two_doors_one_queue(world: World, no_problems: None) -> None:
     fake = world.fake
     data_dir = world.data_dir.parent / "both-doors"
@@ -80,13 +95,7 @@ async def test_fifty_people_through_two_doors_one_queue(world: World, no_problem
                 with explained_by(bot.proc):
                     # First every job recorded done, then every one shown: a failure here
                     # says which of the two went wrong.
-                    async with asyncio.timeout(240):
-                        while True:
-                            done = jobs_by_prompt(data_dir)
-                            finished = sum(row["status"] == "done" for row in done.values())
-                            if finished == 2 * PEOPLE + 1:
-                                break
-                            await asyncio.sleep(0.2)
+                    await until_all_done(data_dir, 2 * PEOPLE + 1)
                     results = await asyncio.gather(
                         *(ix.wait_for_original(is_result, timeout=120) for ix in interactions)  # type: ignore[attr-defined]
                     )

@@ -13,6 +13,7 @@ import torch
 
 import engine.images
 from engine.backend import DiffusersBackend
+from engine.devices import LocalDevice
 from engine.engine import Engine, EngineSettings
 from engine.types import Done, GenerationRequest, ImageSlot, Operation, ResolvedRequest
 from tests.engine.helpers import max_pixel_difference, noise_image, png
@@ -113,7 +114,7 @@ async def test_generation_never_runs_on_the_event_loop(
     assert watch.problems() == []
 
 
-async def _inline_on_device(self: Engine, function: Callable[..., Any], *args: object) -> Any:
+async def _inline_on_device(self: LocalDevice, function: Callable[..., Any], *args: object) -> Any:
     return function(*args)  # the pipeline on the loop's own thread: a real blocking call
 
 
@@ -128,7 +129,7 @@ async def test_the_loop_watch_catches_a_blocking_call(
     """The check above bites: an engine that runs the pipeline (or decodes the upload)
     inline on the event loop is flagged."""
     if mistake == "pipeline on the loop":
-        monkeypatch.setattr(Engine, "_on_device", _inline_on_device)
+        monkeypatch.setattr(LocalDevice, "_on_device", _inline_on_device)
     else:
         monkeypatch.setattr(asyncio, "to_thread", _inline_to_thread)
     watch = await generate_watched(backend, monkeypatch, answer_within_s=0.5)

@@ -18,10 +18,10 @@ from typing import Any
 hold_dir = os.environ.get("ENGINE_HOLD_DIR")
 if hold_dir:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from engine.engine import Engine
+    from engine.devices import LocalDevice
+    from engine.replicas import ReplicaServer
 
     holds = Path(hold_dir)
-    original = Engine._run_locked
 
     def _held(prompt: str, step: int) -> bool:
         for hold in holds.glob("*.hold"):
@@ -33,12 +33,28 @@ if hold_dir:
                 return True
         return False
 
-    def run_locked(self: Engine, request: Any, slots: Any, on_step: Any) -> Any:
-        def holding_on_step(info: Any) -> Any:
-            while _held(request.prompt, info.step):
-                time.sleep(0.02)
-            return on_step(info)
+    def holding(run: Any) -> Any:
+        """``run`` (a backend's, with its arguments after ``self``) whose steps wait while
+        a hold matches."""
 
-        return original(self, request, slots, holding_on_step)
+        def held_run(*args: Any) -> Any:
+            *before, request, slots, on_step = args
 
-    Engine._run_locked = run_locked  # type: ignore[method-assign]
+            def holding_on_step(info: Any) -> Any:
+                while _held(request.prompt, info.step):
+                    time.sleep(0.02)
+                return on_step(info)
+
+            return run(*before, request, slots, holding_on_step)
+
+        return held_run
+
+    # This process's device, and a Ray replica's (started with this folder on PYTHONPATH).
+    LocalDevice._run_locked = holding(LocalDevice._run_locked)  # type: ignore[method-assign]
+    replica_init = ReplicaServer.__init__
+
+    def init_holding(self: ReplicaServer, *args: Any, **kwargs: Any) -> None:
+        replica_init(self, *args, **kwargs)
+        self._backend.run = holding(self._backend.run)  # type: ignore[method-assign]
+
+    ReplicaServer.__init__ = init_holding  # type: ignore[method-assign]
