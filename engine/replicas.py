@@ -46,6 +46,7 @@ ACTOR_PREFIX = "engine-replica"
 # front's own progress events are no more frequent than that.
 STEP_REPORT_INTERVAL_S = 0.1
 PING_TIMEOUT_S = 120.0  # a replica (re)starting on a busy machine imports torch first
+NAME_WAIT_S = 30.0
 _GENERIC_FAILURE = "Something went wrong while generating this image."
 
 
@@ -220,7 +221,14 @@ class RayDevice:
 
     async def start(self) -> None:
         await asyncio.to_thread(connect, self._options)
-        await self._create_and_ping()
+        try:
+            await self._create_and_ping()
+        except TimeoutError:
+            raise EngineError(
+                f"{self.name} did not start within {PING_TIMEOUT_S:.0f} s: does the cluster "
+                f"have {self._options.gpus_per_replica:g} GPU(s) and "
+                f"{self._options.cpus_per_replica:g} CPU(s) free for it?"
+            ) from None
 
     def is_loaded(self, model: str) -> bool:
         return self._loaded == model
@@ -303,9 +311,26 @@ class RayDevice:
             max_concurrency=4,  # cancel and ping answer while a call runs
             runtime_env={"env_vars": self._options.env} if self._options.env else None,
         )
-        self._actor = remote.remote(self._config)
+        self._actor = await self._create(remote)
         answer = await asyncio.wait_for(_awaitable(self._actor.ping.remote()), PING_TIMEOUT_S)
         log.info("%s ready as %s (%s)", self.name, self.actor_name, answer)
+
+    async def _create(self, remote: Any) -> Any:
+        """The actor, under its name. A front process that was killed leaves its replicas
+        behind until Ray sees its death, a few seconds: their names are waited for."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NAME_WAIT_S
+        while True:
+            try:
+                return remote.remote(self._config)
+            except ValueError as error:  # the name is taken
+                if loop.time() > deadline:
+                    raise EngineError(
+                        f"The Ray actor {self.actor_name} already exists in namespace "
+                        f"{self._options.namespace!r}: another front process uses this "
+                        f"cluster. Give each one its own RAY_NAMESPACE."
+                    ) from error
+            await asyncio.sleep(1.0)
 
     async def _call(self, method: str, *args: object) -> Any:
         """Iterate a streaming actor method's events; a lost replica raises DeviceLost."""
@@ -337,13 +362,17 @@ def connect(options: RayOptions) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
-        ray.init(
-            address=options.address or "auto",
-            namespace=options.namespace,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=options.address or "auto",
+                namespace=options.namespace,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except Exception as error:
+            where = options.address or "this machine (RAY_ADDRESS is not set)"
+            raise EngineError(f"Could not join the Ray cluster at {where}: {error}") from error
 
 
 def replica_count(options: RayOptions) -> int:

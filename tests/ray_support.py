@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class RayCluster:
             "RAY_TORCH_THREADS": "1",
             "RAY_FORWARD_ENV": "PYTHONPATH,ENGINE_HOLD_DIR,HF_HUB_OFFLINE",
             "DEVICE": "cpu",
+            # Each bot process its own replicas, even two at once on one cluster.
+            "RAY_NAMESPACE": f"test-{uuid.uuid4().hex[:8]}",
         }
 
 

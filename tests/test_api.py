@@ -39,7 +39,9 @@ async def key(api: ApiProcess) -> str:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # A fresh connection per request: one left idle past the server's keep-alive timeout (a
+    # slow step between requests on a busy machine) is closed under the next request.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         yield session
 
 
