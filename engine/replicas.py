@@ -22,13 +22,15 @@ pays for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,3 +387,45 @@ def replica_count(options: RayOptions) -> int:
     gpus = float(ray.cluster_resources().get("GPU", 0))
     per = options.gpus_per_replica or 1.0
     return max(1, int(gpus // per))
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *, cpus: int, gpus: int = 0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """A throwaway Ray cluster on this machine, on 127.0.0.1, for tests and benchmarks;
+    yields its address. ``env`` is what its worker processes (the replicas) see."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    # Ray's socket paths must stay short: a folder directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    command = [
+        ray,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={cpus}",
+        f"--num-gpus={gpus}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--object-store-memory=150000000",
+        f"--temp-dir={temp_dir}",
+    ]
+    started = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=environ, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
