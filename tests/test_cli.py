@@ -280,6 +280,24 @@ def test_compose_file_reserves_a_gpu_and_keeps_the_volumes() -> None:
     assert any("alerts.yml" in volume for volume in prometheus["volumes"])
 
 
+def test_compose_cluster_profile_runs_ray_postgres_and_s3_from_permissive_images() -> None:
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))["services"]
+    cluster = {name for name, spec in services.items() if "cluster" in spec.get("profiles", [])}
+    assert cluster == {"ray-head", "gpu-worker", "postgres", "s3"}
+    # The head and the workers run the bot's own image, so Ray and Python match the bot's.
+    for name in ("ray-head", "gpu-worker"):
+        assert services[name]["image"] == services["bot"]["image"]
+        assert services[name]["entrypoint"] == ["ray"] and "--block" in services[name]["command"]
+    assert "--head" in services["ray-head"]["command"]
+    assert "--address=ray-head:6379" in services["gpu-worker"]["command"]
+    gpus = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpus["capabilities"] == ["gpu"] and gpus["count"] == "all"
+    # Nothing AGPL: no MinIO, no Grafana.
+    images = " ".join(service.get("image", "") for service in services.values()).lower()
+    assert "minio" not in images and "grafana" not in images
+
+
 # --- starting the bot on storage it must not use ------------------------------------------
 
 LIBRARY_NOISE = ("torchvision", "PyNaCl", "davey", "Traceback")
