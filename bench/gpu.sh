@@ -6,6 +6,7 @@
 #   bash bench/gpu.sh                      # issue 21: compile, CUDA graphs, FP8, 4 steps
 #   bash bench/gpu.sh --dry-run            # on a CPU: checks the script end to end
 #   bash bench/gpu.sh --arch               # issue 8: fp16, SDPA, channels_last, batch 1/4/8
+#   bash bench/gpu.sh --ray                # issue 20: 1..N Ray replicas, one per GPU
 #   bash bench/gpu.sh --arch --dtype bfloat16   # any python -m bench.gpu_bench option
 #
 # Needs python3 with torch (CUDA), transformers and diffusers. Where diffusers (or another
@@ -35,6 +36,14 @@ fi
 # 8's architecture benchmark instead. A hard stop at GPU_BENCH_TIMEOUT_S (default 8 min 30 s,
 # the script plans to finish before its --budget-s); what it measured is in $OUT by then.
 module=bench.gpu_speed
+if [ "${1:-}" = "--ray" ]; then
+  # Issue 20: the engine on 1, 2, ... Ray replicas, one per GPU, on a cluster of this machine.
+  shift
+  gpus=$(nvidia-smi -L | wc -l)
+  counts=$(seq -s, 1 "$gpus")
+  exec timeout "${GPU_BENCH_TIMEOUT_S:-510}" "$PYTHON" -m bench.ray_replicas --device cuda \
+    --replicas "$counts" --record-to "${OUT:-.}/ray_replicas.md" "$@"
+fi
 if [ "${1:-}" = "--arch" ]; then
   module=bench.gpu_bench
   shift
