@@ -23,6 +23,7 @@ from core.errors import N_, InvalidField, Note, QuotaRefused, UserError, note
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.refine import Refiner
+from core.shared_results import SharedResults
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
@@ -153,6 +154,8 @@ class JobService:
         self.nsfw_threshold = nsfw_threshold
         # Models added at run time (/model add); None where the front door offers no adding.
         self.custom_models = custom_models
+        # Results other front processes on this database already generated.
+        self.shared_results = SharedResults(db, images, registry)
         self._feeds: dict[str, JobFeed] = {}
 
     # --- accepting -----------------------------------------------------------------------
@@ -274,6 +277,8 @@ class JobService:
         except QuotaExceeded as error:
             wait = (error.resets_at - self.db.now()).total_seconds() if error.resets_at else None
             raise QuotaRefused(error.template, wait, **error.values) from None
+        if (answer := await self.shared_results.find(resolved)) is not None:
+            self.engine.remember(answer)
         try:
             handle = await self.engine.submit(
                 resolved, user_id=str(requester.user_id), job_id=job.id, tier=policy.priority
@@ -469,7 +474,7 @@ class JobService:
         timings = result.timings
         if flags is None:
             flags = await self.safety_flags(job, result)
-        return await self.db.complete_job(
+        completed = await self.db.complete_job(
             job.id,
             outputs,
             timings={
@@ -481,6 +486,8 @@ class JobService:
             generation_seconds=timings.generate_s,
             flags=flags,
         )
+        await self.shared_results.remember(job.id, result, completed.images)
+        return completed
 
     async def safety_flags(self, job: Job, result: JobResult) -> list[Flag]:
         """The result's images the image check flagged, with what this channel does with

@@ -337,6 +337,13 @@ class Engine:
         self._wakeup.set()
         return handle
 
+    def remember(self, result: JobResult) -> None:
+        """Answer ``result.request`` with ``result`` from now on, as if this engine had
+        made it (results generated elsewhere: another process, an earlier run)."""
+        key = cache_key(result.request)
+        if key is not None:
+            self._cache.put(key, result)
+
     def cancel(self, job_id: str) -> bool:
         """Cancel every handle of a job by id (a moderator's cancel, say)."""
         work = self._works.get(job_id)

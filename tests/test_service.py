@@ -4,6 +4,9 @@ the order of pipeline calls must be held still to be observed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest_asyncio
 
 from core.feed import JobFeed
 from core.jobcodec import StoredRequest
+from core.recorder import record_outcome
 from core.service import JobService, Requester
 from core.storage import Database, LocalImageStore, Priority, QuotaScope
 from engine.engine import Engine, EngineSettings
@@ -120,3 +124,52 @@ async def test_the_stored_request_names_what_it_resolved_to(service: JobService)
         resolved.seed,
     )
     assert stored.model is not None and stored.steps is not None
+
+
+async def test_a_seeded_result_one_front_process_made_answers_another(tmp_path: Path) -> None:
+    """Front processes on one database (each its own connection and engine): a seeded
+    result one made answers the others from the stored images, without their GPU; an
+    unseeded request, a hidden result and images gone to retention are generated again."""
+    images = LocalImageStore(tmp_path / "images")
+    registry = ModelRegistry.load()
+    path = tmp_path / "db.sqlite3"
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def process() -> tuple[JobService, FakeBackend]:
+            backend = FakeBackend(step_seconds=0.001)
+            engine = Engine(backend, EngineSettings(progress_interval_s=0.0))
+            await engine.start()
+            stack.push_async_callback(engine.stop)
+            db = await stack.enter_async_context(Database.open(path, images=images))
+            return JobService(db, images, engine, registry, preview_every=0), backend
+
+        async def run(service: JobService, request: GenerationRequest) -> str:
+            accepted = await service.accept(Requester(1, GUILD, 1), request)
+            await asyncio.wait_for(record_outcome(service, accepted.job, accepted.feed), 30)
+            return accepted.job.id
+
+        seeded = GenerationRequest(prompt="a harbour at dawn", model="tiny", count=2, seed=42)
+        (first, first_gpu), (second, second_gpu) = await process(), await process()
+        made = await run(first, seeded)
+        answered = await run(second, seeded)
+        assert len(first_gpu.calls) == 1 and second_gpu.calls == []
+        made_images = await first.job_images(made)
+        answered_images = await second.job_images(answered)
+        assert [i.content_hash for i in answered_images] == [i.content_hash for i in made_images]
+        assert [i.seed for i in answered_images] == [i.seed for i in made_images]
+        assert (await second.db.jobs.get(answered)).status.value == "done"
+
+        # Without a seed a new picture is asked for: generated.
+        await run(second, dataclasses.replace(seeded, seed=None))
+        assert len(second_gpu.calls) == 1
+        # The newest result that answered was deleted by its owner: not handed out.
+        await second.db.library.hide(answered)
+        third, third_gpu = await process()
+        remade = await run(third, seeded)
+        assert len(third_gpu.calls) == 1
+        # Retention took the images away: generated again.
+        await third.db.cleanup(0, file_grace=dt.timedelta(0))
+        assert await third.job_images(remade) == []
+        fourth, fourth_gpu = await process()
+        await run(fourth, seeded)
+        assert len(fourth_gpu.calls) == 1

@@ -70,6 +70,7 @@ from .records import (
     NewJob,
     QuotaPolicy,
 )
+from .result_cache import ResultCacheRepository
 from .safety import SafetyRepository
 from .usage import UsageRepository
 
@@ -249,6 +250,7 @@ class Database:
         self.usage = UsageRepository(ctx)
         self.safety = SafetyRepository(ctx)
         self.custom_models = CustomModelRepository(ctx)
+        self.result_cache = ResultCacheRepository(ctx)
         self._closed = False
 
     def __repr__(self) -> str:

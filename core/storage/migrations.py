@@ -411,6 +411,20 @@ V15_CUSTOM_MODELS = Migration(
     ),
 )
 
+V16_RESULT_CACHE = Migration(
+    16,
+    "stored results of seeded requests, shared by every front process on this database",
+    (
+        """CREATE TABLE result_cache (
+            key        TEXT PRIMARY KEY CHECK (length(key) = 64),
+            job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            scores     TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX result_cache_job ON result_cache (job_id)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     V1_CORE,
     V2_MODERATION,
@@ -427,6 +441,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     V13_CONVERSATIONS,
     V14_SAFETY,
     V15_CUSTOM_MODELS,
+    V16_RESULT_CACHE,
 )
 LATEST_VERSION = len(MIGRATIONS)
 
