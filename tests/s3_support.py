@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from core.storage.s3 import S3ImageStore
+
 ACCESS_KEY_ID = "AKIATESTS3STORE00001"
 SECRET_ACCESS_KEY = "tests-secret-access-key/do-not-log-me"
 REGION = "us-east-1"
@@ -95,3 +97,17 @@ def presigned_url_problem(
     if not hmac.compare_digest(expected, params.get("X-Amz-Signature", "")):
         return "signature does not match"
     return None
+
+
+async def s3_store(server: S3Server, **options: object) -> S3ImageStore:
+    """An ``S3ImageStore`` on a fresh bucket of ``server``, the bucket made."""
+    store = S3ImageStore(
+        server.bucket_name(),
+        endpoint_url=server.endpoint,
+        region=REGION,
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+        **options,  # type: ignore[arg-type]
+    )
+    await store.ensure_bucket()
+    return store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from s3_support import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
+from s3_support import s3_store
 from storage_helpers import START
 
 from core.storage import Database, ImageStore, LocalImageStore, ManualClock
@@ -35,21 +35,6 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStor
     if request.param == "local":
         return LocalImageStore(tmp_path / "data" / "images")
     return await s3_store(request.getfixturevalue("s3_server"))
-
-
-async def s3_store(server: S3Server, **options: object) -> ImageStore:
-    from core.storage.s3 import S3ImageStore
-
-    store = S3ImageStore(
-        server.bucket_name(),
-        endpoint_url=server.endpoint,
-        region=REGION,
-        access_key_id=ACCESS_KEY_ID,
-        secret_access_key=SECRET_ACCESS_KEY,
-        **options,  # type: ignore[arg-type]
-    )
-    await store.ensure_bucket()
-    return store
 
 
 @pytest_asyncio.fixture
