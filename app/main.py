@@ -116,7 +116,8 @@ async def run(settings: Settings) -> None:
         images = await open_image_store(settings)
     except ImageStoreUnavailable as error:
         raise StartupError(str(error)) from None
-    log.info("images: %s", describe_image_store(settings))
+    if settings.s3_bucket:
+        log.info("images: %s", describe_image_store(settings))
     try:
         db = await Database.open(
             settings.database_path,
