@@ -223,7 +223,7 @@ class S3ImageStore:
             raise self._unavailable(error) from None
         except BotoCoreError as error:
             raise self._unavailable(error) from None
-        return _Head(int(answer["ContentLength"]), answer["LastModified"])
+        return _Head(int(answer["ContentLength"]), answer["LastModified"].astimezone(dt.UTC))
 
     def _list_page(self, token: str | None) -> tuple[list[StoredObject], str | None]:
         options: dict[str, Any] = {"Bucket": self.bucket, "MaxKeys": _LIST_PAGE}
@@ -236,7 +236,8 @@ class S3ImageStore:
         for entry in answer.get("Contents", []):
             key = entry["Key"][len(self.prefix) :]
             if _KEY.match(key):  # anything else in the bucket is not ours
-                found.append(StoredObject(key, int(entry["Size"]), entry["LastModified"]))
+                modified = entry["LastModified"].astimezone(dt.UTC)
+                found.append(StoredObject(key, int(entry["Size"]), modified))
         following = answer.get("NextContinuationToken") if answer.get("IsTruncated") else None
         return found, following
 

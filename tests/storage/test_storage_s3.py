@@ -100,7 +100,7 @@ async def test_scan_lists_only_the_store_s_objects_page_by_page(
     monkeypatch.setattr("core.storage.s3._LIST_PAGE", 2)  # five objects: three pages
     found = [item async for item in store.scan()]
     assert sorted(item.key for item in found) == sorted(keys)
-    assert all(item.modified_at.tzinfo is not None and item.size > 0 for item in found)
+    assert all(item.modified_at.tzinfo is dt.UTC and item.size > 0 for item in found)
 
 
 @pytest.mark.asyncio
