@@ -5,14 +5,19 @@ API's own routes, which keep working."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import boto3
 import pytest
 import pytest_asyncio
-from api_support import PREFIX, ApiProcess, auth, start_api
+from api_support import PREFIX, ApiProcess, auth, free_port, product_env, start_api
+from e2e_support import ROOT
 from s3_support import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server, presigned_url_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -162,3 +167,32 @@ async def test_shared_images_get_the_public_address(
     async with http.get(f"{api.base}{PREFIX}/jobs/{job['id']}", headers=auth(key)) as r:
         again = (await r.json())["output"]
     assert all(presigned_url_problem(link) is None for link in again)  # private again
+
+
+async def test_an_unreachable_bucket_stops_the_start_with_one_clear_line(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = product_env(
+        tmp_path / "data",
+        API_PORT=str(free_port()),
+        **{**s3_server.env("unreachable"), "S3_ENDPOINT_URL": endpoint},
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await asyncio.wait_for(process.communicate(), 120))[0].decode()
+    assert process.returncode == 1, output
+    [line] = [line for line in output.splitlines() if "could not start" in line]
+    assert f"image bucket 'unreachable' at {endpoint} cannot be used" in line
+    assert "S3_ENDPOINT_URL" in line
+    assert SECRET_ACCESS_KEY not in output and ACCESS_KEY_ID not in output
+    assert not (tmp_path / "data" / "diffusion-chat.sqlite3").exists()  # stopped before it
