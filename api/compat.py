@@ -223,7 +223,7 @@ def compat_routes() -> APIRouter:
                 for i in images
             ]
         else:
-            data = [OpenAIImage(url=url) for url in image_urls(request, images)]
+            data = [OpenAIImage(url=url) for url in image_urls(context, request, job, images)]
         answer = OpenAIImages(created=int(job.created_at.timestamp()), data=data)
         return with_rate_headers(
             request, JSONResponse(answer.model_dump(mode="json", exclude_none=True))

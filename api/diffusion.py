@@ -33,6 +33,7 @@ from core.errors import InvalidField, UserError
 from core.feed import FeedEvent, JobFeed
 from core.jobcodec import StoredRequest
 from core.storage.errors import InvalidTransition
+from core.storage.files import LinkedImageStore
 from core.storage.records import Image, Job, JobStatus
 from engine.errors import EngineStopped
 from engine.images import encode_preview
@@ -492,7 +493,8 @@ async def _resource(
             "scheduler": stored.scheduler,
             "seed": stored.seed,
         },
-        output=image_urls(request, images) or None,
+        output=image_urls(context, request, job, images) or None,
+        image_routes=image_routes(request, images) or None,
         seeds=[image.seed for image in images] if images else None,
         prompts=list(stored.prompts) or None,
         error=job.error if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else None,
@@ -515,8 +517,20 @@ async def _resource(
     )
 
 
-def image_urls(request: Request, images: list[Image]) -> list[str]:
-    """Where each image's PNG is, as the caller reached us."""
+def image_urls(context: ApiContext, request: Request, job: Job, images: list[Image]) -> list[str]:
+    """Where each of ``job``'s images can be fetched. From a bucket, straight from it, so
+    the bytes skip this process: a shared job's through the public (CDN) address when there
+    is one, any other by a presigned link that expires (a private image's link must not
+    outlive S3_PRESIGN_SECONDS). From local files, our own route."""
+    store = context.service.images
+    if isinstance(store, LinkedImageStore):
+        public = is_shared(job)
+        return [store.url_for(image.file_key, public=public) for image in images]
+    return image_routes(request, images)
+
+
+def image_routes(request: Request, images: list[Image]) -> list[str]:
+    """Each image's route here (key needed), as the caller reached us."""
     return [f"{_routes_url(request)}/images/{image.id}.png" for image in images]
 
 

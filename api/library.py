@@ -7,6 +7,7 @@ import datetime as dt
 import html
 import math
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -31,6 +32,7 @@ from api.schemas import (
 from core.errors import InvalidField
 from core.jobcodec import StoredRequest
 from core.library import MAX_SEARCH_CHARS, OPERATIONS, build_query
+from core.storage.files import LinkedImageStore
 from core.storage.records import Job, JobStatus, LibraryQuery, LibraryScope, LibrarySort
 
 PAGE_SIZE = 20
@@ -237,10 +239,23 @@ def share_routes() -> APIRouter:
         job = await _shared_job(context, job_id)
         images = sorted(await context.service.job_images(job.id), key=lambda i: i.index)
         base = str(request.base_url).rstrip("/")
-        return HTMLResponse(
-            _share_html(job, [f"{base}/share/{job.id}/{i.index + 1}.png" for i in images]),
-            headers=_SHARE_HEADERS,
-        )
+        urls = [f"{base}/share/{job.id}/{i.index + 1}.png" for i in images]
+        headers = _SHARE_HEADERS
+        store = context.service.images
+        cdn = context.settings.s3_public_base_url
+        if isinstance(store, LinkedImageStore) and cdn:
+            # Straight from the CDN: lasting links that chats can unfurl and cache. (Without
+            # a public address, our route streams them: a presigned link in a page's
+            # og:image would stop working inside the chats' caches.)
+            urls = [store.url_for(i.file_key, public=True) for i in images]
+            policy = _SHARE_HEADERS["Content-Security-Policy"]
+            headers = {
+                **_SHARE_HEADERS,
+                "Content-Security-Policy": policy.replace(
+                    "img-src 'self'", f"img-src 'self' {_origin(cdn)}"
+                ),
+            }
+        return HTMLResponse(_share_html(job, urls), headers=headers)
 
     @router.get("/share/{job_id}/{number}.png")
     async def shared_image(
@@ -259,6 +274,12 @@ def share_routes() -> APIRouter:
         return Response(data, media_type="image/png", headers=_SHARE_HEADERS)
 
     return router
+
+
+def _origin(url: str) -> str:
+    """``https://cdn.example.com`` of ``https://cdn.example.com/images``, for a CSP source."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _share_url(context: ApiContext, request: Request, job_id: str) -> str:

@@ -138,7 +138,18 @@ class JobResource(BaseModel):
     position: int | None = Field(default=None, description="1 = next to run")
     eta_s: float | None = None
     input: dict[str, object]
-    output: list[str] | None = Field(default=None, description="image URLs (PNG)")
+    output: list[str] | None = Field(
+        default=None,
+        description="image URLs (PNG). With images kept in S3 (S3_BUCKET), links straight to "
+        "the bucket that need no key: a shared image's at S3_PUBLIC_BASE_URL when it is set, "
+        "any other a presigned link valid S3_PRESIGN_SECONDS; else this API's routes "
+        "(image_routes)",
+    )
+    image_routes: list[str] | None = Field(
+        default=None,
+        description="each image's route on this API (needs your key; streams the PNG): "
+        "`/favorite` and `/thumb.webp` hang off it",
+    )
     seeds: list[int] | None = None
     prompts: list[str] | None = Field(
         default=None, description="each image's prompt, when {a|b} choices made them differ"

@@ -26,12 +26,14 @@ from core.custom_models import CustomModels
 from core.downloads import allowed_hosts
 from core.errors import StartupError
 from core.events import JobEvents
+from core.image_storage import describe_image_store, open_image_store
 from core.logs import configure_logging, register_secret
 from core.metrics import HealthReport, Metrics, start_metrics_server
 from core.refine import Refiner
 from core.service import JobService
 from core.storage.database import Database
-from core.storage.files import ImageStore, LocalImageStore
+from core.storage.errors import ImageStoreUnavailable
+from core.storage.files import ImageStore
 from core.storage.records import QuotaPolicy
 from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 from core.tracing import JobTracer
@@ -137,7 +139,12 @@ def build_analyzer(settings: Settings, images: ImageStore) -> Analyzer:
 
 async def run(settings: Settings) -> None:
     registry = ModelRegistry.load(settings.models_file, default_name=settings.default_model)
-    images = LocalImageStore(settings.images_dir)
+    try:
+        images = await open_image_store(settings)
+    except ImageStoreUnavailable as error:
+        raise StartupError(str(error)) from None
+    if settings.s3_bucket:
+        log.info("images: %s", describe_image_store(settings))
     try:
         db = await Database.open(
             settings.database_path,
@@ -283,6 +290,7 @@ def main(env_file: Path | None = Path(".env")) -> int:
     register_secret(settings.discord_token)
     register_secret(settings.llm_api_key)
     register_secret(settings.discord_client_secret)
+    register_secret(settings.s3_secret_access_key)
     configure_logging(settings.log_level, settings.log_format)
     if start_error_tracking(settings):
         log.info("unexpected errors are sent to Sentry (%s)", settings.sentry_environment)

@@ -280,14 +280,15 @@ def _exit_code(code: object) -> int:
 
 
 def _migrate(*, backup: bool) -> int:
-    from core.storage import LocalImageStore, migrate
+    from core.image_storage import image_store
+    from core.storage import migrate
     from core.storage.migrations import backup_path
     from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
     path = settings.database_path
     existed = path.exists()
-    images = LocalImageStore(settings.images_dir)
+    images = image_store(settings)
     try:
         before, after = asyncio.run(migrate(path, images=images, backup=backup))
     except STARTUP_STORAGE_ERRORS as error:
@@ -308,7 +309,8 @@ def _migrate(*, backup: bool) -> int:
 
 def _cleanup(older_than_days: float) -> int:
     from core.downloads import human_size
-    from core.storage import Database, LocalImageStore
+    from core.image_storage import image_store
+    from core.storage import Database
     from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
@@ -319,9 +321,7 @@ def _cleanup(older_than_days: float) -> int:
 
     async def clean() -> str:
         # migrate=False: retention must not upgrade a schema behind the operator's back.
-        async with Database.open(
-            path, images=LocalImageStore(settings.images_dir), migrate=False
-        ) as db:
+        async with Database.open(path, images=image_store(settings), migrate=False) as db:
             report = await db.cleanup(older_than_days)
         return (
             f"Deleted {report.images_deleted} image record(s) older than {older_than_days:g} "
@@ -352,10 +352,10 @@ def _limit(raw: str) -> int | None:
 
 
 def _apikey(options: argparse.Namespace) -> int:
+    from core.image_storage import image_store
     from core.storage import (
         Database,
         InvalidInput,
-        LocalImageStore,
         NotFound,
         Priority,
         QuotaScope,
@@ -366,9 +366,7 @@ def _apikey(options: argparse.Namespace) -> int:
     action: str = options.apikey_command
 
     async def act() -> str:
-        async with Database.open(
-            settings.database_path, images=LocalImageStore(settings.images_dir)
-        ) as db:
+        async with Database.open(settings.database_path, images=image_store(settings)) as db:
             if action == "create":
                 key, secret = await db.api_keys.create(options.name, operator=options.operator)
                 limits: dict[str, Any] = {

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from dotenv import dotenv_values
 
 from core.config import TOKEN_SHAPE, Settings, SettingsError, load_settings
+from core.image_storage import describe_image_store
 from core.storage import DATABASE_FILE, IMAGES_DIR
 
 GIB = 1024**3
@@ -177,7 +178,24 @@ def _sections(
     storage = Section(f"Storage ({data_dir})")
     _check_data_dir(storage, data_dir)
     _check_database(storage, settings.database_path if settings else data_dir / DATABASE_FILE)
+    if settings is not None and settings.s3_bucket:
+        _check_image_bucket(storage, settings)
     yield storage
+
+
+def _check_image_bucket(section: Section, settings: Settings) -> None:
+    """S3_*: what is set, without contacting the bucket (the bot checks it at start)."""
+    section.info(f"images in {describe_image_store(settings)} (not contacted here)")
+    if importlib.util.find_spec("boto3") is None:
+        section.fail("S3_BUCKET is set but boto3 is not installed", "pip install -e .")
+    has_id, has_secret = bool(settings.s3_access_key_id), bool(settings.s3_secret_access_key)
+    if has_id != has_secret:
+        section.fail(
+            "only one of S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY is set",
+            "set both, or neither to use boto3's usual sources (AWS_* variables, an instance role)",
+        )
+    elif not has_id:
+        section.info("S3 keys not set: boto3's usual sources are used (AWS_* variables, roles)")
 
 
 # --- settings -------------------------------------------------------------------------------

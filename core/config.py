@@ -119,6 +119,16 @@ class Settings:
     # The image check: a transformers image classifier (hub id or folder); "off": none.
     nsfw_model: str = "Falconsai/nsfw_image_detection"
     nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD
+    # Images in an S3-compatible bucket, shared by several front processes; an empty bucket
+    # keeps them as files under DATA_DIR/images. Endpoint None: AWS; region None: boto3's.
+    s3_bucket: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_prefix: str = ""  # "" or a folder ending in "/"
+    s3_public_base_url: str | None = None  # public images are <base>/<prefix><key>
+    s3_presign_seconds: int = 3600  # how long a private image's link works
 
     @property
     def database_path(self) -> Path:
@@ -404,6 +414,41 @@ def load_settings(
         nsfw_threshold=get(
             "NSFW_THRESHOLD", _fraction, d.nsfw_threshold, "use a number above 0, at most 1"
         ),
+        s3_bucket=get(
+            "S3_BUCKET",
+            _bucket_name,
+            d.s3_bucket,
+            "use a bucket name: 3 to 63 lowercase letters, digits, dots and hyphens",
+        ),
+        s3_endpoint_url=get(
+            "S3_ENDPOINT_URL",
+            lambda raw: _url(("http", "https"))(raw).rstrip("/"),
+            d.s3_endpoint_url,
+            "use the S3-compatible server's address, such as http://127.0.0.1:9000 (empty: AWS)",
+        ),
+        s3_region=values.get("S3_REGION", "").strip() or d.s3_region,
+        s3_access_key_id=values.get("S3_ACCESS_KEY_ID", "").strip() or d.s3_access_key_id,
+        s3_secret_access_key=(
+            values.get("S3_SECRET_ACCESS_KEY", "").strip() or d.s3_secret_access_key
+        ),
+        s3_prefix=get(
+            "S3_PREFIX",
+            _key_prefix,
+            d.s3_prefix,
+            "use a folder name such as diffusion-chat/ (letters, digits, - _ . /)",
+        ),
+        s3_public_base_url=get(
+            "S3_PUBLIC_BASE_URL",
+            lambda raw: _url(("http", "https"))(raw).rstrip("/"),
+            d.s3_public_base_url,
+            "use the public (CDN) address of the bucket, such as https://images.example.com",
+        ),
+        s3_presign_seconds=get(
+            "S3_PRESIGN_SECONDS",
+            _presign_seconds,
+            d.s3_presign_seconds,
+            "use a number of seconds from 1 to 604800 (7 days, S3's limit)",
+        ),
         llm_timeout_s=get(
             "LLM_TIMEOUT_S", _non_negative_float, d.llm_timeout_s, "use a number of seconds"
         ),
@@ -435,7 +480,35 @@ def load_settings(
 
 
 def _shown(name: str, raw: str) -> str:
-    return "<hidden>" if "TOKEN" in name or name == "SENTRY_DSN" else raw
+    secret = "TOKEN" in name or "SECRET" in name or name == "SENTRY_DSN"
+    return "<hidden>" if secret else raw
+
+
+# --- S3 image storage -------------------------------------------------------------------
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._/-]+$")
+
+
+def _bucket_name(raw: str) -> str:
+    if not _BUCKET.match(raw) or ".." in raw:
+        raise ValueError(raw)
+    return raw
+
+
+def _key_prefix(raw: str) -> str:
+    """``images`` and ``images/`` both mean the folder ``images/``; no leading slash."""
+    prefix = raw.strip("/")
+    if not _PREFIX.match(prefix) or any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(raw)
+    return prefix + "/"
+
+
+def _presign_seconds(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 7 * 24 * 3600:  # SigV4 presigned URLs live at most 7 days
+        raise ValueError(raw)
+    return value
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:

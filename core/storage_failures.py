@@ -12,6 +12,7 @@ from core.storage import (
     DatabaseBusy,
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
+    ImageStoreUnavailable,
     SchemaError,
     StorageError,
 )
@@ -25,6 +26,8 @@ def explain_storage_failure(error: BaseException, data_dir: Path) -> str:
     """``error`` (one of ``STARTUP_STORAGE_ERRORS``) as one line naming ``DATA_DIR`` and a fix."""
     where = f"DATA_DIR {data_dir}"
     database = data_dir / DATABASE_FILE
+    if isinstance(error, ImageStoreUnavailable):
+        return str(error)  # about the bucket (S3_*), not DATA_DIR; names endpoint and bucket
     restore = _restore_advice(database)
     if isinstance(error, EmptyDatabaseBesideImages):
         return (

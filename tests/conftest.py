@@ -13,6 +13,7 @@ import pytest_asyncio
 from e2e_support import World, assert_no_problems, start_world, stop_world
 from ray_support import RayCluster
 from ray_support import ray_cluster as start_ray_cluster
+from s3_support import S3Server
 
 pytest_plugins = ["fakediscord.plugin"]
 
@@ -25,6 +26,21 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         yield started
     finally:
         await stop_world(started)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server over HTTP on 127.0.0.1 (moto's, in a thread of this
+    process), shared by the whole run; each test makes its own bucket on it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(f"http://{host}:{port}")
+    finally:
+        server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

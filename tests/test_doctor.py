@@ -301,3 +301,18 @@ def test_the_image_check_model_is_checked(tmp_path: Path) -> None:
     assert "✘ image check: someone/nsfw is not downloaded, and HF_HUB_OFFLINE is set" in output
     _, output = doctor(tmp_path, NSFW_MODEL="someone/nsfw")
     assert "⚠ image check: someone/nsfw is not downloaded yet" in output
+
+
+def test_an_image_bucket_is_described_without_its_keys(tmp_path: Path) -> None:
+    s3 = {"S3_BUCKET": "chat-images", "S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    code, output = doctor(
+        tmp_path, GPU, **s3, S3_ACCESS_KEY_ID="AKIAEXAMPLE", S3_SECRET_ACCESS_KEY="s3cr3t"
+    )
+    assert code == 0, output
+    assert "· images in S3 bucket 'chat-images' at http://127.0.0.1:9000;" in output
+    assert "AKIAEXAMPLE" not in output and "s3cr3t" not in output
+    code, output = doctor(tmp_path, GPU, **s3, S3_SECRET_ACCESS_KEY="s3cr3t")
+    assert code == 1 and "only one of S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY" in output
+    assert "s3cr3t" not in output
+    _, output = doctor(tmp_path, GPU)
+    assert "images in S3" not in output

@@ -276,7 +276,7 @@ class Turn {
     const seconds = job.metrics?.total_s ? job.metrics.total_s.toFixed(1) : "?";
     this.status.textContent = t("succeeded", { seconds });
     if (job.withheld) this.status.textContent += " " + t("withheld", { count: job.withheld.length });
-    const urls = job.output || [];
+    const urls = job.image_routes || job.output || []; // our routes: output may point at S3
     for (const [index, url] of urls.entries()) await this.addImage(url, index);
     const previous = Turn.all[Turn.all.indexOf(this) - 1];
     if (urls.length) {
@@ -430,7 +430,7 @@ async function loadGallery(more = false) {
     const found = await apiJson(`/${gallery.scope}?${query}`);
     document.getElementById("gallery-status").textContent = found.total ? t("found", { count: found.total }) : t("nothing");
     for (const job of found.items) {
-      for (const [index, url] of (job.output || []).entries()) {
+      for (const [index, url] of (job.image_routes || job.output || []).entries()) {
         const blob = await (await api(url.replace(/\.png$/, "/thumb.webp"))).blob();
         const label = t("image", { number: index + 1, prompt: job.input.prompt });
         const picture = element("img", { src: URL.createObjectURL(blob), alt: label, tabindex: "0", class: "zoomable" });

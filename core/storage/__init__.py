@@ -24,6 +24,7 @@ from .errors import (
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
     ImageNotFound,
+    ImageStoreUnavailable,
     InvalidImage,
     InvalidInput,
     InvalidKey,
@@ -40,7 +41,7 @@ from .errors import (
     StorageError,
     StorageUserError,
 )
-from .files import ImageStore, LocalImageStore, StoredObject, content_key
+from .files import ImageStore, LinkedImageStore, LocalImageStore, StoredObject, content_key
 from .migrations import LATEST_VERSION, MIGRATIONS, Migration
 from .records import (
     DEFAULT_POLICY,
@@ -96,6 +97,7 @@ __all__ = [
     "Image",
     "ImageNotFound",
     "ImageStore",
+    "ImageStoreUnavailable",
     "InvalidImage",
     "InvalidInput",
     "InvalidKey",
@@ -105,6 +107,7 @@ __all__ = [
     "JobNotFound",
     "JobStatus",
     "LimitKind",
+    "LinkedImageStore",
     "LocalImageStore",
     "ManualClock",
     "Migration",

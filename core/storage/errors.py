@@ -109,6 +109,12 @@ class ImageNotFound(NotFound):
     """No image record, or no stored file under that key."""
 
 
+class ImageStoreUnavailable(StorageError, OSError):
+    """The image bucket cannot be reached or refuses us (``S3ImageStore``). An ``OSError``
+    too, so the job service retries a result's images while it lasts, as it does for a full
+    disk, and start-up reports it as a storage failure."""
+
+
 class InvalidTransition(StorageError):
     """A job status change that its life cycle does not allow (a done job cannot run)."""
 

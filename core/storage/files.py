@@ -74,6 +74,17 @@ class ImageStore(Protocol):
         ...
 
 
+@runtime_checkable
+class LinkedImageStore(Protocol):
+    """A store whose images can be fetched without our API (``S3ImageStore``): the API hands
+    out these links instead of its own routes, so image bytes skip the front process."""
+
+    def url_for(self, key: str, *, public: bool) -> str:
+        """A link to ``key`` that needs no API key: a lasting public one when ``public`` and
+        the store has a public address, else one that expires."""
+        ...
+
+
 def content_key(data: bytes, ext: str | None = None) -> str:
     """The key ``put`` gives ``data``."""
     return key_for(hashlib.sha256(data).hexdigest(), ext or sniff_extension(data))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from s3_support import s3_store
 from storage_helpers import START
 
-from core.storage import Database, LocalImageStore, ManualClock
+from core.storage import Database, ImageStore, LocalImageStore, ManualClock
 
 
 @pytest.fixture
@@ -25,6 +26,15 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> LocalImageStore:
     return LocalImageStore(tmp_path / "data" / "images")
+
+
+@pytest_asyncio.fixture(params=["local", "s3"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
+    """Each implementation of ``ImageStore`` in turn, for tests of the protocol's behaviour:
+    files under ``tmp_path``, then a fresh bucket on a real S3-compatible server."""
+    if request.param == "local":
+        return LocalImageStore(tmp_path / "data" / "images")
+    return await s3_store(request.getfixturevalue("s3_server"))
 
 
 @pytest_asyncio.fixture

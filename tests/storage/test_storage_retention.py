@@ -16,6 +16,7 @@ from core.storage import (
     Database,
     GeneratedImage,
     ImageNotFound,
+    ImageStore,
     LocalImageStore,
     ManualClock,
     QuotaPolicy,
@@ -30,10 +31,15 @@ def real_clock() -> ManualClock:
     return ManualClock(dt.datetime.now(dt.UTC))
 
 
+@pytest.fixture
+def store(any_store: ImageStore) -> ImageStore:
+    """Retention runs the same on local files and in an S3 bucket (this module's tests run
+    once with each): it lists the store, reads modification times and deletes."""
+    return any_store
+
+
 @pytest_asyncio.fixture
-async def rdb(
-    db_path: Path, store: LocalImageStore, real_clock: ManualClock
-) -> AsyncIterator[Database]:
+async def rdb(db_path: Path, store: ImageStore, real_clock: ManualClock) -> AsyncIterator[Database]:
     async with Database.open(db_path, images=store, clock=real_clock) as database:
         yield database
 
@@ -46,13 +52,13 @@ async def make_job(db: Database, *pngs: bytes, user_id: int = 1) -> list[int]:
     return [image.id for image in done.images]
 
 
-def file_count(store: LocalImageStore) -> int:
-    return sum(1 for path in store.root.rglob("*") if path.is_file())
+async def file_count(store: ImageStore) -> int:
+    return len([item async for item in store.scan()])
 
 
 @pytest.mark.asyncio
 async def test_retention_keeps_favourites_and_reports_bytes(
-    rdb: Database, store: LocalImageStore, real_clock: ManualClock
+    rdb: Database, store: ImageStore, real_clock: ManualClock
 ) -> None:
     shared, lonely = make_png(1, (96, 96)), make_png(2, (96, 96))
     favourite_id, lonely_id = await make_job(rdb, shared, lonely)
@@ -61,7 +67,7 @@ async def test_retention_keeps_favourites_and_reports_bytes(
     real_clock.advance(days=35)
     [recent_id] = await make_job(rdb, make_png(3))
     real_clock.advance(days=5)
-    assert file_count(store) == 6  # 3 distinct images, 3 thumbnails
+    assert await file_count(store) == 6  # 3 distinct images, 3 thumbnails
 
     lonely_image = await rdb.images.get(lonely_id)
     lonely_thumb = await store.stat(lonely_image.thumbnail_key or "")
@@ -84,7 +90,7 @@ async def test_retention_keeps_favourites_and_reports_bytes(
     # Job records stay; their history entries lose the deleted images.
     history = await rdb.jobs.history(1)
     assert history.total == 2
-    assert file_count(store) == 4
+    assert await file_count(store) == 4
 
     again = await rdb.cleanup(older_than_days=30)
     assert (again.images_deleted, again.files_deleted, again.bytes_freed) == (0, 0, 0)
@@ -92,7 +98,7 @@ async def test_retention_keeps_favourites_and_reports_bytes(
 
 @pytest.mark.asyncio
 async def test_recent_files_are_kept_and_orphans_swept_later(
-    rdb: Database, store: LocalImageStore, real_clock: ManualClock
+    rdb: Database, store: ImageStore, real_clock: ManualClock
 ) -> None:
     real_clock.advance(days=-40)  # records written "40 days ago", files written now
     await make_job(rdb, make_png(10))
@@ -109,18 +115,18 @@ async def test_recent_files_are_kept_and_orphans_swept_later(
     assert report.images_deleted == 0
     assert report.orphan_files_deleted == 3 and report.files_deleted == 3
     assert report.bytes_freed > 0
-    assert file_count(store) == 0
+    assert await file_count(store) == 0
 
 
 @pytest.mark.asyncio
 async def test_sweeping_orphans_never_touches_recorded_files(
-    rdb: Database, store: LocalImageStore, real_clock: ManualClock
+    rdb: Database, store: ImageStore, real_clock: ManualClock
 ) -> None:
     await make_job(rdb, make_png(12))
     real_clock.advance(days=3)
     report = await rdb.cleanup(older_than_days=30)
     assert report.files_deleted == 0
-    assert file_count(store) == 2
+    assert await file_count(store) == 2
 
 
 @pytest.mark.asyncio
