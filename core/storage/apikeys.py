@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
-from ._base import Context, ensure_user
+from ._base import Context, Row, ensure_user
 from .clock import from_db, from_db_opt, to_db
 from .errors import InvalidInput, NotFound
 
@@ -111,7 +110,7 @@ class ApiKeyRepository:
         return _key_from_row(row)
 
 
-def _key_from_row(row: sqlite3.Row) -> ApiKey:
+def _key_from_row(row: Row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         name=row["name"],

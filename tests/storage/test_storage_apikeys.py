@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from storage_helpers import job_spec
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+)
 
 from core.storage import Database, InvalidInput, NotFound, QuotaPolicy
 

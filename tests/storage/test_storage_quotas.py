@@ -11,7 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from storage_helpers import START, job_spec
+from storage_helpers import (
+    START,
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+)
 
 from core.storage import (
     Database,
