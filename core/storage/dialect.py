@@ -37,7 +37,7 @@ URL_SCHEMES = ("postgres://", "postgresql://")
 
 
 def is_postgres_url(location: str) -> bool:
-    return location.startswith(URL_SCHEMES)
+    return location.lower().startswith(URL_SCHEMES)
 
 
 def redact_url(url: str) -> str:
@@ -92,7 +92,9 @@ def to_postgres(sql: str) -> tuple[str, tuple[ParamKey, ...]]:
             while j < n and sql[j].isdigit():
                 j += 1
             if j > i + 1:
-                out.append(number_of(int(sql[i + 1 : j]) - 1))
+                index = int(sql[i + 1 : j]) - 1
+                out.append(number_of(index))
+                positional = max(positional, index + 1)  # as SQLite numbers a later "?"
             else:
                 out.append(number_of(positional))
                 positional += 1

@@ -35,7 +35,7 @@ import asyncpg
 
 from ._base import Params, Row, Tx
 from .dialect import POSTGRES, bind, redact_url, to_postgres
-from .errors import InvalidText, NotOurDatabase, SchemaTooNew
+from .errors import DatabaseUnreachable, InvalidText, NotOurDatabase, SchemaTooNew
 from .migrations import APPLICATION_ID, LATEST_VERSION, MIGRATIONS, Migration
 
 PgPool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
@@ -161,9 +161,9 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> PgP
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=_setup_connection
         )
-    except (OSError, asyncpg.PostgresError) as error:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         # asyncpg's messages do not hold the password; the URL we add must not either.
-        raise ConnectionError(f"cannot connect to {redact_url(url)}: {error}") from error
+        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {error}") from None
     assert pool is not None
     return pool
 
@@ -216,15 +216,17 @@ async def apply_pg_migrations(
     """Bring the schema up to ``target``, one transaction a migration. Returns (from, to)."""
     if not 0 <= target <= LATEST_VERSION:
         raise ValueError(f"target version {target} is not in 0..{LATEST_VERSION}")
+    start: int | None = None
     async with pool.acquire() as conn:
-        start = await read_pg_version(conn, where)
-        if start > target:
-            raise SchemaTooNew(where, start, target)
         while True:
             async with conn.transaction():
-                # Another process may be migrating: wait for it, then re-read.
+                # Another process may be migrating: wait for it, then read.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", APPLICATION_ID)
                 current = await read_pg_version(conn, where)
+                if start is None:
+                    start = current
+                    if start > target:
+                        raise SchemaTooNew(where, start, target)
                 if current >= target:
                     return start, current
                 if current == 0:
@@ -240,5 +242,8 @@ async def apply_pg_migrations(
 
 
 async def pg_version(pool: PgPool, where: str) -> int:
-    async with pool.acquire() as conn:
+    """The schema version, once no migration is running (one may have created some tables
+    but not yet committed the version)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", APPLICATION_ID)
         return await read_pg_version(conn, where)
