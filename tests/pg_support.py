@@ -94,6 +94,9 @@ class PgCluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
+            # Each test's database is a copy of a template, written through the WAL: keep
+            # the WAL small, or it grows to a gigabyte that takes long to delete.
+            " -c max_wal_size=64MB -c min_wal_size=32MB"
         )
         self._run(
             str(self.bin_dir / "pg_ctl"),
@@ -108,6 +111,11 @@ class PgCluster:
         )
 
     def stop(self) -> None:
+        import time
+
+        t = time.time()
+        with open("/tmp/pgstop.log", "a") as f:
+            f.write(f"stop begins {t}\n")
         try:
             self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:

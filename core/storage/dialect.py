@@ -7,7 +7,8 @@ asks it only for what cannot be spelled the same way:
 - full-text search of prompts (SQLite: an FTS5 table kept by the code; PostgreSQL: a GIN
   index on ``to_tsvector('simple', prompt)``, kept by PostgreSQL itself);
 - "this id is in a JSON list" (``json_each`` against ``jsonb_array_elements_text``);
-- the usage facts' JSON expressions (``usage_schema``).
+- the usage facts' JSON expressions (``usage_schema``);
+- row locks (``for_update``), where a count is written back under concurrent writers.
 
 The rest is mechanical and done once, in ``to_postgres``: parameters become ``$n``; the
 functions SQLite has and PostgreSQL names differently are renamed (``instr`` -> ``strpos``,
@@ -156,6 +157,9 @@ class Dialect:
     """SQLite's spelling of what differs (the default)."""
 
     name = "sqlite"
+    # Appended to a SELECT: lock the rows it reads until the transaction ends. SQLite's write
+    # transaction holds the whole database already.
+    for_update = ""
     # Recompute job ``?``'s usage facts from its request and timings (``usage_schema``).
     update_usage_facts = UPDATE_USAGE_FACTS
 
@@ -191,6 +195,7 @@ class Dialect:
 
 class PostgresDialect(Dialect):
     name = "postgres"
+    for_update = " FOR UPDATE"
     update_usage_facts = PG_UPDATE_USAGE_FACTS
 
     def search_prompts(self) -> str:

@@ -47,6 +47,16 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.stop()
 
 
+async def _drop_database(cluster: PgCluster, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(cluster.url())
+    try:  # FORCE: also when a killed test process's connection is still being cleaned up
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
 async def _create_database(cluster: PgCluster, name: str, template: str | None) -> None:
     import asyncpg
 
@@ -66,8 +76,13 @@ _TEMPLATE = "dc_template"
 _templates: set[int] = set()
 
 
+def drop_pg_database(cluster: PgCluster, url: str) -> None:
+    asyncio.run(_drop_database(cluster, url.rsplit("/", 1)[1]))
+
+
 def new_pg_database(cluster: PgCluster, *, migrated: bool = True) -> str:
-    """A fresh database's URL: migrated (a copy of one migrated once), or empty."""
+    """A fresh database's URL: migrated (a copy of one migrated once), or empty. Drop it
+    after the test (``drop_pg_database``): the cluster's folder stays small."""
     name = cluster.new_name()
     if not migrated:
         asyncio.run(_create_database(cluster, name, "template0"))
@@ -80,11 +95,17 @@ def new_pg_database(cluster: PgCluster, *, migrated: bool = True) -> str:
 
 
 @pytest.fixture
-def db_location(backend: str, db_path: Path, request: pytest.FixtureRequest) -> Path | str:
+def db_location(
+    backend: str, db_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Path | str]:
     """Where the test's database is: the SQLite file, or a fresh PostgreSQL database's URL."""
-    if backend == "postgres":
-        return new_pg_database(request.getfixturevalue("pg_cluster"))
-    return db_path
+    if backend != "postgres":
+        yield db_path
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = new_pg_database(cluster)
+    yield url
+    drop_pg_database(cluster, url)
 
 
 @pytest_asyncio.fixture

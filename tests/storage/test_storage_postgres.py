@@ -8,11 +8,12 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import new_pg_database
+from conftest import drop_pg_database, new_pg_database
 from pg_support import PgCluster
 
 from core.storage import (
@@ -85,8 +86,10 @@ async def postgres_schema(url: str) -> tuple[dict[str, dict[str, tuple[str, bool
 
 
 @pytest.fixture
-def empty_pg(pg_cluster: PgCluster) -> str:
-    return new_pg_database(pg_cluster, migrated=False)
+def empty_pg(pg_cluster: PgCluster) -> Iterator[str]:
+    url = new_pg_database(pg_cluster, migrated=False)
+    yield url
+    drop_pg_database(pg_cluster, url)
 
 
 @pytest.mark.asyncio
