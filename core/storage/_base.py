@@ -140,8 +140,9 @@ class Context:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed if the block succeeds,
-        rolled back if it raises (or is cancelled)."""
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: READ COMMITTED on
+        a pooled connection): committed if the block succeeds, rolled back if it raises (or
+        is cancelled)."""
         if self.pool is not None:
             from .postgres import pg_transaction  # asyncpg is imported only when used
 

@@ -13,6 +13,9 @@ panic, because it fsyncs only at checkpoints. Users were told "accepted" after t
 so we pay one WAL fsync per commit (a few milliseconds; the bot commits a handful of times
 per job) and keep that promise through power loss too. Pass ``synchronous="NORMAL"`` where
 that trade is wrong.
+
+PostgreSQL (``Database.open("postgresql://...")``, the ``DATABASE_URL`` setting): the same
+repositories on a pool of connections, for several front processes; see ``postgres.py``.
 """
 
 from __future__ import annotations
@@ -282,7 +285,8 @@ class Database:
     ) -> _Opening:
         """Open (creating if needed) and migrate the database at ``path``: an SQLite file,
         or a PostgreSQL URL (``postgresql://user:password@host/db``) for several front
-        processes sharing one database; ``pool_size`` is then the most connections it opens.
+        processes sharing one database; ``pool_size`` is then the most connections it opens
+        (``synchronous``, ``busy_timeout`` and ``backup_before_migrate`` are SQLite's).
 
         ``images``: the image store (needed by ``images.store``, ``complete_job`` and the
         file half of ``cleanup``). ``clock``: injectable time (aware datetimes).
