@@ -557,7 +557,11 @@ class JobRepository:
     # -- helpers
 
     async def _check(self, tx: Tx, job_id: str, target: JobStatus) -> JobStatus:
-        status = await tx.scalar("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        # Locked until the transaction ends: a cancel and a completion racing from two front
+        # processes take turns, and the second sees the first's status.
+        status = await tx.scalar(
+            f"SELECT status FROM jobs WHERE id = ?{tx.sql.for_update}", (job_id,)
+        )
         if status is None:
             raise JobNotFound(job_id)
         current = JobStatus(status)

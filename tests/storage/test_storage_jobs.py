@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -329,3 +330,28 @@ async def test_unencodable_text_is_refused_cleanly(db: Database) -> None:
     assert await db.history.recent(1, "\udfff") == []  # searching never fails
     job = await db.create_job(job_spec(), FREE)  # the connection is still healthy
     assert (await db.jobs.get(job.id)).prompt == "a cat"
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_and_a_completion_from_two_processes_take_turns(
+    db: Database, db_location: Path | str
+) -> None:
+    """Exactly one of them wins, and the job ends as the winner left it."""
+    other = await Database.open(db_location)
+    try:
+        for n in range(15):
+            job = await db.create_job(job_spec(), FREE)
+            await db.jobs.mark_running(job.id)
+            outcomes = await asyncio.gather(
+                db.jobs.mark_cancelled(job.id),
+                other.jobs.mark_done(job.id, timings={"n": n}),
+                return_exceptions=True,
+            )
+            failed = [isinstance(outcome, InvalidTransition) for outcome in outcomes]
+            assert failed.count(True) == 1, outcomes
+            final = await db.jobs.get(job.id)
+            assert final.status == ("done" if failed[0] else "cancelled")
+            # A cancelled job was given back to the quota; a done one was not.
+            assert (await db.quotas.refund(job.id)) is (final.status == "done")
+    finally:
+        await other.close()
