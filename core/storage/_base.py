@@ -9,21 +9,18 @@ import json
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 
 from .clock import Clock, from_db, from_db_opt, require_aware
-from .dialect import POSTGRES, SQLITE, Dialect
+from .dialect import SQLITE, Dialect
 from .errors import DatabaseBusy, InvalidText
 from .files import ImageStore
 from .migrations import rollback_quietly
 from .records import Image, Job, JobStatus, QuotaPolicy
-
-if TYPE_CHECKING:
-    from .postgres import PgPool
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -111,13 +108,26 @@ class SqliteTx(Tx):
         lock already, against every other writer of the file."""
 
 
+class Server(Protocol):
+    """A database server's transactions (PostgreSQL's, ``postgres.PgServer``), for a
+    ``Context`` that does not use SQLite's two connections."""
+
+    dialect: Dialect
+
+    def write(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    def read(self, *, snapshot: bool) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Context:
     """What the repositories share: the database and the clock.
 
-    SQLite (``pool`` None): one writer and one reader connection; writes are serialised in
+    SQLite (``server`` None): one writer and one reader connection; writes are serialised in
     this process by ``write_lock`` and across processes by SQLite's file lock. PostgreSQL
-    (``pool`` set): each transaction takes a connection of the pool, so writes from this and
+    (``server`` set): each transaction takes a connection of a pool, so writes from this and
     other front processes run at once; what must be atomic across them takes a row or
     advisory lock in SQL (``Tx.lock``), never only ``write_lock``, which one process holds."""
 
@@ -129,24 +139,22 @@ class Context:
     default_policy: QuotaPolicy
     write_lock: asyncio.Lock
     read_lock: asyncio.Lock
-    pool: PgPool | None = None
+    server: Server | None = None
 
     def now(self) -> dt.datetime:
         return require_aware(self.clock())
 
     @property
     def dialect(self) -> Dialect:
-        return SQLITE if self.pool is None else POSTGRES
+        return SQLITE if self.server is None else self.server.dialect
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
         """One write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: READ COMMITTED on
         a pooled connection): committed if the block succeeds, rolled back if it raises (or
         is cancelled)."""
-        if self.pool is not None:
-            from .postgres import pg_transaction  # asyncpg is imported only when used
-
-            async with pg_transaction(self.pool) as tx:
+        if self.server is not None:
+            async with self.server.write() as tx:
                 yield tx
             return
         assert self.writer is not None
@@ -180,10 +188,8 @@ class Context:
     @asynccontextmanager
     async def read(self, *, snapshot: bool = False) -> AsyncIterator[Tx]:
         """Reads on the reader connection. ``snapshot``: several statements see one state."""
-        if self.pool is not None:
-            from .postgres import pg_transaction
-
-            async with pg_transaction(self.pool, read_only=True, snapshot=snapshot) as tx:
+        if self.server is not None:
+            async with self.server.read(snapshot=snapshot) as tx:
                 yield tx
             return
         assert self.reader is not None

@@ -387,7 +387,7 @@ class Database:
         # SQLite's file checks (quick_check, WAL, a backup beside the file, an empty file
         # beside images) have no PostgreSQL counterpart: the server keeps its own data
         # intact and durable, and backups are pg_dump's job.
-        from .postgres import apply_pg_migrations, create_pool, pg_version, redact_url
+        from .postgres import PgServer, apply_pg_migrations, create_pool, pg_version, redact_url
 
         where = redact_url(url)
         pool = await create_pool(url, min_size=1, max_size=pool_size)
@@ -409,7 +409,7 @@ class Database:
             default_policy=default_policy,
             write_lock=asyncio.Lock(),
             read_lock=asyncio.Lock(),
-            pool=pool,
+            server=PgServer(pool),
         )
         return cls(ctx, version)
 
@@ -418,8 +418,8 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._ctx.pool is not None:
-            await self._ctx.pool.close()
+        if self._ctx.server is not None:
+            await self._ctx.server.close()
             return
         assert self._ctx.writer is not None and self._ctx.reader is not None
         async with self._ctx.write_lock:
@@ -744,7 +744,7 @@ class Database:
         """Problems found by ``PRAGMA integrity_check`` and ``foreign_key_check``; ``[]``
         when the database is sound. (PostgreSQL checks its foreign keys at every write and
         its pages itself: nothing to report there.)"""
-        if self._ctx.pool is not None:
+        if self._ctx.server is not None:
             return []
         async with self._ctx.read() as tx:
             rows = await tx.all("PRAGMA integrity_check")

@@ -28,13 +28,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeAlias
 
 import asyncpg
 
 from ._base import Params, Row, Tx
-from .dialect import POSTGRES, bind, redact_url, to_postgres
+from .dialect import POSTGRES, Dialect, bind, redact_url, to_postgres
 from .errors import DatabaseUnreachable, InvalidText, NotOurDatabase, SchemaTooNew
 from .migrations import APPLICATION_ID, LATEST_VERSION, MIGRATIONS, Migration
 
@@ -139,6 +139,24 @@ async def pg_transaction(
                 "(unpaired surrogates or NUL). Please retype it."
             ) from error
         raise
+
+
+class PgServer:
+    """A ``Context``'s transactions on a pool of connections (``_base.Server``)."""
+
+    dialect: Dialect = POSTGRES
+
+    def __init__(self, pool: PgPool) -> None:
+        self.pool = pool
+
+    def write(self) -> AbstractAsyncContextManager[Tx]:
+        return pg_transaction(self.pool)
+
+    def read(self, *, snapshot: bool) -> AbstractAsyncContextManager[Tx]:
+        return pg_transaction(self.pool, read_only=True, snapshot=snapshot)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 def _number(text: str) -> int | float:

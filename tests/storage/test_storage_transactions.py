@@ -41,8 +41,7 @@ async def test_cancelled_writes_are_all_or_nothing(db: Database, backend: str) -
     if backend == "sqlite":
         assert db._ctx.writer is not None and not db._ctx.writer.in_transaction
     else:  # every pooled connection went back without a transaction left open
-        assert db._ctx.pool is not None
-        async with db._ctx.pool.acquire() as conn:
+        async with db._ctx.server.pool.acquire() as conn:  # type: ignore[union-attr]
             assert (
                 await conn.fetchval(
                     "SELECT count(*) FROM pg_stat_activity"
