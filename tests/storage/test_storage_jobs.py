@@ -198,9 +198,9 @@ async def test_parent_and_children(db: Database) -> None:
 
 @pytest.mark.asyncio
 async def test_unfinished_jobs_are_found_after_a_crash(
-    db_path: Path, store: LocalImageStore, clock: ManualClock
+    db_location: Path | str, store: LocalImageStore, clock: ManualClock
 ) -> None:
-    db = await Database.open(db_path, images=store, clock=clock)
+    db = await Database.open(db_location, images=store, clock=clock)
     queued = await db.create_job(job_spec(), FREE)
     clock.advance(seconds=1)
     running = await db.create_job(job_spec(), FREE)
@@ -208,10 +208,13 @@ async def test_unfinished_jobs_are_found_after_a_crash(
     finished = await db.create_job(job_spec(), FREE)
     await db.jobs.mark_done(finished.id)
     # "Crash": drop the connections without any shutdown work.
-    await db._ctx.writer.close()
-    await db._ctx.reader.close()
+    if db._ctx.server is None:
+        await db._ctx.writer.close()  # type: ignore[union-attr]
+        await db._ctx.reader.close()  # type: ignore[union-attr]
+    else:
+        db._ctx.server.pool.terminate()  # type: ignore[attr-defined]
 
-    async with Database.open(db_path, images=store, clock=clock) as again:
+    async with Database.open(db_location, images=store, clock=clock) as again:
         assert [job.id for job in await again.jobs.unfinished()] == [queued.id, running.id]
         outcome = await again.jobs.resume_unfinished(max_attempts=3)
         assert [job.id for job in outcome.resumed] == [queued.id, running.id]
