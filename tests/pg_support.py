@@ -44,7 +44,10 @@ def require_bin_dir() -> Path:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail("REQUIRE_POSTGRES=1 but " + SKIP_REASON.split(":")[0] + " are missing")
+            pytest.fail(
+                "REQUIRE_POSTGRES=1 but no PostgreSQL binaries "
+                "(/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql"
+            )
         pytest.skip(SKIP_REASON)
     return bin_dir
 
