@@ -105,7 +105,9 @@ class JobRepository:
     ) -> Job:
         """Record an accepted job and spend its images, atomically, within ``policy``.
 
-        In one ``BEGIN IMMEDIATE`` transaction: check the user's images used today (UTC) plus
+        In one write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: holding the
+        user's advisory lock, so spends from every front process take turns): check the
+        user's images used today (UTC) plus
         ``job.image_count`` against the daily limit, and their queued + running jobs against
         the concurrent limit; then insert the job (status ``queued``, attempt 1) and the
         ledger spend, and with ``remember_prompt`` the prompt in the prompt history (pass it
