@@ -147,7 +147,7 @@ async def run(settings: Settings) -> None:
         log.info("images: %s", describe_image_store(settings))
     try:
         db = await Database.open(
-            settings.database_path,
+            settings.database,  # DATABASE_URL (PostgreSQL), else the SQLite file in DATA_DIR
             images=images,
             default_policy=QuotaPolicy(
                 daily_images=settings.default_daily_images,

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 
@@ -31,6 +31,9 @@ DEFAULT_ENV_FILE = Path(".env")
 # Exit codes: 1 for "it ran and found a problem", 2 for "fix your command or settings".
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+
+if TYPE_CHECKING:
+    from core.storage import ImageStore
 
 
 class CommandError(Exception):
@@ -286,9 +289,11 @@ def _migrate(*, backup: bool) -> int:
     from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
+    images = image_store(settings)
+    if settings.database_url:
+        return _migrate_postgres(settings.database_url, images, settings.data_dir)
     path = settings.database_path
     existed = path.exists()
-    images = image_store(settings)
     try:
         before, after = asyncio.run(migrate(path, images=images, backup=backup))
     except STARTUP_STORAGE_ERRORS as error:
@@ -307,6 +312,25 @@ def _migrate(*, backup: bool) -> int:
     return 0
 
 
+def _migrate_postgres(url: str, images: ImageStore, data_dir: Path) -> int:
+    """``migrate`` with DATABASE_URL: the same migrations, on the PostgreSQL server (which
+    keeps no copy beside a file: back it up with pg_dump first)."""
+    from core.storage import migrate
+    from core.storage.dialect import redact_url
+    from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
+
+    where = redact_url(url)
+    try:
+        before, after = asyncio.run(migrate(url, images=images))
+    except STARTUP_STORAGE_ERRORS as error:
+        raise CommandError(explain_storage_failure(error, data_dir)) from None
+    if before == after:
+        print(f"{where} is up to date (schema version {after}).")
+    else:
+        print(f"Migrated {where} from schema version {before} to {after}.")
+    return 0
+
+
 def _cleanup(older_than_days: float) -> int:
     from core.downloads import human_size
     from core.image_storage import image_store
@@ -314,8 +338,8 @@ def _cleanup(older_than_days: float) -> int:
     from core.storage_failures import STARTUP_STORAGE_ERRORS, explain_storage_failure
 
     settings = load_settings(env_file=None, require_token=False)
-    path = settings.database_path
-    if not path.exists():
+    path = settings.database
+    if not settings.database_url and not settings.database_path.exists():
         print(f"Nothing to clean up: there is no database at {path} yet.")
         return 0
 
@@ -366,7 +390,7 @@ def _apikey(options: argparse.Namespace) -> int:
     action: str = options.apikey_command
 
     async def act() -> str:
-        async with Database.open(settings.database_path, images=image_store(settings)) as db:
+        async with Database.open(settings.database, images=image_store(settings)) as db:
             if action == "create":
                 key, secret = await db.api_keys.create(options.name, operator=options.operator)
                 limits: dict[str, Any] = {

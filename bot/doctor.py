@@ -177,7 +177,13 @@ def _sections(
     data_dir = settings.data_dir if settings else Path(values.get("DATA_DIR", "").strip() or "data")
     storage = Section(f"Storage ({data_dir})")
     _check_data_dir(storage, data_dir)
-    _check_database(storage, settings.database_path if settings else data_dir / DATABASE_FILE)
+    if settings and settings.database_url:
+        from core.storage.dialect import redact_url
+
+        # Not contacted here: `diffusion-chat migrate` connects and reports.
+        storage.ok(f"database: PostgreSQL at {redact_url(settings.database_url)} (DATABASE_URL)")
+    else:
+        _check_database(storage, settings.database_path if settings else data_dir / DATABASE_FILE)
     if settings is not None and settings.s3_bucket:
         _check_image_bucket(storage, settings)
     yield storage

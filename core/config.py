@@ -36,6 +36,9 @@ class Settings:
     discord_gateway_url: str = DISCORD_GATEWAY
     dev_guild_id: int | None = None
     data_dir: Path = Path("data")
+    # PostgreSQL for several front processes; None: the SQLite file in DATA_DIR. Holds a
+    # password: never shown (repr, logs, error messages).
+    database_url: str | None = field(default=None, repr=False)
     models_file: Path | None = None
     default_model: str | None = None
     # engine
@@ -135,6 +138,11 @@ class Settings:
         return self.data_dir / "diffusion-chat.sqlite3"
 
     @property
+    def database(self) -> str | Path:
+        """What ``Database.open`` opens: ``DATABASE_URL``, or the SQLite file in DATA_DIR."""
+        return self.database_url or self.database_path
+
+    @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
 
@@ -203,6 +211,13 @@ def load_settings(
         ),
         dev_guild_id=get("DEV_GUILD_ID", _snowflake, None, "use a server's numeric id"),
         data_dir=Path(values.get("DATA_DIR", "").strip() or d.data_dir),
+        database_url=get(
+            "DATABASE_URL",
+            _database_url,
+            d.database_url,
+            "use postgresql://user:password@host:5432/database, or leave it empty for SQLite"
+            " in DATA_DIR",
+        ),
         models_file=get("MODELS_FILE", _existing_file, None, "point it to an existing TOML file"),
         default_model=values.get("DEFAULT_MODEL", "").strip() or None,
         max_queued=get("MAX_QUEUED", _positive_int, d.max_queued, "use a whole number above 0"),
@@ -480,7 +495,7 @@ def load_settings(
 
 
 def _shown(name: str, raw: str) -> str:
-    secret = "TOKEN" in name or "SECRET" in name or name == "SENTRY_DSN"
+    secret = "TOKEN" in name or "SECRET" in name or name in ("SENTRY_DSN", "DATABASE_URL")
     return "<hidden>" if secret else raw
 
 
@@ -519,6 +534,12 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def _database_url(raw: str) -> str:
+    """A PostgreSQL URL, its scheme in lower case (asyncpg's spelling)."""
+    scheme, _, rest = _url(("postgres", "postgresql"))(raw).partition("://")
+    return f"{scheme.lower()}://{rest}"
 
 
 def _snowflake(raw: str) -> int:

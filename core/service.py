@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 import re
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from core.feed import JobFeed
 from core.jobcodec import StoredRequest
 from core.refine import Refiner
 from core.shared_results import SharedResults
+from core.storage import DRIVER_ERRORS
 from core.storage.database import Database
 from core.storage.errors import DatabaseBusy, InvalidTransition, QuotaExceeded
 from core.storage.files import ImageStore, sniff_extension
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 INTERACTION_TOKEN_LIFETIME = dt.timedelta(minutes=15)
 # What storage raises when it cannot take a write now (a full disk, a locked database): worth
 # retrying once it is back, unlike a bug.
-STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error, DatabaseBusy)
+STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, *DRIVER_ERRORS, DatabaseBusy)
 STORAGE_RETRY_MAX_S = 60.0
 
 

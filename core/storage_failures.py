@@ -9,8 +9,10 @@ import sqlite3
 from pathlib import Path
 
 from core.storage import (
+    DRIVER_ERRORS,
     DatabaseBusy,
     DatabaseDamaged,
+    DatabaseUnreachable,
     EmptyDatabaseBesideImages,
     ImageStoreUnavailable,
     SchemaError,
@@ -19,11 +21,13 @@ from core.storage import (
 from core.storage.database import DATABASE_FILE, IMAGES_DIR
 
 # What opening storage can raise; anything else is a bug and keeps its traceback.
-STARTUP_STORAGE_ERRORS = (StorageError, sqlite3.Error, OSError)
+STARTUP_STORAGE_ERRORS: tuple[type[Exception], ...] = (StorageError, *DRIVER_ERRORS, OSError)
 
 
 def explain_storage_failure(error: BaseException, data_dir: Path) -> str:
     """``error`` (one of ``STARTUP_STORAGE_ERRORS``) as one line naming ``DATA_DIR`` and a fix."""
+    if isinstance(error, DatabaseUnreachable):
+        return f"DATABASE_URL: {error}. Check the URL, the server and its login."
     where = f"DATA_DIR {data_dir}"
     database = data_dir / DATABASE_FILE
     if isinstance(error, ImageStoreUnavailable):

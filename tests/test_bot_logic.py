@@ -58,6 +58,21 @@ def test_every_bad_setting_is_named_with_its_fix() -> None:
     assert "not-a-token" not in message  # a token, even a wrong one, is never echoed
 
 
+def test_database_url_selects_postgresql_and_is_never_shown(tmp_path: Path) -> None:
+    sqlite = load_settings({"DATA_DIR": str(tmp_path)}, env_file=None, require_token=False)
+    assert sqlite.database_url is None
+    assert sqlite.database == tmp_path / "diffusion-chat.sqlite3"
+    url = "PostgreSQL://bot:hunter2@db:5432/chat"
+    settings = load_settings({"DATABASE_URL": url}, env_file=None, require_token=False)
+    assert settings.database == "postgresql://bot:hunter2@db:5432/chat"
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {"DATABASE_URL": "mysql://bot:hunter2@db/chat"}, env_file=None, require_token=False
+        )
+    assert "DATABASE_URL" in str(raised.value) and "hunter2" not in str(raised.value)
+
+
 def test_owners_and_the_model_size_limit_are_read_and_checked(tmp_path: Path) -> None:
     defaults = load_settings({}, env_file=None, require_token=False)
     assert defaults.owner_ids == () and defaults.model_max_bytes == 8 * 2**30

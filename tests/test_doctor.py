@@ -196,6 +196,13 @@ def test_a_current_schema_and_a_foreign_database(tmp_path: Path) -> None:
     assert "is not a Diffusion Chat database" in output
 
 
+def test_a_postgres_database_is_named_without_its_password(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, DATABASE_URL="postgresql://bot:hunter2@db:5432/chat")
+    assert code == 0, output
+    assert "database: PostgreSQL at postgresql://bot:***@db:5432/chat (DATABASE_URL)" in output
+    assert "hunter2" not in output
+
+
 def test_data_dir_that_is_a_file_fails(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x", encoding="utf-8")
     code, output = doctor(tmp_path, DATA_DIR=str(tmp_path / "file"))

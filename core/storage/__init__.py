@@ -16,12 +16,17 @@ the same API. Typical use::
 
 from __future__ import annotations
 
+import sqlite3
+
+import asyncpg
+
 from ._base import UNSET
 from .clock import Clock, ManualClock, next_utc_midnight, system_clock
 from .database import DATABASE_FILE, IMAGES_DIR, Database, migrate
 from .errors import (
     DatabaseBusy,
     DatabaseDamaged,
+    DatabaseUnreachable,
     EmptyDatabaseBesideImages,
     ImageNotFound,
     ImageStoreUnavailable,
@@ -72,9 +77,18 @@ from .records import (
     User,
 )
 
+# What the database drivers raise besides ``StorageError`` (a failing disk, a lost server
+# connection): an operator's problem, retried or reported, never shown to a user.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
 __all__ = [
     "DATABASE_FILE",
     "DEFAULT_POLICY",
+    "DRIVER_ERRORS",
     "IMAGES_DIR",
     "LATEST_VERSION",
     "MIGRATIONS",
@@ -88,6 +102,7 @@ __all__ = [
     "Database",
     "DatabaseBusy",
     "DatabaseDamaged",
+    "DatabaseUnreachable",
     "EmptyDatabaseBesideImages",
     "Favourite",
     "GeneratedImage",

@@ -1,4 +1,4 @@
-"""What every SQLite repository shares: connections, transactions, row conversion."""
+"""What every repository shares: connections, transactions, row conversion."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import enum
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
 from .clock import Clock, from_db, from_db_opt, require_aware
+from .dialect import SQLITE, Dialect
 from .errors import DatabaseBusy, InvalidText
 from .files import ImageStore
 from .migrations import rollback_quietly
@@ -39,18 +40,30 @@ def guild_from_key(key: int) -> int | None:
     return None if key == 0 else key
 
 
+class Row(Protocol):
+    """A result row: ``Row`` or ``asyncpg.Record``. Both index by position and by
+    column name, and iterate over their values."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
 class Tx:
-    """Statements on one connection, inside a transaction the caller opened."""
+    """Statements on one connection, inside a transaction the caller opened.
 
-    __slots__ = ("_conn",)
+    SQL is written in SQLite's spelling with ``?`` (or ``:name``) parameters; ``sql`` names
+    what differs on this database (``dialect.py``)."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    __slots__ = ()
+    sql: Dialect = SQLITE
 
-    async def all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        return list(await self._conn.execute_fetchall(sql, params))
+    async def all(self, sql: str, params: Params = ()) -> list[Row]:
+        raise NotImplementedError
 
-    async def one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    async def one(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.all(sql, params)
         return rows[0] if rows else None
 
@@ -60,6 +73,26 @@ class Tx:
 
     async def run(self, sql: str, params: Params = ()) -> int:
         """Execute a write; return the number of rows it changed."""
+        raise NotImplementedError
+
+    async def run_many(self, sql: str, params: Sequence[Params]) -> None:
+        raise NotImplementedError
+
+    async def lock(self, key: int) -> None:
+        """Hold lock ``key`` until this transaction ends, against other processes' writers
+        taking the same key (a check-then-write, like a quota spend, under it is atomic)."""
+
+
+class SqliteTx(Tx):
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def all(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def run(self, sql: str, params: Params = ()) -> int:
         cursor = await self._conn.execute(sql, params)
         try:
             return cursor.rowcount
@@ -70,25 +103,61 @@ class Tx:
         cursor = await self._conn.executemany(sql, params)
         await cursor.close()
 
+    async def lock(self, key: int) -> None:
+        """Nothing to do: a write transaction (``BEGIN IMMEDIATE``) holds SQLite's one write
+        lock already, against every other writer of the file."""
+
+
+class Server(Protocol):
+    """A database server's transactions (PostgreSQL's, ``postgres.PgServer``), for a
+    ``Context`` that does not use SQLite's two connections."""
+
+    dialect: Dialect
+
+    def write(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    def read(self, *, snapshot: bool) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def close(self) -> None: ...
+
 
 @dataclass(eq=False)
 class Context:
+    """What the repositories share: the database and the clock.
+
+    SQLite (``server`` None): one writer and one reader connection; writes are serialised in
+    this process by ``write_lock`` and across processes by SQLite's file lock. PostgreSQL
+    (``server`` set): each transaction takes a connection of a pool, so writes from this and
+    other front processes run at once; what must be atomic across them takes a row or
+    advisory lock in SQL (``Tx.lock``), never only ``write_lock``, which one process holds."""
+
     path: str
-    writer: aiosqlite.Connection
-    reader: aiosqlite.Connection
+    writer: aiosqlite.Connection | None
+    reader: aiosqlite.Connection | None
     clock: Clock
     files: ImageStore | None
     default_policy: QuotaPolicy
     write_lock: asyncio.Lock
     read_lock: asyncio.Lock
+    server: Server | None = None
 
     def now(self) -> dt.datetime:
         return require_aware(self.clock())
 
+    @property
+    def dialect(self) -> Dialect:
+        return SQLITE if self.server is None else self.server.dialect
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed if the block succeeds,
-        rolled back if it raises (or is cancelled)."""
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: READ COMMITTED on
+        a pooled connection): committed if the block succeeds, rolled back if it raises (or
+        is cancelled)."""
+        if self.server is not None:
+            async with self.server.write() as tx:
+                yield tx
+            return
+        assert self.writer is not None
         async with self.write_lock:
             try:
                 await self.writer.execute("BEGIN IMMEDIATE")
@@ -101,7 +170,7 @@ class Context:
                 await rollback_quietly(self.writer)
                 raise
             try:
-                yield Tx(self.writer)
+                yield SqliteTx(self.writer)
             except BaseException as error:
                 await rollback_quietly(self.writer)
                 if isinstance(error, UnicodeEncodeError):
@@ -119,14 +188,19 @@ class Context:
     @asynccontextmanager
     async def read(self, *, snapshot: bool = False) -> AsyncIterator[Tx]:
         """Reads on the reader connection. ``snapshot``: several statements see one state."""
+        if self.server is not None:
+            async with self.server.read(snapshot=snapshot) as tx:
+                yield tx
+            return
+        assert self.reader is not None
         async with self.read_lock:
             try:
                 if not snapshot:
-                    yield Tx(self.reader)
+                    yield SqliteTx(self.reader)
                     return
                 await self.reader.execute("BEGIN")
                 try:
-                    yield Tx(self.reader)
+                    yield SqliteTx(self.reader)
                 finally:
                     await rollback_quietly(self.reader)
             except UnicodeEncodeError as error:
@@ -197,7 +271,7 @@ JOB_COLUMNS = columns(JOB_FIELDS, "jobs")
 IMAGE_COLUMNS = columns(IMAGE_FIELDS, "images")
 
 
-def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
+def job_from_row(row: Row, prefix: str = "") -> Job:
     def get(name: str) -> Any:
         return row[prefix + name]
 
@@ -236,7 +310,7 @@ def job_from_row(row: sqlite3.Row, prefix: str = "") -> Job:
     )
 
 
-def image_from_row(row: sqlite3.Row, prefix: str = "") -> Image:
+def image_from_row(row: Row, prefix: str = "") -> Image:
     def get(name: str) -> Any:
         return row[prefix + name]
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
-from ._base import Context, ensure_user
+from ._base import Context, Row, ensure_user
 from .clock import from_db, from_db_opt, to_db
 from .errors import InvalidInput, NotFound
 
@@ -38,6 +37,9 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+NEW_ACCOUNT_LOCK = -(2**62)  # a Tx.lock key no user id takes (API accounts count down from -1)
+
+
 class ApiKeyRepository:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -57,6 +59,8 @@ class ApiKeyRepository:
         now = to_db(self._ctx.now())
         async with self._ctx.write() as tx:
             if user_id is None:
+                # Two processes drawing at once would share an account (on PostgreSQL).
+                await tx.lock(NEW_ACCOUNT_LOCK)
                 lowest = await tx.scalar("SELECT min(user_id) FROM api_keys WHERE user_id < 0")
                 user_id = min(-1, (lowest or 0) - 1)
             await ensure_user(tx, user_id, now)
@@ -111,7 +115,7 @@ class ApiKeyRepository:
         return _key_from_row(row)
 
 
-def _key_from_row(row: sqlite3.Row) -> ApiKey:
+def _key_from_row(row: Row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         name=row["name"],

@@ -5,11 +5,10 @@ plus these rows (see ``core.custom_models``)."""
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from dataclasses import dataclass
 from typing import Literal
 
-from ._base import Context
+from ._base import Context, Row
 from .clock import from_db, to_db
 from .errors import InvalidInput
 
@@ -35,7 +34,7 @@ class CustomModel(NewCustomModel):
     added_at: dt.datetime
 
 
-def _from_row(row: sqlite3.Row) -> CustomModel:
+def _from_row(row: Row) -> CustomModel:
     return CustomModel(
         name=row["name"],
         source=row["source"],

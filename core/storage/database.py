@@ -13,6 +13,9 @@ panic, because it fsyncs only at checkpoints. Users were told "accepted" after t
 so we pay one WAL fsync per commit (a few milliseconds; the bot commits a handful of times
 per job) and keep that promise through power loss too. Pass ``synchronous="NORMAL"`` where
 that trade is wrong.
+
+PostgreSQL (``Database.open("postgresql://...")``, the ``DATABASE_URL`` setting): the same
+repositories on a pool of connections, for several front processes; see ``postgres.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ._base import Context
 from .apikeys import ApiKeyRepository, IdempotencyRepository
 from .clock import Clock, system_clock, to_db
 from .custom_models import CustomModelRepository
+from .dialect import is_postgres_url
 from .errors import (
     DatabaseDamaged,
     EmptyDatabaseBesideImages,
@@ -179,7 +183,8 @@ async def migrate(
     backup: bool = True,
     busy_timeout: float = 30.0,
 ) -> tuple[int, int]:
-    """Apply pending migrations to the database at ``path`` (created if missing).
+    """Apply pending migrations to the database at ``path`` (created if missing), or at a
+    PostgreSQL URL (``postgresql://...``; no backup is made there: use ``pg_dump``).
 
     Returns ``(from_version, to_version)``; equal when there was nothing to do. Before
     changing an existing database it is copied to ``<path>.v<from_version>.bak``.
@@ -187,8 +192,16 @@ async def migrate(
     and the same errors as ``Database.open`` for a damaged one or an empty one beside the
     ``images`` store's files. This is what ``diffusion-chat migrate`` runs.
     """
-    check_sqlite_version()
     name = os.fspath(path)
+    if is_postgres_url(name):
+        from .postgres import apply_pg_migrations, create_pool, redact_url
+
+        pool = await create_pool(name, min_size=1, max_size=1)
+        try:
+            return await apply_pg_migrations(pool, redact_url(name), target=target)
+        finally:
+            await pool.close()
+    check_sqlite_version()
     Path(name).parent.mkdir(parents=True, exist_ok=True)
     conn, current = await _connect(
         name, busy_timeout=busy_timeout, synchronous="FULL", check=True, images=images
@@ -270,8 +283,12 @@ class Database:
         busy_timeout: float = 10.0,
         migrate: bool = True,
         backup_before_migrate: bool = True,
+        pool_size: int = 10,
     ) -> _Opening:
-        """Open (creating if needed) and migrate the database at ``path``.
+        """Open (creating if needed) and migrate the database at ``path``: an SQLite file,
+        or a PostgreSQL URL (``postgresql://user:password@host/db``) for several front
+        processes sharing one database; ``pool_size`` is then the most connections it opens
+        (``synchronous``, ``busy_timeout`` and ``backup_before_migrate`` are SQLite's).
 
         ``images``: the image store (needed by ``images.store``, ``complete_job`` and the
         file half of ``cleanup``). ``clock``: injectable time (aware datetimes).
@@ -283,6 +300,15 @@ class Database:
         """
 
         async def factory() -> Database:
+            if is_postgres_url(os.fspath(path)):
+                return await cls._open_postgres(
+                    os.fspath(path),
+                    images=images,
+                    clock=clock or system_clock,
+                    default_policy=default_policy,
+                    migrate=migrate,
+                    pool_size=pool_size,
+                )
             return await cls._open(
                 os.fspath(path),
                 images=images,
@@ -349,11 +375,55 @@ class Database:
         )
         return cls(ctx, version)
 
+    @classmethod
+    async def _open_postgres(
+        cls,
+        url: str,
+        *,
+        images: ImageStore | None,
+        clock: Clock,
+        default_policy: QuotaPolicy,
+        migrate: bool,
+        pool_size: int,
+    ) -> Database:
+        # SQLite's file checks (quick_check, WAL, a backup beside the file, an empty file
+        # beside images) have no PostgreSQL counterpart: the server keeps its own data
+        # intact and durable, and backups are pg_dump's job.
+        from .postgres import PgServer, apply_pg_migrations, create_pool, pg_version, redact_url
+
+        where = redact_url(url)
+        pool = await create_pool(url, min_size=1, max_size=pool_size)
+        try:
+            version = await pg_version(pool, where)
+            if version < LATEST_VERSION:
+                if not migrate:
+                    raise SchemaOutdated(where, version, LATEST_VERSION)
+                _, version = await apply_pg_migrations(pool, where)
+        except BaseException:
+            await pool.close()
+            raise
+        ctx = Context(
+            path=where,
+            writer=None,
+            reader=None,
+            clock=clock,
+            files=images,
+            default_policy=default_policy,
+            write_lock=asyncio.Lock(),
+            read_lock=asyncio.Lock(),
+            server=PgServer(pool),
+        )
+        return cls(ctx, version)
+
     async def close(self) -> None:
-        """Close both connections (idempotent). Pending transactions finish first."""
+        """Close the connections (idempotent). Pending transactions finish first."""
         if self._closed:
             return
         self._closed = True
+        if self._ctx.server is not None:
+            await self._ctx.server.close()
+            return
+        assert self._ctx.writer is not None and self._ctx.reader is not None
         async with self._ctx.write_lock:
             with contextlib.suppress(sqlite3.Error):
                 await self._ctx.writer.execute("PRAGMA optimize")
@@ -612,11 +682,9 @@ class Database:
             await tx.run("DELETE FROM library_views WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM feedback WHERE user_id = ?", (user_id,))
             await tx.run("DELETE FROM daily_stats")  # recounted without them when next read
-            await tx.run(
-                "INSERT INTO jobs_fts (jobs_fts, rowid, prompt)"
-                " SELECT 'delete', rowid, prompt FROM jobs WHERE user_id = ?",
-                (user_id,),
-            )
+            unindex = tx.sql.unindex_user_prompts()
+            if unindex is not None:
+                await tx.run(unindex, (user_id,))
             await tx.run("DELETE FROM jobs WHERE user_id = ?", (user_id,))  # images cascade
             await tx.run("DELETE FROM users WHERE id = ?", (user_id,))
             # An upload another job still names (the same picture, content-addressed) stays.
@@ -676,7 +744,10 @@ class Database:
 
     async def integrity_check(self) -> list[str]:
         """Problems found by ``PRAGMA integrity_check`` and ``foreign_key_check``; ``[]``
-        when the database is sound."""
+        when the database is sound. (PostgreSQL checks its foreign keys at every write and
+        its pages itself: nothing to report there.)"""
+        if self._ctx.server is not None:
+            return []
         async with self._ctx.read() as tx:
             rows = await tx.all("PRAGMA integrity_check")
             problems = [row[0] for row in rows if row[0] != "ok"]
@@ -686,6 +757,8 @@ class Database:
 
     async def backup(self, destination: str | os.PathLike[str]) -> Path:
         """A consistent copy of the database (SQLite's online backup), e.g. before upgrades."""
+        if self._ctx.reader is None:
+            raise StorageError("a PostgreSQL database is backed up with pg_dump")
         dest = Path(destination)
         dest.parent.mkdir(parents=True, exist_ok=True)
         async with self._ctx.read_lock, aiosqlite.connect(dest) as target:

@@ -21,6 +21,11 @@ class StorageUserError(StorageError):
     """``str(error)`` is safe and useful to show to the user who triggered it."""
 
 
+class DatabaseUnreachable(StorageError):
+    """The PostgreSQL server of ``DATABASE_URL`` cannot be reached or refuses the login.
+    The message names the URL without its password."""
+
+
 # --- schema -----------------------------------------------------------------------------
 
 

@@ -30,6 +30,13 @@ async def recount_stars(tx: Tx, image_ids: Sequence[int]) -> None:
                     ON images.job_id = jobs.id WHERE images.id IN ({placeholders(len(chunk))}))""",
             chunk,
         )
+        # Lock the jobs first: the count below then sees every star committed before it
+        # (PostgreSQL reads a new snapshot per statement), even one added concurrently.
+        await tx.all(
+            f"""SELECT id FROM jobs WHERE id IN (SELECT job_id FROM images
+                WHERE id IN ({placeholders(len(chunk))})) ORDER BY id{tx.sql.for_update}""",
+            chunk,
+        )
         await tx.run(
             f"""UPDATE jobs SET favourite_count = (
                     SELECT count(*) FROM favourites JOIN images ON images.id = favourites.image_id

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._base import UNSET, Context, _Unset, ensure_guild, ensure_user
+from ._base import UNSET, Context, Row, _Unset, ensure_guild, ensure_user
 from .clock import from_db, to_db
 from .errors import InvalidInput
 from .records import BannedWord, Guild, GuildSettings, User
@@ -29,7 +28,7 @@ def normalise_word(word: str) -> str:
     return normal
 
 
-def _guild_from_row(row: sqlite3.Row) -> Guild:
+def _guild_from_row(row: Row) -> Guild:
     return Guild(
         id=row["id"],
         settings=GuildSettings(

@@ -53,7 +53,6 @@ from .records import (
     ResumeResult,
 )
 from .safety import record_flags
-from .usage_schema import UPDATE_USAGE_FACTS
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAX_IMAGES_PER_JOB = 16
@@ -61,6 +60,13 @@ ABANDONED_ERROR = "The bot restarted during this job {attempts} times; it was gi
 UNDELIVERED_WINDOW = dt.timedelta(days=1)
 
 EnsureFiles = Callable[[], Awaitable[None]]
+
+
+def _id_collision(error: Exception) -> bool:
+    """A drawn job id that is taken: SQLite names the column, PostgreSQL the key."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return "jobs.id" in str(error)
+    return getattr(error, "constraint_name", None) == "jobs_pkey"
 
 
 def _validate(job: NewJob) -> None:
@@ -99,7 +105,9 @@ class JobRepository:
     ) -> Job:
         """Record an accepted job and spend its images, atomically, within ``policy``.
 
-        In one ``BEGIN IMMEDIATE`` transaction: check the user's images used today (UTC) plus
+        In one write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: holding the
+        user's advisory lock, so spends from every front process take turns): check the
+        user's images used today (UTC) plus
         ``job.image_count`` against the daily limit, and their queued + running jobs against
         the concurrent limit; then insert the job (status ``queued``, attempt 1) and the
         ledger spend, and with ``remember_prompt`` the prompt in the prompt history (pass it
@@ -116,6 +124,9 @@ class JobRepository:
             job_id = job.id or new_job_id()
             try:
                 async with self._ctx.write() as tx:
+                    # The check and the spend below are one step for every writer of this
+                    # user's quota, in any process (on PostgreSQL transactions run at once).
+                    await tx.lock(job.user_id)
                     await self._check_quota(tx, job, policy, day, now)
                     if job.parent_job_id is not None and not await tx.scalar(
                         "SELECT 1 FROM jobs WHERE id = ?", (job.parent_job_id,)
@@ -152,12 +163,10 @@ class JobRepository:
                             job.request,
                         ),
                     )
-                    await tx.run(
-                        "INSERT INTO jobs_fts (rowid, prompt) SELECT rowid, prompt FROM jobs"
-                        " WHERE id = ?",
-                        (job_id,),
-                    )
-                    await tx.run(UPDATE_USAGE_FACTS, (job_id,))
+                    index_prompt = tx.sql.index_job_prompt()
+                    if index_prompt is not None:
+                        await tx.run(index_prompt, (job_id,))
+                    await tx.run(tx.sql.update_usage_facts, (job_id,))
                     await tx.run(
                         """INSERT INTO usage_ledger
                                (guild_key, user_id, day, entry, images, job_id, created_at)
@@ -177,8 +186,8 @@ class JobRepository:
                                 stamp,
                             ),
                         )
-            except sqlite3.IntegrityError as error:
-                if job.id is None and "jobs.id" in str(error):
+            except Exception as error:
+                if job.id is None and _id_collision(error):
                     continue  # a random id collided (72 bits: practically never); draw again
                 raise
             assert row is not None
@@ -279,7 +288,8 @@ class JobRepository:
         """Queued and running jobs per user."""
         async with self._ctx.read() as tx:
             rows = await tx.all(
-                "SELECT user_id, sum(status = 'queued'), sum(status = 'running') FROM jobs "
+                "SELECT user_id, count(*) FILTER (WHERE status = 'queued'),"
+                " count(*) FILTER (WHERE status = 'running') FROM jobs "
                 "WHERE status IN ('queued', 'running') GROUP BY user_id"
             )
         return {row[0]: ActiveCounts(queued=row[1], running=row[2]) for row in rows}
@@ -311,9 +321,11 @@ class JobRepository:
             params.append(guild_id)
         if statuses is not None:
             wanted = [JobStatus(s).value for s in statuses]
-            where.append(f"status IN ({placeholders(len(wanted))})" if wanted else "0")
+            where.append(f"status IN ({placeholders(len(wanted))})" if wanted else "1 = 0")
             params.extend(wanted)
-        filters, filter_params = query_conditions(LibraryQuery(text=text, model=model))
+        filters, filter_params = query_conditions(
+            LibraryQuery(text=text, model=model), self._ctx.dialect
+        )
         where.extend(filters)
         params.extend(filter_params)
         condition = " AND ".join(where)
@@ -443,7 +455,7 @@ class JobRepository:
                        timings = ?, generation_seconds = ? WHERE id = ?""",
                 (to_db(now), timings_json, generation_seconds, job_id),
             )
-            await tx.run(UPDATE_USAGE_FACTS, (job_id,))
+            await tx.run(tx.sql.update_usage_facts, (job_id,))
             job = await self._load(tx, job_id)
         return CompletedJob(job, stored, entries)
 
@@ -547,7 +559,11 @@ class JobRepository:
     # -- helpers
 
     async def _check(self, tx: Tx, job_id: str, target: JobStatus) -> JobStatus:
-        status = await tx.scalar("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        # Locked until the transaction ends: a cancel and a completion racing from two front
+        # processes take turns, and the second sees the first's status.
+        status = await tx.scalar(
+            f"SELECT status FROM jobs WHERE id = ?{tx.sql.for_update}", (job_id,)
+        )
         if status is None:
             raise JobNotFound(job_id)
         current = JobStatus(status)

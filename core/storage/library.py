@@ -18,6 +18,7 @@ from ._base import (
     placeholders,
 )
 from .clock import from_db, to_db
+from .dialect import SQLITE, Dialect
 from .errors import InvalidInput
 from .records import (
     Image,
@@ -42,21 +43,16 @@ _VIEWER_STARS = (
 def match_words(text: str) -> str:
     """An FTS5 query for prompts holding every word of ``text`` (the last as a prefix, as
     someone types); quoted, so nothing in ``text`` is read as query syntax."""
-    words = re.findall(r"\w+", text)
-    if not words:
-        return '""'  # matches nothing
-    quoted = [f'"{word}"' for word in words]
-    quoted[-1] += "*"
-    return " ".join(quoted)
+    return SQLITE.search_query(re.findall(r"\w+", text))
 
 
-def query_conditions(query: LibraryQuery) -> tuple[list[str], list[Any]]:
+def query_conditions(query: LibraryQuery, dialect: Dialect = SQLITE) -> tuple[list[str], list[Any]]:
     """SQL conditions on ``jobs`` for the query's filters (not its scope or sort)."""
     where: list[str] = []
     params: list[Any] = []
     if query.text is not None:
-        where.append("jobs.rowid IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?)")
-        params.append(match_words(query.text))
+        where.append(dialect.search_prompts())
+        params.append(dialect.search_query(re.findall(r"\w+", query.text)))
     if query.model:
         where.append("jobs.model = ?")
         params.append(query.model)
@@ -107,7 +103,7 @@ class LibraryRepository:
         if offset < 0 or not 1 <= limit <= 100:
             raise ValueError("offset must be >= 0 and limit in 1..100")
         query = query or LibraryQuery()
-        where, params = query_conditions(query)
+        where, params = query_conditions(query, self._ctx.dialect)
         where.append("jobs.hidden_at IS NULL")
         source, source_params = "jobs", []
         if scope is LibraryScope.HISTORY:

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiosqlite
 
 from .errors import NotOurDatabase, SchemaTooNew
-from .usage_schema import USAGE_FACTS_SCHEMA
+from .usage_schema import PG_USAGE_FACTS_SCHEMA, USAGE_FACTS_SCHEMA
 
 APPLICATION_ID = 0x44434854  # "DCHT"
 MIN_SQLITE = (3, 37, 0)  # STRICT tables
@@ -34,6 +34,9 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    # The PostgreSQL form where SQLite's statements have no equivalent; None: derived from
+    # them (``postgres.postgres_form``). Same version number, same resulting tables.
+    postgres: tuple[str, ...] | None = None
 
 
 V1_CORE = Migration(
@@ -227,6 +230,11 @@ V7_PROMPT_SEARCH = Migration(
         " content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')",
         "INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')",
     ),
+    # PostgreSQL keeps this index itself (``dialect.PostgresDialect.search_prompts``).
+    postgres=(
+        "CREATE INDEX jobs_prompt_search ON jobs"
+        " USING gin (to_tsvector('simple', dc_unaccent(prompt)))",
+    ),
 )
 
 V8_LIBRARY = Migration(
@@ -333,6 +341,7 @@ V11_USAGE_FACTS = Migration(
     11,
     "success metrics without JSON: each job's time buckets and advanced settings as columns",
     USAGE_FACTS_SCHEMA,
+    postgres=PG_USAGE_FACTS_SCHEMA,
 )
 
 V12_SERVER_MODELS = Migration(

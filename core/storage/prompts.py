@@ -73,7 +73,7 @@ class PromptHistoryRepository:
                         SELECT prompt, created_at FROM prompt_history
                         WHERE user_id = :user {guild_filter}
                         ORDER BY created_at DESC LIMIT {USER_WINDOW}
-                    )
+                    ) AS recent
                     WHERE :needle = '' OR instr(dc_fold(prompt), :needle) > 0
                     GROUP BY prompt
                     ORDER BY (:needle <> '' AND instr(dc_fold(prompt), :needle) = 1) DESC,
@@ -108,7 +108,7 @@ class PromptHistoryRepository:
                         SELECT prompt, created_at FROM prompt_history
                         WHERE guild_key = :guild AND private = 0 AND created_at >= :since
                         ORDER BY created_at DESC LIMIT {GUILD_WINDOW}
-                    )
+                    ) AS recent
                     WHERE :needle = '' OR instr(dc_fold(prompt), :needle) > 0
                     GROUP BY prompt
                     ORDER BY uses DESC, last_used DESC

@@ -27,10 +27,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Iterable
 
-from ._base import UNSET, Context, Tx, _Unset, guild_from_key, guild_key
+from ._base import UNSET, Context, Row, Tx, _Unset, guild_from_key, guild_key
 from .clock import from_db, next_utc_midnight, to_db, utc_day
 from .errors import InvalidInput
 from .records import PolicySource, Priority, QuotaOverride, QuotaPolicy, QuotaScope, Usage
@@ -81,13 +80,13 @@ def _more_generous(a: int | None, b: int | None) -> int | None:
     return max(a, b)
 
 
-def _policy_from_row(row: sqlite3.Row, source: PolicySource = PolicySource.DEFAULT) -> QuotaPolicy:
+def _policy_from_row(row: Row, source: PolicySource = PolicySource.DEFAULT) -> QuotaPolicy:
     return QuotaPolicy(
         row["daily_images"], row["concurrent_jobs"], source, Priority(row["priority"])
     )
 
 
-def _override_from_row(row: sqlite3.Row) -> QuotaOverride:
+def _override_from_row(row: Row) -> QuotaOverride:
     return QuotaOverride(
         guild_id=guild_from_key(row["guild_key"]),
         scope=QuotaScope(row["scope"]),
@@ -233,12 +232,12 @@ class QuotaRepository:
         value a new override starts from)."""
         roles = [] if guild_id is None else sorted({int(r) for r in role_ids})
         rows = await tx.all(
-            """SELECT scope, target_id, daily_images, concurrent_jobs, priority
+            f"""SELECT scope, target_id, daily_images, concurrent_jobs, priority
                FROM quota_policies
                WHERE guild_key = :guild AND (
                    scope = 'guild'
                    OR (scope = 'user' AND target_id = :user)
-                   OR (scope = 'role' AND target_id IN (SELECT value FROM json_each(:roles)))
+                   OR (scope = 'role' AND {tx.sql.id_in_json_list("target_id", "roles")})
                )""",
             {"guild": guild_key(guild_id), "user": user_id, "roles": json.dumps(roles)},
         )
@@ -318,6 +317,7 @@ class QuotaRepository:
         now = self._ctx.now()
         day = utc_day(now)
         async with self._ctx.write() as tx:
+            await tx.lock(user_id)  # no spend between the count and the reset
             used = await used_today(tx, guild_id, user_id, day)
             await tx.run(
                 """INSERT INTO usage_ledger

@@ -3,10 +3,9 @@ overrides) and the moderators' audit log, which also keeps blocked images until 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
-from ._base import Context, Tx
+from ._base import Context, Row, Tx
 from .clock import from_db, from_db_opt, to_db
 from .errors import InvalidInput
 from .images import insert_images
@@ -41,7 +40,7 @@ class AlreadyReleased(InvalidInput):
     """The entry's image was released before."""
 
 
-def entry_from_row(row: sqlite3.Row) -> SafetyEntry:
+def entry_from_row(row: Row) -> SafetyEntry:
     return SafetyEntry(
         id=row["id"],
         job_id=row["job_id"],

@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from core.storage import NewJob
 from core.storage.clock import to_db
 from core.storage.usage_schema import FILL_USAGE_FACTS
@@ -112,3 +114,9 @@ def fill_usage(path: Path, jobs: int, seed: int = 7) -> None:
         # Written straight into the table, as by an older version: filled as its migration does.
         for statement in FILL_USAGE_FACTS:
             conn.execute(statement)
+
+
+@pytest.fixture(name="backend", params=["sqlite", "postgres"])
+def both_backends(request: pytest.FixtureRequest) -> str:
+    """Import as ``backend`` into a test module: its tests run on SQLite and on PostgreSQL."""
+    return str(request.param)

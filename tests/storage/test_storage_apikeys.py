@@ -3,10 +3,14 @@ front door, and a restart resumes only the jobs of the front doors that are runn
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
-from storage_helpers import job_spec
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+)
 
 from core.storage import Database, InvalidInput, NotFound, QuotaPolicy
 
@@ -51,3 +55,18 @@ async def test_jobs_remember_their_front_door_and_resume_by_it(db: Database) -> 
     assert [job.id for job in only_api.resumed] == [from_api.id]
     everything = await db.jobs.resume_unfinished()
     assert {job.id for job in everything.resumed} == {from_api.id, from_discord.id}
+
+
+@pytest.mark.asyncio
+async def test_accounts_drawn_at_once_by_several_processes_are_distinct(
+    db_location: Path | str,
+) -> None:
+    databases = [await Database.open(db_location) for _ in range(3)]
+    try:
+        made = await asyncio.gather(
+            *(databases[n % 3].api_keys.create(f"key {n}") for n in range(30))
+        )
+    finally:
+        for database in databases:
+            await database.close()
+    assert len({key.user_id for key, _ in made}) == 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from storage_helpers import both_backends  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
 
 from core.storage import Database, InvalidInput, ManualClock
 from core.storage.custom_models import NewCustomModel
@@ -50,10 +51,10 @@ async def test_custom_models_are_recorded_listed_in_order_and_removed(
 
 
 @pytest.mark.asyncio
-async def test_custom_models_survive_a_reopen(db_path: Path, db: Database) -> None:
+async def test_custom_models_survive_a_reopen(db_location: Path | str, db: Database) -> None:
     await db.custom_models.add(downloaded("kept"))
     await db.close()
-    async with Database.open(db_path) as reopened:
+    async with Database.open(db_location) as reopened:
         (kept,) = await reopened.custom_models.all()
     assert kept.name == "kept" and kept.config == "/configs/sd15" and kept.family == "sd15"
 

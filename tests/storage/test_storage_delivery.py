@@ -7,7 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from storage_helpers import job_spec, make_png
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+    make_png,
+)
 
 from core.storage import (
     Database,

@@ -8,7 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from storage_helpers import job_spec, make_png
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+    make_png,
+)
 
 from core.export import MANIFEST, export_user
 from core.storage import Database, GeneratedImage, LocalImageStore, QuotaPolicy

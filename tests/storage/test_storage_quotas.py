@@ -11,7 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from storage_helpers import START, job_spec
+from storage_helpers import (
+    START,
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+)
 
 from core.storage import (
     Database,
@@ -260,10 +264,12 @@ async def test_200_concurrent_spends_never_exceed_the_limit(db: Database) -> Non
 
 @pytest.mark.asyncio
 async def test_concurrent_spends_over_several_connections(
-    db_path: Path, clock: ManualClock
+    db_location: Path | str, clock: ManualClock
 ) -> None:
+    """200 spends at once through 4 databases (4 pools of connections on PostgreSQL, whose
+    transactions run at once; 4 writer connections on SQLite) never pass the limit."""
     policy = QuotaPolicy(daily_images=23, concurrent_jobs=None)
-    databases = [await Database.open(db_path, clock=clock) for _ in range(4)]
+    databases = [await Database.open(db_location, clock=clock) for _ in range(4)]
     try:
         results = await asyncio.gather(*(_spend(databases[n % 4], policy) for n in range(200)))
         assert sum(results) == 23
@@ -308,7 +314,7 @@ SPENDER = textwrap.dedent(
 )
 
 
-def run_spenders(db_path: Path, count: int) -> int:
+def run_spenders(db_path: Path | str, count: int) -> int:
     """Run ``count`` spender processes at once; return how many spends they were granted."""
     here = str(Path(__file__).parent)
     processes = [
@@ -330,10 +336,11 @@ def run_spenders(db_path: Path, count: int) -> int:
 
 
 @pytest.mark.asyncio
-async def test_concurrent_spends_from_several_processes(db_path: Path) -> None:
-    async with Database.open(db_path):
+async def test_concurrent_spends_from_several_processes(db_location: Path | str) -> None:
+    """Several front processes (4 × 40 spends at once) never pass the limit together."""
+    async with Database.open(db_location):
         pass  # create and migrate once, so the processes race on spending only
-    granted = await asyncio.to_thread(run_spenders, db_path, 4)
+    granted = await asyncio.to_thread(run_spenders, db_location, 4)
     assert granted == 41
-    async with Database.open(db_path, clock=ManualClock(START)) as db:
+    async with Database.open(db_location, clock=ManualClock(START)) as db:
         assert (await db.quotas.usage(100, 1)).used == 41

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
-from storage_helpers import job_spec, make_png
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+    make_png,
+)
 
 from core.storage import (
     Database,
@@ -184,3 +191,22 @@ async def test_popular_prompts_respect_privacy(db: Database, clock: ManualClock)
     assert await db.history.recent(9) == ["recorded directly"]
     with pytest.raises(InvalidInput):
         await db.history.record(9, 100, "   ")
+
+
+@pytest.mark.asyncio
+async def test_stars_added_at_once_by_several_processes_are_all_counted(
+    db: Database, db_location: Path | str, clock: ManualClock
+) -> None:
+    job = await db.create_job(job_spec(), QuotaPolicy.unlimited())
+    await db.jobs.mark_running(job.id)
+    done = await db.complete_job(job.id, [GeneratedImage(0, 1, make_png(1))])
+    image_id = done.images[0].id
+    others = [await Database.open(db_location, clock=clock) for _ in range(3)]
+    try:
+        await asyncio.gather(
+            *(others[n % 3].favourites.add(1000 + n, [image_id]) for n in range(24))
+        )
+    finally:
+        for other in others:
+            await other.close()
+    assert (await db.jobs.get(job.id)).favourite_count == 24

@@ -10,7 +10,11 @@ from typing import ClassVar
 
 import pytest
 import pytest_asyncio
-from storage_helpers import job_spec, make_png
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+    make_png,
+)
 
 from core.storage import (
     Database,
@@ -39,8 +43,10 @@ def store(any_store: ImageStore) -> ImageStore:
 
 
 @pytest_asyncio.fixture
-async def rdb(db_path: Path, store: ImageStore, real_clock: ManualClock) -> AsyncIterator[Database]:
-    async with Database.open(db_path, images=store, clock=real_clock) as database:
+async def rdb(
+    db_location: Path | str, store: ImageStore, real_clock: ManualClock
+) -> AsyncIterator[Database]:
+    async with Database.open(db_location, images=store, clock=real_clock) as database:
         yield database
 
 
@@ -150,7 +156,7 @@ async def test_cleanup_forgets_expired_tokens_of_finished_jobs(
 
 @pytest.mark.asyncio
 async def test_complete_job_rewrites_a_file_deleted_before_the_commit(
-    db_path: Path, tmp_path: Path, real_clock: ManualClock
+    db_location: Path | str, tmp_path: Path, real_clock: ManualClock
 ) -> None:
     class RacyStore(LocalImageStore):
         """Loses each file once, right before the commit checks it (as a concurrent
@@ -165,7 +171,7 @@ async def test_complete_job_rewrites_a_file_deleted_before_the_commit(
             return await super().exists(key)
 
     racy = RacyStore(tmp_path / "racy")
-    async with Database.open(db_path, images=racy, clock=real_clock) as db:
+    async with Database.open(db_location, images=racy, clock=real_clock) as db:
         [image_id] = await make_job(db, make_png(13))
         image = await db.images.get(image_id)
         assert await racy.get(image.file_key) == make_png(13)

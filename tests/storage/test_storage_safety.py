@@ -6,7 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from storage_helpers import job_spec, make_png
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+    make_png,
+)
 
 from core.storage import Database, GeneratedImage, ManualClock
 from core.storage.errors import InvalidInput

@@ -4,7 +4,10 @@ or order, and no user text is ever read as query syntax."""
 from __future__ import annotations
 
 import pytest
-from storage_helpers import job_spec
+from storage_helpers import (
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    job_spec,
+)
 
 from core.storage import Database, QuotaPolicy
 

@@ -9,7 +9,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from storage_helpers import USAGE_DAYS, USAGE_GUILDS, USAGE_START, fill_usage, job_spec, make_png
+from storage_helpers import (
+    USAGE_DAYS,
+    USAGE_GUILDS,
+    USAGE_START,
+    both_backends,  # noqa: F401  (the fixture "backend": SQLite, PostgreSQL)
+    fill_usage,
+    job_spec,
+    make_png,
+)
 
 from core.storage import Database, GeneratedImage, ManualClock, QuotaPolicy, migrate
 from core.storage.migrations import V11_USAGE_FACTS
