@@ -133,8 +133,11 @@ class RedactingFilter(logging.Filter):
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra=`` fields of a record, in the order they were set."""
-    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+    """The ``extra=`` fields of a record, in the order they were set. Private attributes
+    that libraries add to every record (Ray's ``_ray_timestamp_ns``) are not fields."""
+    return {
+        k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")
+    }
 
 
 def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,26 @@ def test_configure_logging_replaces_its_own_handler(capture: Capture) -> None:
     assert isinstance(ours[0].formatter, logs.JsonFormatter)
     with pytest.raises(ValueError):
         logs.configure_logging("INFO", "xml")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_attributes_a_library_adds_to_every_record_are_not_fields(
+    capture: Capture, fmt: str
+) -> None:
+    # Ray, once imported, stamps every record with ``_ray_timestamp_ns``.
+    logger, buffer = capture(fmt)
+    previous = logging.getLogRecordFactory()
+
+    def stamped(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record._library_stamp = 123  # type: ignore[attr-defined]
+        return record
+
+    logging.setLogRecordFactory(stamped)
+    try:
+        logger.info("job %s", "done", extra={"job_id": "AbC123"})
+    finally:
+        logging.setLogRecordFactory(previous)
+    output = buffer.getvalue()
+    assert "job_id" in output and "AbC123" in output
+    assert "_library_stamp" not in output
