@@ -64,11 +64,13 @@ async def open_page(
 ) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
     """Open the chat (in a locale), with a screenshot of every open page if the test fails."""
     contexts: list[Any] = []
+    console: list[str] = []  # what the pages logged, shown when the test fails
 
     async def opener(locale: str = "en-US") -> Page:
         context = await browser.new_context(locale=locale, accept_downloads=True)
         contexts.append(context)
         page = await context.new_page()
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         await page.goto(f"{api.base}/")
         return page
 
@@ -83,6 +85,9 @@ async def open_page(
                 await page.screenshot(path=str(shot), full_page=True)
                 print(f"screenshot: {shot}")
         await context.close()
+    if failed is not None and failed.failed:
+        print("--- the pages' console ---", *console[-40:], sep="\n")
+        print("--- the API's output (its end) ---", api.output[-4000:], sep="\n")
 
 
 async def sign_in(page: Page, api: ApiProcess, *options: str) -> None:
