@@ -124,13 +124,15 @@ async def test_delete_is_for_the_owner_or_a_moderator(world: World) -> None:
 
 async def test_cancel_button_works_for_owner_and_refuses_others(world: World) -> None:
     fake = world.fake
-    ix = await fake.send_slash_command("imagine", {"prompt": "a long job", "steps": 50})
-    await ix.response()
-    running = await ix.wait_for_original(lambda m: "Cancel" in m.button_labels, timeout=30)
-    refused = await reply_text(await fake.click_button(running, label="Cancel", user=fake.bob))
-    assert refused.ephemeral and "Only the person" in refused.content
-    done = await reply_text(await fake.click_button(running, label="Cancel"))
-    assert done.ephemeral and "Cancelled" in done.content
+    # Held at its second step: a fast machine must not finish it before the clicks.
+    with hold(world, "a long job", 2):
+        ix = await fake.send_slash_command("imagine", {"prompt": "a long job", "steps": 50})
+        await ix.response()
+        running = await ix.wait_for_original(lambda m: "Cancel" in m.button_labels, timeout=30)
+        refused = await reply_text(await fake.click_button(running, label="Cancel", user=fake.bob))
+        assert refused.ephemeral and "Only the person" in refused.content
+        done = await reply_text(await fake.click_button(running, label="Cancel"))
+        assert done.ephemeral and "Cancelled" in done.content
     final = await ix.wait_for_original(lambda m: "Cancelled" in m.text(), timeout=30)
     assert not final.buttons and not is_result(final)
     assert not final.attachments  # no stale preview under "Cancelled"
