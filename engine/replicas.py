@@ -152,11 +152,12 @@ class ReplicaServer:
 
         def call() -> None:
             with self._lock:
-                self._stats.running = sorted({slot.job_id for slot in slots})
+                job_ids = sorted({slot.job_id for slot in slots})
+                self._stats.running = job_ids
                 try:
                     outputs = self._backend.run(request, slots, on_step)
                     events.put(("done", checked(outputs, self._check)))
-                    self._stats.jobs.extend(sorted({slot.job_id for slot in slots}))
+                    self._stats.jobs.extend(job_ids)
                 except BaseException as error:  # every failure crosses back
                     events.put(_failure(error))
                 finally:
